@@ -1,0 +1,173 @@
+//! `wasmwiz run`: serve components straight from files.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+
+use crate::config::{HttpArgs, LimitArgs, ListenArgs, LogArgs, RuntimeArgs};
+use crate::dataplane::{DataPlane, LiveRoute, Routes};
+use crate::router::RoutePattern;
+use crate::runtime::{Limits, Runtime, RuntimeConfig, compile};
+use crate::server::{self, HttpOptions, tls};
+
+/// Arguments of `wasmwiz run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Components to serve: `FILE` (on `/...`) or `ROUTE=FILE`, where ROUTE
+    /// is `/path` (exactly) or `/path/...` (and everything below).
+    #[arg(required = true, value_name = "[ROUTE=]FILE")]
+    pub components: Vec<String>,
+
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// One `[ROUTE=]FILE` argument.
+#[derive(Debug, PartialEq)]
+struct Mount {
+    route: RoutePattern,
+    file: PathBuf,
+}
+
+fn parse_mount(arg: &str) -> anyhow::Result<Mount> {
+    // A file name may contain `=`: only a leading `/...=` is a route.
+    let (route, file) = match arg.split_once('=') {
+        Some((route, file)) if route.starts_with('/') => (route, file),
+        _ => ("/...", arg),
+    };
+    let route =
+        RoutePattern::parse_any(route, None).with_context(|| format!("`{arg}`: invalid route"))?;
+    Ok(Mount {
+        route,
+        file: PathBuf::from(file),
+    })
+}
+
+/// Loads every component, binds, prints `listening on ...`, serves until
+/// SIGINT or SIGTERM.
+pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
+    args.limits.validate()?;
+    args.http.validate()?;
+    let addr = args.listen.socket_addr()?;
+    let mounts = args
+        .components
+        .iter()
+        .map(|a| parse_mount(a))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (i, mount) in mounts.iter().enumerate() {
+        if mounts[..i].iter().any(|m| m.route == mount.route) {
+            bail!("route `{}` is given twice", mount.route);
+        }
+    }
+    let tls = match (&args.http.tls_cert_path, &args.http.tls_key_path) {
+        (Some(cert), Some(key)) => Some(tls::ReloadingCert::load(cert, key)?),
+        _ => None,
+    };
+
+    let runtime = Arc::new(Runtime::new(&RuntimeConfig {
+        pool_size: args.runtime.instance_pool_size,
+    })?);
+    let limits = Limits {
+        memory_bytes: args.limits.memory_limit,
+        timeout: args.limits.execution_timeout,
+        max_input_bytes: args.limits.max_input_size,
+    };
+    let mut routes = Routes::new();
+    for mount in mounts {
+        let bytes = tokio::fs::read(&mount.file)
+            .await
+            .with_context(|| format!("cannot read {}", mount.file.display()))?;
+        let engine = runtime.engine().clone();
+        let compiled = tokio::task::spawn_blocking(move || compile(&engine, &bytes))
+            .await?
+            .with_context(|| format!("{}", mount.file.display()))?;
+        let app = runtime
+            .prepare(&compiled.component)
+            .with_context(|| format!("{}", mount.file.display()))?;
+        tracing::info!(route = %mount.route, file = %mount.file.display(),
+                       compile_ms = compiled.compile_time.as_millis() as u64, "component loaded");
+        let label = mount.route.to_string();
+        let route = Arc::new(LiveRoute {
+            pattern: mount.route,
+            app,
+            limits,
+            label,
+        });
+        routes.insert(&route.pattern, route.clone());
+    }
+    let plane = Arc::new(DataPlane::new(runtime, args.http.body_read_timeout));
+    plane.publish(routes);
+
+    let listener = server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let acceptor = match tls {
+        Some(cert) => {
+            cert.clone().watch();
+            Some(tls::acceptor(cert)?)
+        }
+        None => None,
+    };
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    eprintln!("listening on {scheme}://{local}");
+    server::serve(
+        listener,
+        acceptor,
+        Arc::new(RunHandler(plane)),
+        HttpOptions::from(&args.http),
+        server::shutdown_signal(),
+    )
+    .await
+}
+
+/// `run` answers every request from its routes.
+struct RunHandler(Arc<DataPlane>);
+
+impl server::Handler for RunHandler {
+    async fn handle(
+        &self,
+        request: http::Request<hyper::body::Incoming>,
+        conn: server::ConnInfo,
+    ) -> http::Response<crate::response::ResponseBody> {
+        self.0.handle(request, conn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_file_serves_everything() {
+        let m = parse_mount("hello.wasm").unwrap();
+        assert_eq!(m.route.to_string(), "/...");
+        assert_eq!(m.file, PathBuf::from("hello.wasm"));
+    }
+
+    #[test]
+    fn a_route_prefix_maps_the_file() {
+        let m = parse_mount("/hello/...=dir/hello.wasm").unwrap();
+        assert_eq!(m.route.to_string(), "/hello/...");
+        assert_eq!(m.file, PathBuf::from("dir/hello.wasm"));
+    }
+
+    #[test]
+    fn an_equals_sign_in_a_file_name_is_not_a_route() {
+        let m = parse_mount("a=b.wasm").unwrap();
+        assert_eq!(m.route.to_string(), "/...");
+        assert_eq!(m.file, PathBuf::from("a=b.wasm"));
+    }
+
+    #[test]
+    fn a_bad_route_is_refused() {
+        assert!(parse_mount("/a/.../b=x.wasm").is_err());
+    }
+}

@@ -1,0 +1,356 @@
+//! Configuration: every setting is an environment variable and a flag, parsed
+//! and validated before anything binds a socket.
+//!
+//! Each group below is a `clap::Args` struct that the commands in [`crate::cli`]
+//! flatten. Defaults are named constants; a value that does not parse is refused
+//! with a message naming the variable, so an operator reading the error knows
+//! which line of their environment file to fix.
+
+use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+/// Default for `SERVER_HOST`: every interface, as container platforms expect.
+pub const DEFAULT_SERVER_HOST: &str = "0.0.0.0";
+/// Default for `SERVER_PORT`.
+pub const DEFAULT_SERVER_PORT: u16 = 8080;
+/// Default for `MAX_INPUT_SIZE`: 1 MiB of request body per invocation.
+pub const DEFAULT_MAX_INPUT_SIZE: u64 = 1 << 20;
+/// Default for `MAX_WASM_SIZE`: 10 MiB per uploaded component.
+pub const DEFAULT_MAX_WASM_SIZE: u64 = 10 << 20;
+/// Default for `EXECUTION_TIMEOUT`: 5 s per invocation, wall clock.
+pub const DEFAULT_EXECUTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for `MEMORY_LIMIT`: 128 MiB of linear memory per instance.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 128 << 20;
+/// Default for `INSTANCE_POOL_SIZE`: instances that may run at once.
+pub const DEFAULT_INSTANCE_POOL_SIZE: u32 = 1000;
+/// Default for `SHUTDOWN_TIMEOUT`: how long in-flight requests may take to
+/// finish after SIGTERM before the process exits anyway.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `HEADER_READ_TIMEOUT`: a client has this long to send its
+/// request line and headers (slowloris protection).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `BODY_READ_TIMEOUT`: the longest a request body may pause
+/// between two chunks.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `MAX_HEADER_BYTES`: the whole header section, 64 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+/// Default for `MAX_HEADER_COUNT`.
+pub const DEFAULT_MAX_HEADER_COUNT: usize = 100;
+/// Default for `MAX_URI_LENGTH`: 8 KiB.
+pub const DEFAULT_MAX_URI_LENGTH: usize = 8 << 10;
+/// Default for `MAX_CONNECTIONS`: open client connections per node.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Largest linear memory WebAssembly 32-bit can address.
+pub const MAX_MEMORY_LIMIT: u64 = 4 << 30;
+
+/// Where to listen.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ListenArgs {
+    /// Address to listen on, HOST:PORT; port 0 picks a free port
+    /// [default: SERVER_HOST:SERVER_PORT]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub addr: Option<String>,
+
+    /// Host or IP address to listen on when --addr is not given.
+    #[arg(long, env = "SERVER_HOST", default_value = DEFAULT_SERVER_HOST)]
+    pub server_host: String,
+
+    /// Port to listen on when --addr is not given.
+    #[arg(long, env = "SERVER_PORT", default_value_t = DEFAULT_SERVER_PORT,
+          value_parser = number_for::<u16>("SERVER_PORT"))]
+    pub server_port: u16,
+}
+
+impl ListenArgs {
+    /// The socket address to bind, resolving a host name if one was given.
+    pub fn socket_addr(&self) -> anyhow::Result<SocketAddr> {
+        let text = match &self.addr {
+            Some(addr) => addr.clone(),
+            None if self.server_host.contains(':') && !self.server_host.starts_with('[') => {
+                format!("[{}]:{}", self.server_host, self.server_port)
+            }
+            None => format!("{}:{}", self.server_host, self.server_port),
+        };
+        let what = if self.addr.is_some() {
+            "--addr"
+        } else {
+            "SERVER_HOST/SERVER_PORT"
+        };
+        text.to_socket_addrs()
+            .with_context(|| format!("{what}: cannot resolve `{text}` to an address"))?
+            .next()
+            .with_context(|| format!("{what}: `{text}` resolves to no address"))
+    }
+}
+
+/// Limits applied to every invocation (the defaults of every tier).
+#[derive(clap::Args, Clone, Debug)]
+pub struct LimitArgs {
+    /// Largest request body a component receives, in bytes (or 1MiB, 512KiB).
+    #[arg(long, env = "MAX_INPUT_SIZE", default_value = "1048576", value_name = "BYTES",
+          value_parser = bytes_for("MAX_INPUT_SIZE"))]
+    pub max_input_size: u64,
+
+    /// Wall-clock time an invocation may take: seconds (5, 0.5) or a duration
+    /// with a unit (500ms, 2s).
+    #[arg(long, env = "EXECUTION_TIMEOUT", default_value = "5", value_name = "DURATION",
+          value_parser = duration_for("EXECUTION_TIMEOUT"))]
+    pub execution_timeout: Duration,
+
+    /// Linear memory an instance may grow to, in bytes (or 128MiB).
+    #[arg(long, env = "MEMORY_LIMIT", default_value = "134217728", value_name = "BYTES",
+          value_parser = bytes_for("MEMORY_LIMIT"))]
+    pub memory_limit: u64,
+}
+
+impl LimitArgs {
+    /// Checks ranges that a parser alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.memory_limit < 1 << 20 || self.memory_limit > MAX_MEMORY_LIMIT {
+            bail!(
+                "MEMORY_LIMIT must be between 1MiB and 4GiB, got {}",
+                self.memory_limit
+            );
+        }
+        if self.execution_timeout.is_zero() || self.execution_timeout > Duration::from_secs(3600) {
+            bail!("EXECUTION_TIMEOUT must be more than 0 and at most 1 hour");
+        }
+        if self.max_input_size > 1 << 30 {
+            bail!(
+                "MAX_INPUT_SIZE must be at most 1GiB, got {}",
+                self.max_input_size
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The wasmtime engine and its instance pool.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RuntimeArgs {
+    /// Instances that may run at the same time on this node; a request past
+    /// this gets 503 at once. Each reserves virtual (not resident) memory.
+    #[arg(long, env = "INSTANCE_POOL_SIZE", default_value_t = DEFAULT_INSTANCE_POOL_SIZE,
+          value_parser = number_for::<u32>("INSTANCE_POOL_SIZE"))]
+    pub instance_pool_size: u32,
+}
+
+/// HTTP serving: timeouts and limits on what clients send.
+#[derive(clap::Args, Clone, Debug)]
+pub struct HttpArgs {
+    /// Time a client has to send the request line and headers.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10", value_name = "DURATION",
+          value_parser = duration_for("HEADER_READ_TIMEOUT"))]
+    pub header_read_timeout: Duration,
+
+    /// Longest pause allowed between two chunks of a request body.
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "30", value_name = "DURATION",
+          value_parser = duration_for("BODY_READ_TIMEOUT"))]
+    pub body_read_timeout: Duration,
+
+    /// Largest header section accepted (431 past it), in bytes.
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value = "65536", value_name = "BYTES",
+          value_parser = bytes_for("MAX_HEADER_BYTES"))]
+    pub max_header_bytes: u64,
+
+    /// Most header fields accepted in one request (431 past it).
+    #[arg(long, env = "MAX_HEADER_COUNT", default_value_t = DEFAULT_MAX_HEADER_COUNT,
+          value_parser = number_for::<usize>("MAX_HEADER_COUNT"))]
+    pub max_header_count: usize,
+
+    /// Longest request target accepted (414 past it), in bytes.
+    #[arg(long, env = "MAX_URI_LENGTH", default_value_t = DEFAULT_MAX_URI_LENGTH,
+          value_parser = number_for::<usize>("MAX_URI_LENGTH"))]
+    pub max_uri_length: usize,
+
+    /// Open client connections accepted at once; further clients wait in the
+    /// kernel's accept queue.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = number_for::<usize>("MAX_CONNECTIONS"))]
+    pub max_connections: usize,
+
+    /// Time in-flight requests get to finish after SIGINT or SIGTERM.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30", value_name = "DURATION",
+          value_parser = duration_for("SHUTDOWN_TIMEOUT"))]
+    pub shutdown_timeout: Duration,
+
+    /// PEM certificate chain: serve HTTPS (h2 and http/1.1) instead of HTTP.
+    #[arg(long, env = "TLS_CERT_PATH", requires = "tls_key_path")]
+    pub tls_cert_path: Option<PathBuf>,
+
+    /// PEM private key for TLS_CERT_PATH.
+    #[arg(long, env = "TLS_KEY_PATH", requires = "tls_cert_path")]
+    pub tls_key_path: Option<PathBuf>,
+}
+
+impl HttpArgs {
+    /// Checks ranges that a parser alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.max_header_bytes < 8192 {
+            bail!("MAX_HEADER_BYTES must be at least 8192 (hyper's smallest buffer)");
+        }
+        if self.max_connections == 0 {
+            bail!("MAX_CONNECTIONS must be at least 1");
+        }
+        if self.max_header_count == 0 {
+            bail!("MAX_HEADER_COUNT must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Logging.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LogArgs {
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive
+    /// such as `wasmwiz=debug,info`.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// `production` switches logs to JSON (and, for `serve`, requires a
+    /// strong API_SALT).
+    #[arg(long, env = "ENVIRONMENT", default_value = "development")]
+    pub environment: String,
+}
+
+impl LogArgs {
+    /// Whether this process runs as production.
+    pub fn is_production(&self) -> bool {
+        self.environment.eq_ignore_ascii_case("production")
+    }
+}
+
+/// A parser for a plain number that names its variable when it fails.
+pub fn number_for<T>(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    move |text: &str| {
+        text.trim()
+            .parse::<T>()
+            .map_err(|e| format!("{var}: `{text}` is not a valid number ({e})"))
+    }
+}
+
+/// A parser for a byte count (`1048576`, `512KiB`, `128MiB`, `1GiB`, `10MB`)
+/// that names its variable when it fails.
+pub fn bytes_for(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        parse_bytes(text).ok_or_else(|| {
+            format!("{var}: `{text}` is not a byte count (examples: 1048576, 512KiB, 128MiB)")
+        })
+    }
+}
+
+/// A parser for a duration (`5` or `0.5` seconds, `500ms`, `2s`, `1m`) that
+/// names its variable when it fails.
+pub fn duration_for(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        parse_duration(text).ok_or_else(|| {
+            format!("{var}: `{text}` is not a duration (examples: 5 for seconds, 500ms, 2s)")
+        })
+    }
+}
+
+/// Parses a byte count with an optional binary or decimal unit.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits.parse().ok()?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    value.checked_mul(multiplier)
+}
+
+/// Parses a duration: a bare number is seconds (fractions allowed), anything
+/// else goes to `humantime` (`500ms`, `2s`, `1m 30s`).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+    }
+    humantime::parse_duration(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_accept_plain_numbers_and_units() {
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("128MiB"), Some(128 << 20));
+        assert_eq!(parse_bytes("512 KiB"), Some(512 << 10));
+        assert_eq!(parse_bytes("10MB"), Some(10_000_000));
+        assert_eq!(parse_bytes("1gib"), Some(1 << 30));
+        assert_eq!(parse_bytes("12x"), None);
+        assert_eq!(parse_bytes("-1"), None);
+        assert_eq!(parse_bytes(""), None);
+        assert_eq!(parse_bytes("99999999999999999999GiB"), None);
+    }
+
+    #[test]
+    fn durations_default_to_seconds_and_accept_units() {
+        assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("0.25"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("-1"), None);
+        assert_eq!(parse_duration("soon"), None);
+    }
+
+    #[test]
+    fn parse_errors_name_the_variable() {
+        let err = bytes_for("MEMORY_LIMIT")("lots").unwrap_err();
+        assert!(err.starts_with("MEMORY_LIMIT:"), "{err}");
+        let err = duration_for("EXECUTION_TIMEOUT")("forever").unwrap_err();
+        assert!(err.starts_with("EXECUTION_TIMEOUT:"), "{err}");
+        let err = number_for::<u16>("SERVER_PORT")("70000").unwrap_err();
+        assert!(err.starts_with("SERVER_PORT:"), "{err}");
+    }
+
+    #[test]
+    fn listen_address_comes_from_host_and_port_unless_given() {
+        let args = ListenArgs {
+            addr: None,
+            server_host: "127.0.0.1".into(),
+            server_port: 9000,
+        };
+        assert_eq!(
+            args.socket_addr().unwrap(),
+            "127.0.0.1:9000".parse().unwrap()
+        );
+        let args = ListenArgs {
+            addr: Some("127.0.0.1:0".into()),
+            ..args
+        };
+        assert_eq!(args.socket_addr().unwrap(), "127.0.0.1:0".parse().unwrap());
+        let args = ListenArgs {
+            addr: None,
+            server_host: "::1".into(),
+            server_port: 1,
+        };
+        assert_eq!(args.socket_addr().unwrap(), "[::1]:1".parse().unwrap());
+    }
+}

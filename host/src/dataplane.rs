@@ -1,0 +1,177 @@
+//! The invocation path: route lookup, request limits, pool admission,
+//! invocation, and the access log line. Shared by `run` and `serve`.
+//!
+//! Nothing here queries a store or compiles: the route table is an immutable
+//! snapshot swapped whole when deployments change, so a request in flight
+//! keeps the version it looked up.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::response::{ResponseBody, error_response};
+use crate::router::{RoutePattern, RouteTable, request_host};
+use crate::runtime::{App, InvokeOptions, Limits, Runtime, pool_full_response, read_request};
+use crate::server::ConnInfo;
+
+/// A route that is being served: the component behind it and its limits.
+#[derive(Debug)]
+pub struct LiveRoute {
+    /// The route as deployed.
+    pub pattern: RoutePattern,
+    /// The component, ready to instantiate.
+    pub app: App,
+    /// Limits for each invocation.
+    pub limits: Limits,
+    /// The route in Spin syntax, for logs and metric labels.
+    pub label: String,
+}
+
+/// The current routes, as one immutable table.
+pub type Routes = RouteTable<Arc<LiveRoute>>;
+
+/// Request ids: a random per-process prefix and a counter, so ids are unique
+/// across nodes without coordination and cost one atomic add.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self {
+            prefix: rand::random(),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl RequestIds {
+    /// The next id: 16 hex digits.
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:08x}", self.prefix, n as u32)
+    }
+}
+
+/// The data plane of one node.
+#[derive(Debug)]
+pub struct DataPlane {
+    runtime: Arc<Runtime>,
+    routes: ArcSwap<Routes>,
+    body_read_timeout: Duration,
+    ids: RequestIds,
+}
+
+impl DataPlane {
+    /// A data plane with no routes yet.
+    pub fn new(runtime: Arc<Runtime>, body_read_timeout: Duration) -> Self {
+        Self {
+            runtime,
+            routes: ArcSwap::from_pointee(Routes::new()),
+            body_read_timeout,
+            ids: RequestIds::default(),
+        }
+    }
+
+    /// Replaces the whole route table at once.
+    pub fn publish(&self, routes: Routes) {
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// The runtime requests run on.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Answers a request for a deployed route.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let request_id = self.ids.next();
+        let method = request.method().clone();
+        let route = {
+            let host = request
+                .uri()
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| {
+                    request
+                        .headers()
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                })
+                .map(request_host);
+            self.routes
+                .load()
+                .lookup(host.as_deref(), request.uri().path())
+                .cloned()
+        };
+
+        let (response, label) = match route {
+            None => (
+                error_response(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no route matches this request",
+                ),
+                None,
+            ),
+            Some(route) => {
+                let response = self.invoke(&route, request, conn, request_id.clone()).await;
+                (response, Some(route))
+            }
+        };
+        let mut response = response;
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        tracing::info!(
+            target: "wasmwiz::access",
+            request_id,
+            method = %method,
+            route = label.as_ref().map_or("-", |r| r.label.as_str()),
+            status = response.status().as_u16(),
+            duration_us = started.elapsed().as_micros() as u64,
+        );
+        response
+    }
+
+    async fn invoke(
+        &self,
+        route: &LiveRoute,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+        request_id: String,
+    ) -> Response<ResponseBody> {
+        let request = match read_request(
+            request,
+            route.limits.max_input_bytes,
+            self.body_read_timeout,
+        )
+        .await
+        {
+            Ok(request) => request,
+            Err(refusal) => return refusal,
+        };
+        let Some(slot) = self.runtime.try_reserve() else {
+            return pool_full_response();
+        };
+        let options = InvokeOptions {
+            limits: route.limits,
+            request_id,
+            https: conn.tls,
+        };
+        self.runtime
+            .invoke(slot, &route.app, request, options, |_report| {})
+            .await
+    }
+}

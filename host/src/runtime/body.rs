@@ -1,0 +1,203 @@
+//! Bodies around a guest: the request body it reads (with a size cap and an
+//! idle timeout) and the response body it writes (which must end with an
+//! error, not a clean end, when the guest is stopped half-way).
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
+
+use super::Outcome;
+use crate::response::BoxError;
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyReadError {
+    /// More bytes than the cap.
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(u64),
+    /// The client paused longer than the body read timeout.
+    #[error("the client stopped sending the request body")]
+    Timeout,
+    /// The connection failed while reading.
+    #[error("reading the request body failed: {0}")]
+    Client(String),
+}
+
+/// Reads a whole body of unknown length into memory, refusing it as soon as
+/// it grows past `cap` (so an over-size body is never buffered whole) and
+/// when the client pauses longer than `idle`.
+pub async fn read_capped<B>(body: B, cap: u64, idle: Duration) -> Result<Bytes, BodyReadError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut body = body;
+    let mut collected = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(BodyReadError::Timeout),
+            Ok(None) => return Ok(collected.freeze()),
+            Ok(Some(Err(e))) => return Err(BodyReadError::Client(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if collected.len() as u64 + data.len() as u64 > cap {
+                return Err(BodyReadError::TooLarge(cap));
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that fails with a read timeout when the client pauses
+    /// longer than `idle` between two frames.
+    pub struct IdleTimeoutBody<B> {
+        #[pin]
+        inner: B,
+        idle: Duration,
+        #[pin]
+        sleep: Option<Sleep>,
+    }
+}
+
+impl<B> IdleTimeoutBody<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            sleep: None,
+        }
+    }
+}
+
+impl<B> Body for IdleTimeoutBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.sleep.set(None);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if this.sleep.is_none() {
+                    this.sleep.set(Some(tokio::time::sleep(*this.idle)));
+                }
+                let sleep = this.sleep.as_pin_mut().expect("set just above");
+                ready!(sleep.poll(cx));
+                Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body ended early because the guest was stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("the response was cut off: the component {0}")]
+pub struct Truncated(&'static str);
+
+enum Ending {
+    /// The guest is still running; its outcome will arrive here.
+    Pending(oneshot::Receiver<Outcome>),
+    Known(Outcome),
+}
+
+pin_project_lite::pin_project! {
+    /// The guest's response body. When the guest's store is dropped (time
+    /// out, trap) the body channel closes as if it had ended cleanly; this
+    /// wrapper waits for the invocation's outcome at the end and turns an
+    /// unfinished body into an error, so hyper aborts the response and the
+    /// client sees a truncated transfer instead of a short "complete" one.
+    pub struct GuestBody {
+        #[pin]
+        inner: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
+        ending: Ending,
+    }
+}
+
+impl GuestBody {
+    /// Wraps the guest's body; `outcome` resolves when the guest finishes.
+    pub fn pending(
+        inner: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
+        outcome: oneshot::Receiver<Outcome>,
+    ) -> Self {
+        Self {
+            inner,
+            ending: Ending::Pending(outcome),
+        }
+    }
+
+    /// Wraps the body of a guest that has already finished with `outcome`.
+    pub fn finished(
+        inner: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
+        outcome: Outcome,
+    ) -> Self {
+        Self {
+            inner,
+            ending: Ending::Known(outcome),
+        }
+    }
+}
+
+impl Body for GuestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(frame) => Poll::Ready(Some(frame.map_err(Into::into))),
+            None => {
+                let outcome = match this.ending {
+                    Ending::Known(outcome) => *outcome,
+                    Ending::Pending(rx) => {
+                        let outcome = match ready!(Pin::new(rx).poll(cx)) {
+                            Ok(outcome) => outcome,
+                            Err(_) => Outcome::Trap,
+                        };
+                        *this.ending = Ending::Known(outcome);
+                        outcome
+                    }
+                };
+                if outcome == Outcome::Ok {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(Box::new(Truncated(outcome.describe())))))
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,425 @@
+//! One invocation: a request in, a fresh instance, a response out.
+//!
+//! The guest runs in its own task, because it keeps running after it has
+//! handed over the response head (it still writes the body). The request's
+//! own future waits for the head (or for the guest to end without one) and
+//! returns; the body streams from the guest's task through a bounded channel,
+//! so a guest writing gigabytes holds a few chunks of host memory at a time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::BodyExt as _;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use wasmtime::{Store, Trap};
+use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::{HyperIncomingBody, HyperOutgoingBody};
+
+use super::body::{BodyReadError, GuestBody, IdleTimeoutBody, read_capped};
+use super::state::InvocationState;
+use super::{App, Runtime};
+use crate::response::{ResponseBody, error_response, retry_later};
+
+/// Limits of one invocation (from the tier of the route's tenant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory the instance may grow to.
+    pub memory_bytes: u64,
+    /// Wall-clock time from instantiation to the end of the response body.
+    pub timeout: Duration,
+    /// Largest request body the guest receives.
+    pub max_input_bytes: u64,
+}
+
+/// Per-request settings of an invocation.
+#[derive(Clone, Debug)]
+pub struct InvokeOptions {
+    /// The limits to apply.
+    pub limits: Limits,
+    /// Tags the guest's output in the log.
+    pub request_id: String,
+    /// Whether the client connected over TLS (the guest sees the scheme).
+    pub https: bool,
+}
+
+/// What an invocation came to. Also the `outcome` label of
+/// `wasmwiz_wasm_executions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The guest answered and finished.
+    Ok,
+    /// The guest trapped (panic, `unreachable`, a host call it misused).
+    Trap,
+    /// The guest ran past its timeout (computing or waiting).
+    Timeout,
+    /// The guest asked for more linear memory than its limit.
+    OutOfMemory,
+    /// The guest overflowed its stack.
+    StackOverflow,
+    /// The guest returned without setting a response.
+    NoResponse,
+    /// The guest answered with an error code instead of a response.
+    GuestError,
+}
+
+impl Outcome {
+    /// Every outcome, for pre-registering metric labels.
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Ok,
+        Outcome::Trap,
+        Outcome::Timeout,
+        Outcome::OutOfMemory,
+        Outcome::StackOverflow,
+        Outcome::NoResponse,
+        Outcome::GuestError,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Trap => "trap",
+            Outcome::Timeout => "timeout",
+            Outcome::OutOfMemory => "oom",
+            Outcome::StackOverflow => "stack_overflow",
+            Outcome::NoResponse => "no_response",
+            Outcome::GuestError => "guest_error",
+        }
+    }
+
+    /// Words for logs and error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Outcome::Ok => "finished",
+            Outcome::Trap => "trapped",
+            Outcome::Timeout => "ran past its time limit",
+            Outcome::OutOfMemory => "ran out of memory",
+            Outcome::StackOverflow => "overflowed its stack",
+            Outcome::NoResponse => "returned without a response",
+            Outcome::GuestError => "answered with an error",
+        }
+    }
+
+    /// The answer to a client when the guest produced no response head.
+    fn response(self) -> Response<ResponseBody> {
+        let (status, code) = match self {
+            Outcome::Timeout => (StatusCode::GATEWAY_TIMEOUT, "execution_timeout"),
+            Outcome::Ok | Outcome::NoResponse => (StatusCode::INTERNAL_SERVER_ERROR, "no_response"),
+            Outcome::Trap => (StatusCode::INTERNAL_SERVER_ERROR, "component_trap"),
+            Outcome::OutOfMemory => (StatusCode::INTERNAL_SERVER_ERROR, "out_of_memory"),
+            Outcome::StackOverflow => (StatusCode::INTERNAL_SERVER_ERROR, "stack_overflow"),
+            Outcome::GuestError => (StatusCode::INTERNAL_SERVER_ERROR, "component_error"),
+        };
+        error_response(status, code, &format!("the component {}", self.describe()))
+    }
+}
+
+/// What the host learned from one invocation, handed to the caller's
+/// callback when the guest's task ends (after the last body byte).
+#[derive(Clone, Copy, Debug)]
+pub struct ExecutionReport {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Time to create the instance.
+    pub instantiate: Duration,
+    /// Wall time from the start of instantiation to the guest's return.
+    pub wall: Duration,
+}
+
+/// A reserved place in the instance pool; dropping it frees the place.
+#[derive(Debug)]
+pub struct Slot(#[expect(dead_code, reason = "held for its Drop")] OwnedSemaphorePermit);
+
+impl Runtime {
+    /// Reserves a place in the instance pool, or `None` at once when the pool
+    /// is full (the caller answers 503).
+    pub fn try_reserve(&self) -> Option<Slot> {
+        self.slots.clone().try_acquire_owned().ok().map(Slot)
+    }
+
+    /// Runs `request` through a fresh instance of `app`.
+    ///
+    /// Always answers: a failure before the response head becomes a JSON
+    /// error (500, or 504 past the timeout); a failure after it truncates
+    /// the body. `on_done` runs once the guest's task has ended.
+    pub async fn invoke<F>(
+        &self,
+        slot: Slot,
+        app: &App,
+        request: Request<HyperIncomingBody>,
+        options: InvokeOptions,
+        on_done: F,
+    ) -> Response<ResponseBody>
+    where
+        F: FnOnce(ExecutionReport) + Send + 'static,
+    {
+        let mut store = Store::new(
+            &self.engine,
+            InvocationState::new(options.limits.memory_bytes),
+        );
+        store.limiter(|state| &mut state.limiter);
+        // Every epoch tick, a computing guest yields its tokio worker; the
+        // deadline itself is the wall-clock timeout in `run_guest`.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let (head_tx, mut head_rx) = oneshot::channel();
+        let (outcome_tx, mut outcome_rx) = oneshot::channel();
+        let responded = Arc::new(AtomicBool::new(false));
+        let guest = GuestRun {
+            app: app.clone(),
+            store,
+            request,
+            https: options.https,
+            head_tx,
+            responded: responded.clone(),
+            outcome_tx,
+            deadline: Instant::now() + options.limits.timeout,
+            request_id: options.request_id,
+            slot,
+        };
+        tokio::spawn(guest.run(on_done));
+
+        let first = tokio::select! {
+            biased;
+            head = &mut head_rx => First::Head(head),
+            outcome = &mut outcome_rx => First::End(outcome.unwrap_or(Outcome::Trap)),
+        };
+        match first {
+            First::Head(Ok(Ok(response))) => {
+                with_body(response, |body| GuestBody::pending(body, outcome_rx))
+            }
+            First::Head(Ok(Err(code))) => guest_error_response(&code),
+            // The guest dropped its response-outparam without a value: wait
+            // for how it ended to pick 500 or 504.
+            First::Head(Err(_)) => outcome_rx.await.unwrap_or(Outcome::Trap).no_head_response(),
+            // The head may have arrived in the same instant as the end.
+            First::End(outcome) => match head_rx.try_recv() {
+                Ok(Ok(response)) => with_body(response, |body| GuestBody::finished(body, outcome)),
+                Ok(Err(code)) => guest_error_response(&code),
+                Err(_) => outcome.no_head_response(),
+            },
+        }
+    }
+}
+
+/// Which of the guest's two signals came first.
+enum First {
+    Head(Result<Result<Response<HyperOutgoingBody>, ErrorCode>, oneshot::error::RecvError>),
+    End(Outcome),
+}
+
+impl Outcome {
+    fn no_head_response(self) -> Response<ResponseBody> {
+        match self {
+            Outcome::Ok => Outcome::NoResponse.response(),
+            other => other.response(),
+        }
+    }
+}
+
+fn with_body(
+    response: Response<HyperOutgoingBody>,
+    wrap: impl FnOnce(HyperOutgoingBody) -> GuestBody,
+) -> Response<ResponseBody> {
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, wrap(body).boxed_unsync())
+}
+
+fn guest_error_response(code: &ErrorCode) -> Response<ResponseBody> {
+    tracing::debug!(?code, "the component answered with an error code");
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "component_error",
+        "the component answered with an error",
+    )
+}
+
+/// Everything the guest's task owns.
+struct GuestRun {
+    app: App,
+    store: Store<InvocationState>,
+    request: Request<HyperIncomingBody>,
+    https: bool,
+    head_tx: oneshot::Sender<Result<Response<HyperOutgoingBody>, ErrorCode>>,
+    responded: Arc<AtomicBool>,
+    outcome_tx: oneshot::Sender<Outcome>,
+    deadline: Instant,
+    request_id: String,
+    /// Held until the store is dropped: the pool place is free again only
+    /// when the instance is gone.
+    slot: Slot,
+}
+
+impl GuestRun {
+    async fn run<F: FnOnce(ExecutionReport)>(self, on_done: F) {
+        let GuestRun {
+            app,
+            mut store,
+            request,
+            https,
+            head_tx,
+            responded,
+            outcome_tx,
+            deadline,
+            request_id,
+            slot,
+        } = self;
+        let started = Instant::now();
+        let mut instantiated = None;
+        let result = tokio::time::timeout_at(deadline.into(), async {
+            let proxy = app.pre.instantiate_async(&mut store).await?;
+            instantiated = Some(started.elapsed());
+            let scheme = if https { Scheme::Https } else { Scheme::Http };
+            let request = store
+                .data_mut()
+                .http()
+                .new_incoming_request(scheme, request)?;
+            let flag = responded.clone();
+            let out = store
+                .data_mut()
+                .http()
+                .new_response_outparam_from_callback(move |head| {
+                    flag.store(true, Ordering::Release);
+                    let _ = head_tx.send(head);
+                })?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, out)
+                .await
+        })
+        .await;
+        let wall = started.elapsed();
+
+        let outcome = match result {
+            Err(_elapsed) => Outcome::Timeout,
+            Ok(Ok(())) if responded.load(Ordering::Acquire) => Outcome::Ok,
+            Ok(Ok(())) => Outcome::NoResponse,
+            Ok(Err(error)) => classify(&error, store.data()),
+        };
+        if outcome != Outcome::Ok {
+            tracing::info!(
+                target: "wasmwiz::guest",
+                request_id,
+                outcome = outcome.as_str(),
+                elapsed_ms = wall.as_millis() as u64,
+                "the component {}",
+                outcome.describe()
+            );
+        }
+        let _ = outcome_tx.send(outcome);
+        let data = store.data();
+        data.stdout.log(&request_id, "stdout");
+        data.stderr.log(&request_id, "stderr");
+        drop(store);
+        drop(slot);
+        on_done(ExecutionReport {
+            outcome,
+            instantiate: instantiated.unwrap_or(wall),
+            wall,
+        });
+    }
+}
+
+fn classify(error: &wasmtime::Error, state: &InvocationState) -> Outcome {
+    let outcome = if state.limiter.memory_exceeded {
+        Outcome::OutOfMemory
+    } else {
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::StackOverflow) => Outcome::StackOverflow,
+            Some(Trap::Interrupt) => Outcome::Timeout,
+            _ => Outcome::Trap,
+        }
+    };
+    tracing::debug!(error = %format!("{error:#}"), outcome = outcome.as_str(), "guest error");
+    outcome
+}
+
+/// Turns a client's request into one a guest may read, answering the client
+/// directly when the body cannot be accepted:
+/// - a `Content-Length` over `max_input` gets 413 before anything is read
+///   (and no `100 Continue`);
+/// - a body of unknown length is read ahead up to `max_input` (413 as soon
+///   as it grows past it, 408 when the client stalls), so a guest never
+///   starts on a body that will be refused;
+/// - a body of known length streams to the guest as it arrives, failing if
+///   the client pauses longer than `idle`.
+pub async fn read_request<B>(
+    request: Request<B>,
+    max_input: u64,
+    idle: Duration,
+) -> Result<Request<HyperIncomingBody>, Response<ResponseBody>>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error> + std::fmt::Display,
+{
+    let (parts, body) = request.into_parts();
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("the request body is larger than {max_input} bytes"),
+        )
+    };
+    let declared = match parts.headers.get(header::CONTENT_LENGTH) {
+        Some(value) => match value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+            Some(length) => Some(length),
+            None => {
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "invalid Content-Length",
+                ));
+            }
+        },
+        None => None,
+    };
+    let body: HyperIncomingBody = match declared {
+        Some(length) if length > max_input => return Err(too_large()),
+        Some(0) => empty_body(),
+        Some(_) => IdleTimeoutBody::new(body, idle).boxed_unsync(),
+        None if body.is_end_stream() => empty_body(),
+        None => match read_capped(body, max_input, idle).await {
+            Ok(bytes) => http_body_util::Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            Err(BodyReadError::TooLarge(_)) => return Err(too_large()),
+            Err(BodyReadError::Timeout) => {
+                return Err(error_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the client stopped sending the request body",
+                ));
+            }
+            Err(BodyReadError::Client(_)) => {
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    "the request body could not be read",
+                ));
+            }
+        },
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+fn empty_body() -> HyperIncomingBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// The answer when the instance pool is full: 503 at once, retry in 1 s.
+pub fn pool_full_response() -> Response<ResponseBody> {
+    retry_later(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "instance_pool_full",
+        "every instance slot on this node is busy; retry shortly",
+        1,
+    )
+}

@@ -1,0 +1,244 @@
+//! The WebAssembly runtime: one wasmtime [`Engine`] per process, components
+//! compiled once and pre-instantiated, a fresh sandbox for every request.
+//!
+//! Two lifetimes of state, kept apart on purpose:
+//! - per process, [`Runtime`]: the engine (its pooling instance allocator and
+//!   the epoch ticker), the linker with WASI p2 and wasi:http, the pool's
+//!   admission semaphore;
+//! - per request, [`state::InvocationState`]: the `Store`'s data — resource
+//!   table, `WasiCtx`, `WasiHttpCtx`, outbound hooks, memory limiter, captured
+//!   output. It is created for one invocation and dropped with it.
+//!
+//! # Layout
+//! - `compile`: validation and compilation of uploaded bytes, and the
+//!   compiled-code cache.
+//! - `invoke`: running one request through a component, limits and outcome.
+//! - `state`: the per-request store data and the memory limiter.
+//! - `output`: guest stdout/stderr, captured per invocation.
+//! - `body`: request body limits and the guest's response body.
+
+mod body;
+mod compile;
+mod invoke;
+mod output;
+mod state;
+
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::config::MAX_MEMORY_LIMIT;
+
+pub use compile::{CodeCache, CompileError, Compiled, compile};
+pub use invoke::{
+    ExecutionReport, InvokeOptions, Limits, Outcome, Slot, pool_full_response, read_request,
+};
+pub use output::MAX_CAPTURED_OUTPUT;
+pub use state::InvocationState;
+
+/// How often the epoch ticker advances the engine's epoch. A guest that
+/// computes without calling the host yields its tokio worker this often, so
+/// a CPU loop delays other requests on that worker by at most one tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Largest `get-random-bytes` a guest may request in one call; wasmtime's
+/// default (64 MiB) would let one call allocate that much on the host.
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// Most resources (fields, streams, bodies, ...) one invocation may hold.
+pub const MAX_RESOURCES: usize = 10_000;
+
+/// Core instances, memories and tables a component may use, per component
+/// instance, when sizing the pool. A Rust wasm32-wasip2 component uses three
+/// core instances, one memory and two tables.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 4;
+
+/// Settings of the per-process runtime.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Component instances that may be alive at once (the pool's size).
+    pub pool_size: u32,
+}
+
+/// The per-process runtime: engine, linker, instance-pool admission.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<InvocationState>,
+    /// One permit per pool slot: an invocation takes one before it
+    /// instantiates, so a full pool answers 503 at once instead of queueing.
+    slots: Arc<Semaphore>,
+    pool_size: u32,
+    fingerprint: String,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("pool_size", &self.pool_size)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A component ready to serve: compiled, linked and pre-instantiated.
+#[derive(Clone)]
+pub struct App {
+    pre: ProxyPre<InvocationState>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Builds the engine, the pooling allocator and the linker, and starts the
+    /// epoch ticker.
+    pub fn new(config: &RuntimeConfig) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config(config))
+            .map_err(anyhow::Error::from)
+            .context("creating the wasmtime engine")?;
+        let mut linker = Linker::new(&engine);
+        // Full WASI p2 (std-built Rust guests import wasi:cli/environment and
+        // friends even for the proxy world), with sockets denied per store,
+        // plus the HTTP interfaces.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI p2")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http")?;
+
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let fingerprint = format!("wasmtime-{}-{:016x}", wasmtime_version(), hasher.finish());
+
+        let ticker = EpochTicker::spawn(engine.clone(), EPOCH_TICK);
+        Ok(Self {
+            engine,
+            linker,
+            slots: Arc::new(Semaphore::new(config.pool_size as usize)),
+            pool_size: config.pool_size,
+            fingerprint,
+            _ticker: ticker,
+        })
+    }
+
+    /// The engine (shared by every component this runtime loads).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Identifies compiled code this engine can load: the wasmtime version and
+    /// a hash of every setting that affects code generation.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Instances that may run at once.
+    pub fn pool_size(&self) -> u32 {
+        self.pool_size
+    }
+
+    /// Instances running now.
+    pub fn instances_in_use(&self) -> usize {
+        self.pool_size as usize - self.slots.available_permits()
+    }
+
+    /// Links a compiled component and pre-instantiates it as a wasi:http proxy.
+    pub fn prepare(&self, component: &Component) -> Result<App, CompileError> {
+        compile::check_imports(&self.engine, component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| CompileError::Link(format!("{e:#}")))?;
+        let pre = ProxyPre::new(pre).map_err(|e| CompileError::NotHttpHandler(format!("{e:#}")))?;
+        Ok(App { pre })
+    }
+}
+
+fn engine_config(config: &RuntimeConfig) -> Config {
+    let mut pool = PoolingAllocationConfig::default();
+    let n = config.pool_size;
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
+        .total_tables(n.saturating_mul(TABLES_PER_COMPONENT))
+        .total_stacks(n)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        // Every slot can hold the largest memory WebAssembly 32-bit allows;
+        // each invocation's own (tier) limit is enforced by its limiter, so a
+        // component whose initial memory is over its limit fails when it is
+        // instantiated (500), not when it is compiled. The address space is
+        // reserved per slot anyway (4 GiB + guard), so this costs nothing.
+        .max_memory_size(MAX_MEMORY_LIMIT as usize)
+        // Slots of tenants that stopped calling are recycled for others
+        // rather than kept warm for them.
+        .max_unused_warm_slots(n / 10);
+
+    let mut c = Config::new();
+    c.wasm_component_model(true)
+        .epoch_interruption(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        .parallel_compilation(true)
+        .memory_init_cow(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    c
+}
+
+fn wasmtime_version() -> &'static str {
+    // Kept in step with the `=48.0.8` pin in Cargo.toml; the fingerprint
+    // hash covers everything else that matters.
+    "48.0.8"
+}
+
+/// The single thread that advances the engine's epoch; joined on drop.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn spawn(engine: Engine, tick: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = std::thread::Builder::new()
+            .name("wasmwiz-epoch".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                }
+            })
+            .expect("spawning the epoch thread");
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Per-request state: the data of one invocation's `Store`.
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Result, bail};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::output::GuestOutput;
+use super::{MAX_RANDOM_BYTES, MAX_RESOURCES};
+
+/// Everything one invocation's store holds. Created for one request and
+/// dropped with it, so nothing a guest does can outlive its request.
+pub struct InvocationState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: GuestHooks,
+    pub(super) limiter: Limiter,
+    pub(super) stdout: GuestOutput,
+    pub(super) stderr: GuestOutput,
+}
+
+impl InvocationState {
+    /// A fresh sandbox: no environment variable, no argument, no preopened
+    /// directory, no socket or name lookup, stdin closed, stdout and stderr
+    /// captured for the log, outbound HTTP denied unless `hooks` allow it.
+    pub(super) fn new(memory_limit: u64) -> Self {
+        let stdout = GuestOutput::new();
+        let stderr = GuestOutput::new();
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .max_random_size(MAX_RANDOM_BYTES)
+            .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        Self {
+            table,
+            wasi,
+            http: WasiHttpCtx::new(),
+            hooks: GuestHooks,
+            limiter: Limiter::new(memory_limit),
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl WasiView for InvocationState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InvocationState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Policy for what a guest's outgoing HTTP requests may do: denied.
+pub(super) struct GuestHooks;
+
+impl wasmtime_wasi_http::WasiHttpHooks for GuestHooks {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// Caps one invocation's linear memory, trapping (not failing the grow) when
+/// a guest asks for more, and remembers that it did so the answer can say
+/// "out of memory" rather than a generic trap.
+pub(super) struct Limiter {
+    memory_limit: usize,
+    pub(super) memory_exceeded: bool,
+}
+
+/// Table elements one table may grow to.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl Limiter {
+    fn new(memory_limit: u64) -> Self {
+        Self {
+            memory_limit: usize::try_from(memory_limit).unwrap_or(usize::MAX),
+            memory_exceeded: false,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool> {
+        if desired > self.memory_limit {
+            self.memory_exceeded = true;
+            bail!(
+                "linear memory limit of {} bytes exceeded ({desired} requested)",
+                self.memory_limit
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            bail!("table limit of {MAX_TABLE_ELEMENTS} elements exceeded");
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests: the real `wasmwiz` binary over real sockets, running
+//! real components compiled from `examples/` and `tests/guests/`.
+
+mod helpers;
+mod run;
