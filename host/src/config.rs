@@ -202,6 +202,150 @@ impl HttpArgs {
     }
 }
 
+/// Where state lives and how keys are hashed: shared by `serve`, `admin`
+/// and `migrate`, so they always open the same store the same way.
+#[derive(clap::Args, Clone)]
+pub struct StoreArgs {
+    /// PostgreSQL URL; when unset, the embedded SQLite store under
+    /// WASMWIZ_DATA_DIR is used.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Folder for the embedded database and the compiled-code cache.
+    #[arg(long, env = "WASMWIZ_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// Secret for hashing API keys (at least 32 characters; required when
+    /// ENVIRONMENT=production). Changing it invalidates every key.
+    #[arg(long, env = "API_SALT", hide_env_values = true)]
+    pub api_salt: Option<String>,
+}
+
+impl std::fmt::Debug for StoreArgs {
+    /// Never prints the database URL (it may hold a password) or the salt.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreArgs")
+            .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
+            .field("data_dir", &self.data_dir)
+            .field("api_salt", &self.api_salt.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// Default for `WASMWIZ_DATA_DIR`.
+pub const DEFAULT_DATA_DIR: &str = ".wasmwiz";
+
+/// The default tiers' request rates, seeded into the store on first start.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TierRateArgs {
+    /// Requests per minute of the free tier.
+    #[arg(long, env = "FREE_TIER_RATE_MINUTE", default_value_t = 10,
+          value_parser = number_for::<u64>("FREE_TIER_RATE_MINUTE"))]
+    pub free_tier_rate_minute: u64,
+    /// Requests per day of the free tier.
+    #[arg(long, env = "FREE_TIER_RATE_DAY", default_value_t = 500,
+          value_parser = number_for::<u64>("FREE_TIER_RATE_DAY"))]
+    pub free_tier_rate_day: u64,
+    /// Requests per minute of the basic tier.
+    #[arg(long, env = "BASIC_TIER_RATE_MINUTE", default_value_t = 100,
+          value_parser = number_for::<u64>("BASIC_TIER_RATE_MINUTE"))]
+    pub basic_tier_rate_minute: u64,
+    /// Requests per day of the basic tier.
+    #[arg(long, env = "BASIC_TIER_RATE_DAY", default_value_t = 10_000,
+          value_parser = number_for::<u64>("BASIC_TIER_RATE_DAY"))]
+    pub basic_tier_rate_day: u64,
+    /// Requests per minute of the pro tier.
+    #[arg(long, env = "PRO_TIER_RATE_MINUTE", default_value_t = 500,
+          value_parser = number_for::<u64>("PRO_TIER_RATE_MINUTE"))]
+    pub pro_tier_rate_minute: u64,
+    /// Requests per day of the pro tier.
+    #[arg(long, env = "PRO_TIER_RATE_DAY", default_value_t = 50_000,
+          value_parser = number_for::<u64>("PRO_TIER_RATE_DAY"))]
+    pub pro_tier_rate_day: u64,
+}
+
+/// The limits and rates new tiers start from: the default tiers (free,
+/// basic, pro) are seeded from these on first start, and a tier created
+/// through the API takes them for the fields it leaves out.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TierDefaultArgs {
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub rates: TierRateArgs,
+    /// Largest component accepted for upload.
+    #[arg(long, env = "MAX_WASM_SIZE", default_value = "10485760", value_name = "BYTES",
+          value_parser = bytes_for("MAX_WASM_SIZE"))]
+    pub max_wasm_size: u64,
+}
+
+impl TierDefaultArgs {
+    /// Checks ranges that a parser alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.limits.validate()?;
+        if self.max_wasm_size == 0 || self.max_wasm_size > 1 << 30 {
+            bail!("MAX_WASM_SIZE must be between 1 byte and 1GiB");
+        }
+        Ok(())
+    }
+
+    /// Limits of a tier with the given rates.
+    pub fn tier_limits(
+        &self,
+        per_minute: Option<u64>,
+        per_day: Option<u64>,
+    ) -> crate::store::TierLimits {
+        crate::store::TierLimits {
+            requests_per_minute: per_minute,
+            requests_per_day: per_day,
+            memory_limit_bytes: self.limits.memory_limit,
+            execution_timeout_ms: u64::try_from(self.limits.execution_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+            max_input_bytes: self.limits.max_input_size,
+            max_component_bytes: self.max_wasm_size,
+        }
+    }
+
+    /// The default tiers: free, basic and pro.
+    pub fn default_tiers(&self) -> Vec<crate::store::Tier> {
+        let r = &self.rates;
+        [
+            ("free", r.free_tier_rate_minute, r.free_tier_rate_day),
+            ("basic", r.basic_tier_rate_minute, r.basic_tier_rate_day),
+            ("pro", r.pro_tier_rate_minute, r.pro_tier_rate_day),
+        ]
+        .into_iter()
+        .map(|(name, minute, day)| crate::store::Tier {
+            name: name.to_string(),
+            limits: self.tier_limits(Some(minute), Some(day)),
+        })
+        .collect()
+    }
+
+    /// What `PUT /api/v1/tiers` fills in for missing fields: the free
+    /// tier's rates (a new tier is never unlimited by accident).
+    pub fn defaults_for_new_tiers(&self) -> crate::store::TierLimits {
+        self.tier_limits(
+            Some(self.rates.free_tier_rate_minute),
+            Some(self.rates.free_tier_rate_day),
+        )
+    }
+}
+
+/// Compiling uploads.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CompileArgs {
+    /// Time one compilation may take before the compiler is killed.
+    #[arg(long, env = "COMPILE_TIMEOUT", default_value = "60", value_name = "DURATION",
+          value_parser = duration_for("COMPILE_TIMEOUT"))]
+    pub compile_timeout: Duration,
+
+    /// Heap the compiler process may use.
+    #[arg(long, env = "COMPILE_MEMORY_LIMIT", default_value = "4GiB", value_name = "BYTES",
+          value_parser = bytes_for("COMPILE_MEMORY_LIMIT"))]
+    pub compile_memory_limit: u64,
+}
+
 /// Logging.
 #[derive(clap::Args, Clone, Debug)]
 pub struct LogArgs {

@@ -29,6 +29,23 @@ pub struct LiveRoute {
     pub limits: Limits,
     /// The route in Spin syntax, for logs and metric labels.
     pub label: String,
+    /// The tenant and deployment behind the route (`None` for `wasmwiz run`).
+    pub owner: Option<RouteOwner>,
+}
+
+/// Who a served route belongs to.
+#[derive(Debug, Clone)]
+pub struct RouteOwner {
+    /// The tenant's id.
+    pub tenant_id: i64,
+    /// The tenant's name.
+    pub tenant: String,
+    /// The deployment.
+    pub deployment_id: String,
+    /// Its live version.
+    pub version: i64,
+    /// The tenant's tier.
+    pub tier: Arc<crate::store::Tier>,
 }
 
 /// The current routes, as one immutable table.

@@ -10,15 +10,23 @@
 //! - [`router`]: route patterns and the route table (pure).
 //! - [`dataplane`]: the invocation path — route, limits, admission, invoke.
 //! - [`runtime`]: the wasmtime engine, compilation and per-request sandboxes.
+//! - [`node`]: a `serve` node's state and the loop that syncs it with the store.
+//! - [`store`]: durable state on PostgreSQL or embedded SQLite.
+//! - [`auth`]: API keys, scopes and their cache.
+//! - [`api`]: the REST control plane under `/api/v1`.
 //! - [`response`]: the response body type and JSON errors.
 //! - [`logging`]: the tracing subscriber.
 //! - [`cli`]: the `wasmwiz` commands.
 
+pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod logging;
+pub mod node;
 pub mod response;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod store;

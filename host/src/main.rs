@@ -6,7 +6,7 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = wasmwiz::cli::Cli::parse();
-    let _log_guard = match wasmwiz::logging::init(cli.log_args()) {
+    let _log_guard = match cli.log_args().map(wasmwiz::logging::init).transpose() {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(cli.execute()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

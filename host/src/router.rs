@@ -129,6 +129,15 @@ impl RoutePattern {
         self.wildcard
     }
 
+    /// Whether deploying this pattern would take requests away from
+    /// `existing`: same host, and `existing` is a wildcard that covers this
+    /// pattern's path, which would become the more specific match. (The
+    /// reverse, a wildcard around a more specific route, takes nothing: the
+    /// more specific route still wins its paths.)
+    pub fn would_take_from(&self, existing: &RoutePattern) -> bool {
+        self.host == existing.host && existing.wildcard && existing.matches_path(&self.path)
+    }
+
     /// Whether `path` would be served by this pattern (ignoring the host).
     pub fn matches_path(&self, path: &str) -> bool {
         if !self.wildcard {
@@ -450,6 +459,39 @@ mod tests {
         assert_eq!(pattern("/hello").to_string(), "/hello");
         assert!(pattern("/hello/...").matches_path("/hello/x"));
         assert!(!pattern("/hello/...").matches_path("/hellox"));
+    }
+
+    #[test]
+    fn a_route_inside_a_wildcard_would_take_from_it() {
+        let wild = pattern("/a/...");
+        assert!(
+            pattern("/a").would_take_from(&wild),
+            "exact at the wildcard's root"
+        );
+        assert!(pattern("/a/b").would_take_from(&wild));
+        assert!(pattern("/a/b/...").would_take_from(&wild));
+        assert!(
+            pattern("/a/...").would_take_from(&wild),
+            "the same wildcard"
+        );
+        assert!(!pattern("/ab").would_take_from(&wild));
+        assert!(
+            !pattern("/...").would_take_from(&wild),
+            "a wider wildcard takes nothing"
+        );
+        assert!(
+            !pattern("/a/b").would_take_from(&pattern("/a")),
+            "exact routes own one path"
+        );
+        assert!(
+            pattern("/x").would_take_from(&pattern("/...")),
+            "everything is under the root"
+        );
+        let hosted = RoutePattern::parse("/a/b", Some("h.example"), &[]).unwrap();
+        assert!(
+            !hosted.would_take_from(&wild),
+            "different hosts never overlap"
+        );
     }
 
     #[test]

@@ -101,6 +101,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
             app,
             limits,
             label,
+            owner: None,
         });
         routes.insert(&route.pattern, route.clone());
     }

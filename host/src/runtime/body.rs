@@ -33,12 +33,11 @@ pub enum BodyReadError {
 /// Reads a whole body of unknown length into memory, refusing it as soon as
 /// it grows past `cap` (so an over-size body is never buffered whole) and
 /// when the client pauses longer than `idle`.
-pub async fn read_capped<B>(body: B, cap: u64, idle: Duration) -> Result<Bytes, BodyReadError>
+pub async fn read_capped<B>(body: &mut B, cap: u64, idle: Duration) -> Result<Bytes, BodyReadError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut body = body;
     let mut collected = BytesMut::new();
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
@@ -55,6 +54,34 @@ where
         }
     }
 }
+
+/// Reads and throws away what is left of a refused request body, up to
+/// `max_bytes` or `max_time`, so an HTTP/1.1 client still sending it reads
+/// the refusal instead of a connection reset (nginx's "lingering close").
+/// A body larger than that is abandoned and the connection closed.
+pub async fn discard<B>(body: B, max_bytes: u64, max_time: Duration)
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut body = body;
+    let mut seen = 0u64;
+    let _ = tokio::time::timeout(max_time, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.len() as u64;
+                if seen > max_bytes {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// How much of a refused body is read and discarded before closing.
+pub const DISCARD_MAX_BYTES: u64 = 64 << 20;
+/// How long a refused body is read and discarded before closing.
+pub const DISCARD_MAX_TIME: Duration = Duration::from_secs(10);
 
 pin_project_lite::pin_project! {
     /// A request body that fails with a read timeout when the client pauses

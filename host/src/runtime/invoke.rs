@@ -20,7 +20,10 @@ use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::{HyperIncomingBody, HyperOutgoingBody};
 
-use super::body::{BodyReadError, GuestBody, IdleTimeoutBody, read_capped};
+use super::body::{
+    BodyReadError, DISCARD_MAX_BYTES, DISCARD_MAX_TIME, GuestBody, IdleTimeoutBody, discard,
+    read_capped,
+};
 use super::state::InvocationState;
 use super::{App, Runtime};
 use crate::response::{ResponseBody, error_response, retry_later};
@@ -379,16 +382,25 @@ where
         },
         None => None,
     };
+    let mut body = body;
     let body: HyperIncomingBody = match declared {
-        Some(length) if length > max_input => return Err(too_large()),
+        Some(length) if length > max_input => {
+            if length <= DISCARD_MAX_BYTES {
+                discard(body, DISCARD_MAX_BYTES, DISCARD_MAX_TIME).await;
+            }
+            return Err(too_large());
+        }
         Some(0) => empty_body(),
         Some(_) => IdleTimeoutBody::new(body, idle).boxed_unsync(),
         None if body.is_end_stream() => empty_body(),
-        None => match read_capped(body, max_input, idle).await {
+        None => match read_capped(&mut body, max_input, idle).await {
             Ok(bytes) => http_body_util::Full::new(bytes)
                 .map_err(|never| match never {})
                 .boxed_unsync(),
-            Err(BodyReadError::TooLarge(_)) => return Err(too_large()),
+            Err(BodyReadError::TooLarge(_)) => {
+                discard(body, DISCARD_MAX_BYTES, DISCARD_MAX_TIME).await;
+                return Err(too_large());
+            }
             Err(BodyReadError::Timeout) => {
                 return Err(error_response(
                     StatusCode::REQUEST_TIMEOUT,

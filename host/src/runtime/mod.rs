@@ -17,11 +17,13 @@
 //! - `output`: guest stdout/stderr, captured per invocation.
 //! - `body`: request body limits and the guest's response body.
 
-mod body;
+pub mod body;
 mod compile;
 mod invoke;
+mod outbound;
 mod output;
 mod state;
+mod worker;
 
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
@@ -41,8 +43,10 @@ pub use compile::{CodeCache, CompileError, Compiled, compile};
 pub use invoke::{
     ExecutionReport, InvokeOptions, Limits, Outcome, Slot, pool_full_response, read_request,
 };
+pub use outbound::{HostPattern, OutboundPolicy};
 pub use output::MAX_CAPTURED_OUTPUT;
 pub use state::InvocationState;
+pub use worker::{Compiler, worker_main};
 
 /// How often the epoch ticker advances the engine's epoch. A guest that
 /// computes without calling the host yields its tokio worker this often, so
@@ -121,9 +125,7 @@ impl Runtime {
             .map_err(anyhow::Error::from)
             .context("linking wasi:http")?;
 
-        let mut hasher = std::hash::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let fingerprint = format!("wasmtime-{}-{:016x}", wasmtime_version(), hasher.finish());
+        let fingerprint = fingerprint_of(&engine);
 
         let ticker = EpochTicker::spawn(engine.clone(), EPOCH_TICK);
         Ok(Self {
@@ -169,7 +171,17 @@ impl Runtime {
     }
 }
 
-fn engine_config(config: &RuntimeConfig) -> Config {
+/// Identifies the code `engine` produces: the wasmtime version and a hash of
+/// every setting that affects code generation.
+pub(crate) fn fingerprint_of(engine: &Engine) -> String {
+    let mut hasher = std::hash::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("wasmtime-{}-{:016x}", wasmtime_version(), hasher.finish())
+}
+
+/// The engine configuration every process of one installation shares (the
+/// server and its compile workers must agree, or cached code would not load).
+pub(crate) fn engine_config(config: &RuntimeConfig) -> Config {
     let mut pool = PoolingAllocationConfig::default();
     let n = config.pool_size;
     pool.total_component_instances(n)

@@ -181,3 +181,304 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("building the client")
 }
+
+/// Base URL of the test PostgreSQL server (trust auth on loopback).
+fn postgres_base() -> String {
+    std::env::var("WASMWIZ_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+fn psql(database: &str, sql: &str) {
+    let url = format!("{}/{database}", postgres_base());
+    let output = Command::new("psql")
+        .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
+        .output()
+        .expect("running psql");
+    assert!(
+        output.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A fresh PostgreSQL database for one test, dropped afterwards.
+pub struct TestDb {
+    name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates `wasmwiz_test_<random>`.
+    pub fn create() -> TestDb {
+        let name = format!("wasmwiz_test_{:016x}", rand::random::<u64>());
+        psql("postgres", &format!("CREATE DATABASE {name}"));
+        TestDb {
+            url: format!("{}/{name}", postgres_base()),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // A second node's handle on the same database has no name: the
+        // first node's handle drops it.
+        if self.name.is_empty() {
+            return;
+        }
+        let _ = Command::new("psql")
+            .args([
+                format!("{}/postgres", postgres_base()).as_str(),
+                "-qAt",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+/// Which store a `serve` test runs on.
+pub enum Backend {
+    /// The embedded SQLite store.
+    Sqlite,
+    /// A fresh PostgreSQL database.
+    Postgres(TestDb),
+}
+
+/// The environment of a `wasmwiz serve` test: a store, a data folder, and
+/// the variables every process of the test shares.
+pub struct ServeEnv {
+    /// The store.
+    pub backend: Backend,
+    /// Data folder (SQLite file, compiled-code cache); removed on drop.
+    _data_dir: tempfile::TempDir,
+    envs: Vec<(String, String)>,
+}
+
+impl ServeEnv {
+    /// On the embedded SQLite store.
+    pub fn sqlite() -> ServeEnv {
+        Self::with(Backend::Sqlite)
+    }
+
+    /// On a fresh PostgreSQL database.
+    pub fn postgres() -> ServeEnv {
+        Self::with(Backend::Postgres(TestDb::create()))
+    }
+
+    fn with(backend: Backend) -> ServeEnv {
+        let data_dir = tempfile::tempdir().expect("a temporary folder");
+        let mut envs = vec![
+            (
+                "WASMWIZ_DATA_DIR".to_string(),
+                data_dir.path().display().to_string(),
+            ),
+            (
+                "API_SALT".to_string(),
+                "test-salt-that-is-at-least-32-characters".to_string(),
+            ),
+        ];
+        if let Backend::Postgres(db) = &backend {
+            envs.push(("DATABASE_URL".to_string(), db.url.clone()));
+        }
+        ServeEnv {
+            backend,
+            _data_dir: data_dir,
+            envs,
+        }
+    }
+
+    /// Sets a variable for every process started from now on.
+    pub fn set(&mut self, var: &str, value: &str) -> &mut Self {
+        self.envs.retain(|(v, _)| v != var);
+        self.envs.push((var.to_string(), value.to_string()));
+        self
+    }
+
+    /// A second data folder over the same store: another node.
+    pub fn other_node(&self) -> ServeEnv {
+        let data_dir = tempfile::tempdir().expect("a temporary folder");
+        let mut envs = self.envs.clone();
+        envs.retain(|(v, _)| v != "WASMWIZ_DATA_DIR");
+        envs.push((
+            "WASMWIZ_DATA_DIR".to_string(),
+            data_dir.path().display().to_string(),
+        ));
+        let backend = match &self.backend {
+            Backend::Sqlite => panic!("the embedded store is single-node"),
+            Backend::Postgres(db) => Backend::Postgres(TestDb {
+                name: String::new(),
+                url: db.url.clone(),
+            }),
+        };
+        ServeEnv {
+            backend,
+            _data_dir: data_dir,
+            envs,
+        }
+    }
+
+    fn env_refs(&self) -> Vec<(&str, &str)> {
+        self.envs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// Runs a `wasmwiz` command against this store to completion.
+    pub fn command(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmwiz"));
+        for var in SCRUBBED_VARS {
+            command.env_remove(var);
+        }
+        let output = command
+            .args(args)
+            .envs(self.env_refs())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running wasmwiz");
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `wasmwiz admin ...`, panicking on failure; returns stdout.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let mut full = vec!["admin"];
+        full.extend_from_slice(args);
+        let (status, stdout, stderr) = self.command(&full);
+        assert!(status.success(), "wasmwiz admin {args:?} failed:\n{stderr}");
+        stdout
+    }
+
+    /// Creates a tenant on `tier` and a key for it (`--admin` if asked).
+    pub fn tenant(&self, name: &str, tier: &str, admin: bool) -> String {
+        self.admin(&["tenant", "create", name, "--tier", tier]);
+        let mut args = vec!["key", "create", name];
+        if admin {
+            args.push("--admin");
+        }
+        self.admin(&args).trim().to_string()
+    }
+
+    /// Starts `wasmwiz serve` on 127.0.0.1:0.
+    pub fn serve(&self) -> Server {
+        Server::start(&["serve"], &self.env_refs())
+    }
+}
+
+/// A client of the API with a key.
+#[derive(Clone)]
+pub struct Api {
+    /// Base URL, `http://ADDR`.
+    pub base: String,
+    key: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// A client of `server` using `key`.
+    pub fn new(server: &Server, key: &str) -> Api {
+        Api {
+            base: server.url(""),
+            key: Some(key.to_string()),
+            http: client(),
+        }
+    }
+
+    /// A client of `server` sending no key.
+    pub fn anonymous(server: &Server) -> Api {
+        Api {
+            base: server.url(""),
+            key: None,
+            http: client(),
+        }
+    }
+
+    /// A request with the key set.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+
+    /// Sends and returns the status and the JSON body (Null when empty).
+    pub async fn call(&self, request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+        let response = request
+            .send()
+            .await
+            .expect("the request reaches the server");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("a body");
+        let json = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!(
+                    "status {status}: not JSON: {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        (status, json)
+    }
+
+    /// `POST /api/v1/components?name=NAME` with a file's bytes.
+    pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> (u16, serde_json::Value) {
+        self.call(
+            self.request(
+                reqwest::Method::POST,
+                &format!("/api/v1/components?name={name}"),
+            )
+            .header("content-type", "application/wasm")
+            .body(bytes),
+        )
+        .await
+    }
+
+    /// Uploads a component built by the examples script; returns its digest.
+    pub async fn upload_component(&self, name: &str) -> String {
+        let bytes = std::fs::read(component(name)).expect("the component file");
+        let (status, body) = self.upload(name, bytes).await;
+        assert!(
+            status == 200 || status == 201,
+            "upload of {name}: {status} {body}"
+        );
+        body["digest"].as_str().expect("a digest").to_string()
+    }
+
+    /// `POST /api/v1/deployments`.
+    pub async fn deploy(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(
+            self.request(reqwest::Method::POST, "/api/v1/deployments")
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Uploads `name` and deploys it on `route`; returns the deployment.
+    pub async fn deploy_component(&self, name: &str, route: &str) -> serde_json::Value {
+        let digest = self.upload_component(name).await;
+        let (status, body) = self
+            .deploy(serde_json::json!({ "route": route, "component": digest }))
+            .await;
+        assert_eq!(status, 201, "deploy {name} on {route}: {body}");
+        body
+    }
+
+    /// `GET path` without a key, returning status and body text.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("the request reaches the server");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+}

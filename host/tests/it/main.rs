@@ -1,5 +1,6 @@
 //! Integration tests: the real `wasmwiz` binary over real sockets, running
 //! real components compiled from `examples/` and `tests/guests/`.
 
+mod api;
 mod helpers;
 mod run;

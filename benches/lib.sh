@@ -1,0 +1,99 @@
+# Shared helpers of the benchmark scripts (sourced, not run).
+# shellcheck shell=bash
+
+bench_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bench_cache=${WASMWIZ_BENCH_CACHE:-$HOME/.cache/wasmwiz-bench}
+WASMTIME_VERSION=48.0.8
+bench_pids=()
+
+bench_cleanup() {
+    local pid
+    for pid in "${bench_pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${bench_pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+}
+
+# Builds the release wasmwiz binary and the components.
+bench_build_wasmwiz() {
+    (cd "$bench_root" && cargo build --release --locked --quiet -p wasmwiz)
+    "$bench_root/scripts/build-examples.sh" 2>/dev/null
+}
+
+# Installs wasmtime-cli (the same wasmtime as the host) into the cache once.
+bench_wasmtime() {
+    local bin=$bench_cache/wasmtime-$WASMTIME_VERSION/bin/wasmtime
+    if [ ! -x "$bin" ]; then
+        echo "installing wasmtime-cli $WASMTIME_VERSION into $bench_cache (once, ~9 min)" >&2
+        cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked --quiet \
+            --root "$bench_cache/wasmtime-$WASMTIME_VERSION" >&2
+    fi
+    echo "$bin"
+}
+
+# Builds the native hyper baseline.
+bench_native() {
+    (cd "$bench_root/benches/native-hello" &&
+        CARGO_TARGET_DIR=$bench_root/target/bench-native cargo build --release --locked --quiet)
+    echo "$bench_root/target/bench-native/release/native-hello"
+}
+
+# Starts a server in the background: bench_start NAME LOGFILE CMD...
+bench_start() {
+    local name=$1 log=$2
+    shift 2
+    "$@" >"$log" 2>&1 &
+    bench_pids+=("$!")
+    echo "started $name (pid $!)" >&2
+}
+
+# Waits until URL answers 200.
+bench_wait_ready() {
+    local url=$1
+    for _ in $(seq 1 300); do
+        if [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "$url never answered 200" >&2
+    return 1
+}
+
+# Converts a wrk latency (612.00us, 2.10ms, 1.02s) to milliseconds.
+bench_to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n = n / 1000
+        else if (v ~ /ms$/) n = n
+        else if (v ~ /s$/) n = n * 1000
+        printf "%.3f", n
+    }'
+}
+
+# Runs wrk and prints "RPS P50_MS P99_MS NON2XX": bench_wrk OUTFILE WRKARGS... URL
+bench_wrk() {
+    local out=$1
+    shift
+    wrk --latency "$@" >"$out" 2>&1
+    local rps p50 p99 bad
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+    p50=$(awk '$1 == "50%" {print $2}' "$out")
+    p99=$(awk '$1 == "99%" {print $2}' "$out")
+    bad=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$out")
+    echo "${rps:-0} $(bench_to_ms "${p50:-0ms}") $(bench_to_ms "${p99:-0ms}") ${bad:-0}"
+}
+
+# Median of the numbers given as arguments.
+bench_median() {
+    printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {
+        if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2
+    }'
+}
+
+# a / b with two decimals.
+bench_ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'
+}

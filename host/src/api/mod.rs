@@ -1,0 +1,270 @@
+//! The control plane: REST + JSON under `/api/v1`, authenticated with
+//! `Authorization: Bearer <key>`. Not on the invocation path.
+//!
+//! Every error is `{"error":{"code","message"}}` with the status DESIGN.md
+//! gives; 5xx details are logged, never sent.
+//!
+//! # Layout
+//! - `components`: uploads, listing, deletion.
+//! - `deployments`: deploy, list, roll back, delete.
+//! - `tenants`: tenants, tiers and keys (the admin side).
+//! - `docs`: the OpenAPI document at `/api/docs`.
+
+mod components;
+mod deployments;
+mod docs;
+mod tenants;
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post, put};
+
+use crate::auth::{AuthError, Principal, Scope};
+use crate::node::{Node, UploadError};
+use crate::runtime::CompileError;
+use crate::store::StoreError;
+
+pub use docs::OPENAPI;
+
+/// The API's routes (paths as in DESIGN.md).
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/components",
+            post(components::upload).get(components::list),
+        )
+        .route("/api/v1/components/{digest}", delete(components::remove))
+        .route(
+            "/api/v1/deployments",
+            post(deployments::create).get(deployments::list),
+        )
+        .route(
+            "/api/v1/deployments/{id}/rollback",
+            post(deployments::rollback),
+        )
+        .route("/api/v1/deployments/{id}", delete(deployments::remove))
+        .route("/api/v1/tenants", post(tenants::create_tenant))
+        .route("/api/v1/tenants/{name}", patch(tenants::update_tenant))
+        .route(
+            "/api/v1/keys",
+            post(tenants::create_key).get(tenants::list_keys),
+        )
+        .route("/api/v1/keys/{id}", delete(tenants::revoke_key))
+        .route("/api/v1/tiers", get(tenants::list_tiers))
+        .route("/api/v1/tiers/{name}", put(tenants::put_tier))
+        .route("/api/docs", get(docs::openapi))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed here",
+            )
+        })
+        .with_state(node)
+}
+
+/// An API error: a status, a stable code and a message for the client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    import: Option<String>,
+}
+
+impl ApiError {
+    /// An error with `status`, `code` and `message`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            import: None,
+        }
+    }
+
+    /// 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 404 `not_found` (also for other tenants' objects: no enumeration).
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
+    }
+
+    /// 403 `forbidden` for a missing scope.
+    pub fn missing_scope(scope: Scope) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this key lacks the `{}` scope", scope.as_str()),
+        )
+    }
+
+    /// 500, with the detail logged and not sent.
+    pub fn internal(detail: &str) -> Self {
+        tracing::error!(detail, "internal error in the API");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some(import) = self.import {
+            error["import"] = serde_json::Value::String(import);
+        }
+        let mut response = (
+            self.status,
+            axum::Json(serde_json::json!({ "error": error })),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found"),
+            StoreError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            StoreError::Invalid(message) => ApiError::bad_request(message),
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(detail, "the store is unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the database is unavailable; retry shortly",
+                )
+            }
+            StoreError::Internal(detail) => ApiError::internal(&detail),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Missing | AuthError::Invalid => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string())
+            }
+            AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<CompileError> for ApiError {
+    fn from(error: CompileError) -> Self {
+        if let CompileError::Internal(detail) = &error {
+            return ApiError::internal(detail);
+        }
+        let import = error.import().map(str::to_string);
+        let mut api = ApiError::new(error.status(), error.code(), error.to_string());
+        api.import = import;
+        api
+    }
+}
+
+impl From<UploadError> for ApiError {
+    fn from(error: UploadError) -> Self {
+        match error {
+            UploadError::Compile(e) => e.into(),
+            UploadError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Node>> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        Ok(node.auth.authenticate(header).await?)
+    }
+}
+
+/// Refuses the request unless the key has `scope` (admin keys have all).
+pub fn require(principal: &Principal, scope: Scope) -> Result<(), ApiError> {
+    if principal.scopes.has(scope) || principal.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::missing_scope(scope))
+    }
+}
+
+/// A JSON body whose rejections are JSON errors too.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                    "unsupported_media_type"
+                } else {
+                    "bad_request"
+                };
+                Err(ApiError::new(
+                    if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                        status
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    },
+                    code,
+                    rejection.body_text(),
+                ))
+            }
+        }
+    }
+}
+
+/// Makes a committed change live on this node before answering. If that
+/// fails the change is still committed, and the sync loop retries.
+pub(crate) async fn publish(node: &Node) {
+    if let Err(e) = node.reconcile().await {
+        tracing::warn!(error = %e, "the change is stored but not yet live on this node");
+    }
+}
+
+/// Unix milliseconds as RFC 3339 (`2026-11-27T04:17:40.934Z`).
+pub fn rfc3339(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(time).to_string()
+}

@@ -1,0 +1,258 @@
+//! `wasmwiz serve`: the multi-tenant server — API, health, readiness and
+//! the invocation path on one listener.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use tower::ServiceExt as _;
+
+use crate::api;
+use crate::auth::{Authenticator, MIN_SALT_LEN};
+use crate::config::{
+    CompileArgs, HttpArgs, ListenArgs, LogArgs, RuntimeArgs, StoreArgs, TierDefaultArgs,
+};
+use crate::dataplane::DataPlane;
+use crate::node::Node;
+use crate::response::{BoxError, ResponseBody, full};
+use crate::runtime::{Compiler, Runtime, RuntimeConfig};
+use crate::server::{self, ConnInfo, Handler, HttpOptions, tls};
+use crate::store::{self, Store};
+
+/// Arguments of `wasmwiz serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub tiers: TierDefaultArgs,
+    #[command(flatten)]
+    pub compile: CompileArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Opens the configured store (applying migrations), seeds the default
+/// tiers and settles the key salt: what every command that touches the
+/// store does first.
+pub async fn open_store(
+    store_args: &StoreArgs,
+    tiers: &TierDefaultArgs,
+    production: bool,
+) -> anyhow::Result<(Arc<dyn Store>, Vec<u8>)> {
+    if production
+        && store_args
+            .api_salt
+            .as_deref()
+            .is_none_or(|s| s.len() < MIN_SALT_LEN)
+    {
+        bail!(
+            "API_SALT must be set to at least {MIN_SALT_LEN} characters when ENVIRONMENT=production \
+             (scripts/generate_secrets.sh makes one)"
+        );
+    }
+    let store = store::open(store_args.database_url.as_deref(), &store_args.data_dir).await?;
+    store
+        .seed_tiers(&tiers.default_tiers())
+        .await
+        .context("seeding the default tiers")?;
+    warn_about_changed_rates(store.as_ref(), tiers).await;
+    let salt = match &store_args.api_salt {
+        Some(salt) => {
+            if salt.len() < MIN_SALT_LEN {
+                tracing::warn!(
+                    "API_SALT is shorter than {MIN_SALT_LEN} characters: acceptable for development only"
+                );
+            }
+            salt.as_bytes().to_vec()
+        }
+        None => {
+            // Development without API_SALT: a random salt kept in the store,
+            // so every node and every restart hash keys the same way.
+            let fresh = hex::encode(rand::random::<[u8; 32]>());
+            let salt = store
+                .setting_or_insert("development_api_salt", &fresh)
+                .await
+                .context("storing the development API salt")?;
+            tracing::warn!(
+                "API_SALT is not set: using a generated salt kept in the store (development only)"
+            );
+            salt.into_bytes()
+        }
+    };
+    Ok((store, salt))
+}
+
+/// Tiers are seeded once; later changes to the *_TIER_RATE_* variables do
+/// not overwrite what an operator set. Say so when they differ.
+async fn warn_about_changed_rates(store: &dyn Store, tiers: &TierDefaultArgs) {
+    let Ok(stored) = store.tiers().await else {
+        return;
+    };
+    for wanted in tiers.default_tiers() {
+        if let Some(have) = stored.iter().find(|t| t.name == wanted.name) {
+            let (w, h) = (&wanted.limits, &have.limits);
+            if w.requests_per_minute != h.requests_per_minute
+                || w.requests_per_day != h.requests_per_day
+            {
+                tracing::warn!(
+                    tier = %wanted.name,
+                    stored_per_minute = ?h.requests_per_minute,
+                    stored_per_day = ?h.requests_per_day,
+                    "the stored tier's rates differ from the *_TIER_RATE_* variables, which only seed \
+                     new stores; change it with `wasmwiz admin tier set`"
+                );
+            }
+        }
+    }
+}
+
+/// Opens the store, loads every deployment, binds, prints `listening on`,
+/// serves until SIGINT or SIGTERM.
+pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
+    args.tiers.validate()?;
+    args.http.validate()?;
+    let addr = args.listen.socket_addr()?;
+    let tls = match (&args.http.tls_cert_path, &args.http.tls_key_path) {
+        (Some(cert), Some(key)) => Some(tls::ReloadingCert::load(cert, key)?),
+        _ => None,
+    };
+    let (store, salt) = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
+
+    let runtime = Arc::new(Runtime::new(&RuntimeConfig {
+        pool_size: args.runtime.instance_pool_size,
+    })?);
+    let compiler = Compiler::new(
+        &runtime,
+        &args.store.data_dir.join("cache"),
+        args.compile.compile_timeout,
+        args.compile.compile_memory_limit,
+    )
+    .context("WASMWIZ_DATA_DIR: cannot create the compiled-code cache")?;
+    let plane = Arc::new(DataPlane::new(runtime.clone(), args.http.body_read_timeout));
+    let node = Arc::new(Node::new(
+        store.clone(),
+        runtime,
+        plane,
+        Authenticator::new(store.clone(), salt),
+        compiler,
+        Vec::new(),
+        args.tiers.defaults_for_new_tiers(),
+    ));
+    match node.reconcile().await {
+        Ok(report) => tracing::info!(
+            routes = report.routes,
+            from_cache = report.from_cache,
+            compiled = report.compiled,
+            failed = report.failed,
+            store = store.backend(),
+            "deployments loaded ({} from the compiled-code cache, {} compiled)",
+            report.from_cache,
+            report.compiled
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot load deployments yet; retrying in the background")
+        }
+    }
+    node.spawn_sync();
+
+    let listener = server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let acceptor = match tls {
+        Some(cert) => {
+            cert.clone().watch();
+            Some(tls::acceptor(cert)?)
+        }
+        None => None,
+    };
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    eprintln!("listening on {scheme}://{local}");
+    let handler = Arc::new(ServeHandler {
+        api: api::router(node.clone()),
+        node: node.clone(),
+    });
+    let shutdown = async move {
+        server::shutdown_signal().await;
+        node.start_draining();
+    };
+    server::serve(
+        listener,
+        acceptor,
+        handler,
+        HttpOptions::from(&args.http),
+        shutdown,
+    )
+    .await
+}
+
+/// Dispatches a request to the API, health, readiness, or the routes.
+struct ServeHandler {
+    node: Arc<Node>,
+    api: axum::Router,
+}
+
+impl ServeHandler {
+    async fn api(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let request = request.map(axum::body::Body::new);
+        let response = match self.api.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
+    }
+
+    fn ready(&self) -> Response<ResponseBody> {
+        let store = if self.node.store_ok() { "ok" } else { "down" };
+        let (status, state) = if self.node.draining() {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining")
+        } else if !self.node.loaded() {
+            (StatusCode::SERVICE_UNAVAILABLE, "loading")
+        } else if store != "ok" {
+            // A shared dependency blinking must not take every node out of
+            // the load balancer: live routes are still served.
+            (StatusCode::OK, "degraded")
+        } else {
+            (StatusCode::OK, "ready")
+        };
+        let body = serde_json::json!({ "status": state, "store": store, "quota": "ok" });
+        json_response(status, &body)
+    }
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+impl Handler for ServeHandler {
+    async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
+        let path = request.uri().path();
+        if path == "/api" || path.starts_with("/api/") {
+            return self.api(request).await;
+        }
+        let readable = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
+        match path {
+            "/health" | "/ready" if !readable => crate::response::error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use GET",
+            ),
+            "/health" => json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+            "/ready" => self.ready(),
+            _ => self.node.plane.handle(request, conn).await,
+        }
+    }
+}

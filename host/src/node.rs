@@ -1,0 +1,390 @@
+//! A serving node (`wasmwiz serve`): the store, the runtime, the components
+//! it holds compiled in memory, and the loop that keeps its route table in
+//! step with the store.
+//!
+//! The route table is rebuilt whole from the store whenever the store's
+//! change counter moves (checked every [`SYNC_INTERVAL`], and at once after
+//! a change made through this node), then swapped in atomically. Requests
+//! never wait for this: they read whichever table is current.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use sha2::{Digest as _, Sha256};
+
+use crate::auth::Authenticator;
+use crate::dataplane::{DataPlane, LiveRoute, RouteOwner, Routes};
+use crate::router::RoutePattern;
+use crate::runtime::{App, CompileError, Compiler, Limits, Runtime};
+use crate::store::{ComponentMeta, NewComponent, Store, StoreError, TenantId, Tier, now_ms};
+
+/// How often a node checks the store's change counter.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Why an upload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The bytes are not a servable component.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The result of an upload.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// What is stored.
+    pub meta: ComponentMeta,
+    /// Whether the tenant did not have these bytes before.
+    pub created: bool,
+}
+
+/// One node's state.
+pub struct Node {
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// The engine.
+    pub runtime: Arc<Runtime>,
+    /// The invocation path, with the current route table.
+    pub plane: Arc<DataPlane>,
+    /// API key checks.
+    pub auth: Authenticator,
+    /// Compilation in child processes, into the compiled-code cache.
+    pub compiler: Compiler,
+    /// Paths no route may claim, beyond the built-in ones.
+    pub extra_reserved: Vec<String>,
+    /// Limits a tier gets for the fields `PUT /api/v1/tiers` leaves out.
+    pub tier_defaults: crate::store::TierLimits,
+    tiers: ArcSwap<HashMap<String, Arc<Tier>>>,
+    /// Prepared components by digest, shared by every route that serves the
+    /// same bytes; only the reconcile path touches it.
+    apps: std::sync::Mutex<HashMap<String, App>>,
+    /// The change counter the current route table reflects.
+    applied_seq: AtomicI64,
+    /// One rebuild at a time; a rebuild requested meanwhile reads the newer
+    /// state when it gets the lock.
+    reconcile_lock: tokio::sync::Mutex<()>,
+    store_ok: AtomicBool,
+    loaded: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("store", &self.store.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a rebuild did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReconcileReport {
+    /// Routes now served.
+    pub routes: usize,
+    /// Components prepared from the compiled-code cache.
+    pub from_cache: usize,
+    /// Components compiled because their code was not cached.
+    pub compiled: usize,
+    /// Deployments that could not be served (logged).
+    pub failed: usize,
+}
+
+impl Node {
+    /// A node over `store` and `runtime`; nothing is served until
+    /// [`Node::reconcile`] has run.
+    pub fn new(
+        store: Arc<dyn Store>,
+        runtime: Arc<Runtime>,
+        plane: Arc<DataPlane>,
+        auth: Authenticator,
+        compiler: Compiler,
+        extra_reserved: Vec<String>,
+        tier_defaults: crate::store::TierLimits,
+    ) -> Self {
+        Self {
+            store,
+            runtime,
+            plane,
+            auth,
+            compiler,
+            extra_reserved,
+            tier_defaults,
+            tiers: ArcSwap::from_pointee(HashMap::new()),
+            apps: std::sync::Mutex::new(HashMap::new()),
+            applied_seq: AtomicI64::new(-1),
+            reconcile_lock: tokio::sync::Mutex::new(()),
+            store_ok: AtomicBool::new(true),
+            loaded: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// A tier by name, from memory.
+    pub fn tier(&self, name: &str) -> Option<Arc<Tier>> {
+        self.tiers.load().get(name).cloned()
+    }
+
+    /// Whether the last contact with the store succeeded.
+    pub fn store_ok(&self) -> bool {
+        self.store_ok.load(Ordering::Relaxed)
+    }
+
+    /// Whether the first route table has been published.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// Marks the node as shutting down (readiness turns 503).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the node is shutting down.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Rebuilds the route table from the store and publishes it.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, StoreError> {
+        let _one_at_a_time = self.reconcile_lock.lock().await;
+        let result = self.rebuild().await;
+        self.store_ok.store(
+            !matches!(result, Err(StoreError::Unavailable(_))),
+            Ordering::Relaxed,
+        );
+        result
+    }
+
+    async fn rebuild(&self) -> Result<ReconcileReport, StoreError> {
+        let seq = self.store.change_seq().await?;
+        let tiers: HashMap<String, Arc<Tier>> = self
+            .store
+            .tiers()
+            .await?
+            .into_iter()
+            .map(|t| (t.name.clone(), Arc::new(t)))
+            .collect();
+        let deployments = self.store.deployments(None).await?;
+
+        let mut report = ReconcileReport::default();
+        let mut routes = Routes::new();
+        let mut used = HashSet::new();
+        for deployment in deployments {
+            let Some(tier) = tiers.get(&deployment.tier).cloned() else {
+                tracing::error!(deployment = %deployment.id, tier = %deployment.tier, "unknown tier");
+                report.failed += 1;
+                continue;
+            };
+            let pattern = match RoutePattern::parse_any(
+                &deployment.route,
+                deployment.host.as_deref(),
+            ) {
+                Ok(pattern) => pattern,
+                Err(e) => {
+                    tracing::error!(deployment = %deployment.id, error = %e, "stored route is invalid");
+                    report.failed += 1;
+                    continue;
+                }
+            };
+            let app = match self.app_for(&deployment.component, &mut report).await {
+                Ok(app) => app,
+                Err(e) => {
+                    tracing::error!(deployment = %deployment.id, component = %deployment.component,
+                                    error = %e, "cannot serve this deployment");
+                    report.failed += 1;
+                    continue;
+                }
+            };
+            used.insert(deployment.component.clone());
+            let limits = limits_of(&tier);
+            let route = Arc::new(LiveRoute {
+                label: pattern.to_string(),
+                pattern,
+                app,
+                limits,
+                owner: Some(RouteOwner {
+                    tenant_id: deployment.tenant_id,
+                    tenant: deployment.tenant,
+                    deployment_id: deployment.id,
+                    version: deployment.version,
+                    tier,
+                }),
+            });
+            routes.insert(&route.pattern, route.clone());
+        }
+        report.routes = routes.len();
+        self.plane.publish(routes);
+        self.tiers.store(Arc::new(tiers));
+        self.auth.invalidate_all();
+        self.apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|digest, _| used.contains(digest));
+        self.applied_seq.store(seq, Ordering::Relaxed);
+        self.loaded.store(true, Ordering::Relaxed);
+        Ok(report)
+    }
+
+    /// The prepared component for `digest`: from memory, else from the
+    /// compiled-code cache, else compiled from the bytes in the store.
+    async fn app_for(
+        &self,
+        digest: &str,
+        report: &mut ReconcileReport,
+    ) -> Result<App, UploadError> {
+        if let Some(app) = self
+            .apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+        {
+            return Ok(app.clone());
+        }
+        let hex = digest_hex(digest)?;
+        let engine = self.runtime.engine();
+        let compiled = match self.compiler.compile_cached(engine, hex).await {
+            Some(compiled) => {
+                report.from_cache += 1;
+                compiled
+            }
+            None => {
+                let bytes = self.store.component_bytes(digest).await?.ok_or_else(|| {
+                    StoreError::Internal(format!("the bytes of {digest} are missing"))
+                })?;
+                report.compiled += 1;
+                self.compiler.compile(engine, hex, &bytes).await?
+            }
+        };
+        let app = self.runtime.prepare(&compiled.component)?;
+        self.apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.to_string(), app.clone());
+        Ok(app)
+    }
+
+    /// Validates, compiles and stores a tenant's upload. The same bytes
+    /// again are not compiled again.
+    pub async fn upload(
+        &self,
+        tenant_id: TenantId,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Uploaded, UploadError> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        if let Some(meta) = self.store.component(tenant_id, &digest).await? {
+            return Ok(Uploaded {
+                meta,
+                created: false,
+            });
+        }
+        let hex = digest_hex(&digest)?;
+        let started = Instant::now();
+        let compiled = self
+            .compiler
+            .compile(self.runtime.engine(), hex, &bytes)
+            .await?;
+        let app = match self.runtime.prepare(&compiled.component) {
+            Ok(app) => app,
+            Err(e) => {
+                self.compiler.cache().remove(hex);
+                return Err(e.into());
+            }
+        };
+        let compile_ms = if compiled.from_cache {
+            0
+        } else {
+            compiled.compile_time.as_millis() as u64
+        };
+        let meta = ComponentMeta {
+            digest: digest.clone(),
+            name: name.to_string(),
+            size: bytes.len() as u64,
+            world: world_of(&compiled.component, self.runtime.engine()),
+            compile_ms,
+            created_at: now_ms(),
+        };
+        let (meta, created) = self
+            .store
+            .put_component(&NewComponent {
+                tenant_id,
+                meta,
+                bytes,
+            })
+            .await?;
+        self.apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest, app);
+        tracing::info!(tenant_id, digest = %meta.digest, compile_ms,
+                       total_ms = started.elapsed().as_millis() as u64, "component uploaded");
+        Ok(Uploaded { meta, created })
+    }
+
+    /// Watches the store's change counter and rebuilds when it moves, until
+    /// the process ends.
+    pub fn spawn_sync(self: &Arc<Self>) {
+        let node = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SYNC_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                node.sync_once().await;
+            }
+        });
+    }
+
+    /// One check of the change counter; rebuilds if it moved.
+    pub async fn sync_once(&self) {
+        match self.store.change_seq().await {
+            Ok(seq) => {
+                if !self.store_ok.swap(true, Ordering::Relaxed) {
+                    tracing::info!("the store is reachable again");
+                }
+                if seq != self.applied_seq.load(Ordering::Relaxed)
+                    && let Err(e) = self.reconcile().await
+                {
+                    tracing::warn!(error = %e, "rebuilding the route table failed");
+                }
+            }
+            Err(e) => {
+                if self.store_ok.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "the store is unreachable; serving the routes in memory");
+                }
+            }
+        }
+    }
+}
+
+/// The invocation limits a tier sets.
+pub fn limits_of(tier: &Tier) -> Limits {
+    Limits {
+        memory_bytes: tier.limits.memory_limit_bytes,
+        timeout: Duration::from_millis(tier.limits.execution_timeout_ms),
+        max_input_bytes: tier.limits.max_input_bytes,
+    }
+}
+
+fn digest_hex(digest: &str) -> Result<&str, StoreError> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| StoreError::Invalid(format!("`{digest}` is not a sha256:<hex> digest")))
+}
+
+/// The world a component targets, from its handler export's version.
+fn world_of(component: &wasmtime::component::Component, engine: &wasmtime::Engine) -> String {
+    component
+        .component_type()
+        .exports(engine)
+        .find_map(|(name, _)| name.strip_prefix("wasi:http/incoming-handler@"))
+        .map(|version| format!("wasi:http/proxy@{version}"))
+        .unwrap_or_else(|| "wasi:http/proxy".to_string())
+}

@@ -1,0 +1,394 @@
+//! Durable state: tiers, tenants, API keys, components (their bytes
+//! included) and versioned deployments.
+//!
+//! One trait, [`Store`], two implementations with the same schema and the
+//! same queries: PostgreSQL when `DATABASE_URL` is set ([`postgres`]),
+//! SQLite under `WASMWIZ_DATA_DIR` otherwise ([`sqlite`], the embedded
+//! default). The queries live once, in [`sql`]; each backend adds only what
+//! differs (how a write transaction is serialized, how other nodes are told).
+//!
+//! Every mutation that nodes must see bumps one change counter in the same
+//! transaction; nodes reload when it moves.
+
+pub mod postgres;
+mod sql;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// Primary key of a tenant.
+pub type TenantId = i64;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist (or belongs to another tenant).
+    #[error("not found")]
+    NotFound,
+    /// The change conflicts with existing state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request names something that does not exist or is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database cannot be reached right now.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(error.to_string()),
+            sqlx::Error::Database(db) => {
+                // PostgreSQL error classes that mean "the database is not
+                // there right now", not "this query is wrong": connection
+                // exceptions (08), insufficient resources (53), operator
+                // intervention such as a restart (57), a missing database
+                // (3D000) and refused authentication (28).
+                let code = db.code().unwrap_or_default();
+                let unavailable = ["08", "53", "57", "28"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+                    || code == "3D000";
+                if unavailable {
+                    StoreError::Unavailable(error.to_string())
+                } else if db.is_unique_violation() {
+                    StoreError::Conflict(error.to_string())
+                } else {
+                    StoreError::Internal(error.to_string())
+                }
+            }
+            _ => StoreError::Internal(error.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Internal(format!("migration failed: {error}"))
+    }
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The limits of a tier.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierLimits {
+    /// Invocations per UTC minute; `None` is unlimited.
+    pub requests_per_minute: Option<u64>,
+    /// Invocations per UTC day; `None` is unlimited.
+    pub requests_per_day: Option<u64>,
+    /// Linear memory per instance.
+    pub memory_limit_bytes: u64,
+    /// Wall-clock time per invocation.
+    pub execution_timeout_ms: u64,
+    /// Request body per invocation.
+    pub max_input_bytes: u64,
+    /// Size of an uploaded component.
+    pub max_component_bytes: u64,
+}
+
+impl TierLimits {
+    /// Checks the limits are usable.
+    pub fn check(&self) -> Result<(), String> {
+        if self.memory_limit_bytes < 1 << 20
+            || self.memory_limit_bytes > crate::config::MAX_MEMORY_LIMIT
+        {
+            return Err("memory_limit_bytes must be between 1 MiB and 4 GiB".into());
+        }
+        if self.execution_timeout_ms == 0 || self.execution_timeout_ms > 3_600_000 {
+            return Err("execution_timeout_ms must be between 1 and 3600000".into());
+        }
+        if self.max_input_bytes > 1 << 30 {
+            return Err("max_input_bytes must be at most 1 GiB".into());
+        }
+        if self.max_component_bytes == 0 || self.max_component_bytes > 1 << 30 {
+            return Err("max_component_bytes must be between 1 byte and 1 GiB".into());
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` can name a tenant or a tier: lower-case letters, digits,
+/// `-` and `_`, starting with a letter or digit, at most 63 characters.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// A named tier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tier {
+    /// Its name (`free`, `basic`, `pro`, or one an operator added).
+    pub name: String,
+    /// Its limits.
+    pub limits: TierLimits,
+}
+
+/// A tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenant {
+    /// Primary key.
+    pub id: TenantId,
+    /// Unique name.
+    pub name: String,
+    /// Name of its tier.
+    pub tier: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// An API key as stored: never the key itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Public identifier (`key_...`).
+    pub id: String,
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// Owner's name.
+    pub tenant: String,
+    /// Owner's tier.
+    pub tier: String,
+    /// The first characters of the key, to recognise it.
+    pub prefix: String,
+    /// Comma-separated scopes.
+    pub scopes: String,
+    /// HMAC of the key, to compare in constant time.
+    pub key_hash: Vec<u8>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<i64>,
+}
+
+/// A new API key to store.
+#[derive(Clone, Debug)]
+pub struct NewApiKey {
+    /// Public identifier.
+    pub id: String,
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// Display prefix.
+    pub prefix: String,
+    /// HMAC of the key.
+    pub hash: Vec<u8>,
+    /// Comma-separated scopes.
+    pub scopes: String,
+}
+
+/// What is known about an uploaded component (without its bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ComponentMeta {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// The name it was uploaded under.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// The world it targets.
+    pub world: String,
+    /// Compilation time at upload.
+    pub compile_ms: u64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// A component to store.
+#[derive(Clone, Debug)]
+pub struct NewComponent {
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// Metadata.
+    pub meta: ComponentMeta,
+    /// The component's bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// What deleting a component did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComponentDeletion {
+    /// Deleted.
+    Deleted,
+    /// No such component for this tenant.
+    NotFound,
+    /// A live deployment (any of its versions) uses it.
+    InUse,
+}
+
+/// A deployment request.
+#[derive(Clone, Debug, Default)]
+pub struct NewDeployment {
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// Route in Spin syntax, already validated.
+    pub route: String,
+    /// Host the route is bound to, normalized, if any.
+    pub host: Option<String>,
+    /// Digest of one of the tenant's components.
+    pub component: String,
+    /// Configuration the guest reads.
+    pub config: BTreeMap<String, String>,
+    /// Secret configuration: readable by the guest, never returned by the API.
+    pub secrets: BTreeMap<String, String>,
+    /// Hosts the guest may send HTTP requests to.
+    pub allowed_outbound_hosts: Vec<String>,
+}
+
+/// A live deployment at its live version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    /// Stable across versions (`dep_...`).
+    pub id: String,
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// Owner's name.
+    pub tenant: String,
+    /// Owner's tier.
+    pub tier: String,
+    /// Route in Spin syntax.
+    pub route: String,
+    /// Host, if bound to one.
+    pub host: Option<String>,
+    /// Live version (1, 2, ...).
+    pub version: i64,
+    /// Digest of the live version's component.
+    pub component: String,
+    /// Configuration.
+    pub config: BTreeMap<String, String>,
+    /// Secret configuration (values: for the runtime only).
+    pub secrets: BTreeMap<String, String>,
+    /// Hosts the guest may call.
+    pub allowed_outbound_hosts: Vec<String>,
+    /// When the live version was created, Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// The durable state of a WasmWiz installation.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// `postgres` or `sqlite`.
+    fn backend(&self) -> &'static str;
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+    /// Whether the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Connections in use now (for the metric).
+    fn connections_active(&self) -> u32;
+
+    /// Inserts tiers that do not exist yet (leaves existing ones alone).
+    async fn seed_tiers(&self, tiers: &[Tier]) -> StoreResult<()>;
+    /// Creates or replaces a tier.
+    async fn put_tier(&self, tier: &Tier) -> StoreResult<()>;
+    /// All tiers.
+    async fn tiers(&self) -> StoreResult<Vec<Tier>>;
+
+    /// Creates a tenant; `Conflict` if the name is taken, `Invalid` for an
+    /// unknown tier.
+    async fn create_tenant(&self, name: &str, tier: &str) -> StoreResult<Tenant>;
+    /// Moves a tenant to another tier.
+    async fn set_tenant_tier(&self, name: &str, tier: &str) -> StoreResult<Tenant>;
+    /// A tenant by name.
+    async fn tenant(&self, name: &str) -> StoreResult<Option<Tenant>>;
+    /// A tenant by id.
+    async fn tenant_by_id(&self, id: TenantId) -> StoreResult<Option<Tenant>>;
+
+    /// Stores a new API key.
+    async fn create_key(&self, key: &NewApiKey) -> StoreResult<ApiKeyRecord>;
+    /// The key with this HMAC, revoked or not.
+    async fn key_by_hash(&self, hash: &[u8]) -> StoreResult<Option<ApiKeyRecord>>;
+    /// Keys of one tenant, or of all tenants.
+    async fn keys(&self, tenant_id: Option<TenantId>) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Revokes a key (of `tenant_id` if given); false if there is none.
+    async fn revoke_key(&self, id: &str, tenant_id: Option<TenantId>) -> StoreResult<bool>;
+
+    /// Stores a component unless the tenant already has these bytes; returns
+    /// the stored metadata and whether it was new.
+    async fn put_component(&self, component: &NewComponent) -> StoreResult<(ComponentMeta, bool)>;
+    /// A tenant's component metadata.
+    async fn component(
+        &self,
+        tenant_id: TenantId,
+        digest: &str,
+    ) -> StoreResult<Option<ComponentMeta>>;
+    /// The bytes of a component (any tenant's: used to compile).
+    async fn component_bytes(&self, digest: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// A tenant's components.
+    async fn components(&self, tenant_id: TenantId) -> StoreResult<Vec<ComponentMeta>>;
+    /// Deletes a tenant's component unless a live deployment uses it.
+    async fn delete_component(
+        &self,
+        tenant_id: TenantId,
+        digest: &str,
+    ) -> StoreResult<ComponentDeletion>;
+
+    /// Deploys: version 1 of a new route, or version n+1 of the tenant's
+    /// existing one. `Conflict` when another tenant holds the route or a
+    /// wildcard above it; `Invalid` for an unknown component.
+    async fn deploy(&self, deployment: &NewDeployment) -> StoreResult<Deployment>;
+    /// Switches a deployment back to its previous version.
+    async fn rollback(&self, tenant_id: TenantId, id: &str) -> StoreResult<Deployment>;
+    /// Deletes a deployment; its route is free again.
+    async fn delete_deployment(&self, tenant_id: TenantId, id: &str) -> StoreResult<bool>;
+    /// Live deployments of one tenant, or of everyone.
+    async fn deployments(&self, tenant_id: Option<TenantId>) -> StoreResult<Vec<Deployment>>;
+
+    /// The change counter.
+    async fn change_seq(&self) -> StoreResult<i64>;
+    /// A shared setting.
+    async fn setting(&self, name: &str) -> StoreResult<Option<String>>;
+    /// Sets a shared setting if it is not set yet, and returns its value.
+    async fn setting_or_insert(&self, name: &str, value: &str) -> StoreResult<String>;
+}
+
+/// Opens the store `DATABASE_URL` names, or the embedded SQLite store under
+/// `data_dir`, and applies pending migrations.
+pub async fn open(database_url: Option<&str>, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = match database_url {
+        Some(url) => Arc::new(postgres::PgStore::connect(url).await?),
+        None => Arc::new(sqlite::SqliteStore::open(data_dir).await?),
+    };
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A random identifier: `prefix` + 20 base62 characters (119 bits).
+pub fn new_id(prefix: &str) -> String {
+    use rand::Rng as _;
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let mut id = String::with_capacity(prefix.len() + 20);
+    id.push_str(prefix);
+    for _ in 0..20 {
+        id.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
+    }
+    id
+}

@@ -1,0 +1,100 @@
+//! The PostgreSQL store (`DATABASE_URL`), for production and for several
+//! nodes sharing one database.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+use super::sql::check_route_ownership;
+use super::sql::{
+    DEPLOYMENT_SELECT, KEY_SELECT, TIER_COLUMNS, json_list, json_map, sql_store, to_json,
+};
+use super::{
+    ApiKeyRecord, ComponentDeletion, ComponentMeta, Deployment, NewApiKey, NewComponent,
+    NewDeployment, Store, StoreError, StoreResult, Tenant, TenantId, Tier, TierLimits, new_id,
+    now_ms,
+};
+
+/// The migrations in `migrations/postgres`, compiled into the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The channel nodes `LISTEN` on; every change notifies it.
+pub const CHANGES_CHANNEL: &str = "wasmwiz_changes";
+
+/// Key of the advisory lock that serializes writers across nodes.
+const WRITE_LOCK: i64 = 0x5741_534d_5749_5a00; // "WASMWIZ\0"
+
+/// Time to wait for a connection before answering "unavailable": short, so
+/// the API answers 503 quickly while the database restarts.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most connections one node opens.
+pub const MAX_CONNECTIONS: u32 = 16;
+
+/// A PostgreSQL-backed store.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    url: String,
+}
+
+impl PgStore {
+    const BACKEND: &'static str = "postgres";
+
+    /// Connects (lazily: the pool opens connections when needed, so a node
+    /// starts even while the database is briefly away).
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options: PgConnectOptions = url
+            .parse()
+            .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(true)
+            .connect_with(options)
+            .await
+            .context("cannot connect to DATABASE_URL")?;
+        Ok(Self {
+            pool,
+            url: url.to_string(),
+        })
+    }
+
+    /// The pool (for listeners and tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The URL it connected with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITE_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    async fn bump(tx: &mut sqlx::Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        use sqlx::Row as _;
+        let seq: i64 = sqlx::query("UPDATE changes SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("seq")?;
+        // Delivered to listeners when the transaction commits.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGES_CHANNEL)
+            .bind(seq.to_string())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+sql_store!(PgStore, Postgres);

@@ -1,0 +1,77 @@
+//! The embedded store: one SQLite file under `WASMWIZ_DATA_DIR`, so
+//! `wasmwiz serve` needs nothing else installed. Single node.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool};
+
+use super::sql::check_route_ownership;
+use super::sql::{
+    DEPLOYMENT_SELECT, KEY_SELECT, TIER_COLUMNS, json_list, json_map, sql_store, to_json,
+};
+use super::{
+    ApiKeyRecord, ComponentDeletion, ComponentMeta, Deployment, NewApiKey, NewComponent,
+    NewDeployment, Store, StoreError, StoreResult, Tenant, TenantId, Tier, TierLimits, new_id,
+    now_ms,
+};
+
+/// The migrations in `migrations/sqlite`, compiled into the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// The database file's name inside the data directory.
+pub const DATABASE_FILE: &str = "wasmwiz.db";
+
+/// A SQLite-backed store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    const BACKEND: &'static str = "sqlite";
+
+    /// Opens (creating if needed) `DATA_DIR/wasmwiz.db`.
+    ///
+    /// WAL with `synchronous = FULL`: a write the API acknowledged is on disk
+    /// and survives a crash or a power cut.
+    pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("WASMWIZ_DATA_DIR: cannot create {}", data_dir.display()))?;
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join(DATABASE_FILE))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
+        Ok(Self { pool })
+    }
+
+    /// The pool (for tests that reach under the store).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        // IMMEDIATE takes the write lock up front: two writers queue instead
+        // of failing when one upgrades a read to a write.
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn bump(tx: &mut sqlx::Transaction<'_, Sqlite>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE changes SET seq = seq + 1 WHERE id = 1")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+sql_store!(SqliteStore, Sqlite);
