@@ -332,6 +332,40 @@ impl TierDefaultArgs {
     }
 }
 
+/// Where quotas are counted.
+#[derive(clap::Args, Clone)]
+pub struct QuotaArgs {
+    /// Redis URL for exact quotas across nodes; unset: counted in process.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key this installation writes.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "wasmwiz")]
+    pub redis_key_prefix: String,
+
+    /// Longest wait for one Redis call before counting on this node.
+    #[arg(long, env = "REDIS_TIMEOUT", default_value = "100ms", value_name = "DURATION",
+          value_parser = duration_for("REDIS_TIMEOUT"))]
+    pub redis_timeout: Duration,
+
+    /// `false` turns quota admission off entirely (benchmarks, debugging).
+    #[arg(long, env = "QUOTAS_ENABLED", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub quotas_enabled: bool,
+}
+
+impl std::fmt::Debug for QuotaArgs {
+    /// Never prints the Redis URL (it may hold a password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaArgs")
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("quotas_enabled", &self.quotas_enabled)
+            .finish()
+    }
+}
+
 /// Compiling uploads.
 #[derive(clap::Args, Clone, Debug)]
 pub struct CompileArgs {

@@ -13,10 +13,12 @@ use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::response::{ResponseBody, error_response};
+use crate::quota::{QuotaBackend, Rates};
+use crate::response::{ResponseBody, error_response, retry_later};
 use crate::router::{RoutePattern, RouteTable, request_host};
 use crate::runtime::{App, InvokeOptions, Limits, Runtime, pool_full_response, read_request};
 use crate::server::ConnInfo;
+use crate::usage::TenantUsage;
 
 /// A route that is being served: the component behind it and its limits.
 #[derive(Debug)]
@@ -46,6 +48,10 @@ pub struct RouteOwner {
     pub version: i64,
     /// The tenant's tier.
     pub tier: Arc<crate::store::Tier>,
+    /// The tenant's quota rates (from its tier).
+    pub rates: Rates,
+    /// The tenant's usage counters on this node.
+    pub usage: Arc<TenantUsage>,
 }
 
 /// The current routes, as one immutable table.
@@ -80,6 +86,8 @@ impl RequestIds {
 #[derive(Debug)]
 pub struct DataPlane {
     runtime: Arc<Runtime>,
+    /// Admission by tier quota; `None` for `wasmwiz run` or when disabled.
+    quota: Option<Arc<dyn QuotaBackend>>,
     routes: ArcSwap<Routes>,
     body_read_timeout: Duration,
     ids: RequestIds,
@@ -87,9 +95,14 @@ pub struct DataPlane {
 
 impl DataPlane {
     /// A data plane with no routes yet.
-    pub fn new(runtime: Arc<Runtime>, body_read_timeout: Duration) -> Self {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        quota: Option<Arc<dyn QuotaBackend>>,
+        body_read_timeout: Duration,
+    ) -> Self {
         Self {
             runtime,
+            quota,
             routes: ArcSwap::from_pointee(Routes::new()),
             body_read_timeout,
             ids: RequestIds::default(),
@@ -104,6 +117,11 @@ impl DataPlane {
     /// The runtime requests run on.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// The quota backend, if admission is on.
+    pub fn quota(&self) -> Option<&Arc<dyn QuotaBackend>> {
+        self.quota.as_ref()
     }
 
     /// Answers a request for a deployed route.
@@ -182,13 +200,42 @@ impl DataPlane {
         let Some(slot) = self.runtime.try_reserve() else {
             return pool_full_response();
         };
+        // Admission comes last, after every other refusal: a request that is
+        // refused (404, 413, 503) is never counted against the quota.
+        let admission = match (&self.quota, &route.owner) {
+            (Some(quota), Some(owner)) => {
+                let admission = quota.admit(owner.tenant_id, owner.rates).await;
+                if !admission.allowed {
+                    let mut refusal = retry_later(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "quota_exceeded",
+                        "this tenant's request quota is used up; see Retry-After",
+                        admission.retry_after(),
+                    );
+                    admission.add_headers(refusal.headers_mut());
+                    return refusal;
+                }
+                Some(admission)
+            }
+            _ => None,
+        };
         let options = InvokeOptions {
             limits: route.limits,
             request_id,
             https: conn.tls,
         };
-        self.runtime
-            .invoke(slot, &route.app, request, options, |_report| {})
-            .await
+        let usage = route.owner.as_ref().map(|owner| owner.usage.clone());
+        let mut response = self
+            .runtime
+            .invoke(slot, &route.app, request, options, move |report| {
+                if let Some(usage) = usage {
+                    usage.record(&report);
+                }
+            })
+            .await;
+        if let Some(admission) = admission {
+            admission.add_headers(response.headers_mut());
+        }
+        response
     }
 }

@@ -14,6 +14,8 @@
 //! - [`store`]: durable state on PostgreSQL or embedded SQLite.
 //! - [`auth`]: API keys, scopes and their cache.
 //! - [`api`]: the REST control plane under `/api/v1`.
+//! - [`quota`]: per-tenant request quotas, in Redis or in process.
+//! - [`usage`]: per-tenant usage counters, flushed to the store in batches.
 //! - [`response`]: the response body type and JSON errors.
 //! - [`logging`]: the tracing subscriber.
 //! - [`cli`]: the `wasmwiz` commands.
@@ -25,8 +27,10 @@ pub mod config;
 pub mod dataplane;
 pub mod logging;
 pub mod node;
+pub mod quota;
 pub mod response;
 pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod usage;

@@ -17,9 +17,11 @@ use sha2::{Digest as _, Sha256};
 
 use crate::auth::Authenticator;
 use crate::dataplane::{DataPlane, LiveRoute, RouteOwner, Routes};
+use crate::quota::Rates;
 use crate::router::RoutePattern;
 use crate::runtime::{App, CompileError, Compiler, Limits, Runtime};
 use crate::store::{ComponentMeta, NewComponent, Store, StoreError, TenantId, Tier, now_ms};
+use crate::usage::UsageRecorder;
 
 /// How often a node checks the store's change counter.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
@@ -60,6 +62,8 @@ pub struct Node {
     pub extra_reserved: Vec<String>,
     /// Limits a tier gets for the fields `PUT /api/v1/tiers` leaves out.
     pub tier_defaults: crate::store::TierLimits,
+    /// Usage counters of every tenant served here.
+    pub usage: Arc<UsageRecorder>,
     tiers: ArcSwap<HashMap<String, Arc<Tier>>>,
     /// Prepared components by digest, shared by every route that serves the
     /// same bytes; only the reconcile path touches it.
@@ -115,6 +119,7 @@ impl Node {
             compiler,
             extra_reserved,
             tier_defaults,
+            usage: Arc::new(UsageRecorder::default()),
             tiers: ArcSwap::from_pointee(HashMap::new()),
             apps: std::sync::Mutex::new(HashMap::new()),
             applied_seq: AtomicI64::new(-1),
@@ -213,6 +218,8 @@ impl Node {
                     tenant: deployment.tenant,
                     deployment_id: deployment.id,
                     version: deployment.version,
+                    rates: Rates::of(&tier),
+                    usage: self.usage.for_tenant(deployment.tenant_id),
                     tier,
                 }),
             });

@@ -8,12 +8,14 @@
 //! - `components`: uploads, listing, deletion.
 //! - `deployments`: deploy, list, roll back, delete.
 //! - `tenants`: tenants, tiers and keys (the admin side).
+//! - `usage`: the caller's quota windows and usage totals.
 //! - `docs`: the OpenAPI document at `/api/docs`.
 
 mod components;
 mod deployments;
 mod docs;
 mod tenants;
+mod usage;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -59,6 +61,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/keys/{id}", delete(tenants::revoke_key))
         .route("/api/v1/tiers", get(tenants::list_tiers))
         .route("/api/v1/tiers/{name}", put(tenants::put_tier))
+        .route("/api/v1/usage", get(usage::usage))
         .route("/api/docs", get(docs::openapi))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")

@@ -105,7 +105,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
         });
         routes.insert(&route.pattern, route.clone());
     }
-    let plane = Arc::new(DataPlane::new(runtime, args.http.body_read_timeout));
+    let plane = Arc::new(DataPlane::new(runtime, None, args.http.body_read_timeout));
     plane.publish(routes);
 
     let listener = server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;

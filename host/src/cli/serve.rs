@@ -12,10 +12,13 @@ use tower::ServiceExt as _;
 use crate::api;
 use crate::auth::{Authenticator, MIN_SALT_LEN};
 use crate::config::{
-    CompileArgs, HttpArgs, ListenArgs, LogArgs, RuntimeArgs, StoreArgs, TierDefaultArgs,
+    CompileArgs, HttpArgs, ListenArgs, LogArgs, QuotaArgs, RuntimeArgs, StoreArgs, TierDefaultArgs,
 };
 use crate::dataplane::DataPlane;
 use crate::node::Node;
+use crate::quota::QuotaBackend;
+use crate::quota::local::LocalQuota;
+use crate::quota::redis::RedisQuota;
 use crate::response::{BoxError, ResponseBody, full};
 use crate::runtime::{Compiler, Runtime, RuntimeConfig};
 use crate::server::{self, ConnInfo, Handler, HttpOptions, tls};
@@ -30,6 +33,8 @@ pub struct ServeArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub tiers: TierDefaultArgs,
+    #[command(flatten)]
+    pub quota: QuotaArgs,
     #[command(flatten)]
     pub compile: CompileArgs,
     #[command(flatten)]
@@ -137,7 +142,24 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
         args.compile.compile_memory_limit,
     )
     .context("WASMWIZ_DATA_DIR: cannot create the compiled-code cache")?;
-    let plane = Arc::new(DataPlane::new(runtime.clone(), args.http.body_read_timeout));
+    let quota: Option<Arc<dyn QuotaBackend>> =
+        match (&args.quota.redis_url, args.quota.quotas_enabled) {
+            (_, false) => {
+                tracing::warn!("QUOTAS_ENABLED=false: tier quotas are not enforced");
+                None
+            }
+            (Some(url), true) => Some(RedisQuota::connect(
+                url,
+                &args.quota.redis_key_prefix,
+                args.quota.redis_timeout,
+            )?),
+            (None, true) => Some(Arc::new(LocalQuota::new())),
+        };
+    let plane = Arc::new(DataPlane::new(
+        runtime.clone(),
+        quota,
+        args.http.body_read_timeout,
+    ));
     let node = Arc::new(Node::new(
         store.clone(),
         runtime,
@@ -163,6 +185,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     node.spawn_sync();
+    node.usage.spawn_flusher(store.clone());
 
     let listener = server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
@@ -222,7 +245,17 @@ impl ServeHandler {
         } else {
             (StatusCode::OK, "ready")
         };
-        let body = serde_json::json!({ "status": state, "store": store, "quota": "ok" });
+        let quota = self
+            .node
+            .plane
+            .quota()
+            .map_or("off", |q| q.health().as_str());
+        let state = if state == "ready" && quota == "degraded" {
+            "degraded"
+        } else {
+            state
+        };
+        let body = serde_json::json!({ "status": state, "store": store, "quota": quota });
         json_response(status, &body)
     }
 }

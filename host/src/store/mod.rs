@@ -285,6 +285,42 @@ pub struct Deployment {
     pub created_at: i64,
 }
 
+/// Usage counts of one tenant (for a day, a batch, or all time).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UsageCounts {
+    /// Invocations that ran.
+    pub invocations: u64,
+    /// Traps and stack overflows.
+    pub errors_trap: u64,
+    /// Timeouts.
+    pub errors_timeout: u64,
+    /// Out of memory.
+    pub errors_oom: u64,
+    /// No response, or an error answer.
+    pub errors_other: u64,
+    /// Guest wall time, milliseconds.
+    pub wall_ms: u64,
+}
+
+impl UsageCounts {
+    /// Whether everything is zero.
+    pub fn is_empty(&self) -> bool {
+        *self == UsageCounts::default()
+    }
+
+    /// The sum of two counts.
+    pub fn plus(&self, other: &UsageCounts) -> UsageCounts {
+        UsageCounts {
+            invocations: self.invocations + other.invocations,
+            errors_trap: self.errors_trap + other.errors_trap,
+            errors_timeout: self.errors_timeout + other.errors_timeout,
+            errors_oom: self.errors_oom + other.errors_oom,
+            errors_other: self.errors_other + other.errors_other,
+            wall_ms: self.wall_ms + other.wall_ms,
+        }
+    }
+}
+
 /// The durable state of a WasmWiz installation.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -353,6 +389,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn delete_deployment(&self, tenant_id: TenantId, id: &str) -> StoreResult<bool>;
     /// Live deployments of one tenant, or of everyone.
     async fn deployments(&self, tenant_id: Option<TenantId>) -> StoreResult<Vec<Deployment>>;
+
+    /// Adds a batch of counts to a tenant's row for `day` (days since the
+    /// epoch, UTC).
+    async fn add_usage(
+        &self,
+        tenant_id: TenantId,
+        day: i64,
+        counts: &UsageCounts,
+    ) -> StoreResult<()>;
+    /// A tenant's counts: all time, and for `day`.
+    async fn usage(&self, tenant_id: TenantId, day: i64)
+    -> StoreResult<(UsageCounts, UsageCounts)>;
 
     /// The change counter.
     async fn change_seq(&self) -> StoreResult<i64>;

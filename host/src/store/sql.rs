@@ -638,6 +638,72 @@ macro_rules! sql_store {
                 rows.iter().map(Self::deployment_from_row).collect()
             }
 
+            async fn add_usage(
+                &self,
+                tenant_id: TenantId,
+                day: i64,
+                counts: &UsageCounts,
+            ) -> StoreResult<()> {
+                let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                sqlx::query(
+                    "INSERT INTO usage (tenant_id, day, invocations, errors_trap, errors_timeout, \
+                     errors_oom, errors_other, wall_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (tenant_id, day) DO UPDATE SET \
+                     invocations = usage.invocations + excluded.invocations, \
+                     errors_trap = usage.errors_trap + excluded.errors_trap, \
+                     errors_timeout = usage.errors_timeout + excluded.errors_timeout, \
+                     errors_oom = usage.errors_oom + excluded.errors_oom, \
+                     errors_other = usage.errors_other + excluded.errors_other, \
+                     wall_ms = usage.wall_ms + excluded.wall_ms",
+                )
+                .bind(tenant_id)
+                .bind(day)
+                .bind(big(counts.invocations))
+                .bind(big(counts.errors_trap))
+                .bind(big(counts.errors_timeout))
+                .bind(big(counts.errors_oom))
+                .bind(big(counts.errors_other))
+                .bind(big(counts.wall_ms))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn usage(
+                &self,
+                tenant_id: TenantId,
+                day: i64,
+            ) -> StoreResult<(UsageCounts, UsageCounts)> {
+                use sqlx::Row as _;
+                let rows = sqlx::query(
+                    "SELECT day, invocations, errors_trap, errors_timeout, errors_oom, errors_other, \
+                     wall_ms FROM usage WHERE tenant_id = $1",
+                )
+                .bind(tenant_id)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut total = UsageCounts::default();
+                let mut today = UsageCounts::default();
+                for row in rows {
+                    let n = |column: &str| -> Result<u64, sqlx::Error> {
+                        Ok(row.try_get::<i64, _>(column)?.max(0) as u64)
+                    };
+                    let counts = UsageCounts {
+                        invocations: n("invocations")?,
+                        errors_trap: n("errors_trap")?,
+                        errors_timeout: n("errors_timeout")?,
+                        errors_oom: n("errors_oom")?,
+                        errors_other: n("errors_other")?,
+                        wall_ms: n("wall_ms")?,
+                    };
+                    total = total.plus(&counts);
+                    if row.try_get::<i64, _>("day")? == day {
+                        today = counts;
+                    }
+                }
+                Ok((total, today))
+            }
+
             async fn change_seq(&self) -> StoreResult<i64> {
                 use sqlx::Row as _;
                 let row = sqlx::query("SELECT seq FROM changes WHERE id = 1").fetch_one(&self.pool).await?;

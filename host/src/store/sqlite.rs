@@ -14,8 +14,8 @@ use super::sql::{
 };
 use super::{
     ApiKeyRecord, ComponentDeletion, ComponentMeta, Deployment, NewApiKey, NewComponent,
-    NewDeployment, Store, StoreError, StoreResult, Tenant, TenantId, Tier, TierLimits, new_id,
-    now_ms,
+    NewDeployment, Store, StoreError, StoreResult, Tenant, TenantId, Tier, TierLimits, UsageCounts,
+    new_id, now_ms,
 };
 
 /// The migrations in `migrations/sqlite`, compiled into the binary.

@@ -482,3 +482,113 @@ impl Api {
         (status, response.text().await.unwrap_or_default())
     }
 }
+
+/// A Redis server of a test's own, on a free port, for tests that stop or
+/// stall it without disturbing the shared one.
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free loopback port.
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = RedisServer { child: None, port };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts it on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it (the port then refuses connections).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGSTOP or SIGCONT: a stalled Redis accepts connections and
+    /// never answers.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.as_ref().expect("running").id()).unwrap();
+        #[expect(unsafe_code, reason = "kill(2) has no safe wrapper in std")]
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A stopped process must be resumed to die.
+            let pid = i32::try_from(child.id()).unwrap();
+            #[expect(unsafe_code, reason = "kill(2) has no safe wrapper in std")]
+            // SAFETY: signalling our own child process.
+            unsafe {
+                libc::kill(pid, libc::SIGCONT);
+            }
+        }
+        self.stop();
+    }
+}
+
+/// The shared test Redis.
+pub fn shared_redis_url() -> String {
+    std::env::var("WASMWIZ_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("wwtest{:016x}", rand::random::<u64>())
+}
+
+/// Waits, if needed, until the current UTC minute has at least
+/// `seconds` left, so a test that counts within one minute window does not
+/// straddle two.
+pub async fn wait_for_minute_room(seconds: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let left = 60.0 - now % 60.0;
+    if left < seconds as f64 {
+        tokio::time::sleep(Duration::from_secs_f64(left + 0.05)).await;
+    }
+}

@@ -1,0 +1,118 @@
+//! `GET /api/v1/usage`: the caller's quota windows and usage totals.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+
+use super::{ApiError, require};
+use crate::auth::{Principal, Scope};
+use crate::node::Node;
+use crate::quota::{DAY, Rates, Window, unix_now};
+use crate::store::UsageCounts;
+
+/// A quota window as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct WindowJson {
+    limit: Option<u64>,
+    used: u64,
+    reset_in_s: u64,
+}
+
+impl From<Window> for WindowJson {
+    fn from(w: Window) -> Self {
+        Self {
+            limit: w.limit,
+            used: w.used,
+            reset_in_s: w.reset_in_s,
+        }
+    }
+}
+
+/// Usage counts as the API shows them.
+#[derive(Debug, Serialize)]
+pub struct CountsJson {
+    invocations: u64,
+    errors: ErrorsJson,
+    wall_ms: u64,
+}
+
+/// Errors by kind.
+#[derive(Debug, Serialize)]
+pub struct ErrorsJson {
+    trap: u64,
+    timeout: u64,
+    oom: u64,
+    other: u64,
+}
+
+impl From<UsageCounts> for CountsJson {
+    fn from(c: UsageCounts) -> Self {
+        Self {
+            invocations: c.invocations,
+            errors: ErrorsJson {
+                trap: c.errors_trap,
+                timeout: c.errors_timeout,
+                oom: c.errors_oom,
+                other: c.errors_other,
+            },
+            wall_ms: c.wall_ms,
+        }
+    }
+}
+
+/// The answer of `GET /api/v1/usage`.
+#[derive(Debug, Serialize)]
+pub struct UsageJson {
+    tenant: String,
+    tier: String,
+    minute: WindowJson,
+    day: WindowJson,
+    /// Since the tenant was created (every node's flushed counts plus this
+    /// node's unflushed ones).
+    totals: CountsJson,
+    /// Today (UTC), counted the same way.
+    today: CountsJson,
+    /// Whether the quota counts come from a per-node fallback.
+    degraded: bool,
+}
+
+/// `GET /api/v1/usage`.
+pub async fn usage(
+    State(node): State<Arc<Node>>,
+    principal: Principal,
+) -> Result<Json<UsageJson>, ApiError> {
+    require(&principal, Scope::Read)?;
+    let tier = node
+        .tier(&principal.tier)
+        .ok_or_else(|| ApiError::internal(&format!("tier {} is not loaded", principal.tier)))?;
+    let rates = Rates::of(&tier);
+    let day = (unix_now() / DAY) as i64;
+    let (total, today) = node.store.usage(principal.tenant_id, day).await?;
+    let pending = node.usage.pending(principal.tenant_id);
+    let (minute, day_window, degraded) = match node.plane.quota() {
+        Some(quota) => {
+            let peek = quota.peek(principal.tenant_id, rates).await;
+            (peek.minute, peek.day, peek.degraded)
+        }
+        None => {
+            let (_, _, minute_reset, day_reset) = crate::quota::windows_at(unix_now());
+            let none = |reset| Window {
+                limit: None,
+                used: 0,
+                reset_in_s: reset,
+            };
+            (none(minute_reset), none(day_reset), false)
+        }
+    };
+    Ok(Json(UsageJson {
+        tenant: principal.tenant,
+        tier: tier.name.clone(),
+        minute: minute.into(),
+        day: day_window.into(),
+        totals: total.plus(&pending).into(),
+        today: today.plus(&pending).into(),
+        degraded,
+    }))
+}
