@@ -97,3 +97,24 @@ bench_median() {
 bench_ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'
 }
+
+# Prepares a fresh store in DIR (env DATABASE_URL / REDIS_URL honoured by the
+# caller's environment) with tenant bench on tier unlimited (rates huge but
+# finite, so every request is counted), and prints the tenant's key.
+bench_serve_setup() {
+    local dir=$1
+    local bin=$bench_root/target/release/wasmwiz
+    export WASMWIZ_DATA_DIR=$dir
+    "$bin" admin tier set unlimited --per-minute 1000000000 --per-day 1000000000000 >/dev/null 2>&1
+    "$bin" admin tenant create bench --tier unlimited >/dev/null 2>&1 || true
+    "$bin" admin key create bench 2>/dev/null
+}
+
+# Uploads FILE and deploys it on ROUTE through the API at URL with KEY.
+bench_deploy() {
+    local url=$1 key=$2 file=$3 route=$4 digest
+    digest=$(curl -fsS -H "Authorization: Bearer $key" --data-binary "@$file" \
+        "$url/api/v1/components?name=bench" | sed -n 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p')
+    curl -fsS -o /dev/null -H "Authorization: Bearer $key" -H 'content-type: application/json' \
+        -d "{\"route\":\"$route\",\"component\":\"$digest\"}" "$url/api/v1/deployments"
+}

@@ -50,6 +50,8 @@ pub struct RouteOwner {
     pub tier: Arc<crate::store::Tier>,
     /// The tenant's quota rates (from its tier).
     pub rates: Rates,
+    /// Their `RateLimit-Policy` value, made once.
+    pub rate_policy: Option<HeaderValue>,
     /// The tenant's usage counters on this node.
     pub usage: Arc<TenantUsage>,
 }
@@ -204,7 +206,10 @@ impl DataPlane {
         // refused (404, 413, 503) is never counted against the quota.
         let admission = match (&self.quota, &route.owner) {
             (Some(quota), Some(owner)) => {
-                let admission = quota.admit(owner.tenant_id, owner.rates).await;
+                let admission = match quota.admit_now(owner.tenant_id, owner.rates) {
+                    Some(admission) => admission,
+                    None => quota.admit(owner.tenant_id, owner.rates).await,
+                };
                 if !admission.allowed {
                     let mut refusal = retry_later(
                         StatusCode::TOO_MANY_REQUESTS,
@@ -212,10 +217,10 @@ impl DataPlane {
                         "this tenant's request quota is used up; see Retry-After",
                         admission.retry_after(),
                     );
-                    admission.add_headers(refusal.headers_mut());
+                    admission.add_headers(owner.rate_policy.as_ref(), refusal.headers_mut());
                     return refusal;
                 }
-                Some(admission)
+                Some((admission, owner.rate_policy.as_ref()))
             }
             _ => None,
         };
@@ -233,8 +238,8 @@ impl DataPlane {
                 }
             })
             .await;
-        if let Some(admission) = admission {
-            admission.add_headers(response.headers_mut());
+        if let Some((admission, policy)) = admission {
+            admission.add_headers(policy, response.headers_mut());
         }
         response
     }

@@ -219,6 +219,7 @@ impl Node {
                     deployment_id: deployment.id,
                     version: deployment.version,
                     rates: Rates::of(&tier),
+                    rate_policy: Rates::of(&tier).policy_header(),
                     usage: self.usage.for_tenant(deployment.tenant_id),
                     tier,
                 }),

@@ -91,6 +91,10 @@ impl LocalQuota {
 
 #[async_trait::async_trait]
 impl QuotaBackend for LocalQuota {
+    fn admit_now(&self, tenant: TenantId, rates: Rates) -> Option<Admission> {
+        Some(self.admit_at(tenant, rates, unix_now(), true))
+    }
+
     async fn admit(&self, tenant: TenantId, rates: Rates) -> Admission {
         self.admit_at(tenant, rates, unix_now(), true)
     }

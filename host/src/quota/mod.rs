@@ -39,7 +39,29 @@ impl Rates {
             per_day: tier.limits.requests_per_day,
         }
     }
+
+    /// The `RateLimit-Policy` value for these rates (`None` if unlimited).
+    pub fn policy_header(&self) -> Option<HeaderValue> {
+        let mut policy = String::new();
+        for (name, limit, width) in [
+            ("minute", self.per_minute, MINUTE),
+            ("day", self.per_day, DAY),
+        ] {
+            let Some(limit) = limit else { continue };
+            if !policy.is_empty() {
+                policy.push_str(", ");
+            }
+            let _ = write!(policy, "\"{name}\";q={limit};w={width}");
+        }
+        (!policy.is_empty())
+            .then(|| HeaderValue::from_str(&policy).expect("ASCII names and digits"))
+    }
 }
+
+/// `RateLimit-Policy`.
+const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`.
+const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
 /// One window's state after an admission.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,29 +128,23 @@ impl Admission {
     /// Adds the IETF `RateLimit-Policy` and `RateLimit` fields
     /// (draft-ietf-httpapi-ratelimit-headers): one item per limited window,
     /// `q` the quota, `w` the window, `r` what remains, `t` seconds to reset.
-    pub fn add_headers(&self, headers: &mut HeaderMap) {
-        let mut policy = String::new();
-        let mut state = String::new();
-        for (name, window, width) in [("minute", &self.minute, MINUTE), ("day", &self.day, DAY)] {
-            let (Some(limit), Some(remaining)) = (window.limit, window.remaining()) else {
+    /// `policy` is [`Rates::policy_header`] of the same rates, computed once
+    /// per route rather than per request.
+    pub fn add_headers(&self, policy: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        let Some(policy) = policy else { return };
+        let mut state = String::with_capacity(48);
+        for (name, window) in [("minute", &self.minute), ("day", &self.day)] {
+            let Some(remaining) = window.remaining() else {
                 continue;
             };
-            if !policy.is_empty() {
-                policy.push_str(", ");
+            if !state.is_empty() {
                 state.push_str(", ");
             }
-            let _ = write!(policy, "\"{name}\";q={limit};w={width}");
             let _ = write!(state, "\"{name}\";r={remaining};t={}", window.reset_in_s);
         }
-        if policy.is_empty() {
-            return;
-        }
-        if let (Ok(policy), Ok(state)) = (
-            HeaderValue::from_str(&policy),
-            HeaderValue::from_str(&state),
-        ) {
-            headers.insert("ratelimit-policy", policy);
-            headers.insert("ratelimit", state);
+        if let Ok(state) = HeaderValue::from_str(&state) {
+            headers.insert(RATELIMIT_POLICY, policy.clone());
+            headers.insert(RATELIMIT, state);
         }
     }
 }
@@ -136,6 +152,11 @@ impl Admission {
 /// Counts and limits requests per tenant.
 #[async_trait::async_trait]
 pub trait QuotaBackend: Send + Sync + std::fmt::Debug + 'static {
+    /// Answers at once, without I/O, when it can (in-process counts, or a
+    /// unit of a lease already held); `None` means "call [`admit`]".
+    ///
+    /// [`admit`]: QuotaBackend::admit
+    fn admit_now(&self, tenant: TenantId, rates: Rates) -> Option<Admission>;
     /// Checks both windows and, if both have room, counts the request.
     /// Never fails: a backend that cannot answer falls back to counting
     /// on this node.
@@ -171,6 +192,14 @@ pub fn windows_at(now: u64) -> (u64, u64, u64, u64) {
 mod tests {
     use super::*;
 
+    fn policy(minute: Option<u64>, day: Option<u64>) -> Option<HeaderValue> {
+        Rates {
+            per_minute: minute,
+            per_day: day,
+        }
+        .policy_header()
+    }
+
     fn admission(minute: (Option<u64>, u64, u64), day: (Option<u64>, u64, u64)) -> Admission {
         Admission {
             allowed: true,
@@ -191,7 +220,8 @@ mod tests {
     #[test]
     fn headers_describe_every_limited_window() {
         let mut headers = HeaderMap::new();
-        admission((Some(10), 3, 42), (Some(500), 120, 3600)).add_headers(&mut headers);
+        let p = policy(Some(10), Some(500));
+        admission((Some(10), 3, 42), (Some(500), 120, 3600)).add_headers(p.as_ref(), &mut headers);
         assert_eq!(
             headers["ratelimit-policy"],
             "\"minute\";q=10;w=60, \"day\";q=500;w=86400"
@@ -202,11 +232,13 @@ mod tests {
         );
 
         let mut headers = HeaderMap::new();
-        admission((None, 3, 42), (Some(5), 5, 100)).add_headers(&mut headers);
+        let p = policy(None, Some(5));
+        admission((None, 3, 42), (Some(5), 5, 100)).add_headers(p.as_ref(), &mut headers);
         assert_eq!(headers["ratelimit"], "\"day\";r=0;t=100");
 
         let mut headers = HeaderMap::new();
-        admission((None, 3, 42), (None, 5, 100)).add_headers(&mut headers);
+        let p = policy(None, None);
+        admission((None, 3, 42), (None, 5, 100)).add_headers(p.as_ref(), &mut headers);
         assert!(headers.is_empty(), "unlimited: no fields");
     }
 

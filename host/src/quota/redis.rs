@@ -6,13 +6,24 @@
 //! nodes never admit more than the limit. Counters expire a window after
 //! their own, so Redis never needs an eviction policy that could drop them.
 //!
+//! Far from a limit, a node takes a *lease*: the script reserves a small
+//! batch of units in both windows at once (counted in Redis like admitted
+//! requests) and the node spends them locally until they run out or the
+//! window ends, so a busy tenant costs one Redis round trip per batch
+//! instead of per request. Leases are only granted while a window has many
+//! times the batch left; near a limit every request is counted one by one.
+//! Reserved units are counted as used, so the nodes together never admit
+//! more than the limit; at worst a few reserved units go unspent and a
+//! window admits slightly fewer.
+//!
 //! Every call has a short timeout. When Redis is down or stalled the node
 //! counts locally (a per-node limit), reports itself degraded, and a
 //! background probe returns it to exact counting when Redis answers again.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -25,29 +36,74 @@ use crate::store::TenantId;
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Checks and counts both windows; returns
-/// `{allowed, minute_used, day_used, minute_reset, day_reset}`.
-/// ARGV: minute limit, day limit (-1: unlimited), count (1) or peek (0).
+/// `{granted, minute_used, day_used, minute_reset, day_reset}`, where
+/// `granted` is the number of units counted (0: refused).
+/// ARGV: minute limit, day limit (-1: unlimited), units wanted (0: peek),
+/// headroom (a batch of more than one unit is granted only if each window
+/// keeps `headroom` times the batch after it).
 const ADMIT: &str = r"
 local now = tonumber(redis.call('TIME')[1])
 local minute_key = KEYS[1] .. ':m:' .. math.floor(now / 60)
 local day_key = KEYS[1] .. ':d:' .. math.floor(now / 86400)
 local minute_limit = tonumber(ARGV[1])
 local day_limit = tonumber(ARGV[2])
+local wanted = tonumber(ARGV[3])
+local headroom = tonumber(ARGV[4])
 local minute_used = tonumber(redis.call('GET', minute_key) or '0')
 local day_used = tonumber(redis.call('GET', day_key) or '0')
 local minute_reset = 60 - now % 60
 local day_reset = 86400 - now % 86400
-if (minute_limit >= 0 and minute_used >= minute_limit) or (day_limit >= 0 and day_used >= day_limit) then
+local function room(limit, used, units)
+    return limit < 0 or used + units <= limit
+end
+if not room(minute_limit, minute_used, 1) or not room(day_limit, day_used, 1) then
     return {0, minute_used, day_used, minute_reset, day_reset}
 end
-if ARGV[3] == '1' then
-    minute_used = redis.call('INCR', minute_key)
-    if minute_used == 1 then redis.call('EXPIRE', minute_key, 120) end
-    day_used = redis.call('INCR', day_key)
-    if day_used == 1 then redis.call('EXPIRE', day_key, 172800) end
+if wanted == 0 then
+    return {1, minute_used, day_used, minute_reset, day_reset}
 end
-return {1, minute_used, day_used, minute_reset, day_reset}
+local units = 1
+if wanted > 1 and room(minute_limit, minute_used, wanted * headroom)
+        and room(day_limit, day_used, wanted * headroom) then
+    units = wanted
+end
+minute_used = redis.call('INCRBY', minute_key, units)
+if minute_used == units then redis.call('EXPIRE', minute_key, 120) end
+day_used = redis.call('INCRBY', day_key, units)
+if day_used == units then redis.call('EXPIRE', day_key, 172800) end
+return {units, minute_used, day_used, minute_reset, day_reset}
 ";
+
+/// Largest batch a lease reserves.
+pub const MAX_LEASE: u64 = 64;
+/// A lease is granted only while each window keeps this many batches left.
+pub const LEASE_HEADROOM: u64 = 8;
+/// A lease is not used in the last moment of the window it was taken in,
+/// so a unit counted in one window is never spent in the next.
+const LEASE_MARGIN: Duration = Duration::from_millis(500);
+
+/// The batch size worth leasing for `rates`: 1 (no lease) for small limits,
+/// up to [`MAX_LEASE`] for large or unlimited ones.
+pub fn lease_size(rates: Rates) -> u64 {
+    let per_window =
+        |rate: Option<u64>| rate.map_or(MAX_LEASE, |r| (r / (LEASE_HEADROOM * 16)).min(MAX_LEASE));
+    per_window(rates.per_minute)
+        .min(per_window(rates.per_day))
+        .max(1)
+}
+
+/// Units a node reserved in Redis and spends locally.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    rates: Rates,
+    left: u64,
+    /// When the minute window the units were counted in ends (minus a
+    /// margin), on this node's monotonic clock.
+    valid_until: Instant,
+    /// The windows as Redis reported them when the lease was taken.
+    minute: Window,
+    day: Window,
+}
 
 /// Counts in Redis, falling back to [`LocalQuota`] while Redis is away.
 pub struct RedisQuota {
@@ -59,6 +115,7 @@ pub struct RedisQuota {
     /// fallback instead of each waiting for a timeout.
     healthy: AtomicBool,
     fallback: LocalQuota,
+    leases: Mutex<HashMap<TenantId, Lease>>,
 }
 
 impl std::fmt::Debug for RedisQuota {
@@ -89,6 +146,7 @@ impl RedisQuota {
             timeout,
             healthy: AtomicBool::new(true),
             fallback: LocalQuota::new(),
+            leases: Mutex::new(HashMap::new()),
         });
         quota.spawn_probe();
         Ok(quota)
@@ -116,7 +174,30 @@ impl RedisQuota {
         });
     }
 
-    async fn run(&self, tenant: TenantId, rates: Rates, count: bool) -> Option<Admission> {
+    /// Spends a unit of a lease held for `tenant`, if there is one.
+    fn spend_lease(&self, tenant: TenantId, rates: Rates) -> Option<Admission> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let lease = leases.get_mut(&tenant)?;
+        if lease.left == 0 || lease.rates != rates || Instant::now() >= lease.valid_until {
+            leases.remove(&tenant);
+            return None;
+        }
+        lease.left -= 1;
+        // The windows as of the lease (their counts include the lease).
+        let left = lease.valid_until.saturating_duration_since(Instant::now()) + LEASE_MARGIN;
+        let minute = Window {
+            reset_in_s: left.as_secs().clamp(1, 60),
+            ..lease.minute
+        };
+        Some(Admission {
+            allowed: true,
+            minute,
+            day: lease.day,
+            degraded: false,
+        })
+    }
+
+    async fn run(&self, tenant: TenantId, rates: Rates, wanted: u64) -> Option<Admission> {
         if !self.healthy.load(Ordering::Relaxed) {
             return None;
         }
@@ -127,23 +208,48 @@ impl RedisQuota {
             .key(format!("{}:{{{tenant}}}", self.prefix))
             .arg(limit(rates.per_minute))
             .arg(limit(rates.per_day))
-            .arg(if count { "1" } else { "0" });
-        let call = invocation.invoke_async::<(i64, u64, u64, u64, u64)>(&mut connection);
+            .arg(wanted)
+            .arg(LEASE_HEADROOM);
+        let call = invocation.invoke_async::<(u64, u64, u64, u64, u64)>(&mut connection);
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok((allowed, minute_used, day_used, minute_reset, day_reset))) => Some(Admission {
-                allowed: allowed == 1,
-                minute: Window {
+            Ok(Ok((granted, minute_used, day_used, minute_reset, day_reset))) => {
+                let minute = Window {
                     limit: rates.per_minute,
                     used: minute_used,
                     reset_in_s: minute_reset,
-                },
-                day: Window {
+                };
+                let day = Window {
                     limit: rates.per_day,
                     used: day_used,
                     reset_in_s: day_reset,
-                },
-                degraded: false,
-            }),
+                };
+                if granted > 1 {
+                    // One unit for this request, the rest for the next ones.
+                    // Redis's clock is read in whole seconds: the window
+                    // may end up to a second earlier than `minute_reset`.
+                    let valid_until = (Instant::now()
+                        + Duration::from_secs(minute_reset.saturating_sub(1)))
+                    .checked_sub(LEASE_MARGIN)
+                    .unwrap_or_else(Instant::now);
+                    let lease = Lease {
+                        rates,
+                        left: granted - 1,
+                        valid_until,
+                        minute,
+                        day,
+                    };
+                    self.leases
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(tenant, lease);
+                }
+                Some(Admission {
+                    allowed: granted > 0,
+                    minute,
+                    day,
+                    degraded: false,
+                })
+            }
             outcome => {
                 if self.healthy.swap(false, Ordering::Relaxed) {
                     let why = match outcome {
@@ -152,6 +258,10 @@ impl RedisQuota {
                     };
                     tracing::warn!(error = %why, "Redis is unreachable: counting quotas per node");
                 }
+                self.leases
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 None
             }
         }
@@ -160,8 +270,21 @@ impl RedisQuota {
 
 #[async_trait::async_trait]
 impl QuotaBackend for RedisQuota {
+    fn admit_now(&self, tenant: TenantId, rates: Rates) -> Option<Admission> {
+        if !self.healthy.load(Ordering::Relaxed) {
+            return Some(Admission {
+                degraded: true,
+                ..self.fallback.admit_at(tenant, rates, unix_now(), true)
+            });
+        }
+        self.spend_lease(tenant, rates)
+    }
+
     async fn admit(&self, tenant: TenantId, rates: Rates) -> Admission {
-        match self.run(tenant, rates, true).await {
+        if let Some(admission) = self.spend_lease(tenant, rates) {
+            return admission;
+        }
+        match self.run(tenant, rates, lease_size(rates)).await {
             Some(admission) => admission,
             None => Admission {
                 degraded: true,
@@ -171,7 +294,7 @@ impl QuotaBackend for RedisQuota {
     }
 
     async fn peek(&self, tenant: TenantId, rates: Rates) -> Admission {
-        match self.run(tenant, rates, false).await {
+        match self.run(tenant, rates, 0).await {
             Some(admission) => admission,
             None => Admission {
                 degraded: true,
@@ -190,5 +313,34 @@ impl QuotaBackend for RedisQuota {
 
     fn name(&self) -> &'static str {
         "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_are_for_large_limits_only() {
+        let rates = |m: Option<u64>, d: Option<u64>| Rates {
+            per_minute: m,
+            per_day: d,
+        };
+        assert_eq!(
+            lease_size(rates(Some(10), Some(500))),
+            1,
+            "free tier: exact"
+        );
+        assert_eq!(lease_size(rates(Some(500), Some(50_000))), 3);
+        assert_eq!(
+            lease_size(rates(Some(100_000), Some(10_000_000))),
+            MAX_LEASE
+        );
+        assert_eq!(lease_size(rates(None, None)), MAX_LEASE);
+        assert_eq!(
+            lease_size(rates(None, Some(100))),
+            1,
+            "a small day limit is exact too"
+        );
     }
 }
