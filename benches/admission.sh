@@ -35,7 +35,7 @@ redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
 results=$bench_root/benches/results/admission-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$results"
 bench_build_wasmwiz
-bin=$bench_root/target/release/wasmwiz
+bin=$bench_bin
 hello=$bench_root/target/components/hello.wasm
 
 names=(redis-quotas quotas-off)

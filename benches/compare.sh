@@ -49,7 +49,7 @@ hello=$bench_root/target/components/hello.wasm
 ports=(18181 18182 18183)
 names=(wasmwiz wasmtime-serve native)
 bench_start wasmwiz "$results/wasmwiz.log" \
-    "$bench_root/target/release/wasmwiz" run --addr "127.0.0.1:${ports[0]}" "$hello"
+    "$bench_bin" run --addr "127.0.0.1:${ports[0]}" "$hello"
 bench_start wasmtime-serve "$results/wasmtime.log" \
     "$wasmtime" serve -Scli --addr "127.0.0.1:${ports[1]}" "$hello"
 bench_start native "$results/native.log" "$native" "127.0.0.1:${ports[2]}"

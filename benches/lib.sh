@@ -4,6 +4,10 @@
 bench_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bench_cache=${WASMWIZ_BENCH_CACHE:-$HOME/.cache/wasmwiz-bench}
 WASMTIME_VERSION=48.0.8
+# The cargo profile benchmarks build: `release` (the shipped binary) unless
+# WASMWIZ_BENCH_PROFILE says otherwise (`profiling` builds faster).
+bench_profile=${WASMWIZ_BENCH_PROFILE:-release}
+bench_bin=$bench_root/target/$bench_profile/wasmwiz
 bench_pids=()
 
 bench_cleanup() {
@@ -18,7 +22,7 @@ bench_cleanup() {
 
 # Builds the release wasmwiz binary and the components.
 bench_build_wasmwiz() {
-    (cd "$bench_root" && cargo build --release --locked --quiet -p wasmwiz)
+    (cd "$bench_root" && cargo build --profile "$bench_profile" --locked --quiet -p wasmwiz)
     "$bench_root/scripts/build-examples.sh" 2>/dev/null
 }
 
@@ -103,7 +107,7 @@ bench_ratio() {
 # finite, so every request is counted), and prints the tenant's key.
 bench_serve_setup() {
     local dir=$1
-    local bin=$bench_root/target/release/wasmwiz
+    local bin=$bench_bin
     export WASMWIZ_DATA_DIR=$dir
     "$bin" admin tier set unlimited --per-minute 1000000000 --per-day 1000000000000 >/dev/null 2>&1
     "$bin" admin tenant create bench --tier unlimited >/dev/null 2>&1 || true

@@ -172,6 +172,11 @@ pub struct HttpArgs {
           value_parser = number_for::<usize>("MAX_CONNECTIONS"))]
     pub max_connections: usize,
 
+    /// Time a client has to complete the TLS handshake.
+    #[arg(long, env = "TLS_HANDSHAKE_TIMEOUT", default_value = "10", value_name = "DURATION",
+          value_parser = duration_for("TLS_HANDSHAKE_TIMEOUT"))]
+    pub tls_handshake_timeout: Duration,
+
     /// Time in-flight requests get to finish after SIGINT or SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30", value_name = "DURATION",
           value_parser = duration_for("SHUTDOWN_TIMEOUT"))]
@@ -378,6 +383,50 @@ pub struct CompileArgs {
     #[arg(long, env = "COMPILE_MEMORY_LIMIT", default_value = "4GiB", value_name = "BYTES",
           value_parser = bytes_for("COMPILE_MEMORY_LIMIT"))]
     pub compile_memory_limit: u64,
+}
+
+/// Guests' outgoing HTTP requests.
+#[derive(clap::Args, Clone, Debug)]
+pub struct OutboundArgs {
+    /// Networks guests may reach although they are not public (loopback,
+    /// private, link-local ...), comma-separated CIDRs. Default: none.
+    #[arg(long, env = "OUTBOUND_ALLOWED_NETWORKS", value_delimiter = ',',
+          value_parser = network_for("OUTBOUND_ALLOWED_NETWORKS"))]
+    pub outbound_allowed_networks: Vec<crate::runtime::Network>,
+
+    /// Outgoing requests one invocation may make.
+    #[arg(long, env = "OUTBOUND_MAX_REQUESTS", default_value_t = crate::runtime::outbound_defaults::MAX_REQUESTS,
+          value_parser = number_for::<u32>("OUTBOUND_MAX_REQUESTS"))]
+    pub outbound_max_requests: u32,
+
+    /// Time to connect to an outbound host (and finish TLS).
+    #[arg(long, env = "OUTBOUND_CONNECT_TIMEOUT", default_value = "5", value_name = "DURATION",
+          value_parser = duration_for("OUTBOUND_CONNECT_TIMEOUT"))]
+    pub outbound_connect_timeout: Duration,
+
+    /// Time to an outbound response's first byte.
+    #[arg(long, env = "OUTBOUND_RESPONSE_TIMEOUT", default_value = "10", value_name = "DURATION",
+          value_parser = duration_for("OUTBOUND_RESPONSE_TIMEOUT"))]
+    pub outbound_response_timeout: Duration,
+}
+
+impl OutboundArgs {
+    /// The settings every deployment's policy shares.
+    pub fn settings(&self) -> crate::runtime::OutboundSettings {
+        crate::runtime::OutboundSettings {
+            allowed_networks: self.outbound_allowed_networks.clone(),
+            max_requests: self.outbound_max_requests,
+            connect_timeout: self.outbound_connect_timeout,
+            response_timeout: self.outbound_response_timeout,
+        }
+    }
+}
+
+/// A parser for a CIDR network that names its variable when it fails.
+pub fn network_for(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<crate::runtime::Network, String> + Clone + Send + Sync + 'static {
+    move |text: &str| crate::runtime::Network::parse(text).map_err(|e| format!("{var}: {e}"))
 }
 
 /// Logging.

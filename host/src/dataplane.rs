@@ -16,7 +16,9 @@ use hyper::body::Incoming;
 use crate::quota::{QuotaBackend, Rates};
 use crate::response::{ResponseBody, error_response, retry_later};
 use crate::router::{RoutePattern, RouteTable, request_host};
-use crate::runtime::{App, InvokeOptions, Limits, Runtime, pool_full_response, read_request};
+use crate::runtime::{
+    App, InvokeOptions, Limits, OutboundPolicy, Runtime, pool_full_response, read_request,
+};
 use crate::server::ConnInfo;
 use crate::usage::TenantUsage;
 
@@ -31,6 +33,8 @@ pub struct LiveRoute {
     pub limits: Limits,
     /// The route in Spin syntax, for logs and metric labels.
     pub label: String,
+    /// What the component's outgoing HTTP requests may reach.
+    pub outbound: OutboundPolicy,
     /// The tenant and deployment behind the route (`None` for `wasmwiz run`).
     pub owner: Option<RouteOwner>,
 }
@@ -228,6 +232,7 @@ impl DataPlane {
             limits: route.limits,
             request_id,
             https: conn.tls,
+            outbound: route.outbound.clone(),
         };
         let usage = route.owner.as_ref().map(|owner| owner.usage.clone());
         let mut response = self

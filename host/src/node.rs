@@ -19,7 +19,9 @@ use crate::auth::Authenticator;
 use crate::dataplane::{DataPlane, LiveRoute, RouteOwner, Routes};
 use crate::quota::Rates;
 use crate::router::RoutePattern;
-use crate::runtime::{App, CompileError, Compiler, Limits, Runtime};
+use crate::runtime::{
+    App, CompileError, Compiler, Limits, OutboundPolicy, OutboundSettings, Runtime,
+};
 use crate::store::{ComponentMeta, NewComponent, Store, StoreError, TenantId, Tier, now_ms};
 use crate::usage::UsageRecorder;
 
@@ -64,6 +66,10 @@ pub struct Node {
     pub tier_defaults: crate::store::TierLimits,
     /// Usage counters of every tenant served here.
     pub usage: Arc<UsageRecorder>,
+    /// The operator's outbound settings, shared by every deployment.
+    outbound: Arc<OutboundSettings>,
+    /// Longest pause inside an upload's body.
+    pub body_read_timeout: Duration,
     tiers: ArcSwap<HashMap<String, Arc<Tier>>>,
     /// Prepared components by digest, shared by every route that serves the
     /// same bytes; only the reconcile path touches it.
@@ -84,6 +90,19 @@ impl std::fmt::Debug for Node {
             .field("store", &self.store.backend())
             .finish_non_exhaustive()
     }
+}
+
+/// A node's settings from its configuration.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// Paths no route may claim, beyond the built-in ones.
+    pub extra_reserved: Vec<String>,
+    /// Limits a tier gets for the fields `PUT /api/v1/tiers` leaves out.
+    pub tier_defaults: crate::store::TierLimits,
+    /// The operator's outbound settings.
+    pub outbound: Arc<OutboundSettings>,
+    /// Longest pause inside an upload's body.
+    pub body_read_timeout: Duration,
 }
 
 /// What a rebuild did.
@@ -108,8 +127,7 @@ impl Node {
         plane: Arc<DataPlane>,
         auth: Authenticator,
         compiler: Compiler,
-        extra_reserved: Vec<String>,
-        tier_defaults: crate::store::TierLimits,
+        settings: NodeSettings,
     ) -> Self {
         Self {
             store,
@@ -117,9 +135,11 @@ impl Node {
             plane,
             auth,
             compiler,
-            extra_reserved,
-            tier_defaults,
+            extra_reserved: settings.extra_reserved,
+            tier_defaults: settings.tier_defaults,
             usage: Arc::new(UsageRecorder::default()),
+            outbound: settings.outbound,
+            body_read_timeout: settings.body_read_timeout,
             tiers: ArcSwap::from_pointee(HashMap::new()),
             apps: std::sync::Mutex::new(HashMap::new()),
             applied_seq: AtomicI64::new(-1),
@@ -208,8 +228,11 @@ impl Node {
             };
             used.insert(deployment.component.clone());
             let limits = limits_of(&tier);
+            let outbound =
+                OutboundPolicy::new(&deployment.allowed_outbound_hosts, self.outbound.clone());
             let route = Arc::new(LiveRoute {
                 label: pattern.to_string(),
+                outbound,
                 pattern,
                 app,
                 limits,

@@ -14,6 +14,7 @@ use super::{ApiError, require, rfc3339};
 use crate::auth::{Principal, Scope};
 use crate::node::Node;
 use crate::runtime::body::{DISCARD_MAX_BYTES, DISCARD_MAX_TIME, discard};
+use crate::runtime::expects_continue;
 use crate::store::{ComponentDeletion, ComponentMeta};
 
 /// Query of an upload.
@@ -81,7 +82,7 @@ pub async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(length) = declared.filter(|length| *length > limit) {
-        if length <= DISCARD_MAX_BYTES {
+        if length <= DISCARD_MAX_BYTES && !expects_continue(&headers) {
             discard(body, DISCARD_MAX_BYTES, DISCARD_MAX_TIME).await;
         }
         return Err(too_large(limit));
@@ -91,7 +92,18 @@ pub async fn upload(
     // beyond it.
     let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
     let mut body = body;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout(node.body_read_timeout, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the client stopped sending the upload",
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(frame)) => frame,
+        };
         let frame = frame.map_err(|_| ApiError::bad_request("the upload was interrupted"))?;
         let Ok(chunk) = frame.into_data() else {
             continue;

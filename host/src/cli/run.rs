@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 
-use crate::config::{HttpArgs, LimitArgs, ListenArgs, LogArgs, RuntimeArgs};
+use crate::config::{HttpArgs, LimitArgs, ListenArgs, LogArgs, OutboundArgs, RuntimeArgs};
 use crate::dataplane::{DataPlane, LiveRoute, Routes};
 use crate::router::RoutePattern;
-use crate::runtime::{Limits, Runtime, RuntimeConfig, compile};
+use crate::runtime::{Limits, OutboundPolicy, Runtime, RuntimeConfig, compile};
 use crate::server::{self, HttpOptions, tls};
 
 /// Arguments of `wasmwiz run`.
@@ -19,10 +19,18 @@ pub struct RunArgs {
     #[arg(required = true, value_name = "[ROUTE=]FILE")]
     pub components: Vec<String>,
 
+    /// A host every component may send HTTP requests to (repeatable;
+    /// `[scheme://]host[:port]`, `*.` for subdomains). Default: none.
+    #[arg(long = "allow-outbound", value_name = "HOST",
+          value_parser = |s: &str| crate::runtime::OutboundPolicy::check_pattern(s).map(|()| s.to_string()))]
+    pub allow_outbound: Vec<String>,
+
     #[command(flatten)]
     pub listen: ListenArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub outbound: OutboundArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
@@ -81,6 +89,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
         timeout: args.limits.execution_timeout,
         max_input_bytes: args.limits.max_input_size,
     };
+    let outbound = OutboundPolicy::new(&args.allow_outbound, Arc::new(args.outbound.settings()));
     let mut routes = Routes::new();
     for mount in mounts {
         let bytes = tokio::fs::read(&mount.file)
@@ -101,6 +110,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
             app,
             limits,
             label,
+            outbound: outbound.clone(),
             owner: None,
         });
         routes.insert(&route.pattern, route.clone());

@@ -12,10 +12,11 @@ use tower::ServiceExt as _;
 use crate::api;
 use crate::auth::{Authenticator, MIN_SALT_LEN};
 use crate::config::{
-    CompileArgs, HttpArgs, ListenArgs, LogArgs, QuotaArgs, RuntimeArgs, StoreArgs, TierDefaultArgs,
+    CompileArgs, HttpArgs, ListenArgs, LogArgs, OutboundArgs, QuotaArgs, RuntimeArgs, StoreArgs,
+    TierDefaultArgs,
 };
 use crate::dataplane::DataPlane;
-use crate::node::Node;
+use crate::node::{Node, NodeSettings};
 use crate::quota::QuotaBackend;
 use crate::quota::local::LocalQuota;
 use crate::quota::redis::RedisQuota;
@@ -37,6 +38,8 @@ pub struct ServeArgs {
     pub quota: QuotaArgs,
     #[command(flatten)]
     pub compile: CompileArgs,
+    #[command(flatten)]
+    pub outbound: OutboundArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
@@ -166,8 +169,12 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
         plane,
         Authenticator::new(store.clone(), salt),
         compiler,
-        Vec::new(),
-        args.tiers.defaults_for_new_tiers(),
+        NodeSettings {
+            extra_reserved: Vec::new(),
+            tier_defaults: args.tiers.defaults_for_new_tiers(),
+            outbound: Arc::new(args.outbound.settings()),
+            body_read_timeout: args.http.body_read_timeout,
+        },
     ));
     match node.reconcile().await {
         Ok(report) => tracing::info!(

@@ -48,6 +48,8 @@ pub struct InvokeOptions {
     pub request_id: String,
     /// Whether the client connected over TLS (the guest sees the scheme).
     pub https: bool,
+    /// What the guest's outgoing HTTP requests may reach.
+    pub outbound: super::OutboundPolicy,
 }
 
 /// What an invocation came to. Also the `outcome` label of
@@ -161,10 +163,8 @@ impl Runtime {
     where
         F: FnOnce(ExecutionReport) + Send + 'static,
     {
-        let mut store = Store::new(
-            &self.engine,
-            InvocationState::new(options.limits.memory_bytes),
-        );
+        let state = InvocationState::new(options.limits.memory_bytes, options.outbound);
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         // Every epoch tick, a computing guest yields its tokio worker; the
         // deadline itself is the wall-clock timeout in `run_guest`.
@@ -385,7 +385,9 @@ where
     let mut body = body;
     let body: HyperIncomingBody = match declared {
         Some(length) if length > max_input => {
-            if length <= DISCARD_MAX_BYTES {
+            // A client that waits for `100 Continue` has not sent the body:
+            // reading it would invite the client to send it.
+            if length <= DISCARD_MAX_BYTES && !expects_continue(&parts.headers) {
                 discard(body, DISCARD_MAX_BYTES, DISCARD_MAX_TIME).await;
             }
             return Err(too_large());
@@ -418,6 +420,14 @@ where
         },
     };
     Ok(Request::from_parts(parts, body))
+}
+
+/// Whether the client sent `Expect: 100-continue` (and waits for it).
+pub fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
 }
 
 fn empty_body() -> HyperIncomingBody {

@@ -41,9 +41,13 @@ use crate::config::MAX_MEMORY_LIMIT;
 
 pub use compile::{CodeCache, CompileError, Compiled, compile};
 pub use invoke::{
-    ExecutionReport, InvokeOptions, Limits, Outcome, Slot, pool_full_response, read_request,
+    ExecutionReport, InvokeOptions, Limits, Outcome, Slot, expects_continue, pool_full_response,
+    read_request,
 };
-pub use outbound::{HostPattern, OutboundPolicy};
+pub use outbound::defaults as outbound_defaults;
+pub use outbound::{
+    AddressClass, HostPattern, Network, OutboundPolicy, OutboundSettings, classify,
+};
 pub use output::MAX_CAPTURED_OUTPUT;
 pub use state::InvocationState;
 pub use worker::{Compiler, worker_main};

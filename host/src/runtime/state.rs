@@ -5,6 +5,7 @@ use wasmtime::{ResourceLimiter, Result, bail};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::outbound::OutboundPolicy;
 use super::output::GuestOutput;
 use super::{MAX_RANDOM_BYTES, MAX_RESOURCES};
 
@@ -23,8 +24,8 @@ pub struct InvocationState {
 impl InvocationState {
     /// A fresh sandbox: no environment variable, no argument, no preopened
     /// directory, no socket or name lookup, stdin closed, stdout and stderr
-    /// captured for the log, outbound HTTP denied unless `hooks` allow it.
-    pub(super) fn new(memory_limit: u64) -> Self {
+    /// captured for the log, outbound HTTP only as `outbound` allows.
+    pub(super) fn new(memory_limit: u64, outbound: OutboundPolicy) -> Self {
         let stdout = GuestOutput::new();
         let stderr = GuestOutput::new();
         let wasi = WasiCtxBuilder::new()
@@ -41,7 +42,10 @@ impl InvocationState {
             table,
             wasi,
             http: WasiHttpCtx::new(),
-            hooks: GuestHooks,
+            hooks: GuestHooks {
+                policy: outbound,
+                sent: 0,
+            },
             limiter: Limiter::new(memory_limit),
             stdout,
             stderr,
@@ -68,27 +72,38 @@ impl WasiHttpView for InvocationState {
     }
 }
 
-/// Policy for what a guest's outgoing HTTP requests may do: denied.
-pub(super) struct GuestHooks;
+/// The outbound policy of one invocation, and how many requests it made.
+pub(super) struct GuestHooks {
+    policy: OutboundPolicy,
+    sent: u32,
+}
+
+type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
 
 impl wasmtime_wasi_http::WasiHttpHooks for GuestHooks {
     fn send_request(
         &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _response_errors: IoFuture,
     ) -> Box<
         dyn Future<
                 Output = Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                    ),
+                    (http::Response<wasmtime_wasi_http::WasiBody>, IoFuture),
                     wasmtime_wasi_http::Error,
                 >,
             > + Send,
     > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+        if self.sent >= self.policy.max_requests() {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
+        }
+        self.sent += 1;
+        let policy = self.policy.clone();
+        Box::new(async move {
+            let response = policy.send(request, options).await?;
+            let io: IoFuture = Box::new(async { Ok(()) });
+            Ok((response, io))
+        })
     }
 }
 

@@ -24,8 +24,6 @@ use tokio::sync::Semaphore;
 use crate::config::HttpArgs;
 use crate::response::{ResponseBody, error_response};
 
-/// Time a client has to complete the TLS handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 streams a client may have open on one connection.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// HTTP/2 streams a client may reset before they are accepted (defends
@@ -70,6 +68,8 @@ pub struct HttpOptions {
     pub max_connections: usize,
     /// Time in-flight requests get after shutdown is signalled.
     pub shutdown_timeout: Duration,
+    /// Time a client has to complete the TLS handshake.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl From<&HttpArgs> for HttpOptions {
@@ -81,6 +81,7 @@ impl From<&HttpArgs> for HttpOptions {
             max_uri_length: args.max_uri_length,
             max_connections: args.max_connections,
             shutdown_timeout: args.shutdown_timeout,
+            tls_handshake_timeout: args.tls_handshake_timeout,
         }
     }
 }
@@ -207,6 +208,7 @@ async fn serve_connection<H: Handler>(
         remote,
         tls: tls.is_some(),
     };
+    let handshake_timeout = options.tls_handshake_timeout;
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let handler = handler.clone();
         let max_uri_length = options.max_uri_length;
@@ -230,7 +232,7 @@ async fn serve_connection<H: Handler>(
         }
         Some(acceptor) => {
             let stream =
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
                         tracing::debug!(%remote, error = %e, "TLS handshake failed");

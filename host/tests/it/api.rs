@@ -708,7 +708,19 @@ async fn a_restart_serves_every_deployment_without_recompiling(env: ServeEnv) {
 }
 
 async fn eight_clients_see_only_200_while_a_route_is_redeployed(env: ServeEnv) {
-    let (server, _admin, acme) = setup(&env);
+    // A tenant without a request quota: the clients send thousands.
+    env.admin(&[
+        "tier",
+        "set",
+        "unlimited",
+        "--per-minute",
+        "unlimited",
+        "--per-day",
+        "unlimited",
+    ]);
+    let key = env.tenant("flipper", "unlimited", false);
+    let server = env.serve();
+    let acme = Api::new(&server, &key);
     let hello = acme.upload_component("hello").await;
     let echo = acme.upload_component("echo").await;
     acme.deploy(json!({ "route": "/flip", "component": hello }))

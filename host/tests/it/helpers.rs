@@ -57,7 +57,13 @@ pub struct Server {
 impl Server {
     /// Starts `wasmwiz ARGS` on 127.0.0.1:0 and waits for `listening on`.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmwiz"));
+        Self::start_command(env!("CARGO_BIN_EXE_wasmwiz"), args, envs)
+    }
+
+    /// Starts `PROGRAM ARGS` (which must end up running wasmwiz) and waits
+    /// for `listening on`.
+    pub fn start_command(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(program);
         for var in SCRUBBED_VARS {
             command.env_remove(var);
         }
@@ -101,6 +107,11 @@ impl Server {
             }
         };
         Server { child, addr, log }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `http://ADDR/PATH`.

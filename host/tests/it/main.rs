@@ -3,5 +3,8 @@
 
 mod api;
 mod helpers;
+mod hostile;
+mod protocol;
 mod quota;
 mod run;
+mod tls;
