@@ -1,0 +1,240 @@
+//! Prometheus metrics. Names follow the operations guide
+//! (`wasmwiz_http_requests_total`, `wasmwiz_http_request_duration_seconds`,
+//! `wasmwiz_wasm_executions_total`, `wasmwiz_database_connections_active`)
+//! plus what an operator needs to run the runtime.
+//!
+//! Labels stay bounded: a route's pattern and its tenant (never a raw
+//! path), a status code, an outcome. The request path touches no lock:
+//! each live route resolves its counters and histogram once, when the
+//! route table is built ([`RouteMetrics`]), and then only adds to atomics.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::runtime::Outcome;
+
+/// Latency buckets from 100 µs to 10 s.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0,
+];
+
+/// Status codes given their own pre-resolved counter per route; others are
+/// resolved when they happen (rare by construction).
+const COMMON_STATUSES: [u16; 12] = [200, 201, 204, 304, 400, 404, 408, 413, 429, 500, 503, 504];
+
+/// Every metric of one process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `wasmwiz_http_requests_total{route,tenant,status}`.
+    pub http_requests: IntCounterVec,
+    /// `wasmwiz_http_request_duration_seconds{route,tenant}` (to the response head).
+    pub http_duration: HistogramVec,
+    /// `wasmwiz_wasm_executions_total{tenant,outcome}`.
+    pub executions: IntCounterVec,
+    /// `wasmwiz_quota_rejections_total{tenant}`.
+    pub quota_rejections: IntCounterVec,
+    /// `wasmwiz_quota_backend_degraded`: 1 while Redis is away.
+    pub quota_degraded: IntGauge,
+    /// `wasmwiz_redis_errors_total`.
+    pub redis_errors: IntCounter,
+    /// `wasmwiz_store_errors_total`.
+    pub store_errors: IntCounter,
+    /// `wasmwiz_store_up`: 1 while the store answers.
+    pub store_up: IntGauge,
+    /// `wasmwiz_database_connections_active`.
+    pub db_connections: IntGauge,
+    /// `wasmwiz_compile_duration_seconds`.
+    pub compile_duration: Histogram,
+    /// `wasmwiz_compiled_cache_total{result="hit"|"miss"}`.
+    pub compiled_cache: IntCounterVec,
+    /// `wasmwiz_instantiation_duration_seconds`.
+    pub instantiate_duration: Histogram,
+    /// `wasmwiz_instances_in_use`.
+    pub instances_in_use: IntGauge,
+    /// `wasmwiz_instance_pool_capacity`.
+    pub instance_pool_capacity: IntGauge,
+    /// `wasmwiz_instance_pool_exhausted_total`.
+    pub pool_exhausted: IntCounter,
+    /// `wasmwiz_deployments_live`.
+    pub deployments_live: IntGauge,
+    /// `wasmwiz_components_uploaded_total{result}`.
+    pub uploads: IntCounterVec,
+    /// `wasmwiz_api_keys_created_total`.
+    pub keys_created: IntCounter,
+    /// `wasmwiz_tenants_created_total`.
+    pub tenants_created: IntCounter,
+}
+
+impl Metrics {
+    /// Registers every metric in a new registry.
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()))
+                .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("registered once");
+            h
+        };
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "wasmwiz_http_request_duration_seconds",
+                "Time from a request's arrival to its response head, by route",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "tenant"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(http_duration.clone())).expect("registered once");
+
+        let metrics = Self {
+            http_requests: counter_vec(
+                "wasmwiz_http_requests_total",
+                "HTTP requests answered, by route pattern, tenant and status",
+                &["route", "tenant", "status"],
+            ),
+            http_duration,
+            executions: counter_vec(
+                "wasmwiz_wasm_executions_total",
+                "Component invocations, by tenant and outcome",
+                &["tenant", "outcome"],
+            ),
+            quota_rejections: counter_vec(
+                "wasmwiz_quota_rejections_total",
+                "Requests refused with 429 because a tenant's quota was used up",
+                &["tenant"],
+            ),
+            quota_degraded: gauge(
+                "wasmwiz_quota_backend_degraded",
+                "1 while the quota backend (Redis) is unreachable and quotas are counted per node",
+            ),
+            redis_errors: counter("wasmwiz_redis_errors_total", "Redis calls that failed or timed out"),
+            store_errors: counter("wasmwiz_store_errors_total", "Store operations that failed"),
+            store_up: gauge("wasmwiz_store_up", "1 while the store (database) answers"),
+            db_connections: gauge(
+                "wasmwiz_database_connections_active",
+                "Database connections in use by this node",
+            ),
+            compile_duration: histogram(
+                "wasmwiz_compile_duration_seconds",
+                "Time to compile an uploaded component",
+            ),
+            compiled_cache: counter_vec(
+                "wasmwiz_compiled_cache_total",
+                "Components prepared from the compiled-code cache (hit) or compiled (miss)",
+                &["result"],
+            ),
+            instantiate_duration: histogram(
+                "wasmwiz_instantiation_duration_seconds",
+                "Time to instantiate a component for one request",
+            ),
+            instances_in_use: gauge("wasmwiz_instances_in_use", "Component instances running now"),
+            instance_pool_capacity: gauge(
+                "wasmwiz_instance_pool_capacity",
+                "Component instances that may run at once (INSTANCE_POOL_SIZE)",
+            ),
+            pool_exhausted: counter(
+                "wasmwiz_instance_pool_exhausted_total",
+                "Requests refused with 503 because every instance slot was busy",
+            ),
+            deployments_live: gauge("wasmwiz_deployments_live", "Routes this node serves"),
+            uploads: counter_vec(
+                "wasmwiz_components_uploaded_total",
+                "Component uploads, by result (created, existing, refused)",
+                &["result"],
+            ),
+            keys_created: counter("wasmwiz_api_keys_created_total", "API keys created"),
+            tenants_created: counter("wasmwiz_tenants_created_total", "Tenants created"),
+            registry,
+        };
+        let build = IntGauge::with_opts(
+            Opts::new("wasmwiz_build_info", "Always 1; labels say which build runs")
+                .const_label("version", env!("CARGO_PKG_VERSION"))
+                .const_label("wasmtime", "48.0.8"),
+        )
+        .expect("valid metric");
+        build.set(1);
+        metrics.registry.register(Box::new(build)).expect("registered once");
+        Arc::new(metrics)
+    }
+
+    /// The handles one route records into.
+    pub fn route(&self, route: &str, tenant: &str) -> RouteMetrics {
+        RouteMetrics {
+            statuses: COMMON_STATUSES
+                .map(|status| self.http_requests.with_label_values(&[route, tenant, &status.to_string()])),
+            duration: self.http_duration.with_label_values(&[route, tenant]),
+            executions: Outcome::ALL.map(|o| self.executions.with_label_values(&[tenant, o.as_str()])),
+            quota_rejections: self.quota_rejections.with_label_values(&[tenant]),
+            instantiate: self.instantiate_duration.clone(),
+            route: route.to_string(),
+            tenant: tenant.to_string(),
+            all: self.http_requests.clone(),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// One route's metric handles, resolved once when the route table is built.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    statuses: [IntCounter; COMMON_STATUSES.len()],
+    duration: Histogram,
+    executions: [IntCounter; Outcome::ALL.len()],
+    quota_rejections: IntCounter,
+    instantiate: Histogram,
+    route: String,
+    tenant: String,
+    all: IntCounterVec,
+}
+
+impl RouteMetrics {
+    /// Records an answer and how long its head took.
+    pub fn answered(&self, status: u16, seconds: f64) {
+        match COMMON_STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.statuses[i].inc(),
+            None => self.all.with_label_values(&[&self.route, &self.tenant, &status.to_string()]).inc(),
+        }
+        self.duration.observe(seconds);
+    }
+
+    /// Records the end of an invocation.
+    pub fn executed(&self, outcome: Outcome, instantiate_seconds: f64) {
+        let i = Outcome::ALL.iter().position(|o| *o == outcome).expect("every outcome is listed");
+        self.executions[i].inc();
+        self.instantiate.observe(instantiate_seconds);
+    }
+
+    /// Records a 429.
+    pub fn rejected(&self) {
+        self.quota_rejections.inc();
+    }
+}
