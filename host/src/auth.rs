@@ -113,11 +113,7 @@ impl Scopes {
 
     /// Names of the scopes included.
     pub fn names(self) -> Vec<&'static str> {
-        Scope::ALL
-            .into_iter()
-            .filter(|s| self.has(*s))
-            .map(Scope::as_str)
-            .collect()
+        Scope::ALL.into_iter().filter(|s| self.has(*s)).map(Scope::as_str).collect()
     }
 }
 
@@ -146,9 +142,7 @@ pub struct GeneratedKey {
 
 impl fmt::Debug for GeneratedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GeneratedKey")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("GeneratedKey").field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
 
@@ -165,15 +159,10 @@ fn checksum(random: &str) -> String {
 /// Generates a new key for `salt`.
 pub fn generate(salt: &[u8]) -> GeneratedKey {
     let mut rng = rand::rng();
-    let random: String = (0..RANDOM_LEN)
-        .map(|_| BASE62[rng.random_range(0..BASE62.len())] as char)
-        .collect();
+    let random: String =
+        (0..RANDOM_LEN).map(|_| BASE62[rng.random_range(0..BASE62.len())] as char).collect();
     let key = format!("{KEY_PREFIX}{random}{}", checksum(&random));
-    GeneratedKey {
-        prefix: key[..DISPLAY_PREFIX_LEN].to_string(),
-        hash: hash(salt, &key),
-        key,
-    }
+    GeneratedKey { prefix: key[..DISPLAY_PREFIX_LEN].to_string(), hash: hash(salt, &key), key }
 }
 
 /// Generates a key with `scopes` for `tenant_id` and stores its hash;
@@ -274,11 +263,7 @@ impl fmt::Debug for Authenticator {
 impl Authenticator {
     /// An authenticator for keys hashed with `salt`.
     pub fn new(store: Arc<dyn Store>, salt: Vec<u8>) -> Self {
-        Self {
-            store,
-            salt,
-            cache: Mutex::new(HashMap::new()),
-        }
+        Self { store, salt, cache: Mutex::new(HashMap::new()) }
     }
 
     /// The salt keys are hashed with.
@@ -402,17 +387,10 @@ mod tests {
             max_input_bytes: 1024,
             max_component_bytes: 1024,
         };
-        store
-            .seed_tiers(&[Tier {
-                name: "t".into(),
-                limits,
-            }])
-            .await
-            .unwrap();
+        store.seed_tiers(&[Tier { name: "t".into(), limits }]).await.unwrap();
         let tenant = store.create_tenant("acme", "t").await.unwrap();
-        let (key, _) = issue_key(store.as_ref(), b"salt", tenant.id, Scopes::TENANT_DEFAULT)
-            .await
-            .unwrap();
+        let (key, _) =
+            issue_key(store.as_ref(), b"salt", tenant.id, Scopes::TENANT_DEFAULT).await.unwrap();
         let auth = Authenticator::new(store, b"salt".to_vec());
         let header = format!("Bearer {key}");
 
@@ -420,19 +398,10 @@ mod tests {
         assert_eq!(principal.tenant, "acme");
         // Remove the key behind the authenticator's back: a store lookup
         // would now fail, so success proves the cache answered.
-        sqlx::query("DELETE FROM api_keys")
-            .execute(sqlite.pool())
-            .await
-            .unwrap();
-        assert!(
-            auth.authenticate(Some(&header)).await.is_ok(),
-            "not served from the cache"
-        );
+        sqlx::query("DELETE FROM api_keys").execute(sqlite.pool()).await.unwrap();
+        assert!(auth.authenticate(Some(&header)).await.is_ok(), "not served from the cache");
         auth.invalidate_all();
-        assert!(matches!(
-            auth.authenticate(Some(&header)).await,
-            Err(AuthError::Invalid)
-        ));
+        assert!(matches!(auth.authenticate(Some(&header)).await, Err(AuthError::Invalid)));
     }
 
     #[test]

@@ -74,11 +74,7 @@ impl ListenArgs {
             }
             None => format!("{}:{}", self.server_host, self.server_port),
         };
-        let what = if self.addr.is_some() {
-            "--addr"
-        } else {
-            "SERVER_HOST/SERVER_PORT"
-        };
+        let what = if self.addr.is_some() { "--addr" } else { "SERVER_HOST/SERVER_PORT" };
         text.to_socket_addrs()
             .with_context(|| format!("{what}: cannot resolve `{text}` to an address"))?
             .next()
@@ -110,19 +106,13 @@ impl LimitArgs {
     /// Checks ranges that a parser alone cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.memory_limit < 1 << 20 || self.memory_limit > MAX_MEMORY_LIMIT {
-            bail!(
-                "MEMORY_LIMIT must be between 1MiB and 4GiB, got {}",
-                self.memory_limit
-            );
+            bail!("MEMORY_LIMIT must be between 1MiB and 4GiB, got {}", self.memory_limit);
         }
         if self.execution_timeout.is_zero() || self.execution_timeout > Duration::from_secs(3600) {
             bail!("EXECUTION_TIMEOUT must be more than 0 and at most 1 hour");
         }
         if self.max_input_size > 1 << 30 {
-            bail!(
-                "MAX_INPUT_SIZE must be at most 1GiB, got {}",
-                self.max_input_size
-            );
+            bail!("MAX_INPUT_SIZE must be at most 1GiB, got {}", self.max_input_size);
         }
         Ok(())
     }
@@ -385,6 +375,42 @@ pub struct CompileArgs {
     pub compile_memory_limit: u64,
 }
 
+/// Prometheus metrics and timing headers.
+#[derive(clap::Args, Clone, Debug)]
+pub struct MetricsArgs {
+    /// `false` turns the metrics endpoint off.
+    #[arg(long, env = "PROMETHEUS_ENABLED", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub prometheus_enabled: bool,
+
+    /// Path of the metrics endpoint.
+    #[arg(long, env = "METRICS_ENDPOINT", default_value = "/metrics")]
+    pub metrics_endpoint: String,
+
+    /// Serve metrics on this address (HOST:PORT) instead of the main
+    /// listener, so a load balancer never exposes them.
+    #[arg(long, env = "METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Add a `Server-Timing` header (quota, instantiate, guest) to answers.
+    #[arg(long, env = "SERVER_TIMING", default_value_t = false, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub server_timing: bool,
+}
+
+impl MetricsArgs {
+    /// Checks the endpoint path.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !self.metrics_endpoint.starts_with('/') || self.metrics_endpoint.len() < 2 {
+            bail!("METRICS_ENDPOINT must be a path such as /metrics");
+        }
+        if self.metrics_endpoint == "/health" || self.metrics_endpoint == "/ready" {
+            bail!("METRICS_ENDPOINT cannot be /health or /ready");
+        }
+        Ok(())
+    }
+}
+
 /// Guests' outgoing HTTP requests.
 #[derive(clap::Args, Clone, Debug)]
 pub struct OutboundArgs {
@@ -459,9 +485,7 @@ where
     T::Err: std::fmt::Display,
 {
     move |text: &str| {
-        text.trim()
-            .parse::<T>()
-            .map_err(|e| format!("{var}: `{text}` is not a valid number ({e})"))
+        text.trim().parse::<T>().map_err(|e| format!("{var}: `{text}` is not a valid number ({e})"))
     }
 }
 
@@ -492,9 +516,7 @@ pub fn duration_for(
 /// Parses a byte count with an optional binary or decimal unit.
 pub fn parse_bytes(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let value: u64 = digits.parse().ok()?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -559,25 +581,11 @@ mod tests {
 
     #[test]
     fn listen_address_comes_from_host_and_port_unless_given() {
-        let args = ListenArgs {
-            addr: None,
-            server_host: "127.0.0.1".into(),
-            server_port: 9000,
-        };
-        assert_eq!(
-            args.socket_addr().unwrap(),
-            "127.0.0.1:9000".parse().unwrap()
-        );
-        let args = ListenArgs {
-            addr: Some("127.0.0.1:0".into()),
-            ..args
-        };
+        let args = ListenArgs { addr: None, server_host: "127.0.0.1".into(), server_port: 9000 };
+        assert_eq!(args.socket_addr().unwrap(), "127.0.0.1:9000".parse().unwrap());
+        let args = ListenArgs { addr: Some("127.0.0.1:0".into()), ..args };
         assert_eq!(args.socket_addr().unwrap(), "127.0.0.1:0".parse().unwrap());
-        let args = ListenArgs {
-            addr: None,
-            server_host: "::1".into(),
-            server_port: 1,
-        };
+        let args = ListenArgs { addr: None, server_host: "::1".into(), server_port: 1 };
         assert_eq!(args.socket_addr().unwrap(), "[::1]:1".parse().unwrap());
     }
 }

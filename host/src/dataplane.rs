@@ -13,11 +13,13 @@ use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::quota::{QuotaBackend, Rates};
 use crate::response::{ResponseBody, error_response, retry_later};
 use crate::router::{RoutePattern, RouteTable, request_host};
 use crate::runtime::{
-    App, InvokeOptions, Limits, OutboundPolicy, Runtime, pool_full_response, read_request,
+    App, InvocationTiming, InvokeOptions, Limits, OutboundPolicy, Runtime, pool_full_response,
+    read_request,
 };
 use crate::server::ConnInfo;
 use crate::usage::TenantUsage;
@@ -37,6 +39,8 @@ pub struct LiveRoute {
     pub outbound: OutboundPolicy,
     /// The tenant and deployment behind the route (`None` for `wasmwiz run`).
     pub owner: Option<RouteOwner>,
+    /// The route's metric handles, resolved once.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// Who a served route belongs to.
@@ -73,10 +77,7 @@ pub struct RequestIds {
 
 impl Default for RequestIds {
     fn default() -> Self {
-        Self {
-            prefix: rand::random(),
-            next: AtomicU64::new(1),
-        }
+        Self { prefix: rand::random(), next: AtomicU64::new(1) }
     }
 }
 
@@ -97,22 +98,44 @@ pub struct DataPlane {
     routes: ArcSwap<Routes>,
     body_read_timeout: Duration,
     ids: RequestIds,
+    metrics: Arc<Metrics>,
+    /// Counts requests no route matched.
+    unrouted: RouteMetrics,
+    /// Whether answers carry a `Server-Timing` header.
+    server_timing: bool,
+}
+
+/// What a data plane is built from.
+#[derive(Debug)]
+pub struct DataPlaneSettings {
+    /// Admission by tier quota, if any.
+    pub quota: Option<Arc<dyn QuotaBackend>>,
+    /// Longest pause inside a request body.
+    pub body_read_timeout: Duration,
+    /// Where metrics are recorded.
+    pub metrics: Arc<Metrics>,
+    /// Whether answers carry a `Server-Timing` header.
+    pub server_timing: bool,
 }
 
 impl DataPlane {
     /// A data plane with no routes yet.
-    pub fn new(
-        runtime: Arc<Runtime>,
-        quota: Option<Arc<dyn QuotaBackend>>,
-        body_read_timeout: Duration,
-    ) -> Self {
+    pub fn new(runtime: Arc<Runtime>, settings: DataPlaneSettings) -> Self {
         Self {
             runtime,
-            quota,
+            quota: settings.quota,
             routes: ArcSwap::from_pointee(Routes::new()),
-            body_read_timeout,
+            body_read_timeout: settings.body_read_timeout,
             ids: RequestIds::default(),
+            unrouted: settings.metrics.route("-", "-"),
+            metrics: settings.metrics,
+            server_timing: settings.server_timing,
         }
+    }
+
+    /// The metrics this data plane records.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Replaces the whole route table at once.
@@ -144,26 +167,14 @@ impl DataPlane {
                 .uri()
                 .authority()
                 .map(|a| a.as_str())
-                .or_else(|| {
-                    request
-                        .headers()
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                })
+                .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
                 .map(request_host);
-            self.routes
-                .load()
-                .lookup(host.as_deref(), request.uri().path())
-                .cloned()
+            self.routes.load().lookup(host.as_deref(), request.uri().path()).cloned()
         };
 
         let (response, label) = match route {
             None => (
-                error_response(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no route matches this request",
-                ),
+                error_response(StatusCode::NOT_FOUND, "not_found", "no route matches this request"),
                 None,
             ),
             Some(route) => {
@@ -175,13 +186,20 @@ impl DataPlane {
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", value);
         }
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        match &label {
+            Some(route) => route.metrics.answered(status, elapsed.as_secs_f64()),
+            None => self.unrouted.answered(status, elapsed.as_secs_f64()),
+        }
         tracing::info!(
             target: "wasmwiz::access",
             request_id,
             method = %method,
             route = label.as_ref().map_or("-", |r| r.label.as_str()),
-            status = response.status().as_u16(),
-            duration_us = started.elapsed().as_micros() as u64,
+            tenant = label.as_ref().and_then(|r| r.owner.as_ref()).map_or("-", |o| o.tenant.as_str()),
+            status,
+            duration_us = elapsed.as_micros() as u64,
         );
         response
     }
@@ -193,19 +211,17 @@ impl DataPlane {
         conn: ConnInfo,
         request_id: String,
     ) -> Response<ResponseBody> {
-        let request = match read_request(
-            request,
-            route.limits.max_input_bytes,
-            self.body_read_timeout,
-        )
-        .await
-        {
-            Ok(request) => request,
-            Err(refusal) => return refusal,
-        };
+        let request =
+            match read_request(request, route.limits.max_input_bytes, self.body_read_timeout).await
+            {
+                Ok(request) => request,
+                Err(refusal) => return refusal,
+            };
         let Some(slot) = self.runtime.try_reserve() else {
+            self.metrics.pool_exhausted.inc();
             return pool_full_response();
         };
+        let admit_started = Instant::now();
         // Admission comes last, after every other refusal: a request that is
         // refused (404, 413, 503) is never counted against the quota.
         let admission = match (&self.quota, &route.owner) {
@@ -222,22 +238,27 @@ impl DataPlane {
                         admission.retry_after(),
                     );
                     admission.add_headers(owner.rate_policy.as_ref(), refusal.headers_mut());
+                    route.metrics.rejected();
                     return refusal;
                 }
                 Some((admission, owner.rate_policy.as_ref()))
             }
             _ => None,
         };
+        let admit_time = admit_started.elapsed();
         let options = InvokeOptions {
             limits: route.limits,
             request_id,
             https: conn.tls,
             outbound: route.outbound.clone(),
+            timing: self.server_timing,
         };
         let usage = route.owner.as_ref().map(|owner| owner.usage.clone());
+        let metrics = route.metrics.clone();
         let mut response = self
             .runtime
             .invoke(slot, &route.app, request, options, move |report| {
+                metrics.executed(report.outcome, report.instantiate.as_secs_f64());
                 if let Some(usage) = usage {
                     usage.record(&report);
                 }
@@ -246,6 +267,27 @@ impl DataPlane {
         if let Some((admission, policy)) = admission {
             admission.add_headers(policy, response.headers_mut());
         }
+        if self.server_timing {
+            add_server_timing(&mut response, admit_time);
+        }
         response
+    }
+}
+
+/// Adds `Server-Timing: quota;dur=…, instantiate;dur=…, guest;dur=…`
+/// (milliseconds): admission, instantiation, and the guest's time to its
+/// response head.
+fn add_server_timing(response: &mut Response<ResponseBody>, admit: Duration) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut value = format!("quota;dur={:.3}", ms(admit));
+    if let Some(timing) = response.extensions().get::<InvocationTiming>() {
+        value.push_str(&format!(
+            ", instantiate;dur={:.3}, guest;dur={:.3}",
+            ms(timing.instantiate),
+            ms(timing.to_head.saturating_sub(timing.instantiate))
+        ));
+    }
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert("server-timing", value);
     }
 }

@@ -18,6 +18,7 @@
 //! - [`usage`]: per-tenant usage counters, flushed to the store in batches.
 //! - [`response`]: the response body type and JSON errors.
 //! - [`logging`]: the tracing subscriber.
+//! - [`metrics`]: Prometheus metrics, resolved per route once.
 //! - [`cli`]: the `wasmwiz` commands.
 
 pub mod api;
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod quota;
 pub mod response;

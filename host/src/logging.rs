@@ -12,21 +12,12 @@ use crate::config::LogArgs;
 /// dropping it flushes what is still queued.
 pub fn init(args: &LogArgs) -> anyhow::Result<WorkerGuard> {
     let filter = EnvFilter::try_new(&args.log_level).with_context(|| {
-        format!(
-            "LOG_LEVEL: `{}` is not a log level or filter (try info or debug)",
-            args.log_level
-        )
+        format!("LOG_LEVEL: `{}` is not a log level or filter (try info or debug)", args.log_level)
     })?;
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let result = if args.is_production() {
-        builder
-            .json()
-            .with_current_span(false)
-            .with_span_list(false)
-            .try_init()
+        builder.json().with_current_span(false).with_span_list(false).try_init()
     } else {
         builder.with_ansi(false).try_init()
     };

@@ -11,16 +11,16 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::runtime::Outcome;
 
 /// Latency buckets from 100 µs to 10 s.
 pub const DURATION_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// Status codes given their own pre-resolved counter per route; others are
@@ -91,8 +91,10 @@ impl Metrics {
             g
         };
         let histogram = |name: &str, help: &str| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()))
-                .expect("valid metric");
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
+            )
+            .expect("valid metric");
             registry.register(Box::new(h.clone())).expect("registered once");
             h
         };
@@ -128,7 +130,10 @@ impl Metrics {
                 "wasmwiz_quota_backend_degraded",
                 "1 while the quota backend (Redis) is unreachable and quotas are counted per node",
             ),
-            redis_errors: counter("wasmwiz_redis_errors_total", "Redis calls that failed or timed out"),
+            redis_errors: counter(
+                "wasmwiz_redis_errors_total",
+                "Redis calls that failed or timed out",
+            ),
             store_errors: counter("wasmwiz_store_errors_total", "Store operations that failed"),
             store_up: gauge("wasmwiz_store_up", "1 while the store (database) answers"),
             db_connections: gauge(
@@ -175,16 +180,22 @@ impl Metrics {
         .expect("valid metric");
         build.set(1);
         metrics.registry.register(Box::new(build)).expect("registered once");
+        // process_cpu_seconds_total, process_resident_memory_bytes, open
+        // file descriptors: for the System Resources dashboard.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        metrics.registry.register(Box::new(process)).expect("registered once");
         Arc::new(metrics)
     }
 
     /// The handles one route records into.
     pub fn route(&self, route: &str, tenant: &str) -> RouteMetrics {
         RouteMetrics {
-            statuses: COMMON_STATUSES
-                .map(|status| self.http_requests.with_label_values(&[route, tenant, &status.to_string()])),
+            statuses: COMMON_STATUSES.map(|status| {
+                self.http_requests.with_label_values(&[route, tenant, &status.to_string()])
+            }),
             duration: self.http_duration.with_label_values(&[route, tenant]),
-            executions: Outcome::ALL.map(|o| self.executions.with_label_values(&[tenant, o.as_str()])),
+            executions: Outcome::ALL
+                .map(|o| self.executions.with_label_values(&[tenant, o.as_str()])),
             quota_rejections: self.quota_rejections.with_label_values(&[tenant]),
             instantiate: self.instantiate_duration.clone(),
             route: route.to_string(),
@@ -221,7 +232,9 @@ impl RouteMetrics {
     pub fn answered(&self, status: u16, seconds: f64) {
         match COMMON_STATUSES.iter().position(|s| *s == status) {
             Some(i) => self.statuses[i].inc(),
-            None => self.all.with_label_values(&[&self.route, &self.tenant, &status.to_string()]).inc(),
+            None => {
+                self.all.with_label_values(&[&self.route, &self.tenant, &status.to_string()]).inc()
+            }
         }
         self.duration.observe(seconds);
     }

@@ -86,9 +86,7 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node")
-            .field("store", &self.store.backend())
-            .finish_non_exhaustive()
+        f.debug_struct("Node").field("store", &self.store.backend()).finish_non_exhaustive()
     }
 }
 
@@ -179,22 +177,14 @@ impl Node {
     pub async fn reconcile(&self) -> Result<ReconcileReport, StoreError> {
         let _one_at_a_time = self.reconcile_lock.lock().await;
         let result = self.rebuild().await;
-        self.store_ok.store(
-            !matches!(result, Err(StoreError::Unavailable(_))),
-            Ordering::Relaxed,
-        );
+        self.store_ok.store(!matches!(result, Err(StoreError::Unavailable(_))), Ordering::Relaxed);
         result
     }
 
     async fn rebuild(&self) -> Result<ReconcileReport, StoreError> {
         let seq = self.store.change_seq().await?;
-        let tiers: HashMap<String, Arc<Tier>> = self
-            .store
-            .tiers()
-            .await?
-            .into_iter()
-            .map(|t| (t.name.clone(), Arc::new(t)))
-            .collect();
+        let tiers: HashMap<String, Arc<Tier>> =
+            self.store.tiers().await?.into_iter().map(|t| (t.name.clone(), Arc::new(t))).collect();
         let deployments = self.store.deployments(None).await?;
 
         let mut report = ReconcileReport::default();
@@ -230,8 +220,10 @@ impl Node {
             let limits = limits_of(&tier);
             let outbound =
                 OutboundPolicy::new(&deployment.allowed_outbound_hosts, self.outbound.clone());
+            let label = pattern.to_string();
             let route = Arc::new(LiveRoute {
-                label: pattern.to_string(),
+                metrics: Arc::new(self.plane.metrics().route(&label, &deployment.tenant)),
+                label,
                 outbound,
                 pattern,
                 app,
@@ -250,6 +242,7 @@ impl Node {
             routes.insert(&route.pattern, route.clone());
         }
         report.routes = routes.len();
+        self.plane.metrics().deployments_live.set(routes.len() as i64);
         self.plane.publish(routes);
         self.tiers.store(Arc::new(tiers));
         self.auth.invalidate_all();
@@ -269,12 +262,7 @@ impl Node {
         digest: &str,
         report: &mut ReconcileReport,
     ) -> Result<App, UploadError> {
-        if let Some(app) = self
-            .apps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(digest)
-        {
+        if let Some(app) = self.apps.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
             return Ok(app.clone());
         }
         let hex = digest_hex(digest)?;
@@ -282,6 +270,7 @@ impl Node {
         let compiled = match self.compiler.compile_cached(engine, hex).await {
             Some(compiled) => {
                 report.from_cache += 1;
+                self.plane.metrics().compiled_cache.with_label_values(&["hit"]).inc();
                 compiled
             }
             None => {
@@ -289,14 +278,13 @@ impl Node {
                     StoreError::Internal(format!("the bytes of {digest} are missing"))
                 })?;
                 report.compiled += 1;
-                self.compiler.compile(engine, hex, &bytes).await?
+                let compiled = self.compiler.compile(engine, hex, &bytes).await?;
+                self.record_compile(&compiled);
+                compiled
             }
         };
         let app = self.runtime.prepare(&compiled.component)?;
-        self.apps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.to_string(), app.clone());
+        self.apps.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.to_string(), app.clone());
         Ok(app)
     }
 
@@ -310,29 +298,29 @@ impl Node {
     ) -> Result<Uploaded, UploadError> {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if let Some(meta) = self.store.component(tenant_id, &digest).await? {
-            return Ok(Uploaded {
-                meta,
-                created: false,
-            });
+            self.plane.metrics().uploads.with_label_values(&["existing"]).inc();
+            return Ok(Uploaded { meta, created: false });
         }
         let hex = digest_hex(&digest)?;
         let started = Instant::now();
-        let compiled = self
-            .compiler
-            .compile(self.runtime.engine(), hex, &bytes)
-            .await?;
+        let compiled = match self.compiler.compile(self.runtime.engine(), hex, &bytes).await {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                self.plane.metrics().uploads.with_label_values(&["refused"]).inc();
+                return Err(e.into());
+            }
+        };
+        self.record_compile(&compiled);
         let app = match self.runtime.prepare(&compiled.component) {
             Ok(app) => app,
             Err(e) => {
                 self.compiler.cache().remove(hex);
+                self.plane.metrics().uploads.with_label_values(&["refused"]).inc();
                 return Err(e.into());
             }
         };
-        let compile_ms = if compiled.from_cache {
-            0
-        } else {
-            compiled.compile_time.as_millis() as u64
-        };
+        let compile_ms =
+            if compiled.from_cache { 0 } else { compiled.compile_time.as_millis() as u64 };
         let meta = ComponentMeta {
             digest: digest.clone(),
             name: name.to_string(),
@@ -341,21 +329,41 @@ impl Node {
             compile_ms,
             created_at: now_ms(),
         };
-        let (meta, created) = self
-            .store
-            .put_component(&NewComponent {
-                tenant_id,
-                meta,
-                bytes,
-            })
-            .await?;
-        self.apps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest, app);
+        let (meta, created) =
+            self.store.put_component(&NewComponent { tenant_id, meta, bytes }).await?;
+        self.apps.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, app);
+        self.plane.metrics().uploads.with_label_values(&["created"]).inc();
         tracing::info!(tenant_id, digest = %meta.digest, compile_ms,
                        total_ms = started.elapsed().as_millis() as u64, "component uploaded");
         Ok(Uploaded { meta, created })
+    }
+
+    fn record_compile(&self, compiled: &crate::runtime::Compiled) {
+        let metrics = self.plane.metrics();
+        if compiled.from_cache {
+            metrics.compiled_cache.with_label_values(&["hit"]).inc();
+        } else {
+            metrics.compiled_cache.with_label_values(&["miss"]).inc();
+            metrics.compile_duration.observe(compiled.compile_time.as_secs_f64());
+        }
+    }
+
+    /// Refreshes the gauges that are read rather than counted, just before
+    /// a scrape.
+    pub fn refresh_gauges(&self) {
+        let metrics = self.plane.metrics();
+        metrics.instances_in_use.set(self.runtime.instances_in_use() as i64);
+        metrics.instance_pool_capacity.set(i64::from(self.runtime.pool_size()));
+        metrics.db_connections.set(i64::from(self.store.connections_active()));
+        metrics.store_up.set(i64::from(self.store_ok()));
+        if let Some(quota) = self.plane.quota() {
+            metrics.quota_degraded.set(i64::from(quota.health() == crate::quota::Health::Degraded));
+            let errors = quota.errors();
+            let counted = metrics.redis_errors.get();
+            if errors > counted {
+                metrics.redis_errors.inc_by(errors - counted);
+            }
+        }
     }
 
     /// Watches the store's change counter and rebuilds when it moves, until
@@ -386,6 +394,7 @@ impl Node {
                 }
             }
             Err(e) => {
+                self.plane.metrics().store_errors.inc();
                 if self.store_ok.swap(false, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "the store is unreachable; serving the routes in memory");
                 }

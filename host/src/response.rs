@@ -14,9 +14,7 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A complete body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// An empty body.
@@ -32,10 +30,9 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
     let body = serde_json::json!({ "error": { "code": code, "message": message } });
     let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -47,8 +44,6 @@ pub fn retry_later(
     retry_after_secs: u64,
 ) -> Response<ResponseBody> {
     let mut response = error_response(status, code, message);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
     response
 }

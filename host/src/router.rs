@@ -110,9 +110,7 @@ impl RoutePattern {
         let reserved = reserved.trim_end_matches('/');
         let under = |path: &str| {
             path == reserved
-                || path
-                    .strip_prefix(reserved)
-                    .is_some_and(|rest| rest.starts_with('/'))
+                || path.strip_prefix(reserved).is_some_and(|rest| rest.starts_with('/'))
         };
         // `/api/...`, `/health`, `/metrics/x`: inside a reserved area. The
         // root wildcard is fine: reserved paths are dispatched before routes.
@@ -145,20 +143,14 @@ impl RoutePattern {
         }
         self.path.is_empty()
             || path == self.path
-            || path
-                .strip_prefix(self.path.as_str())
-                .is_some_and(|rest| rest.starts_with('/'))
+            || path.strip_prefix(self.path.as_str()).is_some_and(|rest| rest.starts_with('/'))
     }
 }
 
 impl fmt::Display for RoutePattern {
     /// The route in Spin syntax, as a user wrote it (`/hello/...`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.wildcard {
-            write!(f, "{}/...", self.path)
-        } else {
-            f.write_str(&self.path)
-        }
+        if self.wildcard { write!(f, "{}/...", self.path) } else { f.write_str(&self.path) }
     }
 }
 
@@ -174,11 +166,7 @@ fn normalize_host(host: &str) -> Result<String, RouteError> {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
-    if valid {
-        Ok(host)
-    } else {
-        Err(RouteError::BadHost(host))
-    }
+    if valid { Ok(host) } else { Err(RouteError::BadHost(host)) }
 }
 
 /// The host part of a request's authority or `Host` header, normalized the
@@ -186,11 +174,7 @@ fn normalize_host(host: &str) -> Result<String, RouteError> {
 pub fn request_host(authority: &str) -> String {
     let without_port = if authority.starts_with('[') {
         // IPv6 literal: keep the brackets' content.
-        authority
-            .split(']')
-            .next()
-            .unwrap_or("")
-            .trim_start_matches('[')
+        authority.split(']').next().unwrap_or("").trim_start_matches('[')
     } else {
         authority.split(':').next().unwrap_or("")
     };
@@ -206,10 +190,7 @@ struct PathTable<T> {
 
 impl<T> Default for PathTable<T> {
     fn default() -> Self {
-        Self {
-            exact: HashMap::new(),
-            prefix: HashMap::new(),
-        }
+        Self { exact: HashMap::new(), prefix: HashMap::new() }
     }
 }
 
@@ -250,11 +231,7 @@ pub struct RouteTable<T> {
 
 impl<T> Default for RouteTable<T> {
     fn default() -> Self {
-        Self {
-            by_host: HashMap::new(),
-            any_host: PathTable::default(),
-            len: 0,
-        }
+        Self { by_host: HashMap::new(), any_host: PathTable::default(), len: 0 }
     }
 }
 
@@ -270,11 +247,7 @@ impl<T> RouteTable<T> {
             Some(host) => self.by_host.entry(host.as_str().into()).or_default(),
             None => &mut self.any_host,
         };
-        let map = if pattern.wildcard {
-            &mut table.prefix
-        } else {
-            &mut table.exact
-        };
+        let map = if pattern.wildcard { &mut table.prefix } else { &mut table.exact };
         let replaced = map.insert(pattern.path.as_str().into(), value);
         if replaced.is_none() {
             self.len += 1;
@@ -338,11 +311,7 @@ mod tests {
     fn wildcard_matches_itself_and_below_but_not_siblings() {
         let t = table(&[("/hello/...", None)]);
         for path in ["/hello", "/hello/", "/hello/world", "/hello/a/b/c"] {
-            assert_eq!(
-                t.lookup(None, path).map(String::as_str),
-                Some("/hello/..."),
-                "{path}"
-            );
+            assert_eq!(t.lookup(None, path).map(String::as_str), Some("/hello/..."), "{path}");
         }
         assert_eq!(t.lookup(None, "/helloworld"), None);
         assert_eq!(t.lookup(None, "/"), None);
@@ -352,11 +321,7 @@ mod tests {
     fn root_wildcard_matches_everything() {
         let t = table(&[("/...", None)]);
         for path in ["/", "/x", "/a/b", ""] {
-            assert_eq!(
-                t.lookup(None, path).map(String::as_str),
-                Some("/..."),
-                "{path}"
-            );
+            assert_eq!(t.lookup(None, path).map(String::as_str), Some("/..."), "{path}");
         }
     }
 
@@ -400,18 +365,12 @@ mod tests {
             "/health/...",
         ] {
             assert!(
-                matches!(
-                    RoutePattern::parse(route, None, &[]),
-                    Err(RouteError::Reserved(_))
-                ),
+                matches!(RoutePattern::parse(route, None, &[]), Err(RouteError::Reserved(_))),
                 "{route} should be reserved"
             );
         }
         for route in ["/apis", "/healthz", "/...", "/readyness/..."] {
-            assert!(
-                RoutePattern::parse(route, None, &[]).is_ok(),
-                "{route} should be allowed"
-            );
+            assert!(RoutePattern::parse(route, None, &[]).is_ok(), "{route} should be allowed");
         }
         assert!(matches!(
             RoutePattern::parse("/internal/metrics", None, &["/internal/metrics"]),
@@ -429,10 +388,7 @@ mod tests {
             RoutePattern::parse("/a/.../b", None, &[]),
             Err(RouteError::MisplacedWildcard)
         ));
-        assert!(matches!(
-            RoutePattern::parse("/a//b", None, &[]),
-            Err(RouteError::EmptySegment)
-        ));
+        assert!(matches!(RoutePattern::parse("/a//b", None, &[]), Err(RouteError::EmptySegment)));
         assert!(matches!(
             RoutePattern::parse("/a b", None, &[]),
             Err(RouteError::BadCharacter(' '))
@@ -442,10 +398,7 @@ mod tests {
             Err(RouteError::BadCharacter('?'))
         ));
         let long = format!("/{}", "a".repeat(2000));
-        assert!(matches!(
-            RoutePattern::parse(&long, None, &[]),
-            Err(RouteError::TooLong)
-        ));
+        assert!(matches!(RoutePattern::parse(&long, None, &[]), Err(RouteError::TooLong)));
         assert!(matches!(
             RoutePattern::parse("/a", Some("bad host"), &[]),
             Err(RouteError::BadHost(_))
@@ -464,34 +417,16 @@ mod tests {
     #[test]
     fn a_route_inside_a_wildcard_would_take_from_it() {
         let wild = pattern("/a/...");
-        assert!(
-            pattern("/a").would_take_from(&wild),
-            "exact at the wildcard's root"
-        );
+        assert!(pattern("/a").would_take_from(&wild), "exact at the wildcard's root");
         assert!(pattern("/a/b").would_take_from(&wild));
         assert!(pattern("/a/b/...").would_take_from(&wild));
-        assert!(
-            pattern("/a/...").would_take_from(&wild),
-            "the same wildcard"
-        );
+        assert!(pattern("/a/...").would_take_from(&wild), "the same wildcard");
         assert!(!pattern("/ab").would_take_from(&wild));
-        assert!(
-            !pattern("/...").would_take_from(&wild),
-            "a wider wildcard takes nothing"
-        );
-        assert!(
-            !pattern("/a/b").would_take_from(&pattern("/a")),
-            "exact routes own one path"
-        );
-        assert!(
-            pattern("/x").would_take_from(&pattern("/...")),
-            "everything is under the root"
-        );
+        assert!(!pattern("/...").would_take_from(&wild), "a wider wildcard takes nothing");
+        assert!(!pattern("/a/b").would_take_from(&pattern("/a")), "exact routes own one path");
+        assert!(pattern("/x").would_take_from(&pattern("/...")), "everything is under the root");
         let hosted = RoutePattern::parse("/a/b", Some("h.example"), &[]).unwrap();
-        assert!(
-            !hosted.would_take_from(&wild),
-            "different hosts never overlap"
-        );
+        assert!(!hosted.would_take_from(&wild), "different hosts never overlap");
     }
 
     #[test]

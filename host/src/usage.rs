@@ -27,8 +27,7 @@ impl TenantUsage {
     /// Counts one finished invocation.
     pub fn record(&self, report: &ExecutionReport) {
         self.invocations.fetch_add(1, Ordering::Relaxed);
-        self.wall_ms
-            .fetch_add(report.wall.as_millis() as u64, Ordering::Relaxed);
+        self.wall_ms.fetch_add(report.wall.as_millis() as u64, Ordering::Relaxed);
         let error = match report.outcome {
             Outcome::Ok => return,
             Outcome::Trap | Outcome::StackOverflow => &self.errors_trap,
@@ -41,11 +40,7 @@ impl TenantUsage {
 
     fn counts(&self, take: bool) -> UsageCounts {
         let read = |n: &AtomicU64| {
-            if take {
-                n.swap(0, Ordering::Relaxed)
-            } else {
-                n.load(Ordering::Relaxed)
-            }
+            if take { n.swap(0, Ordering::Relaxed) } else { n.load(Ordering::Relaxed) }
         };
         UsageCounts {
             invocations: read(&self.invocations),
@@ -58,16 +53,11 @@ impl TenantUsage {
     }
 
     fn restore(&self, counts: &UsageCounts) {
-        self.invocations
-            .fetch_add(counts.invocations, Ordering::Relaxed);
-        self.errors_trap
-            .fetch_add(counts.errors_trap, Ordering::Relaxed);
-        self.errors_timeout
-            .fetch_add(counts.errors_timeout, Ordering::Relaxed);
-        self.errors_oom
-            .fetch_add(counts.errors_oom, Ordering::Relaxed);
-        self.errors_other
-            .fetch_add(counts.errors_other, Ordering::Relaxed);
+        self.invocations.fetch_add(counts.invocations, Ordering::Relaxed);
+        self.errors_trap.fetch_add(counts.errors_trap, Ordering::Relaxed);
+        self.errors_timeout.fetch_add(counts.errors_timeout, Ordering::Relaxed);
+        self.errors_oom.fetch_add(counts.errors_oom, Ordering::Relaxed);
+        self.errors_other.fetch_add(counts.errors_other, Ordering::Relaxed);
         self.wall_ms.fetch_add(counts.wall_ms, Ordering::Relaxed);
     }
 }
@@ -81,21 +71,13 @@ pub struct UsageRecorder {
 impl UsageRecorder {
     /// The counters of `tenant` (shared by all its routes).
     pub fn for_tenant(&self, tenant: TenantId) -> Arc<TenantUsage> {
-        self.tenants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(tenant)
-            .or_default()
-            .clone()
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner()).entry(tenant).or_default().clone()
     }
 
     /// What this node counted for `tenant` and has not written yet.
     pub fn pending(&self, tenant: TenantId) -> UsageCounts {
         let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
-        tenants
-            .get(&tenant)
-            .map(|u| u.counts(false))
-            .unwrap_or_default()
+        tenants.get(&tenant).map(|u| u.counts(false)).unwrap_or_default()
     }
 
     /// Writes every tenant's counts to today's row; what cannot be written
@@ -159,12 +141,7 @@ mod tests {
         let counts = usage.counts(true);
         assert_eq!(counts.invocations, 6);
         assert_eq!(
-            (
-                counts.errors_trap,
-                counts.errors_timeout,
-                counts.errors_oom,
-                counts.errors_other
-            ),
+            (counts.errors_trap, counts.errors_timeout, counts.errors_oom, counts.errors_other),
             (2, 1, 1, 1)
         );
         assert_eq!(counts.wall_ms, 1007);

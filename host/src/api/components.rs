@@ -67,9 +67,7 @@ pub async fn upload(
     require(&principal, Scope::Deploy)?;
     let name = query.name.unwrap_or_else(|| "component".to_string());
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "`name` must be 1 to 128 printable characters",
-        ));
+        return Err(ApiError::bad_request("`name` must be 1 to 128 printable characters"));
     }
     // The bytes are recognised by their magic number, whatever the
     // Content-Type says (curl's --data-binary sends a form type).
@@ -116,11 +114,7 @@ pub async fn upload(
     }
 
     let uploaded = node.upload(principal.tenant_id, &name, bytes).await?;
-    let status = if uploaded.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if uploaded.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(uploaded.meta.into())))
 }
 
@@ -141,11 +135,7 @@ pub async fn remove(
     Path(digest): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require(&principal, Scope::Deploy)?;
-    match node
-        .store
-        .delete_component(principal.tenant_id, &digest)
-        .await?
-    {
+    match node.store.delete_component(principal.tenant_id, &digest).await? {
         ComponentDeletion::Deleted => Ok(StatusCode::NO_CONTENT),
         ComponentDeletion::NotFound => Err(ApiError::not_found("component")),
         ComponentDeletion::InUse => Err(ApiError::new(

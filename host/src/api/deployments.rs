@@ -87,24 +87,18 @@ fn check_config(
             )));
         }
         if value.len() > MAX_CONFIG_VALUE {
-            return Err(ApiError::bad_request(format!(
-                "the value of `{name}` is over 64 KiB"
-            )));
+            return Err(ApiError::bad_request(format!("the value of `{name}` is over 64 KiB")));
         }
     }
     if let Some(both) = config.keys().find(|k| secrets.contains_key(*k)) {
-        return Err(ApiError::bad_request(format!(
-            "`{both}` is both config and a secret"
-        )));
+        return Err(ApiError::bad_request(format!("`{both}` is both config and a secret")));
     }
     Ok(())
 }
 
 fn check_outbound_hosts(hosts: &[String]) -> Result<(), ApiError> {
     if hosts.len() > MAX_OUTBOUND_HOSTS {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_OUTBOUND_HOSTS} outbound hosts"
-        )));
+        return Err(ApiError::bad_request(format!("at most {MAX_OUTBOUND_HOSTS} outbound hosts")));
     }
     for host in hosts {
         crate::runtime::OutboundPolicy::check_pattern(host).map_err(ApiError::bad_request)?;
@@ -170,11 +164,7 @@ pub async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require(&principal, Scope::Deploy)?;
-    if !node
-        .store
-        .delete_deployment(principal.tenant_id, &id)
-        .await?
-    {
+    if !node.store.delete_deployment(principal.tenant_id, &id).await? {
         return Err(ApiError::not_found("deployment"));
     }
     publish(&node).await;

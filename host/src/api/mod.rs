@@ -38,26 +38,14 @@ pub use docs::OPENAPI;
 /// The API's routes (paths as in DESIGN.md).
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
-        .route(
-            "/api/v1/components",
-            post(components::upload).get(components::list),
-        )
+        .route("/api/v1/components", post(components::upload).get(components::list))
         .route("/api/v1/components/{digest}", delete(components::remove))
-        .route(
-            "/api/v1/deployments",
-            post(deployments::create).get(deployments::list),
-        )
-        .route(
-            "/api/v1/deployments/{id}/rollback",
-            post(deployments::rollback),
-        )
+        .route("/api/v1/deployments", post(deployments::create).get(deployments::list))
+        .route("/api/v1/deployments/{id}/rollback", post(deployments::rollback))
         .route("/api/v1/deployments/{id}", delete(deployments::remove))
         .route("/api/v1/tenants", post(tenants::create_tenant))
         .route("/api/v1/tenants/{name}", patch(tenants::update_tenant))
-        .route(
-            "/api/v1/keys",
-            post(tenants::create_key).get(tenants::list_keys),
-        )
+        .route("/api/v1/keys", post(tenants::create_key).get(tenants::list_keys))
         .route("/api/v1/keys/{id}", delete(tenants::revoke_key))
         .route("/api/v1/tiers", get(tenants::list_tiers))
         .route("/api/v1/tiers/{name}", put(tenants::put_tier))
@@ -88,12 +76,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with `status`, `code` and `message`.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            import: None,
-        }
+        Self { status, code, message: message.into(), import: None }
     }
 
     /// 400 `bad_request`.
@@ -103,11 +86,7 @@ impl ApiError {
 
     /// 404 `not_found` (also for other tenants' objects: no enumeration).
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no such {what}"),
-        )
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
     }
 
     /// 403 `forbidden` for a missing scope.
@@ -122,11 +101,7 @@ impl ApiError {
     /// 500, with the detail logged and not sent.
     pub fn internal(detail: &str) -> Self {
         tracing::error!(detail, "internal error in the API");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
     }
 }
 
@@ -136,11 +111,8 @@ impl IntoResponse for ApiError {
         if let Some(import) = self.import {
             error["import"] = serde_json::Value::String(import);
         }
-        let mut response = (
-            self.status,
-            axum::Json(serde_json::json!({ "error": error })),
-        )
-            .into_response();
+        let mut response =
+            (self.status, axum::Json(serde_json::json!({ "error": error }))).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -207,10 +179,7 @@ impl FromRequestParts<Arc<Node>> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         Ok(node.auth.authenticate(header).await?)
     }
 }

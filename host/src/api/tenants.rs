@@ -23,11 +23,7 @@ fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
 }
 
 fn admin_only(principal: &Principal) -> Result<(), ApiError> {
-    if principal.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::missing_scope(Scope::Admin))
-    }
+    if principal.is_admin() { Ok(()) } else { Err(ApiError::missing_scope(Scope::Admin)) }
 }
 
 /// A tenant as the API shows it.
@@ -40,11 +36,7 @@ pub struct TenantJson {
 
 impl From<Tenant> for TenantJson {
     fn from(t: Tenant) -> Self {
-        Self {
-            name: t.name,
-            tier: t.tier,
-            created_at: rfc3339(t.created_at),
-        }
+        Self { name: t.name, tier: t.tier, created_at: rfc3339(t.created_at) }
     }
 }
 
@@ -70,6 +62,7 @@ pub async fn create_tenant(
     admin_only(&principal)?;
     check_name("tenant", &body.name)?;
     let tenant = node.store.create_tenant(&body.name, &body.tier).await?;
+    node.plane.metrics().tenants_created.inc();
     Ok((StatusCode::CREATED, Json(tenant.into())))
 }
 
@@ -89,14 +82,10 @@ pub async fn update_tenant(
     ApiJson(body): ApiJson<UpdateTenant>,
 ) -> Result<Json<TenantJson>, ApiError> {
     admin_only(&principal)?;
-    let tenant = node
-        .store
-        .set_tenant_tier(&name, &body.tier)
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => ApiError::not_found("tenant"),
-            other => other.into(),
-        })?;
+    let tenant = node.store.set_tenant_tier(&name, &body.tier).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => ApiError::not_found("tenant"),
+        other => other.into(),
+    })?;
     publish(&node).await;
     Ok(Json(tenant.into()))
 }
@@ -178,13 +167,10 @@ pub async fn create_key(
         Some(_) if !principal.is_admin() => return Err(ApiError::not_found("tenant")),
         Some(name) => name.to_string(),
     };
-    let record = node
-        .store
-        .tenant(&tenant)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    let record = node.store.tenant(&tenant).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
     let (key, stored) =
         auth::issue_key(node.store.as_ref(), node.auth.salt(), record.id, scopes).await?;
+    node.plane.metrics().keys_created.inc();
     Ok((
         StatusCode::CREATED,
         Json(NewKeyJson {
@@ -238,15 +224,7 @@ pub async fn list_tiers(
     _principal: Principal,
 ) -> Result<Json<Vec<TierJson>>, ApiError> {
     let tiers = node.store.tiers().await?;
-    Ok(Json(
-        tiers
-            .into_iter()
-            .map(|t| TierJson {
-                name: t.name,
-                limits: t.limits,
-            })
-            .collect(),
-    ))
+    Ok(Json(tiers.into_iter().map(|t| TierJson { name: t.name, limits: t.limits }).collect()))
 }
 
 /// Distinguishes a field that is absent (`None`) from one that is `null`
@@ -274,20 +252,14 @@ impl PutTier {
     /// The tier's limits, defaults filled in from `defaults`.
     pub fn limits(&self, defaults: &TierLimits) -> TierLimits {
         TierLimits {
-            requests_per_minute: self
-                .requests_per_minute
-                .unwrap_or(defaults.requests_per_minute),
+            requests_per_minute: self.requests_per_minute.unwrap_or(defaults.requests_per_minute),
             requests_per_day: self.requests_per_day.unwrap_or(defaults.requests_per_day),
-            memory_limit_bytes: self
-                .memory_limit_bytes
-                .unwrap_or(defaults.memory_limit_bytes),
+            memory_limit_bytes: self.memory_limit_bytes.unwrap_or(defaults.memory_limit_bytes),
             execution_timeout_ms: self
                 .execution_timeout_ms
                 .unwrap_or(defaults.execution_timeout_ms),
             max_input_bytes: self.max_input_bytes.unwrap_or(defaults.max_input_bytes),
-            max_component_bytes: self
-                .max_component_bytes
-                .unwrap_or(defaults.max_component_bytes),
+            max_component_bytes: self.max_component_bytes.unwrap_or(defaults.max_component_bytes),
         }
     }
 }
@@ -307,16 +279,6 @@ pub async fn put_tier(
     let tier = Tier { name, limits };
     node.store.put_tier(&tier).await?;
     publish(&node).await;
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((
-        status,
-        Json(TierJson {
-            name: tier.name,
-            limits: tier.limits,
-        }),
-    ))
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(TierJson { name: tier.name, limits: tier.limits })))
 }

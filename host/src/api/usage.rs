@@ -22,11 +22,7 @@ pub struct WindowJson {
 
 impl From<Window> for WindowJson {
     fn from(w: Window) -> Self {
-        Self {
-            limit: w.limit,
-            used: w.used,
-            reset_in_s: w.reset_in_s,
-        }
+        Self { limit: w.limit, used: w.used, reset_in_s: w.reset_in_s }
     }
 }
 
@@ -98,11 +94,7 @@ pub async fn usage(
         }
         None => {
             let (_, _, minute_reset, day_reset) = crate::quota::windows_at(unix_now());
-            let none = |reset| Window {
-                limit: None,
-                used: 0,
-                reset_in_s: reset,
-            };
+            let none = |reset| Window { limit: None, used: 0, reset_in_s: reset };
             (none(minute_reset), none(day_reset), false)
         }
     };

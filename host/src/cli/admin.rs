@@ -157,38 +157,18 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
     args.tiers.validate()?;
     let (store, salt) = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
     match args.command {
-        AdminCommand::Tenant {
-            command: TenantCommand::Create { name, tier },
-        } => {
+        AdminCommand::Tenant { command: TenantCommand::Create { name, tier } } => {
             if !valid_name(&name) {
                 bail!("a tenant name is 1 to 63 lower-case letters, digits, `-` or `_`");
             }
             let tenant = store.create_tenant(&name, &tier).await.map_err(sentence)?;
-            say(&format!(
-                "tenant {} created on tier {}",
-                tenant.name, tenant.tier
-            ));
+            say(&format!("tenant {} created on tier {}", tenant.name, tenant.tier));
         }
-        AdminCommand::Tenant {
-            command: TenantCommand::SetTier { name, tier },
-        } => {
-            let tenant = store
-                .set_tenant_tier(&name, &tier)
-                .await
-                .map_err(sentence)?;
-            say(&format!(
-                "tenant {} is now on tier {}",
-                tenant.name, tenant.tier
-            ));
+        AdminCommand::Tenant { command: TenantCommand::SetTier { name, tier } } => {
+            let tenant = store.set_tenant_tier(&name, &tier).await.map_err(sentence)?;
+            say(&format!("tenant {} is now on tier {}", tenant.name, tenant.tier));
         }
-        AdminCommand::Key {
-            command:
-                KeyCommand::Create {
-                    tenant,
-                    admin,
-                    scopes,
-                },
-        } => {
+        AdminCommand::Key { command: KeyCommand::Create { tenant, admin, scopes } } => {
             let tenant = store.tenant(&tenant).await?.with_context(|| {
                 format!("there is no tenant named `{tenant}` (wasmwiz admin tenant create)")
             })?;
@@ -203,9 +183,7 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
             // The key alone on its line, so `KEY=$(wasmwiz admin key create t)` works.
             say(&key);
         }
-        AdminCommand::Key {
-            command: KeyCommand::Revoke { id },
-        } => {
+        AdminCommand::Key { command: KeyCommand::Revoke { id } } => {
             if !store.revoke_key(&id, None).await? {
                 bail!("there is no key with id `{id}`");
             }
@@ -249,17 +227,10 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
                 limits.max_component_bytes = max_component;
             }
             limits.check().map_err(anyhow::Error::msg)?;
-            store
-                .put_tier(&Tier {
-                    name: name.clone(),
-                    limits: limits.clone(),
-                })
-                .await?;
+            store.put_tier(&Tier { name: name.clone(), limits: limits.clone() }).await?;
             say(&format!("tier {name}: {}", describe(&limits)));
         }
-        AdminCommand::Tier {
-            command: TierCommand::List,
-        } => {
+        AdminCommand::Tier { command: TierCommand::List } => {
             for tier in store.tiers().await? {
                 say(&format!("{}: {}", tier.name, describe(&tier.limits)));
             }

@@ -77,17 +77,11 @@ impl Api {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .context("building the HTTP client")?;
-        Ok(Self {
-            base: args.url.trim_end_matches('/').to_string(),
-            key,
-            http,
-        })
+        Ok(Self { base: args.url.trim_end_matches('/').to_string(), key, http })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.key)
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.key)
     }
 
     /// Sends and turns any error answer into a sentence.
@@ -124,9 +118,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let name = args.name.clone().unwrap_or_else(|| {
-        args.file
-            .file_stem()
-            .map_or("component".into(), |s| s.to_string_lossy().into_owned())
+        args.file.file_stem().map_or("component".into(), |s| s.to_string_lossy().into_owned())
     });
 
     let bar = ProgressBar::new(bytes.len() as u64);
@@ -136,10 +128,8 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             .progress_chars("=> "),
     );
     bar.set_message("uploading");
-    let chunks: Vec<bytes::Bytes> = bytes
-        .chunks(64 << 10)
-        .map(bytes::Bytes::copy_from_slice)
-        .collect();
+    let chunks: Vec<bytes::Bytes> =
+        bytes.chunks(64 << 10).map(bytes::Bytes::copy_from_slice).collect();
     let progress = bar.clone();
     let stream = futures::stream::iter(chunks).map(move |chunk| {
         progress.inc(chunk.len() as u64);
@@ -161,9 +151,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let component = api.send(upload).await;
     bar.finish_and_clear();
     let component = component?;
-    let digest = component["digest"]
-        .as_str()
-        .context("the server did not say the digest")?;
+    let digest = component["digest"].as_str().context("the server did not say the digest")?;
     say(&format!(
         "uploaded {} ({} bytes, compiled in {} ms)",
         digest, component["size"], component["compile_ms"]
@@ -177,22 +165,15 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         "secrets": args.secrets.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         "allowed_outbound_hosts": args.allowed_outbound_hosts,
     });
-    let deployment = api
-        .send(
-            api.request(reqwest::Method::POST, "/api/v1/deployments")
-                .json(&body),
-        )
-        .await?;
+    let deployment =
+        api.send(api.request(reqwest::Method::POST, "/api/v1/deployments").json(&body)).await?;
     say(&format!(
         "deployed {} version {} ({})",
         deployment["route"].as_str().unwrap_or(&args.route),
         deployment["version"],
         deployment["id"].as_str().unwrap_or("?")
     ));
-    say(&format!(
-        "invoke: {}",
-        invoke_url(&api.base, &args.route, args.host.as_deref())
-    ));
+    say(&format!("invoke: {}", invoke_url(&api.base, &args.route, args.host.as_deref())));
     Ok(())
 }
 
@@ -202,11 +183,7 @@ fn invoke_url(base: &str, route: &str, host: Option<&str>) -> String {
     let path = if path.is_empty() { "/" } else { path };
     match (host, base.split_once("://")) {
         (Some(host), Some((scheme, rest))) => {
-            let port = rest
-                .split('/')
-                .next()
-                .and_then(|a| a.rsplit_once(':'))
-                .map(|(_, p)| p);
+            let port = rest.split('/').next().and_then(|a| a.rsplit_once(':')).map(|(_, p)| p);
             match port {
                 Some(port) => format!("{scheme}://{host}:{port}{path}"),
                 None => format!("{scheme}://{host}{path}"),
@@ -219,18 +196,13 @@ fn invoke_url(base: &str, route: &str, host: Option<&str>) -> String {
 /// Lists the tenant's live deployments.
 pub async fn deployments(args: ClientArgs) -> anyhow::Result<()> {
     let api = Api::new(&args)?;
-    let list = api
-        .send(api.request(reqwest::Method::GET, "/api/v1/deployments"))
-        .await?;
+    let list = api.send(api.request(reqwest::Method::GET, "/api/v1/deployments")).await?;
     let list = list.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
         say("no deployments");
         return Ok(());
     }
-    say(&format!(
-        "{:<26} {:<30} {:>7}  {}",
-        "ID", "ROUTE", "VERSION", "COMPONENT"
-    ));
+    say(&format!("{:<26} {:<30} {:>7}  {}", "ID", "ROUTE", "VERSION", "COMPONENT"));
     for d in list {
         let route = match d["host"].as_str() {
             Some(host) => format!("{host}{}", d["route"].as_str().unwrap_or("")),
@@ -271,10 +243,7 @@ mod tests {
             invoke_url("http://127.0.0.1:8080", "/hello/...", None),
             "http://127.0.0.1:8080/hello"
         );
-        assert_eq!(
-            invoke_url("http://127.0.0.1:8080", "/...", None),
-            "http://127.0.0.1:8080/"
-        );
+        assert_eq!(invoke_url("http://127.0.0.1:8080", "/...", None), "http://127.0.0.1:8080/");
         assert_eq!(
             invoke_url("http://127.0.0.1:8080", "/x", Some("api.example.com")),
             "http://api.example.com:8080/x"

@@ -23,6 +23,7 @@ pub struct Cli {
 
 /// The commands.
 #[derive(Subcommand, Debug)]
+#[expect(clippy::large_enum_variant, reason = "parsed once at start; boxing buys nothing")]
 pub enum Command {
     /// Serve components from files: no store, no tenants, no quotas.
     ///
@@ -86,12 +87,7 @@ impl Cli {
             Command::Deploy(args) => client::deploy(args).await?,
             Command::Deployments(args) => client::deployments(args).await?,
             Command::Rollback(args) => client::rollback(args).await?,
-            Command::CompileWorker {
-                cache_dir,
-                digest,
-                instance_pool_size,
-                memory_limit,
-            } => {
+            Command::CompileWorker { cache_dir, digest, instance_pool_size, memory_limit } => {
                 let code = tokio::task::spawn_blocking(move || {
                     crate::runtime::worker_main(
                         &cache_dir,

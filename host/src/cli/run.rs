@@ -6,7 +6,8 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 
 use crate::config::{HttpArgs, LimitArgs, ListenArgs, LogArgs, OutboundArgs, RuntimeArgs};
-use crate::dataplane::{DataPlane, LiveRoute, Routes};
+use crate::dataplane::{DataPlane, DataPlaneSettings, LiveRoute, Routes};
+use crate::metrics::Metrics;
 use crate::router::RoutePattern;
 use crate::runtime::{Limits, OutboundPolicy, Runtime, RuntimeConfig, compile};
 use crate::server::{self, HttpOptions, tls};
@@ -54,10 +55,7 @@ fn parse_mount(arg: &str) -> anyhow::Result<Mount> {
     };
     let route =
         RoutePattern::parse_any(route, None).with_context(|| format!("`{arg}`: invalid route"))?;
-    Ok(Mount {
-        route,
-        file: PathBuf::from(file),
-    })
+    Ok(Mount { route, file: PathBuf::from(file) })
 }
 
 /// Loads every component, binds, prints `listening on ...`, serves until
@@ -66,11 +64,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
     args.limits.validate()?;
     args.http.validate()?;
     let addr = args.listen.socket_addr()?;
-    let mounts = args
-        .components
-        .iter()
-        .map(|a| parse_mount(a))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mounts =
+        args.components.iter().map(|a| parse_mount(a)).collect::<anyhow::Result<Vec<_>>>()?;
     for (i, mount) in mounts.iter().enumerate() {
         if mounts[..i].iter().any(|m| m.route == mount.route) {
             bail!("route `{}` is given twice", mount.route);
@@ -81,15 +76,15 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let runtime = Arc::new(Runtime::new(&RuntimeConfig {
-        pool_size: args.runtime.instance_pool_size,
-    })?);
+    let runtime =
+        Arc::new(Runtime::new(&RuntimeConfig { pool_size: args.runtime.instance_pool_size })?);
     let limits = Limits {
         memory_bytes: args.limits.memory_limit,
         timeout: args.limits.execution_timeout,
         max_input_bytes: args.limits.max_input_size,
     };
     let outbound = OutboundPolicy::new(&args.allow_outbound, Arc::new(args.outbound.settings()));
+    let metrics = Metrics::new();
     let mut routes = Routes::new();
     for mount in mounts {
         let bytes = tokio::fs::read(&mount.file)
@@ -106,6 +101,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
                        compile_ms = compiled.compile_time.as_millis() as u64, "component loaded");
         let label = mount.route.to_string();
         let route = Arc::new(LiveRoute {
+            metrics: Arc::new(metrics.route(&label, "-")),
             pattern: mount.route,
             app,
             limits,
@@ -115,7 +111,15 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
         });
         routes.insert(&route.pattern, route.clone());
     }
-    let plane = Arc::new(DataPlane::new(runtime, None, args.http.body_read_timeout));
+    let plane = Arc::new(DataPlane::new(
+        runtime,
+        DataPlaneSettings {
+            quota: None,
+            body_read_timeout: args.http.body_read_timeout,
+            metrics: metrics.clone(),
+            server_timing: false,
+        },
+    ));
     plane.publish(routes);
 
     let listener = server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;

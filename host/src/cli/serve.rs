@@ -12,10 +12,11 @@ use tower::ServiceExt as _;
 use crate::api;
 use crate::auth::{Authenticator, MIN_SALT_LEN};
 use crate::config::{
-    CompileArgs, HttpArgs, ListenArgs, LogArgs, OutboundArgs, QuotaArgs, RuntimeArgs, StoreArgs,
-    TierDefaultArgs,
+    CompileArgs, HttpArgs, ListenArgs, LogArgs, MetricsArgs, OutboundArgs, QuotaArgs, RuntimeArgs,
+    StoreArgs, TierDefaultArgs,
 };
-use crate::dataplane::DataPlane;
+use crate::dataplane::{DataPlane, DataPlaneSettings};
+use crate::metrics::Metrics;
 use crate::node::{Node, NodeSettings};
 use crate::quota::QuotaBackend;
 use crate::quota::local::LocalQuota;
@@ -41,6 +42,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub outbound: OutboundArgs,
     #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub http: HttpArgs,
@@ -56,22 +59,14 @@ pub async fn open_store(
     tiers: &TierDefaultArgs,
     production: bool,
 ) -> anyhow::Result<(Arc<dyn Store>, Vec<u8>)> {
-    if production
-        && store_args
-            .api_salt
-            .as_deref()
-            .is_none_or(|s| s.len() < MIN_SALT_LEN)
-    {
+    if production && store_args.api_salt.as_deref().is_none_or(|s| s.len() < MIN_SALT_LEN) {
         bail!(
             "API_SALT must be set to at least {MIN_SALT_LEN} characters when ENVIRONMENT=production \
              (scripts/generate_secrets.sh makes one)"
         );
     }
     let store = store::open(store_args.database_url.as_deref(), &store_args.data_dir).await?;
-    store
-        .seed_tiers(&tiers.default_tiers())
-        .await
-        .context("seeding the default tiers")?;
+    store.seed_tiers(&tiers.default_tiers()).await.context("seeding the default tiers")?;
     warn_about_changed_rates(store.as_ref(), tiers).await;
     let salt = match &store_args.api_salt {
         Some(salt) => {
@@ -128,6 +123,7 @@ async fn warn_about_changed_rates(store: &dyn Store, tiers: &TierDefaultArgs) {
 pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
     args.tiers.validate()?;
     args.http.validate()?;
+    args.metrics.validate()?;
     let addr = args.listen.socket_addr()?;
     let tls = match (&args.http.tls_cert_path, &args.http.tls_key_path) {
         (Some(cert), Some(key)) => Some(tls::ReloadingCert::load(cert, key)?),
@@ -135,9 +131,8 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
     };
     let (store, salt) = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
 
-    let runtime = Arc::new(Runtime::new(&RuntimeConfig {
-        pool_size: args.runtime.instance_pool_size,
-    })?);
+    let runtime =
+        Arc::new(Runtime::new(&RuntimeConfig { pool_size: args.runtime.instance_pool_size })?);
     let compiler = Compiler::new(
         &runtime,
         &args.store.data_dir.join("cache"),
@@ -158,10 +153,15 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
             )?),
             (None, true) => Some(Arc::new(LocalQuota::new())),
         };
+    let metrics = Metrics::new();
     let plane = Arc::new(DataPlane::new(
         runtime.clone(),
-        quota,
-        args.http.body_read_timeout,
+        DataPlaneSettings {
+            quota,
+            body_read_timeout: args.http.body_read_timeout,
+            metrics: metrics.clone(),
+            server_timing: args.metrics.server_timing,
+        },
     ));
     let node = Arc::new(Node::new(
         store.clone(),
@@ -170,7 +170,11 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
         Authenticator::new(store.clone(), salt),
         compiler,
         NodeSettings {
-            extra_reserved: Vec::new(),
+            extra_reserved: if args.metrics.metrics_endpoint == "/metrics" {
+                Vec::new()
+            } else {
+                vec![args.metrics.metrics_endpoint.clone()]
+            },
             tier_defaults: args.tiers.defaults_for_new_tiers(),
             outbound: Arc::new(args.outbound.settings()),
             body_read_timeout: args.http.body_read_timeout,
@@ -194,6 +198,33 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
     node.spawn_sync();
     node.usage.spawn_flusher(store.clone());
 
+    // Metrics on the main listener, on their own address, or not at all.
+    let metrics_path = match (args.metrics.prometheus_enabled, args.metrics.metrics_addr) {
+        (false, _) => None,
+        (true, Some(addr)) => {
+            let listener = server::bind(addr)
+                .with_context(|| format!("METRICS_ADDR: cannot listen on {addr}"))?;
+            eprintln!(
+                "metrics on http://{}{}",
+                listener.local_addr()?,
+                args.metrics.metrics_endpoint
+            );
+            let metrics_handler = Arc::new(MetricsHandler {
+                node: node.clone(),
+                path: args.metrics.metrics_endpoint.clone(),
+            });
+            let options = HttpOptions::from(&args.http);
+            tokio::spawn(async move {
+                let never = std::future::pending::<()>();
+                if let Err(e) = server::serve(listener, None, metrics_handler, options, never).await
+                {
+                    tracing::error!(error = %format!("{e:#}"), "the metrics listener failed");
+                }
+            });
+            None
+        }
+        (true, None) => Some(args.metrics.metrics_endpoint.clone()),
+    };
     let listener = server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let acceptor = match tls {
@@ -207,26 +238,59 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!("listening on {scheme}://{local}");
     let handler = Arc::new(ServeHandler {
         api: api::router(node.clone()),
+        api_metrics: metrics.route("/api", "-"),
         node: node.clone(),
+        metrics_path,
     });
-    let shutdown = async move {
-        server::shutdown_signal().await;
-        node.start_draining();
+    let shutdown = {
+        let node = node.clone();
+        async move {
+            server::shutdown_signal().await;
+            node.start_draining();
+        }
     };
-    server::serve(
-        listener,
-        acceptor,
-        handler,
-        HttpOptions::from(&args.http),
-        shutdown,
-    )
-    .await
+    let served =
+        server::serve(listener, acceptor, handler, HttpOptions::from(&args.http), shutdown).await;
+    // What was counted since the last flush is written before exiting.
+    node.usage.flush(node.store.as_ref()).await;
+    served
 }
 
 /// Dispatches a request to the API, health, readiness, or the routes.
 struct ServeHandler {
     node: Arc<Node>,
     api: axum::Router,
+    /// Counts API answers (one label for the whole API).
+    api_metrics: crate::metrics::RouteMetrics,
+    /// Where metrics are served on this listener, if they are.
+    metrics_path: Option<String>,
+}
+
+/// Renders the metrics (refreshing the gauges that are read, not counted).
+fn metrics_response(node: &Node) -> Response<ResponseBody> {
+    node.refresh_gauges();
+    let mut response = Response::new(full(node.plane.metrics().render()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// Serves only the metrics, on `METRICS_ADDR`.
+struct MetricsHandler {
+    node: Arc<Node>,
+    path: String,
+}
+
+impl Handler for MetricsHandler {
+    async fn handle(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<ResponseBody> {
+        if request.uri().path() == self.path {
+            metrics_response(&self.node)
+        } else {
+            crate::response::error_response(StatusCode::NOT_FOUND, "not_found", "metrics only")
+        }
+    }
 }
 
 impl ServeHandler {
@@ -252,16 +316,8 @@ impl ServeHandler {
         } else {
             (StatusCode::OK, "ready")
         };
-        let quota = self
-            .node
-            .plane
-            .quota()
-            .map_or("off", |q| q.health().as_str());
-        let state = if state == "ready" && quota == "degraded" {
-            "degraded"
-        } else {
-            state
-        };
+        let quota = self.node.plane.quota().map_or("off", |q| q.health().as_str());
+        let state = if state == "ready" && quota == "degraded" { "degraded" } else { state };
         let body = serde_json::json!({ "status": state, "store": store, "quota": quota });
         json_response(status, &body)
     }
@@ -270,10 +326,9 @@ impl ServeHandler {
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
     let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
 }
 
@@ -281,7 +336,13 @@ impl Handler for ServeHandler {
     async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
         let path = request.uri().path();
         if path == "/api" || path.starts_with("/api/") {
-            return self.api(request).await;
+            let started = std::time::Instant::now();
+            let response = self.api(request).await;
+            self.api_metrics.answered(response.status().as_u16(), started.elapsed().as_secs_f64());
+            return response;
+        }
+        if self.metrics_path.as_deref() == Some(path) {
+            return metrics_response(&self.node);
         }
         let readable = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
         match path {

@@ -41,9 +41,7 @@ pub struct LocalQuota {
 
 impl Default for LocalQuota {
     fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
+        Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
     }
 }
 
@@ -78,11 +76,7 @@ impl LocalQuota {
                     used: c.minute_used,
                     reset_in_s: minute_reset,
                 },
-                day: Window {
-                    limit: rates.per_day,
-                    used: c.day_used,
-                    reset_in_s: day_reset,
-                },
+                day: Window { limit: rates.per_day, used: c.day_used, reset_in_s: day_reset },
                 degraded: false,
             }
         })
@@ -119,45 +113,32 @@ mod tests {
     const T0: u64 = 1_795_737_600; // 2026-11-27T00:00:00Z
 
     fn rates(minute: Option<u64>, day: Option<u64>) -> Rates {
-        Rates {
-            per_minute: minute,
-            per_day: day,
-        }
+        Rates { per_minute: minute, per_day: day }
     }
 
     #[test]
     fn the_minute_window_admits_exactly_its_limit_and_resets() {
         let q = LocalQuota::new();
         let r = rates(Some(3), Some(100));
-        let admitted = (0..10)
-            .filter(|_| q.admit_at(1, r, T0 + 5, true).allowed)
-            .count();
+        let admitted = (0..10).filter(|_| q.admit_at(1, r, T0 + 5, true).allowed).count();
         assert_eq!(admitted, 3);
         let refused = q.admit_at(1, r, T0 + 59, true);
         assert!(!refused.allowed);
         assert_eq!(refused.minute.used, 3, "a refusal is not counted");
         assert_eq!(refused.retry_after(), 1);
-        assert!(
-            q.admit_at(1, r, T0 + 60, true).allowed,
-            "a new minute starts from zero"
-        );
+        assert!(q.admit_at(1, r, T0 + 60, true).allowed, "a new minute starts from zero");
     }
 
     #[test]
     fn the_day_window_is_checked_too_and_refusals_count_nowhere() {
         let q = LocalQuota::new();
         let r = rates(Some(100), Some(5));
-        let admitted = (0..5)
-            .filter(|i| q.admit_at(1, r, T0 + 60 * i, true).allowed)
-            .count();
+        let admitted = (0..5).filter(|i| q.admit_at(1, r, T0 + 60 * i, true).allowed).count();
         assert_eq!(admitted, 5);
         let refused = q.admit_at(1, r, T0 + 600, true);
         assert!(!refused.allowed);
         assert_eq!(refused.retry_after(), 86_400 - 600);
-        assert_eq!(
-            refused.minute.used, 0,
-            "the refused request did not count in its minute"
-        );
+        assert_eq!(refused.minute.used, 0, "the refused request did not count in its minute");
         assert!(q.admit_at(1, r, T0 + 86_400, true).allowed, "a new day");
     }
 
@@ -168,10 +149,6 @@ mod tests {
         assert!(!q.admit_at(1, rates(Some(1), None), T0, true).allowed);
         assert!(q.admit_at(2, rates(Some(1), None), T0, true).allowed);
         assert!((0..1000).all(|_| q.admit_at(3, rates(None, None), T0, true).allowed));
-        assert_eq!(
-            q.admit_at(3, rates(None, None), T0, false).day.used,
-            1000,
-            "still counted"
-        );
+        assert_eq!(q.admit_at(3, rates(None, None), T0, false).day.used, 1000, "still counted");
     }
 }

@@ -34,19 +34,15 @@ pub struct Rates {
 impl Rates {
     /// The rates of a tier.
     pub fn of(tier: &Tier) -> Self {
-        Self {
-            per_minute: tier.limits.requests_per_minute,
-            per_day: tier.limits.requests_per_day,
-        }
+        Self { per_minute: tier.limits.requests_per_minute, per_day: tier.limits.requests_per_day }
     }
 
     /// The `RateLimit-Policy` value for these rates (`None` if unlimited).
     pub fn policy_header(&self) -> Option<HeaderValue> {
         let mut policy = String::new();
-        for (name, limit, width) in [
-            ("minute", self.per_minute, MINUTE),
-            ("day", self.per_day, DAY),
-        ] {
+        for (name, limit, width) in
+            [("minute", self.per_minute, MINUTE), ("day", self.per_day, DAY)]
+        {
             let Some(limit) = limit else { continue };
             if !policy.is_empty() {
                 policy.push_str(", ");
@@ -165,27 +161,23 @@ pub trait QuotaBackend: Send + Sync + std::fmt::Debug + 'static {
     async fn peek(&self, tenant: TenantId, rates: Rates) -> Admission;
     /// How the backend is doing.
     fn health(&self) -> Health;
+    /// Calls to the backend that failed or timed out so far.
+    fn errors(&self) -> u64 {
+        0
+    }
     /// `redis` or `local`.
     fn name(&self) -> &'static str;
 }
 
 /// Seconds since the Unix epoch on this machine's clock.
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
 }
 
 /// The windows `now` falls in: (minute index, day index, seconds to the
 /// minute's end, seconds to the day's end).
 pub fn windows_at(now: u64) -> (u64, u64, u64, u64) {
-    (
-        now / MINUTE,
-        now / DAY,
-        MINUTE - now % MINUTE,
-        DAY - now % DAY,
-    )
+    (now / MINUTE, now / DAY, MINUTE - now % MINUTE, DAY - now % DAY)
 }
 
 #[cfg(test)]
@@ -193,26 +185,14 @@ mod tests {
     use super::*;
 
     fn policy(minute: Option<u64>, day: Option<u64>) -> Option<HeaderValue> {
-        Rates {
-            per_minute: minute,
-            per_day: day,
-        }
-        .policy_header()
+        Rates { per_minute: minute, per_day: day }.policy_header()
     }
 
     fn admission(minute: (Option<u64>, u64, u64), day: (Option<u64>, u64, u64)) -> Admission {
         Admission {
             allowed: true,
-            minute: Window {
-                limit: minute.0,
-                used: minute.1,
-                reset_in_s: minute.2,
-            },
-            day: Window {
-                limit: day.0,
-                used: day.1,
-                reset_in_s: day.2,
-            },
+            minute: Window { limit: minute.0, used: minute.1, reset_in_s: minute.2 },
+            day: Window { limit: day.0, used: day.1, reset_in_s: day.2 },
             degraded: false,
         }
     }
@@ -222,14 +202,8 @@ mod tests {
         let mut headers = HeaderMap::new();
         let p = policy(Some(10), Some(500));
         admission((Some(10), 3, 42), (Some(500), 120, 3600)).add_headers(p.as_ref(), &mut headers);
-        assert_eq!(
-            headers["ratelimit-policy"],
-            "\"minute\";q=10;w=60, \"day\";q=500;w=86400"
-        );
-        assert_eq!(
-            headers["ratelimit"],
-            "\"minute\";r=7;t=42, \"day\";r=380;t=3600"
-        );
+        assert_eq!(headers["ratelimit-policy"], "\"minute\";q=10;w=60, \"day\";q=500;w=86400");
+        assert_eq!(headers["ratelimit"], "\"minute\";r=7;t=42, \"day\";r=380;t=3600");
 
         let mut headers = HeaderMap::new();
         let p = policy(None, Some(5));
@@ -244,18 +218,9 @@ mod tests {
 
     #[test]
     fn retry_after_is_the_exhausted_windows_end() {
-        assert_eq!(
-            admission((Some(10), 10, 42), (Some(500), 10, 3600)).retry_after(),
-            42
-        );
-        assert_eq!(
-            admission((Some(10), 3, 42), (Some(5), 5, 3600)).retry_after(),
-            3600
-        );
-        assert_eq!(
-            admission((Some(10), 10, 42), (Some(10), 10, 3600)).retry_after(),
-            3600
-        );
+        assert_eq!(admission((Some(10), 10, 42), (Some(500), 10, 3600)).retry_after(), 42);
+        assert_eq!(admission((Some(10), 3, 42), (Some(5), 5, 3600)).retry_after(), 3600);
+        assert_eq!(admission((Some(10), 10, 42), (Some(10), 10, 3600)).retry_after(), 3600);
     }
 
     #[test]

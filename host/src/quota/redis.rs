@@ -21,7 +21,7 @@
 //! background probe returns it to exact counting when Redis answers again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,9 +87,7 @@ const LEASE_MARGIN: Duration = Duration::from_millis(500);
 pub fn lease_size(rates: Rates) -> u64 {
     let per_window =
         |rate: Option<u64>| rate.map_or(MAX_LEASE, |r| (r / (LEASE_HEADROOM * 16)).min(MAX_LEASE));
-    per_window(rates.per_minute)
-        .min(per_window(rates.per_day))
-        .max(1)
+    per_window(rates.per_minute).min(per_window(rates.per_day)).max(1)
 }
 
 /// Units a node reserved in Redis and spends locally.
@@ -116,13 +114,13 @@ pub struct RedisQuota {
     healthy: AtomicBool,
     fallback: LocalQuota,
     leases: Mutex<HashMap<TenantId, Lease>>,
+    /// Calls that failed or timed out (for `wasmwiz_redis_errors_total`).
+    errors: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisQuota {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisQuota")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("RedisQuota").field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
 
@@ -147,6 +145,7 @@ impl RedisQuota {
             healthy: AtomicBool::new(true),
             fallback: LocalQuota::new(),
             leases: Mutex::new(HashMap::new()),
+            errors: AtomicU64::new(0),
         });
         quota.spawn_probe();
         Ok(quota)
@@ -185,16 +184,8 @@ impl RedisQuota {
         lease.left -= 1;
         // The windows as of the lease (their counts include the lease).
         let left = lease.valid_until.saturating_duration_since(Instant::now()) + LEASE_MARGIN;
-        let minute = Window {
-            reset_in_s: left.as_secs().clamp(1, 60),
-            ..lease.minute
-        };
-        Some(Admission {
-            allowed: true,
-            minute,
-            day: lease.day,
-            degraded: false,
-        })
+        let minute = Window { reset_in_s: left.as_secs().clamp(1, 60), ..lease.minute };
+        Some(Admission { allowed: true, minute, day: lease.day, degraded: false })
     }
 
     async fn run(&self, tenant: TenantId, rates: Rates, wanted: u64) -> Option<Admission> {
@@ -213,16 +204,9 @@ impl RedisQuota {
         let call = invocation.invoke_async::<(u64, u64, u64, u64, u64)>(&mut connection);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok((granted, minute_used, day_used, minute_reset, day_reset))) => {
-                let minute = Window {
-                    limit: rates.per_minute,
-                    used: minute_used,
-                    reset_in_s: minute_reset,
-                };
-                let day = Window {
-                    limit: rates.per_day,
-                    used: day_used,
-                    reset_in_s: day_reset,
-                };
+                let minute =
+                    Window { limit: rates.per_minute, used: minute_used, reset_in_s: minute_reset };
+                let day = Window { limit: rates.per_day, used: day_used, reset_in_s: day_reset };
                 if granted > 1 {
                     // One unit for this request, the rest for the next ones.
                     // Redis's clock is read in whole seconds: the window
@@ -231,26 +215,13 @@ impl RedisQuota {
                         + Duration::from_secs(minute_reset.saturating_sub(1)))
                     .checked_sub(LEASE_MARGIN)
                     .unwrap_or_else(Instant::now);
-                    let lease = Lease {
-                        rates,
-                        left: granted - 1,
-                        valid_until,
-                        minute,
-                        day,
-                    };
-                    self.leases
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(tenant, lease);
+                    let lease = Lease { rates, left: granted - 1, valid_until, minute, day };
+                    self.leases.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant, lease);
                 }
-                Some(Admission {
-                    allowed: granted > 0,
-                    minute,
-                    day,
-                    degraded: false,
-                })
+                Some(Admission { allowed: granted > 0, minute, day, degraded: false })
             }
             outcome => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
                 if self.healthy.swap(false, Ordering::Relaxed) {
                     let why = match outcome {
                         Ok(Err(e)) => e.to_string(),
@@ -258,10 +229,7 @@ impl RedisQuota {
                     };
                     tracing::warn!(error = %why, "Redis is unreachable: counting quotas per node");
                 }
-                self.leases
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clear();
+                self.leases.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 None
             }
         }
@@ -304,15 +272,15 @@ impl QuotaBackend for RedisQuota {
     }
 
     fn health(&self) -> Health {
-        if self.healthy.load(Ordering::Relaxed) {
-            Health::Ok
-        } else {
-            Health::Degraded
-        }
+        if self.healthy.load(Ordering::Relaxed) { Health::Ok } else { Health::Degraded }
     }
 
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 }
 
@@ -322,25 +290,11 @@ mod tests {
 
     #[test]
     fn leases_are_for_large_limits_only() {
-        let rates = |m: Option<u64>, d: Option<u64>| Rates {
-            per_minute: m,
-            per_day: d,
-        };
-        assert_eq!(
-            lease_size(rates(Some(10), Some(500))),
-            1,
-            "free tier: exact"
-        );
+        let rates = |m: Option<u64>, d: Option<u64>| Rates { per_minute: m, per_day: d };
+        assert_eq!(lease_size(rates(Some(10), Some(500))), 1, "free tier: exact");
         assert_eq!(lease_size(rates(Some(500), Some(50_000))), 3);
-        assert_eq!(
-            lease_size(rates(Some(100_000), Some(10_000_000))),
-            MAX_LEASE
-        );
+        assert_eq!(lease_size(rates(Some(100_000), Some(10_000_000))), MAX_LEASE);
         assert_eq!(lease_size(rates(None, None)), MAX_LEASE);
-        assert_eq!(
-            lease_size(rates(None, Some(100))),
-            1,
-            "a small day limit is exact too"
-        );
+        assert_eq!(lease_size(rates(None, Some(100))), 1, "a small day limit is exact too");
     }
 }

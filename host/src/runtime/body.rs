@@ -98,11 +98,7 @@ pin_project_lite::pin_project! {
 impl<B> IdleTimeoutBody<B> {
     /// Wraps `inner`.
     pub fn new(inner: B, idle: Duration) -> Self {
-        Self {
-            inner,
-            idle,
-            sleep: None,
-        }
+        Self { inner, idle, sleep: None }
     }
 }
 
@@ -174,10 +170,7 @@ impl GuestBody {
         inner: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
         outcome: oneshot::Receiver<Outcome>,
     ) -> Self {
-        Self {
-            inner,
-            ending: Ending::Pending(outcome),
-        }
+        Self { inner, ending: Ending::Pending(outcome) }
     }
 
     /// Wraps the body of a guest that has already finished with `outcome`.
@@ -185,10 +178,7 @@ impl GuestBody {
         inner: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
         outcome: Outcome,
     ) -> Self {
-        Self {
-            inner,
-            ending: Ending::Known(outcome),
-        }
+        Self { inner, ending: Ending::Known(outcome) }
     }
 }
 

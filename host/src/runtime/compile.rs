@@ -117,9 +117,7 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Compiled, CompileError> 
         return Err(CompileError::CoreModule);
     }
     if !Parser::is_component(bytes) {
-        return Err(CompileError::Invalid(
-            "unknown WebAssembly layer or version".into(),
-        ));
+        return Err(CompileError::Invalid("unknown WebAssembly layer or version".into()));
     }
     Validator::new_with_features(WasmFeatures::all())
         .validate_all(bytes)
@@ -128,11 +126,7 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Compiled, CompileError> 
     let started = Instant::now();
     let component =
         Component::new(engine, bytes).map_err(|e| CompileError::Unrunnable(format!("{e:#}")))?;
-    Ok(Compiled {
-        component,
-        compile_time: started.elapsed(),
-        from_cache: false,
-    })
+    Ok(Compiled { component, compile_time: started.elapsed(), from_cache: false })
 }
 
 /// Refuses a component without the handler export or with an import outside
@@ -186,10 +180,7 @@ impl CodeCache {
     }
 
     /// Loads the compiled code for `digest_hex`, if cached and loadable.
-    #[expect(
-        unsafe_code,
-        reason = "wasmtime can only load native code through `unsafe`"
-    )]
+    #[expect(unsafe_code, reason = "wasmtime can only load native code through `unsafe`")]
     pub fn load(&self, engine: &Engine, digest_hex: &str) -> Option<Component> {
         let path = self.path(digest_hex);
         if !path.exists() {
@@ -215,9 +206,7 @@ impl CodeCache {
     pub fn store(&self, digest_hex: &str, component: &Component) -> anyhow::Result<()> {
         let bytes = component.serialize()?;
         let path = self.path(digest_hex);
-        let tmp = self
-            .dir
-            .join(format!(".{digest_hex}.{}.tmp", std::process::id()));
+        let tmp = self.dir.join(format!(".{digest_hex}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, &bytes)?;
         std::fs::rename(&tmp, &path)?;
         Ok(())
@@ -247,22 +236,13 @@ mod tests {
     #[test]
     fn bytes_that_are_not_wasm_are_refused() {
         let engine = Engine::default();
-        assert!(matches!(
-            compile(&engine, b"hello"),
-            Err(CompileError::NotWasm)
-        ));
+        assert!(matches!(compile(&engine, b"hello"), Err(CompileError::NotWasm)));
         // A minimal core module: magic, version 1.
         let core = b"\0asm\x01\0\0\0";
-        assert!(matches!(
-            compile(&engine, core),
-            Err(CompileError::CoreModule)
-        ));
+        assert!(matches!(compile(&engine, core), Err(CompileError::CoreModule)));
         // A component header followed by garbage.
         let broken = b"\0asm\x0d\0\x01\0\xff\xff";
-        assert!(matches!(
-            compile(&engine, broken),
-            Err(CompileError::Invalid(_))
-        ));
+        assert!(matches!(compile(&engine, broken), Err(CompileError::Invalid(_))));
     }
 
     #[test]
@@ -270,9 +250,6 @@ mod tests {
         assert_eq!(CompileError::NotWasm.status(), 400);
         assert_eq!(CompileError::CoreModule.status(), 422);
         assert_eq!(CompileError::UnsupportedImport("x".into()).status(), 422);
-        assert_eq!(
-            CompileError::UnsupportedImport("x".into()).import(),
-            Some("x")
-        );
+        assert_eq!(CompileError::UnsupportedImport("x".into()).import(), Some("x"));
     }
 }

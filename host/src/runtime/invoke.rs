@@ -50,7 +50,22 @@ pub struct InvokeOptions {
     pub https: bool,
     /// What the guest's outgoing HTTP requests may reach.
     pub outbound: super::OutboundPolicy,
+    /// Attach an [`InvocationTiming`] to the response's extensions.
+    pub timing: bool,
 }
+
+/// How long an invocation took to its response head; in the response's
+/// extensions when [`InvokeOptions::timing`] asked for it.
+#[derive(Clone, Copy, Debug)]
+pub struct InvocationTiming {
+    /// Creating the instance.
+    pub instantiate: Duration,
+    /// From the start of the invocation to the response head.
+    pub to_head: Duration,
+}
+
+/// What the guest's task hands over with the response head.
+type Head = (Result<Response<HyperOutgoingBody>, ErrorCode>, Duration);
 
 /// What an invocation came to. Also the `outcome` label of
 /// `wasmwiz_wasm_executions_total`.
@@ -186,7 +201,15 @@ impl Runtime {
             request_id: options.request_id,
             slot,
         };
+        let started = Instant::now();
         tokio::spawn(guest.run(on_done));
+        let timed = |mut response: Response<ResponseBody>, instantiate: Duration| {
+            if options.timing {
+                let timing = InvocationTiming { instantiate, to_head: started.elapsed() };
+                response.extensions_mut().insert(timing);
+            }
+            response
+        };
 
         let first = tokio::select! {
             biased;
@@ -194,17 +217,20 @@ impl Runtime {
             outcome = &mut outcome_rx => First::End(outcome.unwrap_or(Outcome::Trap)),
         };
         match first {
-            First::Head(Ok(Ok(response))) => {
-                with_body(response, |body| GuestBody::pending(body, outcome_rx))
+            First::Head(Ok((Ok(response), instantiate))) => {
+                timed(with_body(response, |body| GuestBody::pending(body, outcome_rx)), instantiate)
             }
-            First::Head(Ok(Err(code))) => guest_error_response(&code),
+            First::Head(Ok((Err(code), _))) => guest_error_response(&code),
             // The guest dropped its response-outparam without a value: wait
             // for how it ended to pick 500 or 504.
             First::Head(Err(_)) => outcome_rx.await.unwrap_or(Outcome::Trap).no_head_response(),
             // The head may have arrived in the same instant as the end.
             First::End(outcome) => match head_rx.try_recv() {
-                Ok(Ok(response)) => with_body(response, |body| GuestBody::finished(body, outcome)),
-                Ok(Err(code)) => guest_error_response(&code),
+                Ok((Ok(response), instantiate)) => timed(
+                    with_body(response, |body| GuestBody::finished(body, outcome)),
+                    instantiate,
+                ),
+                Ok((Err(code), _)) => guest_error_response(&code),
                 Err(_) => outcome.no_head_response(),
             },
         }
@@ -213,7 +239,7 @@ impl Runtime {
 
 /// Which of the guest's two signals came first.
 enum First {
-    Head(Result<Result<Response<HyperOutgoingBody>, ErrorCode>, oneshot::error::RecvError>),
+    Head(Result<Head, oneshot::error::RecvError>),
     End(Outcome),
 }
 
@@ -249,7 +275,7 @@ struct GuestRun {
     store: Store<InvocationState>,
     request: Request<HyperIncomingBody>,
     https: bool,
-    head_tx: oneshot::Sender<Result<Response<HyperOutgoingBody>, ErrorCode>>,
+    head_tx: oneshot::Sender<Head>,
     responded: Arc<AtomicBool>,
     outcome_tx: oneshot::Sender<Outcome>,
     deadline: Instant,
@@ -277,24 +303,16 @@ impl GuestRun {
         let mut instantiated = None;
         let result = tokio::time::timeout_at(deadline.into(), async {
             let proxy = app.pre.instantiate_async(&mut store).await?;
-            instantiated = Some(started.elapsed());
+            let instantiate = started.elapsed();
+            instantiated = Some(instantiate);
             let scheme = if https { Scheme::Https } else { Scheme::Http };
-            let request = store
-                .data_mut()
-                .http()
-                .new_incoming_request(scheme, request)?;
+            let request = store.data_mut().http().new_incoming_request(scheme, request)?;
             let flag = responded.clone();
-            let out = store
-                .data_mut()
-                .http()
-                .new_response_outparam_from_callback(move |head| {
-                    flag.store(true, Ordering::Release);
-                    let _ = head_tx.send(head);
-                })?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, request, out)
-                .await
+            let out = store.data_mut().http().new_response_outparam_from_callback(move |head| {
+                flag.store(true, Ordering::Release);
+                let _ = head_tx.send((head, instantiate));
+            })?;
+            proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out).await
         })
         .await;
         let wall = started.elapsed();
@@ -321,11 +339,7 @@ impl GuestRun {
         data.stderr.log(&request_id, "stderr");
         drop(store);
         drop(slot);
-        on_done(ExecutionReport {
-            outcome,
-            instantiate: instantiated.unwrap_or(wall),
-            wall,
-        });
+        on_done(ExecutionReport { outcome, instantiate: instantiated.unwrap_or(wall), wall });
     }
 }
 
@@ -396,9 +410,9 @@ where
         Some(_) => IdleTimeoutBody::new(body, idle).boxed_unsync(),
         None if body.is_end_stream() => empty_body(),
         None => match read_capped(&mut body, max_input, idle).await {
-            Ok(bytes) => http_body_util::Full::new(bytes)
-                .map_err(|never| match never {})
-                .boxed_unsync(),
+            Ok(bytes) => {
+                http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+            }
             Err(BodyReadError::TooLarge(_)) => {
                 discard(body, DISCARD_MAX_BYTES, DISCARD_MAX_TIME).await;
                 return Err(too_large());
@@ -431,9 +445,7 @@ pub fn expects_continue(headers: &http::HeaderMap) -> bool {
 }
 
 fn empty_body() -> HyperIncomingBody {
-    http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// The answer when the instance pool is full: 503 at once, retry in 1 s.

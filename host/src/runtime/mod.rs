@@ -41,8 +41,8 @@ use crate::config::MAX_MEMORY_LIMIT;
 
 pub use compile::{CodeCache, CompileError, Compiled, compile};
 pub use invoke::{
-    ExecutionReport, InvokeOptions, Limits, Outcome, Slot, expects_continue, pool_full_response,
-    read_request,
+    ExecutionReport, InvocationTiming, InvokeOptions, Limits, Outcome, Slot, expects_continue,
+    pool_full_response, read_request,
 };
 pub use outbound::defaults as outbound_defaults;
 pub use outbound::{
@@ -243,10 +243,7 @@ impl EpochTicker {
                 }
             })
             .expect("spawning the epoch thread");
-        Self {
-            stop,
-            handle: Some(handle),
-        }
+        Self { stop, handle: Some(handle) }
     }
 }
 

@@ -56,11 +56,7 @@ pub fn classify(ip: IpAddr) -> AddressClass {
 }
 
 fn in_v4(ip: Ipv4Addr, net: [u8; 4], prefix: u32) -> bool {
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - prefix)
-    };
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
     u32::from(ip) & mask == u32::from(Ipv4Addr::from(net)) & mask
 }
 
@@ -91,11 +87,7 @@ fn classify_v4(ip: Ipv4Addr) -> AddressClass {
 }
 
 fn in_v6(ip: Ipv6Addr, net: [u16; 8], prefix: u32) -> bool {
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u128::MAX << (128 - prefix)
-    };
+    let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
     u128::from(ip) & mask == u128::from(Ipv6Addr::from(net)) & mask
 }
 
@@ -153,9 +145,8 @@ impl Network {
             Some((addr, prefix)) => (addr, Some(prefix)),
             None => (text.trim(), None),
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("`{text}` is not an address or network"))?;
+        let addr: IpAddr =
+            addr.parse().map_err(|_| format!("`{text}` is not an address or network"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             Some(p) => p
@@ -207,9 +198,7 @@ impl HostPattern {
         }
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => {
-                let port = port
-                    .parse::<u16>()
-                    .map_err(|_| bad("the port is not a number"))?;
+                let port = port.parse::<u16>().map_err(|_| bad("the port is not a number"))?;
                 (host, Some(port))
             }
             None => (rest, None),
@@ -224,19 +213,12 @@ impl HostPattern {
             && name.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             });
         if !valid {
             return Err(bad("the host is not a valid DNS name or IPv4 address"));
         }
-        Ok(Self {
-            scheme,
-            host: name,
-            wildcard,
-            port,
-        })
+        Ok(Self { scheme, host: name, wildcard, port })
     }
 
     /// Whether a request to `scheme://host:port` matches.
@@ -250,8 +232,7 @@ impl HostPattern {
         }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         if self.wildcard {
-            host.strip_suffix(&self.host)
-                .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1)
+            host.strip_suffix(&self.host).is_some_and(|rest| rest.ends_with('.') && rest.len() > 1)
         } else {
             host == self.host
         }
@@ -299,10 +280,7 @@ impl OutboundPolicy {
     /// that does not parse allows nothing).
     pub fn new(patterns: &[String], settings: Arc<OutboundSettings>) -> Self {
         Self {
-            allowed: patterns
-                .iter()
-                .filter_map(|p| HostPattern::parse(p).ok())
-                .collect(),
+            allowed: patterns.iter().filter_map(|p| HostPattern::parse(p).ok()).collect(),
             settings,
         }
     }
@@ -315,11 +293,7 @@ impl OutboundPolicy {
     /// Whether a guest may connect to `ip`.
     pub fn allows_address(&self, ip: IpAddr) -> bool {
         classify(ip) == AddressClass::Public
-            || self
-                .settings
-                .allowed_networks
-                .iter()
-                .any(|net| net.contains(ip))
+            || self.settings.allowed_networks.iter().any(|net| net.contains(ip))
     }
 
     /// Requests per invocation.
@@ -340,11 +314,8 @@ impl OutboundPolicy {
             Some("http") => false,
             _ => return Err(Error::HttpProtocolError),
         };
-        let host = uri
-            .host()
-            .ok_or(Error::HttpRequestUriInvalid)?
-            .trim_matches(['[', ']'])
-            .to_string();
+        let host =
+            uri.host().ok_or(Error::HttpRequestUriInvalid)?.trim_matches(['[', ']']).to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         if !self.allows(if https { "https" } else { "http" }, &host, port) {
             return Err(Error::HttpRequestDenied);
@@ -352,14 +323,10 @@ impl OutboundPolicy {
         let settings = &self.settings;
         let connect_timeout = options
             .and_then(|o| o.connect_timeout)
-            .map_or(settings.connect_timeout, |t| {
-                t.min(settings.connect_timeout)
-            });
+            .map_or(settings.connect_timeout, |t| t.min(settings.connect_timeout));
         let response_timeout = options
             .and_then(|o| o.first_byte_timeout)
-            .map_or(settings.response_timeout, |t| {
-                t.min(settings.response_timeout)
-            });
+            .map_or(settings.response_timeout, |t| t.min(settings.response_timeout));
 
         // Resolve, then keep only the addresses the guest may reach; the
         // connection goes to one of those, never to the name again.
@@ -371,17 +338,11 @@ impl OutboundPolicy {
             )
             .await
             .map_err(|_| Error::DnsTimeout)?
-            .map_err(|_| Error::DnsError {
-                rcode: Some("lookup failed".into()),
-                info_code: None,
-            })?
+            .map_err(|_| Error::DnsError { rcode: Some("lookup failed".into()), info_code: None })?
             .collect(),
         };
-        let allowed: Vec<SocketAddr> = candidates
-            .iter()
-            .copied()
-            .filter(|a| self.allows_address(a.ip()))
-            .collect();
+        let allowed: Vec<SocketAddr> =
+            candidates.iter().copied().filter(|a| self.allows_address(a.ip())).collect();
         if allowed.is_empty() {
             return Err(if candidates.is_empty() {
                 Error::DestinationNotFound
@@ -403,13 +364,11 @@ impl OutboundPolicy {
         let response = if https {
             let server_name = rustls::pki_types::ServerName::try_from(host.clone())
                 .map_err(|_| Error::HttpRequestUriInvalid)?;
-            let tls = tokio::time::timeout(
-                connect_timeout,
-                tls_connector().connect(server_name, stream),
-            )
-            .await
-            .map_err(|_| Error::ConnectionTimeout)?
-            .map_err(Error::Tls)?;
+            let tls =
+                tokio::time::timeout(connect_timeout, tls_connector().connect(server_name, stream))
+                    .await
+                    .map_err(|_| Error::ConnectionTimeout)?
+                    .map_err(Error::Tls)?;
             exchange(tls, request, response_timeout).await?
         } else {
             exchange(stream, request, response_timeout).await?
@@ -433,9 +392,7 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
     static CONNECTOR: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
     CONNECTOR
         .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-            };
+            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
@@ -471,14 +428,8 @@ where
         .map_err(|_| Error::ConnectionReadTimeout)??;
     let (parts, body) = response.into_parts();
     // The body keeps the connection task alive until it is dropped.
-    let body = DriverBody {
-        inner: body,
-        _driver: AbortOnDrop(driver),
-    };
-    Ok(http::Response::from_parts(
-        parts,
-        body.map_err(Error::from).boxed_unsync(),
-    ))
+    let body = DriverBody { inner: body, _driver: AbortOnDrop(driver) };
+    Ok(http::Response::from_parts(parts, body.map_err(Error::from).boxed_unsync()))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -611,10 +562,7 @@ mod tests {
         assert!(policy.allows_address("8.8.8.8".parse().unwrap()));
         assert!(Network::parse("10.0.0.0/33").is_err());
         assert!(Network::parse("nonsense").is_err());
-        assert_eq!(
-            Network::parse("10.1.2.3").unwrap(),
-            Network::parse("10.1.2.3/32").unwrap()
-        );
+        assert_eq!(Network::parse("10.1.2.3").unwrap(), Network::parse("10.1.2.3/32").unwrap());
     }
 
     #[test]
@@ -635,16 +583,8 @@ mod tests {
 
     #[test]
     fn malformed_patterns_are_refused() {
-        for bad in [
-            "",
-            "ftp://x.com",
-            "x.com/path",
-            "user@x.com",
-            "x.com:port",
-            "*.",
-            "a..b",
-            "*",
-        ] {
+        for bad in ["", "ftp://x.com", "x.com/path", "user@x.com", "x.com:port", "*.", "a..b", "*"]
+        {
             assert!(HostPattern::parse(bad).is_err(), "{bad} was accepted");
         }
     }

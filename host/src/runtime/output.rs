@@ -31,10 +31,7 @@ impl GuestOutput {
     }
 
     fn append(&self, bytes: &[u8]) {
-        let mut captured = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut captured = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let room = MAX_CAPTURED_OUTPUT.saturating_sub(captured.bytes.len());
         let kept = room.min(bytes.len());
         captured.bytes.extend_from_slice(&bytes[..kept]);
@@ -43,10 +40,7 @@ impl GuestOutput {
 
     /// Logs what was captured (if anything) as one event.
     pub(crate) fn log(&self, request_id: &str, stream: &'static str) {
-        let captured = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let captured = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if captured.bytes.is_empty() && captured.dropped == 0 {
             return;
         }

@@ -42,10 +42,7 @@ impl InvocationState {
             table,
             wasi,
             http: WasiHttpCtx::new(),
-            hooks: GuestHooks {
-                policy: outbound,
-                sent: 0,
-            },
+            hooks: GuestHooks { policy: outbound, sent: 0 },
             limiter: Limiter::new(memory_limit),
             stdout,
             stderr,
@@ -55,20 +52,13 @@ impl InvocationState {
 
 impl WasiView for InvocationState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 impl WasiHttpView for InvocationState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 

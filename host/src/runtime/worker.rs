@@ -82,11 +82,8 @@ impl Compiler {
         if let Some(compiled) = self.compile_cached(engine, digest_hex).await {
             return Ok(compiled);
         }
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|e| CompileError::Internal(e.to_string()))?;
+        let _slot =
+            self.slots.acquire().await.map_err(|e| CompileError::Internal(e.to_string()))?;
         let started = Instant::now();
         let report = self.run_child(digest_hex, bytes).await?;
         if !report.ok {
@@ -111,11 +108,7 @@ impl Compiler {
     /// The component's code from the cache, if it is there.
     pub async fn compile_cached(&self, engine: &Engine, digest_hex: &str) -> Option<Compiled> {
         let component = self.load_cached(engine, digest_hex).await?;
-        Some(Compiled {
-            component,
-            compile_time: Duration::ZERO,
-            from_cache: true,
-        })
+        Some(Compiled { component, compile_time: Duration::ZERO, from_cache: true })
     }
 
     async fn load_cached(
@@ -126,10 +119,7 @@ impl Compiler {
         let cache = self.cache.clone();
         let engine = engine.clone();
         let digest = digest_hex.to_string();
-        tokio::task::spawn_blocking(move || cache.load(&engine, &digest))
-            .await
-            .ok()
-            .flatten()
+        tokio::task::spawn_blocking(move || cache.load(&engine, &digest)).await.ok().flatten()
     }
 
     async fn run_child(
@@ -170,11 +160,8 @@ impl Compiler {
             };
             let mut out = Vec::new();
             let mut err = Vec::new();
-            let (fed, read_out, read_err) = tokio::join!(
-                feed,
-                stdout.read_to_end(&mut out),
-                stderr.read_to_end(&mut err)
-            );
+            let (fed, read_out, read_err) =
+                tokio::join!(feed, stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
             let status = child.wait().await?;
             let _ = (fed, read_err);
             read_out?;
@@ -198,9 +185,7 @@ impl Compiler {
                         tracing::error!(digest = digest_hex, %status,
                                         stderr = %String::from_utf8_lossy(&err),
                                         "the compiler failed");
-                        Err(CompileError::Internal(format!(
-                            "the compiler exited with {status}"
-                        )))
+                        Err(CompileError::Internal(format!("the compiler exited with {status}")))
                     }
                 }
             }
@@ -224,12 +209,7 @@ fn error_from_report(report: WorkerReport) -> CompileError {
 pub fn worker_main(cache_dir: &Path, digest_hex: &str, pool_size: u32, memory_limit: u64) -> i32 {
     lower_priority_and_cap_memory(memory_limit);
     let report = match worker_compile(cache_dir, digest_hex, pool_size) {
-        Ok(compile_ms) => WorkerReport {
-            ok: true,
-            compile_ms,
-            code: None,
-            message: None,
-        },
+        Ok(compile_ms) => WorkerReport { ok: true, compile_ms, code: None, message: None },
         Err(e) => WorkerReport {
             ok: false,
             compile_ms: 0,
@@ -245,10 +225,7 @@ pub fn worker_main(cache_dir: &Path, digest_hex: &str, pool_size: u32, memory_li
     let line = serde_json::to_string(&report).expect("the report serializes");
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    if writeln!(stdout, "{line}")
-        .and_then(|()| stdout.flush())
-        .is_err()
-    {
+    if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
         return 1;
     }
     0
@@ -272,10 +249,7 @@ fn worker_compile(cache_dir: &Path, digest_hex: &str, pool_size: u32) -> Result<
     Ok(compiled.compile_time.as_millis() as u64)
 }
 
-#[expect(
-    unsafe_code,
-    reason = "setpriority and setrlimit have no safe wrapper in std"
-)]
+#[expect(unsafe_code, reason = "setpriority and setrlimit have no safe wrapper in std")]
 fn lower_priority_and_cap_memory(memory_limit: u64) {
     // SAFETY: plain syscalls on this process with valid arguments; failure
     // only means the child runs without the restriction.
@@ -283,10 +257,7 @@ fn lower_priority_and_cap_memory(memory_limit: u64) {
         libc::setpriority(libc::PRIO_PROCESS, 0, WORKER_NICENESS);
         // RLIMIT_DATA counts the heap and private writable mappings, not
         // the engine's PROT_NONE address-space reservations.
-        let limit = libc::rlimit {
-            rlim_cur: memory_limit,
-            rlim_max: memory_limit,
-        };
+        let limit = libc::rlimit { rlim_cur: memory_limit, rlim_max: memory_limit };
         libc::setrlimit(libc::RLIMIT_DATA, &limit);
     }
 }

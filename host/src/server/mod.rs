@@ -204,10 +204,7 @@ async fn serve_connection<H: Handler>(
     options: Arc<HttpOptions>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let info = ConnInfo {
-        remote,
-        tls: tls.is_some(),
-    };
+    let info = ConnInfo { remote, tls: tls.is_some() };
     let handshake_timeout = options.tls_handshake_timeout;
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let handler = handler.clone();
@@ -225,9 +222,7 @@ async fn serve_connection<H: Handler>(
     });
     let result = match tls {
         None => {
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
+            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
             watcher.watch(connection).await
         }
         Some(acceptor) => {
@@ -243,9 +238,7 @@ async fn serve_connection<H: Handler>(
                         return;
                     }
                 };
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
+            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
             watcher.watch(connection).await
         }
     };
@@ -262,10 +255,7 @@ fn too_long(request: &Request<Incoming>, max: usize) -> bool {
 }
 
 fn is_resource_exhaustion(error: &std::io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

@@ -61,12 +61,8 @@ impl ReloadingCert {
     }
 
     fn modified(&self) -> Option<(SystemTime, SystemTime)> {
-        let cert = std::fs::metadata(&self.cert_path)
-            .and_then(|m| m.modified())
-            .ok()?;
-        let key = std::fs::metadata(&self.key_path)
-            .and_then(|m| m.modified())
-            .ok()?;
+        let cert = std::fs::metadata(&self.cert_path).and_then(|m| m.modified()).ok()?;
+        let key = std::fs::metadata(&self.key_path).and_then(|m| m.modified()).ok()?;
         Some((cert, key))
     }
 
@@ -115,29 +111,18 @@ fn load_certified_key(cert_path: &Path, key_path: &Path) -> anyhow::Result<Certi
         .with_context(|| format!("TLS_CERT_PATH: cannot read {}", cert_path.display()))?
         .collect::<Result<_, _>>()
         .with_context(|| {
-            format!(
-                "TLS_CERT_PATH: {} is not a PEM certificate chain",
-                cert_path.display()
-            )
+            format!("TLS_CERT_PATH: {} is not a PEM certificate chain", cert_path.display())
         })?;
     if certs.is_empty() {
-        anyhow::bail!(
-            "TLS_CERT_PATH: {} holds no certificate",
-            cert_path.display()
-        );
+        anyhow::bail!("TLS_CERT_PATH: {} holds no certificate", cert_path.display());
     }
     let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| {
-        format!(
-            "TLS_KEY_PATH: {} holds no PEM private key",
-            key_path.display()
-        )
+        format!("TLS_KEY_PATH: {} holds no PEM private key", key_path.display())
     })?;
     let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
         .context("TLS_KEY_PATH: unsupported private key type")?;
     let certified = CertifiedKey::new(certs, signing_key);
-    certified
-        .keys_match()
-        .context("TLS_CERT_PATH and TLS_KEY_PATH do not belong together")?;
+    certified.keys_match().context("TLS_CERT_PATH and TLS_KEY_PATH do not belong together")?;
     Ok(certified)
 }
 

@@ -60,10 +60,9 @@ impl From<sqlx::Error> for StoreError {
                 // intervention such as a restart (57), a missing database
                 // (3D000) and refused authentication (28).
                 let code = db.code().unwrap_or_default();
-                let unavailable = ["08", "53", "57", "28"]
-                    .iter()
-                    .any(|class| code.starts_with(class))
-                    || code == "3D000";
+                let unavailable =
+                    ["08", "53", "57", "28"].iter().any(|class| code.starts_with(class))
+                        || code == "3D000";
                 if unavailable {
                     StoreError::Unavailable(error.to_string())
                 } else if db.is_unique_violation() {
@@ -129,10 +128,7 @@ impl TierLimits {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')

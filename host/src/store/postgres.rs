@@ -46,9 +46,8 @@ impl PgStore {
     /// Connects (lazily: the pool opens connections when needed, so a node
     /// starts even while the database is briefly away).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let options: PgConnectOptions = url
-            .parse()
-            .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+        let options: PgConnectOptions =
+            url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -56,10 +55,7 @@ impl PgStore {
             .connect_with(options)
             .await
             .context("cannot connect to DATABASE_URL")?;
-        Ok(Self {
-            pool,
-            url: url.to_string(),
-        })
+        Ok(Self { pool, url: url.to_string() })
     }
 
     /// The pool (for listeners and tests).
@@ -74,10 +70,7 @@ impl PgStore {
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(WRITE_LOCK)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
         Ok(tx)
     }
 

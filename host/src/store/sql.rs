@@ -757,10 +757,7 @@ mod tests {
     use super::*;
 
     fn others(routes: &[&str]) -> Vec<(String, String)> {
-        routes
-            .iter()
-            .map(|r| (r.to_string(), String::new()))
-            .collect()
+        routes.iter().map(|r| (r.to_string(), String::new())).collect()
     }
 
     #[test]

@@ -67,9 +67,7 @@ impl SqliteStore {
     }
 
     async fn bump(tx: &mut sqlx::Transaction<'_, Sqlite>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE changes SET seq = seq + 1 WHERE id = 1")
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query("UPDATE changes SET seq = seq + 1 WHERE id = 1").execute(&mut **tx).await?;
         Ok(())
     }
 }

@@ -69,22 +69,11 @@ async fn uploads_are_validated_compiled_and_deduplicated(env: ServeEnv) {
     let (status, first) = acme.upload("hello", hello.clone()).await;
     assert_eq!(status, 201, "{first}");
     let digest = first["digest"].as_str().unwrap();
-    assert!(
-        digest.starts_with("sha256:") && digest.len() == 71,
-        "{digest}"
-    );
+    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
     assert_eq!(first["name"], "hello");
     assert_eq!(first["size"], hello.len());
-    assert!(
-        first["world"]
-            .as_str()
-            .unwrap()
-            .starts_with("wasi:http/proxy")
-    );
-    assert!(
-        first["compile_ms"].as_u64().unwrap() > 0,
-        "compile time reported: {first}"
-    );
+    assert!(first["world"].as_str().unwrap().starts_with("wasi:http/proxy"));
+    assert!(first["compile_ms"].as_u64().unwrap() > 0, "compile time reported: {first}");
 
     let (status, again) = acme.upload("hello", hello).await;
     assert_eq!(status, 200, "the same bytes again: {again}");
@@ -96,22 +85,14 @@ async fn uploads_are_validated_compiled_and_deduplicated(env: ServeEnv) {
     let (status, body) = acme.upload("core", b"\0asm\x01\0\0\0".to_vec()).await;
     assert_eq!((status, code(&body)), (422, "core_module"), "{body}");
 
-    let (status, body) = acme
-        .upload("cli", std::fs::read(component("not-http")).unwrap())
-        .await;
+    let (status, body) = acme.upload("cli", std::fs::read(component("not-http")).unwrap()).await;
     assert_eq!((status, code(&body)), (422, "not_http_handler"), "{body}");
 
-    let (status, body) = acme
-        .upload("vault", std::fs::read(component("bad_import")).unwrap())
-        .await;
+    let (status, body) =
+        acme.upload("vault", std::fs::read(component("bad_import")).unwrap()).await;
     assert_eq!((status, code(&body)), (422, "unsupported_import"), "{body}");
     assert_eq!(body["error"]["import"], "acme:vault/secrets@1.0.0");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("acme:vault/secrets@1.0.0")
-    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("acme:vault/secrets@1.0.0"));
 }
 
 async fn an_upload_over_the_size_limit_gets_413(mut env: ServeEnv) {
@@ -120,11 +101,7 @@ async fn an_upload_over_the_size_limit_gets_413(mut env: ServeEnv) {
     let hello = std::fs::read(component("hello")).unwrap();
     assert!(hello.len() > 50_000);
     let (status, body) = acme.upload("hello", hello.clone()).await;
-    assert_eq!(
-        (status, code(&body)),
-        (413, "component_too_large"),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (413, "component_too_large"), "{body}");
 
     // Without a Content-Length the cap is enforced while streaming.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
@@ -135,11 +112,7 @@ async fn an_upload_over_the_size_limit_gets_413(mut env: ServeEnv) {
                 .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks))),
         )
         .await;
-    assert_eq!(
-        (status, code(&body)),
-        (413, "component_too_large"),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (413, "component_too_large"), "{body}");
 }
 
 async fn components_are_listed_and_deleted_unless_deployed(env: ServeEnv) {
@@ -147,42 +120,29 @@ async fn components_are_listed_and_deleted_unless_deployed(env: ServeEnv) {
     let hello = acme.upload_component("hello").await;
     let echo = acme.upload_component("echo").await;
 
-    let (status, list) = acme
-        .call(acme.request(Method::GET, "/api/v1/components"))
-        .await;
+    let (status, list) = acme.call(acme.request(Method::GET, "/api/v1/components")).await;
     assert_eq!(status, 200);
-    let digests: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["digest"].as_str().unwrap())
-        .collect();
+    let digests: Vec<&str> =
+        list.as_array().unwrap().iter().map(|c| c["digest"].as_str().unwrap()).collect();
     assert_eq!(digests, vec![hello.as_str(), echo.as_str()]);
 
     // Another tenant sees none of them and cannot delete them.
-    let (status, list) = admin
-        .call(admin.request(Method::GET, "/api/v1/components"))
-        .await;
+    let (status, list) = admin.call(admin.request(Method::GET, "/api/v1/components")).await;
     assert_eq!((status, list), (200, json!([])));
-    let (status, _) = admin
-        .call(admin.request(Method::DELETE, &format!("/api/v1/components/{echo}")))
-        .await;
+    let (status, _) =
+        admin.call(admin.request(Method::DELETE, &format!("/api/v1/components/{echo}"))).await;
     assert_eq!(status, 404);
 
-    acme.deploy(json!({ "route": "/hello", "component": hello }))
-        .await;
-    let (status, body) = acme
-        .call(acme.request(Method::DELETE, &format!("/api/v1/components/{hello}")))
-        .await;
+    acme.deploy(json!({ "route": "/hello", "component": hello })).await;
+    let (status, body) =
+        acme.call(acme.request(Method::DELETE, &format!("/api/v1/components/{hello}"))).await;
     assert_eq!((status, code(&body)), (409, "component_in_use"), "{body}");
 
-    let (status, _) = acme
-        .call(acme.request(Method::DELETE, &format!("/api/v1/components/{echo}")))
-        .await;
+    let (status, _) =
+        acme.call(acme.request(Method::DELETE, &format!("/api/v1/components/{echo}"))).await;
     assert_eq!(status, 204);
-    let (status, _) = acme
-        .call(acme.request(Method::DELETE, &format!("/api/v1/components/{echo}")))
-        .await;
+    let (status, _) =
+        acme.call(acme.request(Method::DELETE, &format!("/api/v1/components/{echo}"))).await;
     assert_eq!(status, 404);
 }
 
@@ -192,10 +152,8 @@ async fn deployments_version_roll_back_and_delete(env: ServeEnv) {
     let echo = acme.upload_component("echo").await;
 
     let (status, v1) = acme
-        .deploy(
-            json!({ "route": "/app/...", "component": hello, "config": { "greeting": "hi" },
-                        "secrets": { "token": "s3cret" } }),
-        )
+        .deploy(json!({ "route": "/app/...", "component": hello, "config": { "greeting": "hi" },
+                        "secrets": { "token": "s3cret" } }))
         .await;
     assert_eq!(status, 201, "{v1}");
     assert_eq!(v1["version"], 1);
@@ -210,87 +168,53 @@ async fn deployments_version_roll_back_and_delete(env: ServeEnv) {
     assert_eq!((status, text.as_str()), (200, "Hello, world!\n"));
 
     // The same route again: version 2, switched at once.
-    let (status, v2) = acme
-        .deploy(json!({ "route": "/app/...", "component": echo }))
-        .await;
+    let (status, v2) = acme.deploy(json!({ "route": "/app/...", "component": echo })).await;
     assert_eq!(status, 201, "{v2}");
-    assert_eq!(
-        (v2["id"].as_str().unwrap(), v2["version"].as_i64()),
-        (id.as_str(), Some(2))
-    );
+    assert_eq!((v2["id"].as_str().unwrap(), v2["version"].as_i64()), (id.as_str(), Some(2)));
     let response = reqwest::get(server.url("/app/x")).await.unwrap();
-    assert_eq!(
-        response.headers()["x-echo-path"],
-        "/app/x",
-        "version 2 (echo) serves"
-    );
+    assert_eq!(response.headers()["x-echo-path"], "/app/x", "version 2 (echo) serves");
 
-    let (status, list) = acme
-        .call(acme.request(Method::GET, "/api/v1/deployments"))
-        .await;
+    let (status, list) = acme.call(acme.request(Method::GET, "/api/v1/deployments")).await;
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["version"], 2);
-    assert!(
-        !list.to_string().contains("s3cret"),
-        "a secret value leaked: {list}"
-    );
+    assert!(!list.to_string().contains("s3cret"), "a secret value leaked: {list}");
 
-    let (status, back) = acme
-        .call(acme.request(Method::POST, &format!("/api/v1/deployments/{id}/rollback")))
-        .await;
+    let (status, back) =
+        acme.call(acme.request(Method::POST, &format!("/api/v1/deployments/{id}/rollback"))).await;
     assert_eq!(status, 200, "{back}");
     assert_eq!(
         (back["version"].as_i64(), back["component"].as_str()),
         (Some(1), Some(hello.as_str()))
     );
     let (status, text) = acme.get_text("/app/x").await;
-    assert_eq!(
-        (status, text.as_str()),
-        (200, "Hello, world!\n"),
-        "rolled back to hello"
-    );
+    assert_eq!((status, text.as_str()), (200, "Hello, world!\n"), "rolled back to hello");
 
-    let (status, body) = acme
-        .call(acme.request(Method::POST, &format!("/api/v1/deployments/{id}/rollback")))
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (409, "conflict"),
-        "nothing before version 1: {body}"
-    );
+    let (status, body) =
+        acme.call(acme.request(Method::POST, &format!("/api/v1/deployments/{id}/rollback"))).await;
+    assert_eq!((status, code(&body)), (409, "conflict"), "nothing before version 1: {body}");
 
-    let (status, body) = acme
-        .deploy(json!({ "route": "/metrics", "component": hello }))
-        .await;
+    let (status, body) = acme.deploy(json!({ "route": "/metrics", "component": hello })).await;
     assert_eq!((status, code(&body)), (400, "invalid_route"), "{body}");
-    let (status, body) = acme
-        .deploy(json!({ "route": "no-slash", "component": hello }))
-        .await;
+    let (status, body) = acme.deploy(json!({ "route": "no-slash", "component": hello })).await;
     assert_eq!((status, code(&body)), (400, "invalid_route"), "{body}");
     let missing = format!("sha256:{}", "0".repeat(64));
-    let (status, body) = acme
-        .deploy(json!({ "route": "/x", "component": missing }))
-        .await;
+    let (status, body) = acme.deploy(json!({ "route": "/x", "component": missing })).await;
     assert_eq!(status, 400, "unknown component: {body}");
-    let (status, _) = acme
-        .deploy(json!({ "route": "/x", "component": hello, "surprise": 1 }))
-        .await;
+    let (status, _) =
+        acme.deploy(json!({ "route": "/x", "component": hello, "surprise": 1 })).await;
     assert_eq!(status, 400, "unknown fields are refused");
 
-    let (status, _) = acme
-        .call(acme.request(Method::DELETE, &format!("/api/v1/deployments/{id}")))
-        .await;
+    let (status, _) =
+        acme.call(acme.request(Method::DELETE, &format!("/api/v1/deployments/{id}"))).await;
     assert_eq!(status, 204);
     let (status, _) = acme.get_text("/app/x").await;
     assert_eq!(status, 404, "a deleted route answers 404");
-    let (status, _) = acme
-        .call(acme.request(Method::DELETE, &format!("/api/v1/deployments/{id}")))
-        .await;
+    let (status, _) =
+        acme.call(acme.request(Method::DELETE, &format!("/api/v1/deployments/{id}"))).await;
     assert_eq!(status, 404);
-    let (status, _) = acme
-        .call(acme.request(Method::POST, "/api/v1/deployments/dep_nope/rollback"))
-        .await;
+    let (status, _) =
+        acme.call(acme.request(Method::POST, "/api/v1/deployments/dep_nope/rollback")).await;
     assert_eq!(status, 404);
 }
 
@@ -302,15 +226,11 @@ async fn routes_are_owned_by_one_tenant(env: ServeEnv) {
     let digest = globex.upload_component("echo").await;
 
     for route in ["/shop/...", "/shop", "/shop/cart", "/shop/cart/..."] {
-        let (status, body) = globex
-            .deploy(json!({ "route": route, "component": digest }))
-            .await;
+        let (status, body) = globex.deploy(json!({ "route": route, "component": digest })).await;
         assert_eq!((status, code(&body)), (409, "conflict"), "{route}: {body}");
     }
     // A sibling path and a host-bound route are someone else's business.
-    let (status, body) = globex
-        .deploy(json!({ "route": "/shopping", "component": digest }))
-        .await;
+    let (status, body) = globex.deploy(json!({ "route": "/shopping", "component": digest })).await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = globex
         .deploy(json!({ "route": "/shop/...", "host": "globex.example", "component": digest }))
@@ -322,19 +242,14 @@ async fn routes_are_owned_by_one_tenant(env: ServeEnv) {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        response.headers()["x-echo-path"],
-        "/shop/x",
-        "the host route wins for its host"
-    );
+    assert_eq!(response.headers()["x-echo-path"], "/shop/x", "the host route wins for its host");
     let (status, text) = acme.get_text("/shop/x").await;
     assert_eq!((status, text.as_str()), (200, "Hello, world!\n"));
 
     // Another tenant cannot roll back or delete acme's deployment.
     let id = deployment["id"].as_str().unwrap();
-    let (status, _) = admin
-        .call(admin.request(Method::DELETE, &format!("/api/v1/deployments/{id}")))
-        .await;
+    let (status, _) =
+        admin.call(admin.request(Method::DELETE, &format!("/api/v1/deployments/{id}"))).await;
     assert_eq!(status, 404);
     let (status, _) = globex
         .call(globex.request(Method::POST, &format!("/api/v1/deployments/{id}/rollback")))
@@ -352,17 +267,10 @@ async fn tenants_are_managed_by_admins_only(env: ServeEnv) {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    assert_eq!(
-        (body["name"].as_str(), body["tier"].as_str()),
-        (Some("initech"), Some("basic"))
-    );
+    assert_eq!((body["name"].as_str(), body["tier"].as_str()), (Some("initech"), Some("basic")));
 
     let (status, body) = admin
-        .call(
-            admin
-                .request(Method::POST, "/api/v1/tenants")
-                .json(&json!({ "name": "initech" })),
-        )
+        .call(admin.request(Method::POST, "/api/v1/tenants").json(&json!({ "name": "initech" })))
         .await;
     assert_eq!((status, code(&body)), (409, "conflict"), "{body}");
     let (status, _) = admin
@@ -374,46 +282,28 @@ async fn tenants_are_managed_by_admins_only(env: ServeEnv) {
         .await;
     assert_eq!(status, 400, "unknown tier");
     let (status, _) = admin
-        .call(
-            admin
-                .request(Method::POST, "/api/v1/tenants")
-                .json(&json!({ "name": "Bad Name" })),
-        )
+        .call(admin.request(Method::POST, "/api/v1/tenants").json(&json!({ "name": "Bad Name" })))
         .await;
     assert_eq!(status, 400, "invalid name");
     let (status, body) = acme
-        .call(
-            acme.request(Method::POST, "/api/v1/tenants")
-                .json(&json!({ "name": "mine" })),
-        )
+        .call(acme.request(Method::POST, "/api/v1/tenants").json(&json!({ "name": "mine" })))
         .await;
     assert_eq!((status, code(&body)), (403, "forbidden"), "{body}");
 
     let (status, body) = admin
         .call(
-            admin
-                .request(Method::PATCH, "/api/v1/tenants/initech")
-                .json(&json!({ "tier": "pro" })),
+            admin.request(Method::PATCH, "/api/v1/tenants/initech").json(&json!({ "tier": "pro" })),
         )
         .await;
-    assert_eq!(
-        (status, body["tier"].as_str()),
-        (200, Some("pro")),
-        "{body}"
-    );
+    assert_eq!((status, body["tier"].as_str()), (200, Some("pro")), "{body}");
     let (status, _) = admin
         .call(
-            admin
-                .request(Method::PATCH, "/api/v1/tenants/nobody")
-                .json(&json!({ "tier": "pro" })),
+            admin.request(Method::PATCH, "/api/v1/tenants/nobody").json(&json!({ "tier": "pro" })),
         )
         .await;
     assert_eq!(status, 404);
     let (status, _) = acme
-        .call(
-            acme.request(Method::PATCH, "/api/v1/tenants/acme")
-                .json(&json!({ "tier": "pro" })),
-        )
+        .call(acme.request(Method::PATCH, "/api/v1/tenants/acme").json(&json!({ "tier": "pro" })))
         .await;
     assert_eq!(status, 403);
 }
@@ -430,40 +320,24 @@ async fn keys_are_scoped_listed_without_secrets_and_revoked_at_once(env: ServeEn
     let (status, list) = acme.call(acme.request(Method::GET, "/api/v1/keys")).await;
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 2, "acme's two keys: {list}");
-    assert!(
-        !list.to_string().contains(&key[10..]),
-        "the list shows a secret"
-    );
+    assert!(!list.to_string().contains(&key[10..]), "the list shows a secret");
 
     // A read-only key can read but not deploy, nor mint a stronger key.
     let (status, reader) = acme
-        .call(
-            acme.request(Method::POST, "/api/v1/keys")
-                .json(&json!({ "scopes": ["read"] })),
-        )
+        .call(acme.request(Method::POST, "/api/v1/keys").json(&json!({ "scopes": ["read"] })))
         .await;
     assert_eq!(status, 201);
     let reader = Api::new(&server, reader["key"].as_str().unwrap());
-    let (status, _) = reader
-        .call(reader.request(Method::GET, "/api/v1/deployments"))
-        .await;
+    let (status, _) = reader.call(reader.request(Method::GET, "/api/v1/deployments")).await;
     assert_eq!(status, 200);
-    let (status, body) = reader
-        .upload("hello", std::fs::read(component("hello")).unwrap())
-        .await;
+    let (status, body) = reader.upload("hello", std::fs::read(component("hello")).unwrap()).await;
     assert_eq!((status, code(&body)), (403, "forbidden"), "{body}");
     let (status, _) = acme
-        .call(
-            acme.request(Method::POST, "/api/v1/keys")
-                .json(&json!({ "scopes": ["admin"] })),
-        )
+        .call(acme.request(Method::POST, "/api/v1/keys").json(&json!({ "scopes": ["admin"] })))
         .await;
     assert_eq!(status, 403, "no escalation to admin");
     let (status, _) = acme
-        .call(
-            acme.request(Method::POST, "/api/v1/keys")
-                .json(&json!({ "tenant": "ops" })),
-        )
+        .call(acme.request(Method::POST, "/api/v1/keys").json(&json!({ "tenant": "ops" })))
         .await;
     assert_eq!(status, 404, "no keys for other tenants");
 
@@ -472,45 +346,24 @@ async fn keys_are_scoped_listed_without_secrets_and_revoked_at_once(env: ServeEn
     assert_eq!(status, 200);
     assert!(all.as_array().unwrap().len() >= 4, "{all}");
     let (status, body) = admin
-        .call(
-            admin
-                .request(Method::POST, "/api/v1/keys")
-                .json(&json!({ "tenant": "acme" })),
-        )
+        .call(admin.request(Method::POST, "/api/v1/keys").json(&json!({ "tenant": "acme" })))
         .await;
     assert_eq!((status, body["tenant"].as_str()), (201, Some("acme")));
 
     // Revocation: the key stops working on the next request.
     let fresh = Api::new(&server, &key);
-    let (status, _) = fresh
-        .call(fresh.request(Method::GET, "/api/v1/components"))
-        .await;
+    let (status, _) = fresh.call(fresh.request(Method::GET, "/api/v1/components")).await;
     assert_eq!(status, 200);
     let id = created["id"].as_str().unwrap();
-    let (status, _) = admin
-        .call(admin.request(Method::DELETE, "/api/v1/keys/key_nope"))
-        .await;
+    let (status, _) = admin.call(admin.request(Method::DELETE, "/api/v1/keys/key_nope")).await;
     assert_eq!(status, 404);
-    let (status, _) = acme
-        .call(acme.request(Method::DELETE, &format!("/api/v1/keys/{id}")))
-        .await;
+    let (status, _) = acme.call(acme.request(Method::DELETE, &format!("/api/v1/keys/{id}"))).await;
     assert_eq!(status, 204);
-    let (status, body) = fresh
-        .call(fresh.request(Method::GET, "/api/v1/components"))
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (401, "unauthorized"),
-        "a revoked key still works"
-    );
+    let (status, body) = fresh.call(fresh.request(Method::GET, "/api/v1/components")).await;
+    assert_eq!((status, code(&body)), (401, "unauthorized"), "a revoked key still works");
     let (status, list) = acme.call(acme.request(Method::GET, "/api/v1/keys")).await;
     assert_eq!(status, 200);
-    let revoked = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id)
-        .unwrap();
+    let revoked = list.as_array().unwrap().iter().find(|k| k["id"] == id).unwrap();
     assert_eq!(revoked["revoked"], true);
 }
 
@@ -518,48 +371,23 @@ async fn tiers_are_listed_by_anyone_and_set_by_admins(env: ServeEnv) {
     let (_server, admin, acme) = setup(&env);
     let (status, tiers) = acme.call(acme.request(Method::GET, "/api/v1/tiers")).await;
     assert_eq!(status, 200);
-    let free = tiers
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "free")
-        .unwrap()
-        .clone();
+    let free = tiers.as_array().unwrap().iter().find(|t| t["name"] == "free").unwrap().clone();
     assert_eq!(
-        (
-            free["requests_per_minute"].as_u64(),
-            free["requests_per_day"].as_u64()
-        ),
+        (free["requests_per_minute"].as_u64(), free["requests_per_day"].as_u64()),
         (Some(10), Some(500))
     );
-    let pro = tiers
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "pro")
-        .unwrap();
+    let pro = tiers.as_array().unwrap().iter().find(|t| t["name"] == "pro").unwrap();
     assert_eq!(pro["requests_per_minute"], 500);
     assert_eq!(pro["memory_limit_bytes"], 134217728);
 
     let (status, body) = admin
-        .call(
-            admin
-                .request(Method::PUT, "/api/v1/tiers/unlimited")
-                .json(&json!({
-            "requests_per_minute": null, "requests_per_day": null, "execution_timeout_ms": 1000 })),
-        )
+        .call(admin.request(Method::PUT, "/api/v1/tiers/unlimited").json(&json!({
+            "requests_per_minute": null, "requests_per_day": null, "execution_timeout_ms": 1000 })))
         .await;
     assert_eq!(status, 201, "{body}");
-    assert_eq!(
-        body["requests_per_minute"],
-        serde_json::Value::Null,
-        "null is unlimited"
-    );
+    assert_eq!(body["requests_per_minute"], serde_json::Value::Null, "null is unlimited");
     assert_eq!(body["execution_timeout_ms"], 1000);
-    assert_eq!(
-        body["memory_limit_bytes"], 134217728,
-        "missing fields take the default"
-    );
+    assert_eq!(body["memory_limit_bytes"], 134217728, "missing fields take the default");
 
     let (status, body) = admin
         .call(
@@ -569,10 +397,7 @@ async fn tiers_are_listed_by_anyone_and_set_by_admins(env: ServeEnv) {
         )
         .await;
     assert_eq!(status, 200, "replaced: {body}");
-    assert_eq!(
-        body["requests_per_minute"], 10,
-        "replaced whole: a missing rate takes the default"
-    );
+    assert_eq!(body["requests_per_minute"], 10, "replaced whole: a missing rate takes the default");
     let (status, _) = admin
         .call(
             admin
@@ -581,68 +406,42 @@ async fn tiers_are_listed_by_anyone_and_set_by_admins(env: ServeEnv) {
         )
         .await;
     assert_eq!(status, 400, "limits are checked");
-    let (status, _) = acme
-        .call(
-            acme.request(Method::PUT, "/api/v1/tiers/mine")
-                .json(&json!({})),
-        )
-        .await;
+    let (status, _) =
+        acme.call(acme.request(Method::PUT, "/api/v1/tiers/mine").json(&json!({}))).await;
     assert_eq!(status, 403);
 }
 
 async fn requests_without_a_valid_key_get_401(env: ServeEnv) {
     let (server, _admin, acme) = setup(&env);
     let anonymous = Api::anonymous(&server);
-    let (status, body) = anonymous
-        .call(anonymous.request(Method::GET, "/api/v1/deployments"))
-        .await;
+    let (status, body) =
+        anonymous.call(anonymous.request(Method::GET, "/api/v1/deployments")).await;
     assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
-    for bad in [
-        "ww_short",
-        "Bearer",
-        "ww_0000000000000000000000000000000000000000",
-    ] {
+    for bad in ["ww_short", "Bearer", "ww_0000000000000000000000000000000000000000"] {
         let api = Api::new(&server, bad);
-        let (status, _) = api
-            .call(api.request(Method::GET, "/api/v1/deployments"))
-            .await;
+        let (status, _) = api.call(api.request(Method::GET, "/api/v1/deployments")).await;
         assert_eq!(status, 401, "{bad}");
     }
     // Well-formed (valid checksum) but never issued.
     let unknown = Api::new(&server, &wasmwiz::auth::generate(b"another salt").key);
-    let (status, _) = unknown
-        .call(unknown.request(Method::GET, "/api/v1/deployments"))
-        .await;
+    let (status, _) = unknown.call(unknown.request(Method::GET, "/api/v1/deployments")).await;
     assert_eq!(status, 401);
-    let (status, _) = acme
-        .call(acme.request(Method::GET, "/api/v1/deployments"))
-        .await;
+    let (status, _) = acme.call(acme.request(Method::GET, "/api/v1/deployments")).await;
     assert_eq!(status, 200);
 }
 
 async fn health_ready_and_docs_answer_without_a_key(env: ServeEnv) {
     let (server, _admin, _acme) = setup(&env);
     let anonymous = Api::anonymous(&server);
-    let (status, _) = anonymous
-        .call(anonymous.request(Method::GET, "/health"))
-        .await;
+    let (status, _) = anonymous.call(anonymous.request(Method::GET, "/health")).await;
     assert_eq!(status, 200);
-    let (status, ready) = anonymous
-        .call(anonymous.request(Method::GET, "/ready"))
-        .await;
+    let (status, ready) = anonymous.call(anonymous.request(Method::GET, "/ready")).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        (ready["status"].as_str(), ready["store"].as_str()),
-        (Some("ready"), Some("ok"))
-    );
-    let (status, docs) = anonymous
-        .call(anonymous.request(Method::GET, "/api/docs"))
-        .await;
+    assert_eq!((ready["status"].as_str(), ready["store"].as_str()), (Some("ready"), Some("ok")));
+    let (status, docs) = anonymous.call(anonymous.request(Method::GET, "/api/docs")).await;
     assert_eq!(status, 200);
     assert_eq!(docs["openapi"], "3.1.0");
-    let (status, body) = anonymous
-        .call(anonymous.request(Method::GET, "/api/v2/nothing"))
-        .await;
+    let (status, body) = anonymous.call(anonymous.request(Method::GET, "/api/v2/nothing")).await;
     assert_eq!((status, code(&body)), (404, "not_found"));
 }
 
@@ -650,13 +449,7 @@ async fn every_documented_operation_exists_and_nothing_else(env: ServeEnv) {
     let (server, _admin, _acme) = setup(&env);
     let anonymous = Api::anonymous(&server);
     let docs: serde_json::Value = serde_json::from_str(wasmwiz::api::OPENAPI).unwrap();
-    let methods = [
-        Method::GET,
-        Method::POST,
-        Method::PUT,
-        Method::PATCH,
-        Method::DELETE,
-    ];
+    let methods = [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
     for (path, operations) in docs["paths"].as_object().unwrap() {
         let concrete = path
             .replace("{digest}", &format!("sha256:{}", "a".repeat(64)))
@@ -664,11 +457,7 @@ async fn every_documented_operation_exists_and_nothing_else(env: ServeEnv) {
             .replace("{name}", "free");
         for method in &methods {
             let documented = operations.get(method.as_str().to_lowercase()).is_some();
-            let response = anonymous
-                .request(method.clone(), &concrete)
-                .send()
-                .await
-                .unwrap();
+            let response = anonymous.request(method.clone(), &concrete).send().await.unwrap();
             let status = response.status().as_u16();
             if documented {
                 assert!(
@@ -700,31 +489,19 @@ async fn a_restart_serves_every_deployment_without_recompiling(env: ServeEnv) {
         "the restart recompiled:\n{logs}"
     );
     let api = Api::anonymous(&restarted);
-    assert_eq!(
-        api.get_text("/hello").await,
-        (200, "Hello, world!\n".to_string())
-    );
+    assert_eq!(api.get_text("/hello").await, (200, "Hello, world!\n".to_string()));
     assert_eq!(api.get_text("/echo/x").await.0, 200);
 }
 
 async fn eight_clients_see_only_200_while_a_route_is_redeployed(env: ServeEnv) {
     // A tenant without a request quota: the clients send thousands.
-    env.admin(&[
-        "tier",
-        "set",
-        "unlimited",
-        "--per-minute",
-        "unlimited",
-        "--per-day",
-        "unlimited",
-    ]);
+    env.admin(&["tier", "set", "unlimited", "--per-minute", "unlimited", "--per-day", "unlimited"]);
     let key = env.tenant("flipper", "unlimited", false);
     let server = env.serve();
     let acme = Api::new(&server, &key);
     let hello = acme.upload_component("hello").await;
     let echo = acme.upload_component("echo").await;
-    acme.deploy(json!({ "route": "/flip", "component": hello }))
-        .await;
+    acme.deploy(json!({ "route": "/flip", "component": hello })).await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let url = server.url("/flip");
@@ -736,12 +513,8 @@ async fn eight_clients_see_only_200_while_a_route_is_redeployed(env: ServeEnv) {
                 let client = crate::helpers::client();
                 let mut statuses = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let status = client
-                        .get(&url)
-                        .send()
-                        .await
-                        .map(|r| r.status().as_u16())
-                        .unwrap_or(0);
+                    let status =
+                        client.get(&url).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
                     statuses.push(status);
                 }
                 statuses
@@ -752,9 +525,7 @@ async fn eight_clients_see_only_200_while_a_route_is_redeployed(env: ServeEnv) {
     let mut deploys = 0;
     while started.elapsed() < Duration::from_secs(3) {
         let component = if deploys % 2 == 0 { &echo } else { &hello };
-        let (status, body) = acme
-            .deploy(json!({ "route": "/flip", "component": component }))
-            .await;
+        let (status, body) = acme.deploy(json!({ "route": "/flip", "component": component })).await;
         assert_eq!(status, 201, "{body}");
         deploys += 1;
     }
@@ -775,22 +546,15 @@ async fn eight_clients_see_only_200_while_a_route_is_redeployed(env: ServeEnv) {
 async fn the_cli_client_deploys_lists_and_rolls_back(mut env: ServeEnv) {
     let (server, _admin, _acme) = setup(&env);
     let key = env.tenant("cli", "pro", false);
-    env.set("WASMWIZ_URL", &server.url(""))
-        .set("WASMWIZ_API_KEY", &key);
+    env.set("WASMWIZ_URL", &server.url("")).set("WASMWIZ_API_KEY", &key);
     let hello = component("hello");
     let echo = component("echo");
 
     let (status, stdout, stderr) =
         env.command(&["deploy", hello.to_str().unwrap(), "--route", "/cli/..."]);
     assert!(status.success(), "{stderr}");
-    assert!(
-        stdout.contains(&format!("invoke: {}", server.url("/cli"))),
-        "{stdout}"
-    );
-    assert_eq!(
-        Api::anonymous(&server).get_text("/cli").await.1,
-        "Hello, world!\n"
-    );
+    assert!(stdout.contains(&format!("invoke: {}", server.url("/cli"))), "{stdout}");
+    assert_eq!(Api::anonymous(&server).get_text("/cli").await.1, "Hello, world!\n");
 
     let (status, stdout, _) =
         env.command(&["deploy", echo.to_str().unwrap(), "--route", "/cli/..."]);
@@ -799,29 +563,20 @@ async fn the_cli_client_deploys_lists_and_rolls_back(mut env: ServeEnv) {
 
     let (status, stdout, _) = env.command(&["deployments"]);
     assert!(status.success());
-    let line = stdout
-        .lines()
-        .find(|l| l.contains("/cli/..."))
-        .expect("the deployment is listed");
+    let line = stdout.lines().find(|l| l.contains("/cli/...")).expect("the deployment is listed");
     let id = line.split_whitespace().next().unwrap().to_string();
     assert!(id.starts_with("dep_"), "{line}");
 
     let (status, stdout, _) = env.command(&["rollback", &id]);
     assert!(status.success());
     assert!(stdout.contains("version 1"), "{stdout}");
-    assert_eq!(
-        Api::anonymous(&server).get_text("/cli").await.1,
-        "Hello, world!\n"
-    );
+    assert_eq!(Api::anonymous(&server).get_text("/cli").await.1, "Hello, world!\n");
 
     // Errors from the server are sentences.
     env.set("WASMWIZ_API_KEY", "ww_not-a-real-key");
     let (status, _, stderr) = env.command(&["deployments"]);
     assert!(!status.success());
-    assert!(
-        stderr.contains("the API key is not valid (HTTP 401)"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("the API key is not valid (HTTP 401)"), "{stderr}");
 }
 
 #[tokio::test]
@@ -832,31 +587,20 @@ async fn a_revoked_key_stops_working_on_another_node_within_a_second() {
     let (status, created) = acme.call(acme.request(Method::POST, "/api/v1/keys")).await;
     assert_eq!(status, 201);
     let on_other = Api::new(&other, created["key"].as_str().unwrap());
-    let (status, _) = on_other
-        .call(on_other.request(Method::GET, "/api/v1/components"))
-        .await;
-    assert_eq!(
-        status, 200,
-        "the key works on the other node (and is cached there)"
-    );
+    let (status, _) = on_other.call(on_other.request(Method::GET, "/api/v1/components")).await;
+    assert_eq!(status, 200, "the key works on the other node (and is cached there)");
 
     let id = created["id"].as_str().unwrap();
-    let (status, _) = admin
-        .call(admin.request(Method::DELETE, &format!("/api/v1/keys/{id}")))
-        .await;
+    let (status, _) =
+        admin.call(admin.request(Method::DELETE, &format!("/api/v1/keys/{id}"))).await;
     assert_eq!(status, 204);
     let revoked_at = Instant::now();
     loop {
-        let (status, _) = on_other
-            .call(on_other.request(Method::GET, "/api/v1/components"))
-            .await;
+        let (status, _) = on_other.call(on_other.request(Method::GET, "/api/v1/components")).await;
         if status == 401 {
             break;
         }
-        assert!(
-            revoked_at.elapsed() < Duration::from_secs(1),
-            "still accepted after 1 s"
-        );
+        assert!(revoked_at.elapsed() < Duration::from_secs(1), "still accepted after 1 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -866,9 +610,7 @@ async fn a_malformed_key_is_refused_without_asking_the_store() {
     let env = ServeEnv::postgres();
     let (server, _admin, _acme) = setup(&env);
     // Take the database away: the server can no longer ask it anything.
-    let crate::helpers::Backend::Postgres(db) = &env.backend else {
-        unreachable!()
-    };
+    let crate::helpers::Backend::Postgres(db) = &env.backend else { unreachable!() };
     let name = db.url.rsplit('/').next().unwrap().to_string();
     let status = std::process::Command::new("psql")
         .args([
@@ -882,14 +624,10 @@ async fn a_malformed_key_is_refused_without_asking_the_store() {
     assert!(status.success());
 
     let malformed = Api::new(&server, "ww_this-is-not-a-key");
-    let (status, _) = malformed
-        .call(malformed.request(Method::GET, "/api/v1/components"))
-        .await;
+    let (status, _) = malformed.call(malformed.request(Method::GET, "/api/v1/components")).await;
     assert_eq!(status, 401, "refused on its form alone");
     let unknown = Api::new(&server, &wasmwiz::auth::generate(b"x").key);
-    let (status, body) = unknown
-        .call(unknown.request(Method::GET, "/api/v1/components"))
-        .await;
+    let (status, body) = unknown.call(unknown.request(Method::GET, "/api/v1/components")).await;
     assert_eq!(
         (status, code(&body)),
         (503, "store_unavailable"),
@@ -914,8 +652,7 @@ fn admin_commands_bootstrap_a_fresh_store() {
         assert!(status.success(), "{stderr}");
         assert!(stdout.contains("migrations applied"));
         assert!(
-            env.admin(&["tenant", "create", "t1", "--tier", "pro"])
-                .contains("tenant t1 created")
+            env.admin(&["tenant", "create", "t1", "--tier", "pro"]).contains("tenant t1 created")
         );
         let key = env.admin(&["key", "create", "t1", "--admin"]);
         assert_eq!(key.lines().count(), 1, "the key alone on a line: {key}");
@@ -933,9 +670,6 @@ fn admin_commands_bootstrap_a_fresh_store() {
         let out = env.admin(&["tier", "set", "free", "--per-minute", "20"]);
         assert!(out.contains("20/minute, 500/day"), "{out}");
         let (status, _, stderr) = env.command(&["admin", "key", "create", "nobody"]);
-        assert!(
-            !status.success() && stderr.contains("no tenant named `nobody`"),
-            "{stderr}"
-        );
+        assert!(!status.success() && stderr.contains("no tenant named `nobody`"), "{stderr}");
     }
 }

@@ -38,11 +38,7 @@ pub fn component(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/components"));
     let path = dir.join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-examples.sh first",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run scripts/build-examples.sh first", path.display());
     path
 }
 
@@ -88,9 +84,8 @@ impl Server {
                     if let Some(rest) = line.strip_prefix("listening on ")
                         && let Some(tx) = tx.take()
                     {
-                        let addr = rest
-                            .trim_start_matches("http://")
-                            .trim_start_matches("https://");
+                        let addr =
+                            rest.trim_start_matches("http://").trim_start_matches("https://");
                         let _ = tx.send(addr.parse::<SocketAddr>().expect("listening address"));
                     }
                     let mut log = log.lock().unwrap();
@@ -178,10 +173,7 @@ pub fn run_to_exit(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String)
         .stdin(Stdio::null())
         .output()
         .expect("running wasmwiz");
-    (
-        output.status,
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 /// An HTTP client that never retries and never follows redirects.
@@ -204,11 +196,7 @@ fn psql(database: &str, sql: &str) {
         .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
         .output()
         .expect("running psql");
-    assert!(
-        output.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// A fresh PostgreSQL database for one test, dropped afterwards.
@@ -223,10 +211,7 @@ impl TestDb {
     pub fn create() -> TestDb {
         let name = format!("wasmwiz_test_{:016x}", rand::random::<u64>());
         psql("postgres", &format!("CREATE DATABASE {name}"));
-        TestDb {
-            url: format!("{}/{name}", postgres_base()),
-            name,
-        }
+        TestDb { url: format!("{}/{name}", postgres_base()), name }
     }
 }
 
@@ -280,23 +265,13 @@ impl ServeEnv {
     fn with(backend: Backend) -> ServeEnv {
         let data_dir = tempfile::tempdir().expect("a temporary folder");
         let mut envs = vec![
-            (
-                "WASMWIZ_DATA_DIR".to_string(),
-                data_dir.path().display().to_string(),
-            ),
-            (
-                "API_SALT".to_string(),
-                "test-salt-that-is-at-least-32-characters".to_string(),
-            ),
+            ("WASMWIZ_DATA_DIR".to_string(), data_dir.path().display().to_string()),
+            ("API_SALT".to_string(), "test-salt-that-is-at-least-32-characters".to_string()),
         ];
         if let Backend::Postgres(db) = &backend {
             envs.push(("DATABASE_URL".to_string(), db.url.clone()));
         }
-        ServeEnv {
-            backend,
-            _data_dir: data_dir,
-            envs,
-        }
+        ServeEnv { backend, _data_dir: data_dir, envs }
     }
 
     /// Sets a variable for every process started from now on.
@@ -311,29 +286,18 @@ impl ServeEnv {
         let data_dir = tempfile::tempdir().expect("a temporary folder");
         let mut envs = self.envs.clone();
         envs.retain(|(v, _)| v != "WASMWIZ_DATA_DIR");
-        envs.push((
-            "WASMWIZ_DATA_DIR".to_string(),
-            data_dir.path().display().to_string(),
-        ));
+        envs.push(("WASMWIZ_DATA_DIR".to_string(), data_dir.path().display().to_string()));
         let backend = match &self.backend {
             Backend::Sqlite => panic!("the embedded store is single-node"),
-            Backend::Postgres(db) => Backend::Postgres(TestDb {
-                name: String::new(),
-                url: db.url.clone(),
-            }),
+            Backend::Postgres(db) => {
+                Backend::Postgres(TestDb { name: String::new(), url: db.url.clone() })
+            }
         };
-        ServeEnv {
-            backend,
-            _data_dir: data_dir,
-            envs,
-        }
+        ServeEnv { backend, _data_dir: data_dir, envs }
     }
 
     fn env_refs(&self) -> Vec<(&str, &str)> {
-        self.envs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect()
+        self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
     }
 
     /// Runs a `wasmwiz` command against this store to completion.
@@ -392,20 +356,12 @@ pub struct Api {
 impl Api {
     /// A client of `server` using `key`.
     pub fn new(server: &Server, key: &str) -> Api {
-        Api {
-            base: server.url(""),
-            key: Some(key.to_string()),
-            http: client(),
-        }
+        Api { base: server.url(""), key: Some(key.to_string()), http: client() }
     }
 
     /// A client of `server` sending no key.
     pub fn anonymous(server: &Server) -> Api {
-        Api {
-            base: server.url(""),
-            key: None,
-            http: client(),
-        }
+        Api { base: server.url(""), key: None, http: client() }
     }
 
     /// A request with the key set.
@@ -419,20 +375,14 @@ impl Api {
 
     /// Sends and returns the status and the JSON body (Null when empty).
     pub async fn call(&self, request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
-        let response = request
-            .send()
-            .await
-            .expect("the request reaches the server");
+        let response = request.send().await.expect("the request reaches the server");
         let status = response.status().as_u16();
         let bytes = response.bytes().await.expect("a body");
         let json = if bytes.is_empty() {
             serde_json::Value::Null
         } else {
             serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                panic!(
-                    "status {status}: not JSON: {}",
-                    String::from_utf8_lossy(&bytes)
-                )
+                panic!("status {status}: not JSON: {}", String::from_utf8_lossy(&bytes))
             })
         };
         (status, json)
@@ -441,12 +391,9 @@ impl Api {
     /// `POST /api/v1/components?name=NAME` with a file's bytes.
     pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> (u16, serde_json::Value) {
         self.call(
-            self.request(
-                reqwest::Method::POST,
-                &format!("/api/v1/components?name={name}"),
-            )
-            .header("content-type", "application/wasm")
-            .body(bytes),
+            self.request(reqwest::Method::POST, &format!("/api/v1/components?name={name}"))
+                .header("content-type", "application/wasm")
+                .body(bytes),
         )
         .await
     }
@@ -455,28 +402,20 @@ impl Api {
     pub async fn upload_component(&self, name: &str) -> String {
         let bytes = std::fs::read(component(name)).expect("the component file");
         let (status, body) = self.upload(name, bytes).await;
-        assert!(
-            status == 200 || status == 201,
-            "upload of {name}: {status} {body}"
-        );
+        assert!(status == 200 || status == 201, "upload of {name}: {status} {body}");
         body["digest"].as_str().expect("a digest").to_string()
     }
 
     /// `POST /api/v1/deployments`.
     pub async fn deploy(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
-        self.call(
-            self.request(reqwest::Method::POST, "/api/v1/deployments")
-                .json(&body),
-        )
-        .await
+        self.call(self.request(reqwest::Method::POST, "/api/v1/deployments").json(&body)).await
     }
 
     /// Uploads `name` and deploys it on `route`; returns the deployment.
     pub async fn deploy_component(&self, name: &str, route: &str) -> serde_json::Value {
         let digest = self.upload_component(name).await;
-        let (status, body) = self
-            .deploy(serde_json::json!({ "route": route, "component": digest }))
-            .await;
+        let (status, body) =
+            self.deploy(serde_json::json!({ "route": route, "component": digest })).await;
         assert_eq!(status, 201, "deploy {name} on {route}: {body}");
         body
     }
@@ -505,11 +444,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts `redis-server` on a free loopback port.
     pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut server = RedisServer { child: None, port };
         server.restart();
         server
@@ -594,10 +529,8 @@ pub fn unique_prefix() -> String {
 /// `seconds` left, so a test that counts within one minute window does not
 /// straddle two.
 pub async fn wait_for_minute_room(seconds: u64) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let left = 60.0 - now % 60.0;
     if left < seconds as f64 {
         tokio::time::sleep(Duration::from_secs_f64(left + 0.05)).await;

@@ -52,11 +52,7 @@ where
             // At least one request, even when the attack ends at once.
             while count == 0 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let sent = Instant::now();
-                let response = client
-                    .get(&url)
-                    .send()
-                    .await
-                    .expect("the bystander is answered");
+                let response = client.get(&url).send().await.expect("the bystander is answered");
                 assert_eq!(response.status(), 200, "the bystander was refused");
                 response.bytes().await.unwrap();
                 worst = worst.max(sent.elapsed());
@@ -70,10 +66,7 @@ where
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (worst, count) = bystander.await.unwrap();
     assert!(count > 0, "the bystander never ran");
-    assert!(
-        worst < BYSTANDER_BUDGET,
-        "the bystander waited {worst:?} during the attack"
-    );
+    assert!(worst < BYSTANDER_BUDGET, "the bystander waited {worst:?} during the attack");
     result
 }
 
@@ -151,11 +144,7 @@ async fn a_4_gib_response_is_cut_off_visibly_and_host_memory_stays_flat() {
     let server = server(&[]);
     let before = rss_kib(&server);
     let (received, failed, peak) = during(&server, async {
-        let response = client()
-            .get(server.url("/h/big-response?mib=4096"))
-            .send()
-            .await
-            .unwrap();
+        let response = client().get(server.url("/h/big-response?mib=4096")).send().await.unwrap();
         assert_eq!(response.status(), 200);
         let mut stream = response.bytes_stream();
         let mut received = 0u64;
@@ -176,20 +165,11 @@ async fn a_4_gib_response_is_cut_off_visibly_and_host_memory_stays_flat() {
         (received, failed, peak)
     })
     .await;
-    assert!(
-        failed,
-        "the client saw a complete body of {received} bytes: the cut is invisible"
-    );
+    assert!(failed, "the client saw a complete body of {received} bytes: the cut is invisible");
     assert!(received < 4 << 30, "all 4 GiB arrived");
-    assert!(
-        received > 1 << 20,
-        "almost nothing arrived ({received} bytes)"
-    );
+    assert!(received > 1 << 20, "almost nothing arrived ({received} bytes)");
     let growth_mib = peak.saturating_sub(before) / 1024;
-    assert!(
-        growth_mib < 100,
-        "host RSS grew by {growth_mib} MiB while streaming"
-    );
+    assert!(growth_mib < 100, "host RSS grew by {growth_mib} MiB while streaming");
 }
 
 #[tokio::test]
@@ -207,12 +187,7 @@ async fn the_guest_sees_no_environment_arguments_files_or_sockets() {
         assert_eq!(status, 403, "{path}: {body}");
         assert!(!body.contains("root:"), "{path} leaked a file: {body}");
     }
-    for addr in [
-        "127.0.0.1:6379",
-        "127.0.0.1:5432",
-        &server.addr.to_string(),
-        "1.1.1.1:53",
-    ] {
+    for addr in ["127.0.0.1:6379", "127.0.0.1:5432", &server.addr.to_string(), "1.1.1.1:53"] {
         let (status, body) = fetch(&server, &format!("/h/socket?addr={addr}")).await;
         assert_eq!(status, 403, "a socket to {addr}: {body}");
     }
@@ -241,19 +216,13 @@ async fn outbound_requests_are_denied_by_default_and_never_reach_loopback() {
         ("http://127.0.0.1:5432/", "DestinationIpProhibited"),
         // Not on the list: refused before any lookup or connection.
         ("http://127.0.0.1:6379/", "HttpRequestDenied"),
-        (
-            "http://169.254.169.254/latest/meta-data/",
-            "HttpRequestDenied",
-        ),
+        ("http://169.254.169.254/latest/meta-data/", "HttpRequestDenied"),
         (self_url.as_str(), "HttpRequestDenied"),
         ("http://example.com/", "HttpRequestDenied"),
     ] {
         let (status, body) = fetch(&server, &format!("/h/outbound?url={url}")).await;
         assert_eq!(status, 403, "{url}: {body}");
-        assert!(
-            body.contains(expected),
-            "{url}: expected {expected}, got {body}"
-        );
+        assert!(body.contains(expected), "{url}: expected {expected}, got {body}");
     }
 }
 
@@ -272,22 +241,11 @@ async fn an_operator_can_open_a_network_and_the_per_invocation_cap_holds() {
     });
     let allowed = format!("127.0.0.1:{port}");
     let server = Server::start(
-        &[
-            "run",
-            &mount("/h/...", "hostile"),
-            "--allow-outbound",
-            &allowed,
-        ],
-        &[
-            ("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"),
-            ("OUTBOUND_MAX_REQUESTS", "1"),
-        ],
+        &["run", &mount("/h/...", "hostile"), "--allow-outbound", &allowed],
+        &[("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"), ("OUTBOUND_MAX_REQUESTS", "1")],
     );
-    let (status, body) = fetch(
-        &server,
-        &format!("/h/outbound?url=http://127.0.0.1:{port}/x"),
-    )
-    .await;
+    let (status, body) =
+        fetch(&server, &format!("/h/outbound?url=http://127.0.0.1:{port}/x")).await;
     assert_eq!((status, body.as_str()), (200, "status 204"));
     // Another port of the same host is not on the list.
     let (status, body) = fetch(&server, "/h/outbound?url=http://127.0.0.1:6379/").await;
@@ -302,11 +260,7 @@ async fn no_tenant_reads_another_tenants_leftovers_from_a_reused_slot() {
         let (status, body) = fetch(&server, "/a/write-secret").await;
         assert_eq!((status, body.as_str()), (200, "written"));
         let (status, body) = fetch(&server, "/b/probe").await;
-        assert_eq!(
-            (status, body.as_str()),
-            (200, "clean"),
-            "leftovers of /a were visible to /b"
-        );
+        assert_eq!((status, body.as_str()), (200, "clean"), "leftovers of /a were visible to /b");
     }
 }
 
@@ -316,27 +270,15 @@ async fn host_side_exhaustion_is_bounded() {
     // Past wasmtime's cap on a fields resource (128 KiB), the host traps
     // the guest instead of growing the map.
     let (status, body) = during(&server, fetch(&server, "/h/headers-bomb")).await;
-    assert_eq!(
-        (status, code(&body).as_str()),
-        (500, "component_trap"),
-        "{body}"
-    );
+    assert_eq!((status, code(&body).as_str()), (500, "component_trap"), "{body}");
     let (status, body) = fetch(&server, "/h/headers-bomb?count=50").await;
     assert_eq!((status, body.as_str()), (200, "appended 50"));
 
     let (status, body) = during(&server, fetch(&server, "/h/random-bomb")).await;
-    assert_eq!(
-        (status, code(&body).as_str()),
-        (500, "component_trap"),
-        "{body}"
-    );
+    assert_eq!((status, code(&body).as_str()), (500, "component_trap"), "{body}");
     let (status, body) = fetch(&server, "/h/random-bomb?bytes=4096").await;
     assert_eq!((status, body.as_str()), (200, "got 4096"));
 
     let (status, body) = during(&server, fetch(&server, "/h/resources-bomb")).await;
-    assert_eq!(
-        (status, code(&body).as_str()),
-        (500, "component_trap"),
-        "{body}"
-    );
+    assert_eq!((status, code(&body).as_str()), (500, "component_trap"), "{body}");
 }

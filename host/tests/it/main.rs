@@ -4,6 +4,7 @@
 mod api;
 mod helpers;
 mod hostile;
+mod ops;
 mod protocol;
 mod quota;
 mod run;

@@ -29,9 +29,7 @@ fn server(extra_env: &[(&str, &str)]) -> Server {
 /// `wait` passes; returns what was read and whether the server closed.
 fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let _ = stream.write_all(bytes);
     read_until_closed(&mut stream, wait)
 }
@@ -81,9 +79,7 @@ fn assert_nothing_smuggled(server: &Server) {
 fn slowloris_headers_are_cut_off_by_the_header_timeout() {
     let server = server(&[]);
     let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream
-        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
-        .unwrap();
+    stream.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n").unwrap();
     stream.set_nonblocking(true).unwrap();
     let started = Instant::now();
     let mut closed_at = None;
@@ -94,20 +90,13 @@ fn slowloris_headers_are_cut_off_by_the_header_timeout() {
             Ok(_) => true, // closed (0) or answered (408) before closing
             Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
         };
-        if closed
-            || stream
-                .write_all(format!("X-Slow-{i}: a\r\n").as_bytes())
-                .is_err()
-        {
+        if closed || stream.write_all(format!("X-Slow-{i}: a\r\n").as_bytes()).is_err() {
             closed_at = Some(started.elapsed());
             break;
         }
     }
     let closed_at = closed_at.expect("the server kept a slowloris connection open for 6 s");
-    assert!(
-        closed_at < Duration::from_secs(3),
-        "closed only after {closed_at:?}"
-    );
+    assert!(closed_at < Duration::from_secs(3), "closed only after {closed_at:?}");
 }
 
 #[test]
@@ -133,11 +122,7 @@ fn a_stalled_body_of_known_length_closes_the_connection() {
         Duration::from_secs(6),
     );
     assert!(closed, "the connection was still open after 6 s");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
 }
 
 #[test]
@@ -195,36 +180,19 @@ fn bare_line_feeds_are_one_request_at_most() {
 #[test]
 fn oversized_headers_get_431_and_a_long_uri_gets_414() {
     let server = server(&[]);
-    let big = format!(
-        "GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(70 * 1024)
-    );
+    let big = format!("GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(70 * 1024));
     let (text, _) = exchange(server.addr, big.as_bytes(), Duration::from_secs(3));
-    assert!(
-        text.starts_with("HTTP/1.1 431"),
-        "{}",
-        &text[..text.len().min(200)]
-    );
+    assert!(text.starts_with("HTTP/1.1 431"), "{}", &text[..text.len().min(200)]);
 
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
     let request = format!("GET /hello HTTP/1.1\r\nHost: x\r\n{many}\r\n");
     let (text, _) = exchange(server.addr, request.as_bytes(), Duration::from_secs(3));
-    assert!(
-        text.starts_with("HTTP/1.1 431"),
-        "{}",
-        &text[..text.len().min(200)]
-    );
+    assert!(text.starts_with("HTTP/1.1 431"), "{}", &text[..text.len().min(200)]);
 
-    let request = format!(
-        "GET /hello?{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        "q".repeat(9000)
-    );
+    let request =
+        format!("GET /hello?{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "q".repeat(9000));
     let (text, _) = exchange(server.addr, request.as_bytes(), Duration::from_secs(3));
-    assert!(
-        text.starts_with("HTTP/1.1 414"),
-        "{}",
-        &text[..text.len().min(200)]
-    );
+    assert!(text.starts_with("HTTP/1.1 414"), "{}", &text[..text.len().min(200)]);
 }
 
 #[test]
@@ -240,9 +208,7 @@ fn a_body_that_will_be_refused_gets_413_without_100_continue() {
 
     // A body that fits is asked for, and echoed.
     let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     stream
         .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -253,10 +219,7 @@ fn a_body_that_will_be_refused_gets_413_without_100_continue() {
     stream.write_all(b"hello").unwrap();
     let (rest, _) = read_until_closed(&mut stream, Duration::from_secs(3));
     let text = head + &rest;
-    assert!(
-        text.contains("200 OK") && text.contains("\r\nhello\r\n"),
-        "{text}"
-    );
+    assert!(text.contains("200 OK") && text.contains("\r\nhello\r\n"), "{text}");
 }
 
 #[test]
@@ -267,34 +230,19 @@ fn connections_over_the_cap_wait_instead_of_failing() {
     let mut second = TcpStream::connect(server.addr).unwrap();
     for stream in [&mut first, &mut second] {
         stream.write_all(request).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut buf = [0u8; 1024];
-        assert!(
-            stream.read(&mut buf).unwrap() > 0,
-            "an open connection is served"
-        );
+        assert!(stream.read(&mut buf).unwrap() > 0, "an open connection is served");
     }
     // The third is accepted by the kernel but not served yet.
     let mut third = TcpStream::connect(server.addr).unwrap();
-    third
-        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    third
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    third.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let mut buf = [0u8; 1024];
-    assert!(
-        third.read(&mut buf).is_err(),
-        "served over the connection cap"
-    );
+    assert!(third.read(&mut buf).is_err(), "served over the connection cap");
     drop(first);
     let (text, _) = read_until_closed(&mut third, Duration::from_secs(3));
-    assert!(
-        text.starts_with("HTTP/1.1 200"),
-        "the waiting connection was not served: {text}"
-    );
+    assert!(text.starts_with("HTTP/1.1 200"), "the waiting connection was not served: {text}");
 }
 
 #[test]
@@ -321,8 +269,5 @@ fn running_out_of_file_descriptors_backs_off_and_recovers() {
         b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         Duration::from_secs(5),
     );
-    assert!(
-        text.starts_with("HTTP/1.1 200"),
-        "not serving after descriptors came back: {text}"
-    );
+    assert!(text.starts_with("HTTP/1.1 200"), "not serving after descriptors came back: {text}");
 }

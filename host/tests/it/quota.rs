@@ -19,8 +19,7 @@ fn local() -> ServeEnv {
 /// Redis (the shared server, a key prefix of this test's own) on PostgreSQL.
 fn redis() -> ServeEnv {
     let mut env = ServeEnv::postgres();
-    env.set("REDIS_URL", &shared_redis_url())
-        .set("REDIS_KEY_PREFIX", &unique_prefix());
+    env.set("REDIS_URL", &shared_redis_url()).set("REDIS_KEY_PREFIX", &unique_prefix());
     env
 }
 
@@ -56,15 +55,7 @@ on_both_backends!(
 /// A server where tenant `acme` is on tier `metered` (per minute, per day)
 /// with `hello` on `/hello` and the hostile guest on `/hostile/...`.
 async fn metered(env: &ServeEnv, per_minute: &str, per_day: &str) -> (Server, Api, Api) {
-    env.admin(&[
-        "tier",
-        "set",
-        "metered",
-        "--per-minute",
-        per_minute,
-        "--per-day",
-        per_day,
-    ]);
+    env.admin(&["tier", "set", "metered", "--per-minute", per_minute, "--per-day", per_day]);
     let admin_key = env.tenant("ops", "pro", true);
     let key = env.tenant("acme", "metered", false);
     let server = env.serve();
@@ -86,12 +77,7 @@ async fn a_tenant_gets_exactly_its_minute_quota_and_refusals_do_not_count(env: S
 
     // Refused requests first: none of them may count.
     assert_eq!(get(&server, "/nowhere").await.status(), 404);
-    let too_big = client()
-        .post(server.url("/echo"))
-        .body(vec![0u8; 2 << 20])
-        .send()
-        .await
-        .unwrap();
+    let too_big = client().post(server.url("/echo")).body(vec![0u8; 2 << 20]).send().await.unwrap();
     assert_eq!(too_big.status(), 413);
 
     let mut statuses = Vec::new();
@@ -106,16 +92,8 @@ async fn a_tenant_gets_exactly_its_minute_quota_and_refusals_do_not_count(env: S
             first_refused = Some(response);
         }
     }
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        5,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 429).count(),
-        7,
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 7, "{statuses:?}");
 
     let admitted = last_admitted.unwrap();
     assert_eq!(
@@ -127,11 +105,7 @@ async fn a_tenant_gets_exactly_its_minute_quota_and_refusals_do_not_count(env: S
     assert!(state.contains("\"day\";r=995;"), "{state}");
 
     let refused = first_refused.unwrap();
-    let retry_after: u64 = refused.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
     assert!(refused.headers().contains_key("ratelimit"));
     let body: serde_json::Value = refused.json().await.unwrap();
@@ -145,22 +119,11 @@ async fn the_day_window_is_enforced_too(env: ServeEnv) {
         .iter()
         .map(|r| r.status().as_u16())
         .collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        3,
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
     let refused = get(&server, "/hello").await;
     assert_eq!(refused.status(), 429);
-    let retry_after: u64 = refused.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let to_midnight = 86_400 - now % 86_400;
     assert!(
         retry_after.abs_diff(to_midnight) <= 2,
@@ -183,11 +146,7 @@ async fn a_tier_change_takes_effect_within_a_second(env: ServeEnv) {
     assert_eq!(get(&server, "/hello").await.status(), 429);
 
     let (status, _) = admin
-        .call(
-            admin
-                .request(Method::PATCH, "/api/v1/tenants/acme")
-                .json(&json!({ "tier": "pro" })),
-        )
+        .call(admin.request(Method::PATCH, "/api/v1/tenants/acme").json(&json!({ "tier": "pro" })))
         .await;
     assert_eq!(status, 200);
     let changed = Instant::now();
@@ -199,12 +158,7 @@ async fn a_tier_change_takes_effect_within_a_second(env: ServeEnv) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let response = get(&server, "/hello").await;
-    assert!(
-        response.headers()["ratelimit-policy"]
-            .to_str()
-            .unwrap()
-            .contains("q=500")
-    );
+    assert!(response.headers()["ratelimit-policy"].to_str().unwrap().contains("q=500"));
 
     // Changing the tier itself applies too.
     let (status, _) = admin
@@ -240,25 +194,11 @@ async fn tier_limits_apply_to_each_invocation(env: ServeEnv) {
     let started = Instant::now();
     let response = get(&server, "/h/sleep?ms=5000").await;
     assert_eq!(response.status(), 504);
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(1500), "took {:?}", started.elapsed());
 
-    let response = client()
-        .post(server.url("/e"))
-        .body(vec![1u8; 1001])
-        .send()
-        .await
-        .unwrap();
+    let response = client().post(server.url("/e")).body(vec![1u8; 1001]).send().await.unwrap();
     assert_eq!(response.status(), 413);
-    let response = client()
-        .post(server.url("/e"))
-        .body(vec![1u8; 1000])
-        .send()
-        .await
-        .unwrap();
+    let response = client().post(server.url("/e")).body(vec![1u8; 1000]).send().await.unwrap();
     assert_eq!(response.status(), 200);
 
     let response = get(&server, "/h/oom").await;
@@ -267,13 +207,7 @@ async fn tier_limits_apply_to_each_invocation(env: ServeEnv) {
 
 async fn usage_counts_invocations_and_errors(env: ServeEnv) {
     let (server, _admin, acme) = metered(&env, "1000", "10000").await;
-    for path in [
-        "/hello",
-        "/hello",
-        "/hostile/trap",
-        "/hostile/oom",
-        "/hostile/no-response",
-    ] {
+    for path in ["/hello", "/hello", "/hostile/trap", "/hostile/oom", "/hostile/no-response"] {
         let _ = get(&server, path).await;
     }
     // Usage is recorded when each guest's task ends, just after the answer.
@@ -301,15 +235,7 @@ async fn usage_counts_invocations_and_errors(env: ServeEnv) {
 #[tokio::test]
 async fn thirty_concurrent_requests_over_three_nodes_admit_exactly_ten() {
     let env = redis();
-    env.admin(&[
-        "tier",
-        "set",
-        "ten",
-        "--per-minute",
-        "10",
-        "--per-day",
-        "1000",
-    ]);
+    env.admin(&["tier", "set", "ten", "--per-minute", "10", "--per-day", "1000"]);
     let key = env.tenant("acme", "ten", false);
     let a = env.serve();
     let b = env.other_node().serve();
@@ -319,9 +245,7 @@ async fn thirty_concurrent_requests_over_three_nodes_admit_exactly_ten() {
     // serve it, they serve /hello too (a node loads the whole table at
     // once), and probing it costs acme nothing.
     let probe_key = env.tenant("probe", "pro", false);
-    Api::new(&a, &probe_key)
-        .deploy_component("hello", "/probe")
-        .await;
+    Api::new(&a, &probe_key).deploy_component("hello", "/probe").await;
     for node in [&b, &c] {
         let deadline = Instant::now() + Duration::from_secs(1);
         while get(node, "/probe").await.status() != 200 {
@@ -336,24 +260,11 @@ async fn thirty_concurrent_requests_over_three_nodes_admit_exactly_ten() {
 
     let urls: Vec<String> = (0..30).map(|i| [&a, &b, &c][i % 3].url("/hello")).collect();
     let statuses: Vec<u16> = futures::future::join_all(urls.iter().map(|url| async move {
-        client()
-            .get(url)
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
+        client().get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
     }))
     .await;
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        10,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 429).count(),
-        20,
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 20, "{statuses:?}");
 }
 
 /// Sends requests from 8 clients for `duration`; returns (status, latency)
@@ -391,109 +302,55 @@ async fn load(server: &Server, path: &str, duration: Duration) -> Vec<(u16, Dura
 }
 
 async fn ready(server: &Server) -> serde_json::Value {
-    client()
-        .get(server.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    client().get(server.url("/ready")).send().await.unwrap().json().await.unwrap()
 }
 
 fn assert_served(answers: &[(u16, Duration)], phase: &str) {
-    assert!(
-        answers.len() > 20,
-        "{phase}: only {} answers",
-        answers.len()
-    );
-    let bad: Vec<_> = answers
-        .iter()
-        .filter(|(s, _)| *s != 200 && *s != 429)
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{phase}: answers other than 200/429: {bad:?}"
-    );
+    assert!(answers.len() > 20, "{phase}: only {} answers", answers.len());
+    let bad: Vec<_> = answers.iter().filter(|(s, _)| *s != 200 && *s != 429).collect();
+    assert!(bad.is_empty(), "{phase}: answers other than 200/429: {bad:?}");
     let slowest = answers.iter().map(|(_, l)| *l).max().unwrap();
-    assert!(
-        slowest < Duration::from_secs(1),
-        "{phase}: a request took {slowest:?}"
-    );
+    assert!(slowest < Duration::from_secs(1), "{phase}: a request took {slowest:?}");
 }
 
 #[tokio::test]
 async fn redis_stopped_or_stalled_under_load_degrades_then_recovers() {
     let mut redis = RedisServer::start();
     let mut env = ServeEnv::postgres();
-    env.set("REDIS_URL", &redis.url())
-        .set("REDIS_KEY_PREFIX", &unique_prefix());
-    env.admin(&[
-        "tier",
-        "set",
-        "big",
-        "--per-minute",
-        "1000000",
-        "--per-day",
-        "100000000",
-    ]);
+    env.set("REDIS_URL", &redis.url()).set("REDIS_KEY_PREFIX", &unique_prefix());
+    env.admin(&["tier", "set", "big", "--per-minute", "1000000", "--per-day", "100000000"]);
     let key = env.tenant("acme", "big", false);
     let server = env.serve();
-    Api::new(&server, &key)
-        .deploy_component("hello", "/hello")
-        .await;
+    Api::new(&server, &key).deploy_component("hello", "/hello").await;
 
-    assert_served(
-        &load(&server, "/hello", Duration::from_millis(500)).await,
-        "healthy",
-    );
+    assert_served(&load(&server, "/hello", Duration::from_millis(500)).await, "healthy");
     assert_eq!(ready(&server).await["quota"], "ok");
 
     // Stopped: connections are refused.
     redis.stop();
-    assert_served(
-        &load(&server, "/hello", Duration::from_secs(1)).await,
-        "redis stopped",
-    );
+    assert_served(&load(&server, "/hello", Duration::from_secs(1)).await, "redis stopped");
     let state = ready(&server).await;
     assert_eq!(
         (state["status"].as_str(), state["quota"].as_str()),
         (Some("degraded"), Some("degraded"))
     );
-    assert_eq!(
-        client()
-            .get(server.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(client().get(server.url("/ready")).send().await.unwrap().status(), 200);
 
     redis.restart();
     let back = Instant::now();
     while ready(&server).await["quota"] != "ok" {
-        assert!(
-            back.elapsed() < Duration::from_secs(5),
-            "never recovered from the stop"
-        );
+        assert!(back.elapsed() < Duration::from_secs(5), "never recovered from the stop");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // Stalled: connections are accepted and never answered.
     redis.signal(libc::SIGSTOP);
-    assert_served(
-        &load(&server, "/hello", Duration::from_secs(1)).await,
-        "redis stalled",
-    );
+    assert_served(&load(&server, "/hello", Duration::from_secs(1)).await, "redis stalled");
     assert_eq!(ready(&server).await["quota"], "degraded");
     redis.signal(libc::SIGCONT);
     let back = Instant::now();
     while ready(&server).await["quota"] != "ok" {
-        assert!(
-            back.elapsed() < Duration::from_secs(5),
-            "never recovered from the stall"
-        );
+        assert!(back.elapsed() < Duration::from_secs(5), "never recovered from the stall");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Exact counting again: the counter in Redis moves with each request.

@@ -22,18 +22,12 @@ fn examples_server() -> Server {
         mount("/bigmem", "bigmem"),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start(
-        &args,
-        &[("EXECUTION_TIMEOUT", "1"), ("MAX_INPUT_SIZE", "1MiB")],
-    )
+    Server::start(&args, &[("EXECUTION_TIMEOUT", "1"), ("MAX_INPUT_SIZE", "1MiB")])
 }
 
 async fn assert_still_serving(server: &Server) {
-    let response = client()
-        .get(server.url("/hello"))
-        .send()
-        .await
-        .expect("hello after misbehaviour");
+    let response =
+        client().get(server.url("/hello")).send().await.expect("hello after misbehaviour");
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "Hello, world!\n");
 }
@@ -41,11 +35,7 @@ async fn assert_still_serving(server: &Server) {
 #[tokio::test]
 async fn hello_answers_200_with_its_greeting() {
     let server = Server::start(&["run", component("hello").to_str().unwrap()], &[]);
-    let response = client()
-        .get(server.url("/anything/at/all"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(server.url("/anything/at/all")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("x-request-id"));
     assert_eq!(response.text().await.unwrap(), "Hello, world!\n");
@@ -90,21 +80,14 @@ async fn echo_round_trips_a_chunked_body_of_unknown_length() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-echo-method"], "PUT");
-    assert_eq!(
-        response.bytes().await.unwrap().as_ref(),
-        expected.as_slice()
-    );
+    assert_eq!(response.bytes().await.unwrap().as_ref(), expected.as_slice());
 }
 
 #[tokio::test]
 async fn stream_delivers_every_byte_and_the_first_chunk_before_the_last() {
     let server = examples_server();
     // 64 chunks of 16 KiB: every byte checked.
-    let body = client()
-        .get(server.url("/stream?chunks=64&size=16384"))
-        .send()
-        .await
-        .unwrap();
+    let body = client().get(server.url("/stream?chunks=64&size=16384")).send().await.unwrap();
     assert_eq!(body.status(), 200);
     let bytes = body.bytes().await.unwrap();
     assert_eq!(bytes.len(), 64 * 16384);
@@ -113,11 +96,8 @@ async fn stream_delivers_every_byte_and_the_first_chunk_before_the_last() {
     // With 100 ms between chunks, the first arrives long before the end:
     // the response is streamed, not buffered.
     let started = Instant::now();
-    let response = client()
-        .get(server.url("/stream?chunks=5&size=10&delay_ms=100"))
-        .send()
-        .await
-        .unwrap();
+    let response =
+        client().get(server.url("/stream?chunks=5&size=10&delay_ms=100")).send().await.unwrap();
     let mut stream = response.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
     let first_at = started.elapsed();
@@ -127,10 +107,7 @@ async fn stream_delivers_every_byte_and_the_first_chunk_before_the_last() {
     }
     let last_at = started.elapsed();
     assert_eq!(total, 50);
-    assert!(
-        last_at >= Duration::from_millis(400),
-        "the guest waits 4 x 100 ms"
-    );
+    assert!(last_at >= Duration::from_millis(400), "the guest waits 4 x 100 ms");
     assert!(
         first_at + Duration::from_millis(250) < last_at,
         "first chunk at {first_at:?}, end at {last_at:?}: not streamed"
@@ -145,11 +122,7 @@ async fn a_path_without_a_route_gets_404() {
     let json: serde_json::Value = response.json().await.unwrap();
     assert_eq!(json["error"]["code"], "not_found");
     // `/stream` is exact: below it is unrouted.
-    let response = client()
-        .get(server.url("/stream/below"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(server.url("/stream/below")).send().await.unwrap();
     assert_eq!(response.status(), 404);
 }
 
@@ -157,12 +130,7 @@ async fn a_path_without_a_route_gets_404() {
 async fn a_body_over_the_cap_gets_413_declared_or_chunked() {
     let server = examples_server();
     let too_big = vec![7u8; (1 << 20) + 1];
-    let response = client()
-        .post(server.url("/echo"))
-        .body(too_big.clone())
-        .send()
-        .await
-        .unwrap();
+    let response = client().post(server.url("/echo")).body(too_big.clone()).send().await.unwrap();
     assert_eq!(response.status(), 413);
     let json: serde_json::Value = response.json().await.unwrap();
     assert_eq!(json["error"]["code"], "body_too_large");
@@ -179,12 +147,7 @@ async fn a_body_over_the_cap_gets_413_declared_or_chunked() {
 
     // Exactly at the cap is fine.
     let at_cap = vec![7u8; 1 << 20];
-    let response = client()
-        .post(server.url("/echo"))
-        .body(at_cap)
-        .send()
-        .await
-        .unwrap();
+    let response = client().post(server.url("/echo")).body(at_cap).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.bytes().await.unwrap().len(), 1 << 20);
 }
@@ -192,11 +155,7 @@ async fn a_body_over_the_cap_gets_413_declared_or_chunked() {
 #[tokio::test]
 async fn a_trapping_guest_gets_500_and_the_server_keeps_serving() {
     let server = examples_server();
-    let response = client()
-        .get(server.url("/hostile/trap"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(server.url("/hostile/trap")).send().await.unwrap();
     assert_eq!(response.status(), 500);
     let json: serde_json::Value = response.json().await.unwrap();
     assert_eq!(json["error"]["code"], "component_trap");
@@ -206,11 +165,7 @@ async fn a_trapping_guest_gets_500_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn a_guest_that_never_responds_gets_500() {
     let server = examples_server();
-    let response = client()
-        .get(server.url("/hostile/no-response"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(server.url("/hostile/no-response")).send().await.unwrap();
     assert_eq!(response.status(), 500);
     let json: serde_json::Value = response.json().await.unwrap();
     assert_eq!(json["error"]["code"], "no_response");
@@ -221,21 +176,11 @@ async fn a_guest_that_never_responds_gets_500() {
 async fn a_cpu_loop_gets_504_within_the_timeout_plus_one_second() {
     let server = examples_server();
     let started = Instant::now();
-    let response = client()
-        .get(server.url("/hostile/loop"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(server.url("/hostile/loop")).send().await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(response.status(), 504);
-    assert!(
-        elapsed >= Duration::from_millis(900),
-        "stopped too early: {elapsed:?}"
-    );
-    assert!(
-        elapsed < Duration::from_secs(2),
-        "stopped too late: {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(900), "stopped too early: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(2), "stopped too late: {elapsed:?}");
     assert_still_serving(&server).await;
 }
 
@@ -243,28 +188,17 @@ async fn a_cpu_loop_gets_504_within_the_timeout_plus_one_second() {
 async fn a_guest_sleeping_past_the_timeout_gets_504_in_time() {
     let server = examples_server();
     let started = Instant::now();
-    let response = client()
-        .get(server.url("/hostile/sleep?ms=30000"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(server.url("/hostile/sleep?ms=30000")).send().await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(response.status(), 504);
-    assert!(
-        elapsed < Duration::from_secs(2),
-        "stopped too late: {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_secs(2), "stopped too late: {elapsed:?}");
     assert_still_serving(&server).await;
 }
 
 #[tokio::test]
 async fn a_memory_bomb_gets_500_out_of_memory() {
     let server = examples_server();
-    let response = client()
-        .get(server.url("/hostile/oom"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(server.url("/hostile/oom")).send().await.unwrap();
     assert_eq!(response.status(), 500);
     let json: serde_json::Value = response.json().await.unwrap();
     assert_eq!(json["error"]["code"], "out_of_memory");
@@ -284,11 +218,7 @@ async fn initial_memory_over_the_limit_gets_500() {
 #[tokio::test]
 async fn unbounded_recursion_gets_500_stack_overflow() {
     let server = examples_server();
-    let response = client()
-        .get(server.url("/hostile/recurse"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(server.url("/hostile/recurse")).send().await.unwrap();
     assert_eq!(response.status(), 500);
     let json: serde_json::Value = response.json().await.unwrap();
     assert_eq!(json["error"]["code"], "stack_overflow");
@@ -298,30 +228,16 @@ async fn unbounded_recursion_gets_500_stack_overflow() {
 #[tokio::test]
 async fn guest_output_is_logged_once_per_request_tagged_with_its_id() {
     let server = examples_server();
-    let response = client()
-        .get(server.url("/hostile/stdout?lines=2&tag=marker"))
-        .send()
-        .await
-        .unwrap();
+    let response =
+        client().get(server.url("/hostile/stdout?lines=2&tag=marker")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_string();
     server.wait_for_log("marker 1 to stderr", Duration::from_secs(5));
     let logs = server.logs();
-    let stdout_line = logs
-        .lines()
-        .find(|l| l.contains("marker 0 to stdout"))
-        .expect("stdout logged");
-    assert!(
-        stdout_line.contains(&id),
-        "not tagged with {id}: {stdout_line}"
-    );
-    assert!(
-        stdout_line.contains("marker 1 to stdout"),
-        "one event per stream: {stdout_line}"
-    );
+    let stdout_line =
+        logs.lines().find(|l| l.contains("marker 0 to stdout")).expect("stdout logged");
+    assert!(stdout_line.contains(&id), "not tagged with {id}: {stdout_line}");
+    assert!(stdout_line.contains("marker 1 to stdout"), "one event per stream: {stdout_line}");
 }
 
 #[tokio::test]
@@ -333,23 +249,13 @@ async fn two_hundred_fifty_six_requests_at_concurrency_64_all_succeed() {
         .map(|_| {
             let client = client.clone();
             let url = url.clone();
-            async move {
-                client
-                    .get(url)
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0)
-            }
+            async move { client.get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
         })
         .buffer_unordered(64)
         .collect()
         .await;
     assert_eq!(statuses.len(), 256);
-    assert!(
-        statuses.iter().all(|s| *s == 200),
-        "not all 200: {statuses:?}"
-    );
+    assert!(statuses.iter().all(|s| *s == 200), "not all 200: {statuses:?}");
 }
 
 #[test]
@@ -369,10 +275,7 @@ fn invalid_settings_are_refused_at_start_naming_the_variable() {
         }
         let (status, stderr) = run_to_exit(&["run", hello], &envs);
         assert!(!status.success(), "{var}={value} was accepted");
-        assert!(
-            stderr.contains(var),
-            "{var}={value}: the error does not name it:\n{stderr}"
-        );
+        assert!(stderr.contains(var), "{var}={value}: the error does not name it:\n{stderr}");
     }
 }
 
@@ -383,10 +286,7 @@ fn a_file_that_is_not_a_component_is_refused_at_start() {
     std::fs::write(&bogus, b"not wasm at all").unwrap();
     let (status, stderr) = run_to_exit(&["run", bogus.to_str().unwrap()], &[("SERVER_PORT", "0")]);
     assert!(!status.success());
-    assert!(
-        stderr.contains("bogus.wasm") && stderr.contains("not WebAssembly"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("bogus.wasm") && stderr.contains("not WebAssembly"), "{stderr}");
 }
 
 #[tokio::test]
@@ -405,13 +305,8 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
     let (status, length) = slow.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(length.unwrap(), 40, "the in-flight response was cut");
-    let exit = server
-        .wait_exit(Duration::from_secs(10))
-        .expect("exits after draining");
+    let exit = server.wait_exit(Duration::from_secs(10)).expect("exits after draining");
     assert!(exit.success(), "exit status {exit:?}");
     let refused = client().get(server.url("/hello")).send().await;
-    assert!(
-        refused.is_err(),
-        "a new connection was accepted after shutdown"
-    );
+    assert!(refused.is_err(), "a new connection was accepted after shutdown");
 }

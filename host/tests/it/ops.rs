@@ -1,0 +1,423 @@
+//! Operations: metrics, readiness, logs, timing, and the scripts of the
+//! operations guide (backup/restore drill on the real PostgreSQL).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{Api, Backend, ServeEnv, Server, client};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+async fn text(url: &str) -> (u16, String) {
+    let response = client().get(url).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// A server with tenant acme (hello on `/hello/...`, hostile on `/h/...`),
+/// after a few requests of every kind.
+async fn busy_server(env: &ServeEnv) -> Server {
+    let key = env.tenant("acme", "pro", false);
+    let server = env.serve();
+    let acme = Api::new(&server, &key);
+    acme.deploy_component("hello", "/hello/...").await;
+    acme.deploy_component("hostile", "/h/...").await;
+    for path in ["/hello/some/raw/path/123", "/hello", "/h/trap", "/nowhere"] {
+        client().get(server.url(path)).send().await.unwrap();
+    }
+    let _ = acme.call(acme.request(Method::GET, "/api/v1/deployments")).await;
+    server
+}
+
+#[tokio::test]
+async fn metrics_are_exported_with_bounded_labels() {
+    let env = ServeEnv::sqlite();
+    let server = busy_server(&env).await;
+    let (status, metrics) = text(&server.url("/metrics")).await;
+    assert_eq!(status, 200);
+    for expected in [
+        r#"wasmwiz_http_requests_total{route="/hello/...",status="200",tenant="acme"} 2"#,
+        r#"wasmwiz_http_requests_total{route="/h/...",status="500",tenant="acme"} 1"#,
+        r#"wasmwiz_http_requests_total{route="-",status="404",tenant="-"} 1"#,
+        r#"wasmwiz_http_requests_total{route="/api",status="200",tenant="-"}"#,
+        r#"wasmwiz_wasm_executions_total{outcome="trap",tenant="acme"} 1"#,
+        r#"wasmwiz_wasm_executions_total{outcome="ok",tenant="acme"} 2"#,
+        r#"wasmwiz_http_request_duration_seconds_bucket{route="/hello/...",tenant="acme",le="0.0001"}"#,
+        r#"wasmwiz_deployments_live 2"#,
+        r#"wasmwiz_instance_pool_capacity 1000"#,
+        r#"wasmwiz_store_up 1"#,
+        r#"wasmwiz_components_uploaded_total{result="created"} 2"#,
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(expected), "missing `{expected}` in:\n{metrics}");
+    }
+    assert!(!metrics.contains("/some/raw/path"), "a raw path became a label");
+}
+
+/// Every `wasmwiz_*` name in a text, without histogram suffixes.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(offset) = text[i..].find("wasmwiz_") {
+        let start = i + offset;
+        let end = start
+            + text[start..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(text.len() - start);
+        // Skip words that merely contain the prefix (e.g. `job="wasmwiz"`).
+        if start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_') {
+            let name = &text[start..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            names.insert(base.to_string());
+        }
+        i = end;
+    }
+    names
+}
+
+#[tokio::test]
+async fn every_metric_in_the_alert_rules_and_dashboards_is_exported() {
+    let env = ServeEnv::sqlite();
+    let server = busy_server(&env).await;
+    let (_, metrics) = text(&server.url("/metrics")).await;
+    let exported: BTreeSet<String> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+
+    let mut named = BTreeSet::new();
+    let mut files = vec![repo().join("deploy/prometheus/alerts.yml")];
+    for entry in std::fs::read_dir(repo().join("deploy/grafana/dashboards")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    for file in &files {
+        named.extend(metric_names(&std::fs::read_to_string(file).unwrap()));
+    }
+    assert!(named.len() >= 10, "too few names found: {named:?}");
+    let missing: Vec<_> = named.difference(&exported).collect();
+    assert!(missing.is_empty(), "named in rules or dashboards but not exported: {missing:?}");
+}
+
+#[tokio::test]
+async fn metrics_can_move_to_another_address_or_path_or_be_turned_off() {
+    let mut env = ServeEnv::sqlite();
+    env.set("METRICS_ENDPOINT", "/internal/metrics");
+    let server = env.serve();
+    assert_eq!(text(&server.url("/internal/metrics")).await.0, 200);
+    assert_eq!(text(&server.url("/metrics")).await.0, 404);
+    drop(server);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    env.set("METRICS_ENDPOINT", "/metrics").set("METRICS_ADDR", &format!("127.0.0.1:{port}"));
+    let server = env.serve();
+    let (status, metrics) = text(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("wasmwiz_build_info"));
+    assert_eq!(text(&server.url("/metrics")).await.0, 404, "not on the public listener");
+    drop(server);
+
+    let mut env = ServeEnv::sqlite();
+    env.set("PROMETHEUS_ENABLED", "false");
+    let server = env.serve();
+    assert_eq!(text(&server.url("/metrics")).await.0, 404);
+}
+
+#[tokio::test]
+async fn readiness_names_each_dependency() {
+    let mut env = ServeEnv::postgres();
+    env.set("REDIS_URL", "redis://127.0.0.1:1"); // nothing listens there
+    let server = env.serve();
+    assert_eq!(text(&server.url("/health")).await, (200, r#"{"status":"ok"}"#.to_string()));
+    // The quota backend learns Redis is away at the first admission.
+    let key = env.tenant("acme", "pro", false);
+    Api::new(&server, &key).deploy_component("hello", "/hello").await;
+    let _ = client().get(server.url("/hello")).send().await.unwrap();
+    let (status, ready) = text(&server.url("/ready")).await;
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(status, 200, "a degraded node stays in the load balancer");
+    assert_eq!(ready, json!({ "status": "degraded", "store": "ok", "quota": "degraded" }));
+}
+
+#[tokio::test]
+async fn production_logs_are_json_lines_with_one_line_per_request() {
+    let mut env = ServeEnv::sqlite();
+    env.set("ENVIRONMENT", "production");
+    let server = busy_server(&env).await;
+    server.wait_for_log("\"target\":\"wasmwiz::access\"", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let logs = server.logs();
+    let mut access = 0;
+    for line in logs.lines().filter(|l| !l.starts_with("listening on")) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON line: {line}"));
+        if value["target"] == "wasmwiz::access" {
+            access += 1;
+            let fields = &value["fields"];
+            for field in ["request_id", "route", "tenant", "status", "duration_us"] {
+                assert!(!fields[field].is_null(), "{field} missing from {line}");
+            }
+        }
+    }
+    assert!(access >= 4, "{access} access lines:\n{logs}");
+    assert!(logs.contains(r#""tenant":"acme""#), "{logs}");
+
+    let mut quiet = ServeEnv::sqlite();
+    quiet.set("LOG_LEVEL", "warn");
+    let server = quiet.serve();
+    client().get(server.url("/nowhere")).send().await.unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!server.logs().contains("wasmwiz::access"), "LOG_LEVEL=warn still logs requests");
+}
+
+#[tokio::test]
+async fn server_timing_breaks_an_answer_down_when_enabled() {
+    let mut env = ServeEnv::sqlite();
+    env.set("SERVER_TIMING", "true");
+    let key = env.tenant("acme", "pro", false);
+    let server = env.serve();
+    Api::new(&server, &key).deploy_component("hello", "/hello").await;
+    let response = client().get(server.url("/hello")).send().await.unwrap();
+    let timing = response.headers()["server-timing"].to_str().unwrap().to_string();
+    let names: Vec<&str> = timing.split(", ").map(|part| part.split(';').next().unwrap()).collect();
+    assert_eq!(names, ["quota", "instantiate", "guest"], "{timing}");
+    assert!(timing.split(", ").all(|part| part.contains(";dur=")), "{timing}");
+}
+
+/// Runs a script of `scripts/` with `envs`; returns status, stdout, stderr.
+fn script(name: &str, args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let output = Command::new(repo().join("scripts").join(name))
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_operations_script_explains_itself() {
+    for name in
+        ["generate_secrets.sh", "backup.sh", "restore.sh", "load_test.sh", "collect-logs.sh"]
+    {
+        let (ok, stdout, _) = script(name, &["--help"], &[]);
+        assert!(ok, "{name} --help failed");
+        assert!(stdout.starts_with("Usage: scripts/"), "{name}: {stdout}");
+    }
+}
+
+#[test]
+fn generated_secrets_are_private_and_never_overwritten_unless_asked() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    let (ok, stdout, stderr) =
+        script("generate_secrets.sh", &["-d", secrets.to_str().unwrap()], &[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("created"));
+    assert_eq!(std::fs::metadata(&secrets).unwrap().permissions().mode() & 0o777, 0o700);
+    let salt = std::fs::read_to_string(secrets.join("api_salt")).unwrap();
+    assert!(salt.len() >= 32 && salt.bytes().all(|b| b.is_ascii_hexdigit()), "{salt}");
+    for file in [
+        "api_salt",
+        "postgres_password",
+        "database_url",
+        "redis_password",
+        "redis_url",
+        "grafana_admin_password",
+    ] {
+        let mode = std::fs::metadata(secrets.join(file)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+    let password = std::fs::read_to_string(secrets.join("postgres_password")).unwrap();
+    assert!(std::fs::read_to_string(secrets.join("database_url")).unwrap().contains(&password));
+
+    let (ok, stdout, _) = script("generate_secrets.sh", &["-d", secrets.to_str().unwrap()], &[]);
+    assert!(ok && stdout.contains("kept"));
+    assert_eq!(std::fs::read_to_string(secrets.join("api_salt")).unwrap(), salt, "overwritten");
+    let (ok, _, _) =
+        script("generate_secrets.sh", &["-d", secrets.to_str().unwrap(), "--force"], &[]);
+    assert!(ok);
+    assert_ne!(
+        std::fs::read_to_string(secrets.join("api_salt")).unwrap(),
+        salt,
+        "--force did not replace"
+    );
+}
+
+#[tokio::test]
+async fn load_test_and_collect_logs_work_against_a_node() {
+    let mut env = ServeEnv::sqlite();
+    env.set("API_SALT", "a-secret-salt-of-at-least-32-characters!!");
+    let key = env.tenant("acme", "pro", false);
+    let server = env.serve();
+    Api::new(&server, &key).deploy_component("hello", "/hello").await;
+
+    let url = server.url("");
+    let (ok, stdout, stderr) = script("load_test.sh", &["-u", &url, "-c", "4", "-n", "200"], &[]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("/health: 200 requests") && stdout.contains("/hello: 200 requests"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("200 succeeded, 0 failed").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("status codes: 200 2xx").count(), 2, "{stdout}");
+
+    let log = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(log.path(), format!("a line mentioning {key}\n")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = dir.path().join("debug.tar.gz");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} -u {url} -l {} > {}",
+            repo().join("scripts/collect-logs.sh").display(),
+            log.path().display(),
+            tarball.display()
+        ))
+        .env("API_SALT", "a-secret-salt-of-at-least-32-characters!!")
+        .env("DATABASE_URL", "postgresql://wasmwiz:hunter2@db:5432/wasmwiz")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let unpacked = dir.path().join("out");
+    std::fs::create_dir(&unpacked).unwrap();
+    assert!(
+        Command::new("tar")
+            .args(["-xzf", tarball.to_str().unwrap(), "-C", unpacked.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let root = unpacked.join("wasmwiz-debug");
+    let config = std::fs::read_to_string(root.join("config.txt")).unwrap();
+    assert!(config.contains("API_SALT=<redacted>"), "{config}");
+    assert!(config.contains("wasmwiz:<redacted>@db"), "{config}");
+    assert!(!config.contains("hunter2") && !config.contains("a-secret-salt"), "{config}");
+    let metrics = std::fs::read_to_string(root.join("metrics.txt")).unwrap();
+    assert!(metrics.contains("wasmwiz_http_requests_total"));
+    let logs: String = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("log-"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(logs.contains("ww_<redacted>") && !logs.contains(&key), "{logs}");
+    assert!(std::fs::read_to_string(root.join("versions.txt")).unwrap().contains("host:"));
+}
+
+/// sha256 of every stored component, as the database computes it.
+fn stored_digests(url: &str) -> Vec<(String, String)> {
+    let output = Command::new("psql")
+        .args([url, "-qAt", "-F", " ", "-c",
+               "SELECT digest, 'sha256:' || encode(sha256(bytes), 'hex') FROM components ORDER BY digest"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a.to_string(), b.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn backup_drop_restore_drill_brings_every_route_back() {
+    let env = ServeEnv::postgres();
+    let Backend::Postgres(db) = &env.backend else { unreachable!() };
+    let url = db.url.clone();
+    let admin_key = env.tenant("ops", "pro", true);
+    let acme_key = env.tenant("acme", "pro", false);
+    let server = env.serve();
+    let acme = Api::new(&server, &acme_key);
+    acme.deploy_component("hello", "/hello").await;
+    acme.deploy_component("echo", "/echo/...").await;
+    acme.deploy_component("stream", "/stream").await;
+    let before = stored_digests(&url);
+    assert_eq!(before.len(), 3);
+
+    let backups = tempfile::tempdir().unwrap();
+    let dir = backups.path().to_str().unwrap().to_string();
+    let (ok, stdout, stderr) =
+        script("backup.sh", &["-d", &dir, "-k", "7"], &[("DATABASE_URL", &url)]);
+    assert!(ok, "{stderr}");
+    let file = stdout.trim().to_string();
+    assert!(
+        file.ends_with(".dump") && std::path::Path::new(&format!("{file}.sha256")).exists(),
+        "{file}"
+    );
+
+    // A damaged backup is refused.
+    let damaged = format!("{dir}/wasmwiz-00000000T000000Z.dump");
+    std::fs::copy(&file, &damaged).unwrap();
+    std::fs::write(
+        format!("{damaged}.sha256"),
+        std::fs::read_to_string(format!("{file}.sha256")).unwrap().replace(
+            std::path::Path::new(&file).file_name().unwrap().to_str().unwrap(),
+            "wasmwiz-00000000T000000Z.dump",
+        ),
+    )
+    .unwrap();
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let last = bytes.len() - 10;
+    bytes[last] ^= 0xff;
+    std::fs::write(&damaged, bytes).unwrap();
+    let (ok, _, stderr) =
+        script("restore.sh", &[&damaged, "--no-ready-check"], &[("DATABASE_URL", &url)]);
+    assert!(!ok && stderr.contains("checksum mismatch"), "{stderr}");
+    std::fs::remove_file(&damaged).unwrap();
+    std::fs::remove_file(format!("{damaged}.sha256")).unwrap();
+
+    // Disaster: the database is gone. Live routes keep serving meanwhile.
+    let name = url.rsplit('/').next().unwrap();
+    let dropped = Command::new("psql")
+        .args([
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "-qAt",
+            "-c",
+            &format!("DROP DATABASE {name} WITH (FORCE)"),
+        ])
+        .status()
+        .unwrap();
+    assert!(dropped.success());
+    assert_eq!(Api::anonymous(&server).get_text("/hello").await.0, 200);
+
+    let wasmwiz_url = server.url("");
+    let (ok, _, stderr) = script(
+        "restore.sh",
+        &["latest", "-d", &dir],
+        &[("DATABASE_URL", &url), ("WASMWIZ_URL", &wasmwiz_url)],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("is ready"), "{stderr}");
+    assert_eq!(stored_digests(&url), before);
+    assert!(before.iter().all(|(digest, actual)| digest == actual), "{before:?}");
+
+    // A fresh node on the restored database serves every route and key.
+    drop(server);
+    let restored = env.serve();
+    let api = Api::anonymous(&restored);
+    assert_eq!(api.get_text("/hello").await, (200, "Hello, world!\n".to_string()));
+    assert_eq!(api.get_text("/echo/x").await.0, 200);
+    assert_eq!(api.get_text("/stream?chunks=1&size=10").await.0, 200);
+    let admin = Api::new(&restored, &admin_key);
+    let (status, tenants) = admin.call(admin.request(Method::GET, "/api/v1/keys")).await;
+    assert_eq!(status, 200);
+    assert_eq!(tenants.as_array().unwrap().len(), 2);
+}
