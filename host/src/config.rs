@@ -476,6 +476,28 @@ impl LogArgs {
     }
 }
 
+/// Variables that may instead name a file holding their value (`X_FILE`),
+/// the way Docker and Kubernetes mount secrets.
+pub const FILE_VARIABLES: &[&str] = &["DATABASE_URL", "REDIS_URL", "API_SALT", "WASMWIZ_API_KEY"];
+
+/// For each of [`FILE_VARIABLES`] that is unset while `X_FILE` is set, the
+/// value read from that file (without a trailing newline).
+pub fn values_from_files() -> anyhow::Result<Vec<(&'static str, String)>> {
+    let mut values = Vec::new();
+    for var in FILE_VARIABLES {
+        if std::env::var_os(var).is_some() {
+            continue;
+        }
+        let file_var = format!("{var}_FILE");
+        let Some(path) = std::env::var_os(&file_var) else { continue };
+        let value = std::fs::read_to_string(&path).with_context(|| {
+            format!("{file_var}: cannot read {}", std::path::Path::new(&path).display())
+        })?;
+        values.push((*var, value.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    Ok(values)
+}
+
 /// A parser for a plain number that names its variable when it fails.
 pub fn number_for<T>(
     var: &'static str,

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
+    if let Err(e) = load_file_variables() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let cli = wasmwiz::cli::Cli::parse();
     let _log_guard = match cli.log_args().map(wasmwiz::logging::init).transpose() {
         Ok(guard) => guard,
@@ -27,4 +31,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Sets `API_SALT` from `API_SALT_FILE` and the like, before anything reads
+/// the environment.
+fn load_file_variables() -> anyhow::Result<()> {
+    for (var, value) in wasmwiz::config::values_from_files()? {
+        #[expect(unsafe_code, reason = "std::env::set_var is unsafe once threads exist")]
+        // SAFETY: called first thing in main, before the async runtime or
+        // any other thread is started.
+        unsafe {
+            std::env::set_var(var, value);
+        }
+    }
+    Ok(())
 }

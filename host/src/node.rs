@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::auth::Authenticator;
@@ -82,6 +83,17 @@ pub struct Node {
     store_ok: AtomicBool,
     loaded: AtomicBool,
     draining: AtomicBool,
+    /// Digests the background compiler is working on.
+    pending: std::sync::Mutex<HashSet<String>>,
+    /// Digests that could not be compiled (served by no route).
+    failed: std::sync::Mutex<HashSet<String>>,
+    /// Set when the route table must be rebuilt although the store's
+    /// change counter has not moved (a background compilation finished).
+    dirty: AtomicBool,
+    /// Wakes the sync loop: a change notification, or `dirty`.
+    wake: Arc<tokio::sync::Notify>,
+    /// This node, for the tasks it spawns.
+    me: std::sync::OnceLock<std::sync::Weak<Node>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -114,7 +126,12 @@ pub struct ReconcileReport {
     pub compiled: usize,
     /// Deployments that could not be served (logged).
     pub failed: usize,
+    /// Deployments waiting for their component to be compiled.
+    pub pending: usize,
 }
+
+/// Compiled components loaded from the cache at once during a rebuild.
+const CACHE_LOAD_CONCURRENCY: usize = 4;
 
 impl Node {
     /// A node over `store` and `runtime`; nothing is served until
@@ -145,7 +162,19 @@ impl Node {
             store_ok: AtomicBool::new(true),
             loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            pending: std::sync::Mutex::new(HashSet::new()),
+            failed: std::sync::Mutex::new(HashSet::new()),
+            dirty: AtomicBool::new(false),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            me: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The node behind an `Arc`, able to spawn its own background work.
+    pub fn into_arc(self) -> Arc<Self> {
+        let node = Arc::new(self);
+        let _ = node.me.set(Arc::downgrade(&node));
+        node
     }
 
     /// A tier by name, from memory.
@@ -158,9 +187,10 @@ impl Node {
         self.store_ok.load(Ordering::Relaxed)
     }
 
-    /// Whether the first route table has been published.
+    /// Whether the node serves every deployment it knows of: the first
+    /// route table is published and nothing waits to be compiled.
     pub fn loaded(&self) -> bool {
-        self.loaded.load(Ordering::Relaxed)
+        self.loaded.load(Ordering::Relaxed) && self.pending_compilations() == 0
     }
 
     /// Marks the node as shutting down (readiness turns 503).
@@ -188,8 +218,11 @@ impl Node {
         let deployments = self.store.deployments(None).await?;
 
         let mut report = ReconcileReport::default();
+        let needed: HashSet<String> = deployments.iter().map(|d| d.component.clone()).collect();
+        self.load_from_cache(&needed, &mut report).await;
+
         let mut routes = Routes::new();
-        let mut used = HashSet::new();
+        let mut to_compile = Vec::new();
         for deployment in deployments {
             let Some(tier) = tiers.get(&deployment.tier).cloned() else {
                 tracing::error!(deployment = %deployment.id, tier = %deployment.tier, "unknown tier");
@@ -207,16 +240,19 @@ impl Node {
                     continue;
                 }
             };
-            let app = match self.app_for(&deployment.component, &mut report).await {
-                Ok(app) => app,
-                Err(e) => {
-                    tracing::error!(deployment = %deployment.id, component = %deployment.component,
-                                    error = %e, "cannot serve this deployment");
-                    report.failed += 1;
-                    continue;
-                }
+            let app = self
+                .apps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&deployment.component)
+                .cloned();
+            let Some(app) = app else {
+                // Not compiled here yet: served once the background
+                // compiler has it, meanwhile not ready.
+                to_compile.push(deployment.component.clone());
+                report.pending += 1;
+                continue;
             };
-            used.insert(deployment.component.clone());
             let limits = limits_of(&tier);
             let outbound =
                 OutboundPolicy::new(&deployment.allowed_outbound_hosts, self.outbound.clone());
@@ -249,43 +285,90 @@ impl Node {
         self.apps
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|digest, _| used.contains(digest));
+            .retain(|digest, _| needed.contains(digest));
+        for digest in to_compile {
+            self.compile_in_background(digest);
+        }
         self.applied_seq.store(seq, Ordering::Relaxed);
         self.loaded.store(true, Ordering::Relaxed);
         Ok(report)
     }
 
-    /// The prepared component for `digest`: from memory, else from the
-    /// compiled-code cache, else compiled from the bytes in the store.
-    async fn app_for(
-        &self,
-        digest: &str,
-        report: &mut ReconcileReport,
-    ) -> Result<App, UploadError> {
-        if let Some(app) = self.apps.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
-            return Ok(app.clone());
-        }
-        let hex = digest_hex(digest)?;
-        let engine = self.runtime.engine();
-        let compiled = match self.compiler.compile_cached(engine, hex).await {
-            Some(compiled) => {
-                report.from_cache += 1;
-                self.plane.metrics().compiled_cache.with_label_values(&["hit"]).inc();
-                compiled
-            }
-            None => {
-                let bytes = self.store.component_bytes(digest).await?.ok_or_else(|| {
-                    StoreError::Internal(format!("the bytes of {digest} are missing"))
-                })?;
-                report.compiled += 1;
-                let compiled = self.compiler.compile(engine, hex, &bytes).await?;
-                self.record_compile(&compiled);
-                compiled
-            }
+    /// Prepares, from the compiled-code cache, every needed component this
+    /// node does not hold yet, a few at a time.
+    async fn load_from_cache(&self, needed: &HashSet<String>, report: &mut ReconcileReport) {
+        let missing: Vec<String> = {
+            let apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+            needed.iter().filter(|d| !apps.contains_key(*d)).cloned().collect()
         };
+        let engine = self.runtime.engine();
+        let loaded: Vec<(String, Option<crate::runtime::Compiled>)> =
+            futures::stream::iter(missing)
+                .map(|digest| async move {
+                    let compiled = match digest_hex(&digest) {
+                        Ok(hex) => self.compiler.compile_cached(engine, hex).await,
+                        Err(_) => None,
+                    };
+                    (digest, compiled)
+                })
+                .buffer_unordered(CACHE_LOAD_CONCURRENCY)
+                .collect()
+                .await;
+        for (digest, compiled) in loaded {
+            let Some(compiled) = compiled else { continue };
+            match self.runtime.prepare(&compiled.component) {
+                Ok(app) => {
+                    report.from_cache += 1;
+                    self.plane.metrics().compiled_cache.with_label_values(&["hit"]).inc();
+                    self.apps.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, app);
+                }
+                Err(e) => tracing::error!(%digest, error = %e, "cached code cannot be linked"),
+            }
+        }
+    }
+
+    /// Compiles `digest` from the bytes in the store, off the request path,
+    /// then rebuilds the route table; one compilation per digest at a time.
+    fn compile_in_background(&self, digest: String) {
+        let Some(node) = self.me.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        if !self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.clone()) {
+            return; // already under way
+        }
+        tokio::spawn(async move {
+            let result = node.compile_stored(&digest).await;
+            match &result {
+                Ok(()) => tracing::info!(%digest, "compiled in the background; serving it"),
+                Err(e) => {
+                    tracing::error!(%digest, error = %e, "cannot compile a deployed component");
+                    node.failed.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.clone());
+                }
+            }
+            node.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&digest);
+            if result.is_ok() {
+                node.dirty.store(true, Ordering::Relaxed);
+                node.wake.notify_one();
+            }
+        });
+    }
+
+    async fn compile_stored(&self, digest: &str) -> Result<(), UploadError> {
+        let hex = digest_hex(digest)?;
+        let bytes =
+            self.store.component_bytes(digest).await?.ok_or_else(|| {
+                StoreError::Internal(format!("the bytes of {digest} are missing"))
+            })?;
+        let compiled = self.compiler.compile(self.runtime.engine(), hex, &bytes).await?;
+        self.record_compile(&compiled);
         let app = self.runtime.prepare(&compiled.component)?;
-        self.apps.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.to_string(), app.clone());
-        Ok(app)
+        self.apps.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.to_string(), app);
+        Ok(())
+    }
+
+    /// Components waiting for the background compiler.
+    pub fn pending_compilations(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Validates, compiles and stores a tenant's upload. The same bytes
@@ -369,12 +452,18 @@ impl Node {
     /// Watches the store's change counter and rebuilds when it moves, until
     /// the process ends.
     pub fn spawn_sync(self: &Arc<Self>) {
+        // Change notifications (PostgreSQL LISTEN) wake the loop at once;
+        // the tick is the safety net for anything a notification missed.
+        self.store.watch_changes(self.wake.clone());
         let node = Arc::clone(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SYNC_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = node.wake.notified() => {}
+                }
                 node.sync_once().await;
             }
         });
@@ -387,7 +476,8 @@ impl Node {
                 if !self.store_ok.swap(true, Ordering::Relaxed) {
                     tracing::info!("the store is reachable again");
                 }
-                if seq != self.applied_seq.load(Ordering::Relaxed)
+                let dirty = self.dirty.swap(false, Ordering::Relaxed);
+                if (dirty || seq != self.applied_seq.load(Ordering::Relaxed))
                     && let Err(e) = self.reconcile().await
                 {
                     tracing::warn!(error = %e, "rebuilding the route table failed");

@@ -163,7 +163,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
             server_timing: args.metrics.server_timing,
         },
     ));
-    let node = Arc::new(Node::new(
+    let node = Node::into_arc(Node::new(
         store.clone(),
         runtime,
         plane,
@@ -318,7 +318,11 @@ impl ServeHandler {
         };
         let quota = self.node.plane.quota().map_or("off", |q| q.health().as_str());
         let state = if state == "ready" && quota == "degraded" { "degraded" } else { state };
-        let body = serde_json::json!({ "status": state, "store": store, "quota": quota });
+        let mut body = serde_json::json!({ "status": state, "store": store, "quota": quota });
+        let pending = self.node.pending_compilations();
+        if pending > 0 {
+            body["pending_compilations"] = serde_json::json!(pending);
+        }
         json_response(status, &body)
     }
 }

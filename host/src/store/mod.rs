@@ -400,6 +400,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The change counter.
     async fn change_seq(&self) -> StoreResult<i64>;
+    /// Calls `wake.notify_one()` whenever another node may have changed
+    /// something (and whenever notifications may have been missed), until
+    /// the process ends. The default does nothing: the embedded store is
+    /// single-node, and nodes poll the change counter anyway.
+    fn watch_changes(&self, wake: Arc<tokio::sync::Notify>) {
+        let _ = wake;
+    }
     /// A shared setting.
     async fn setting(&self, name: &str) -> StoreResult<Option<String>>;
     /// Sets a shared setting if it is not set yet, and returns its value.

@@ -4,8 +4,11 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::sync::Arc;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
+use tokio::sync::Notify;
 
 use super::sql::check_route_ownership;
 use super::sql::{
@@ -89,5 +92,47 @@ impl PgStore {
         Ok(())
     }
 }
+
+impl PgStore {
+    /// Listens on [`CHANGES_CHANNEL`], waking `wake` for every notification
+    /// and after every (re)connection, when notifications may have been
+    /// missed. Reconnects by itself after PostgreSQL restarts.
+    fn watch(&self, wake: Arc<Notify>) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut listener = match PgListener::connect_with(&pool).await {
+                    Ok(listener) => listener,
+                    Err(_) => {
+                        tokio::time::sleep(LISTEN_RETRY).await;
+                        continue;
+                    }
+                };
+                if listener.listen(CHANGES_CHANNEL).await.is_err() {
+                    tokio::time::sleep(LISTEN_RETRY).await;
+                    continue;
+                }
+                tracing::debug!("listening for changes");
+                wake.notify_one();
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(_)) => wake.notify_one(),
+                        // The connection dropped; the next call reconnects
+                        // and listens again. What was missed is caught up.
+                        Ok(None) => wake.notify_one(),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "change listener lost its connection");
+                            tokio::time::sleep(LISTEN_RETRY).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Pause before the change listener tries to connect again.
+const LISTEN_RETRY: Duration = Duration::from_millis(500);
 
 sql_store!(PgStore, Postgres);

@@ -704,6 +704,10 @@ macro_rules! sql_store {
                 Ok((total, today))
             }
 
+            fn watch_changes(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
+                self.watch(wake);
+            }
+
             async fn change_seq(&self) -> StoreResult<i64> {
                 use sqlx::Row as _;
                 let row = sqlx::query("SELECT seq FROM changes WHERE id = 1").fetch_one(&self.pool).await?;

@@ -60,6 +60,9 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// Single node: nothing to listen to (the change counter is polled).
+    fn watch(&self, _wake: std::sync::Arc<tokio::sync::Notify>) {}
+
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
         // IMMEDIATE takes the write lock up front: two writers queue instead
         // of failing when one upgrades a read to a write.

@@ -281,14 +281,19 @@ impl ServeEnv {
         self
     }
 
-    /// A second data folder over the same store: another node.
+    /// A second data folder over the same store (PostgreSQL, through
+    /// `DATABASE_URL`): another node.
     pub fn other_node(&self) -> ServeEnv {
         let data_dir = tempfile::tempdir().expect("a temporary folder");
         let mut envs = self.envs.clone();
         envs.retain(|(v, _)| v != "WASMWIZ_DATA_DIR");
         envs.push(("WASMWIZ_DATA_DIR".to_string(), data_dir.path().display().to_string()));
+        assert!(
+            self.envs.iter().any(|(v, _)| v == "DATABASE_URL"),
+            "the embedded store is single-node: another node needs DATABASE_URL"
+        );
         let backend = match &self.backend {
-            Backend::Sqlite => panic!("the embedded store is single-node"),
+            Backend::Sqlite => Backend::Sqlite,
             Backend::Postgres(db) => {
                 Backend::Postgres(TestDb { name: String::new(), url: db.url.clone() })
             }
