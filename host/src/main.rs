@@ -34,8 +34,19 @@ fn main() -> ExitCode {
 }
 
 /// Sets `API_SALT` from `API_SALT_FILE` and the like, before anything reads
-/// the environment.
+/// the environment; and turns off backtraces in library errors unless asked
+/// for: wasmtime builds an error value as part of dropping every store, and
+/// with `RUST_BACKTRACE=1` in the environment each one would walk the stack
+/// (a few percent of all CPU under load). Panics still print backtraces as
+/// `RUST_BACKTRACE` says.
 fn load_file_variables() -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        #[expect(unsafe_code, reason = "std::env::set_var is unsafe once threads exist")]
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe {
+            std::env::set_var("RUST_LIB_BACKTRACE", "0");
+        }
+    }
     for (var, value) in wasmwiz::config::values_from_files()? {
         #[expect(unsafe_code, reason = "std::env::set_var is unsafe once threads exist")]
         // SAFETY: called first thing in main, before the async runtime or
