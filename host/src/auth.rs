@@ -386,6 +386,7 @@ mod tests {
             execution_timeout_ms: 1000,
             max_input_bytes: 1024,
             max_component_bytes: 1024,
+            ..TierLimits::default()
         };
         store.seed_tiers(&[Tier { name: "t".into(), limits }]).await.unwrap();
         let tenant = store.create_tenant("acme", "t").await.unwrap();

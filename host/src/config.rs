@@ -298,6 +298,10 @@ impl TierDefaultArgs {
                 .unwrap_or(u64::MAX),
             max_input_bytes: self.limits.max_input_size,
             max_component_bytes: self.max_wasm_size,
+            kv_max_key_bytes: crate::kv::DEFAULT_MAX_KEY_BYTES,
+            kv_max_value_bytes: crate::kv::DEFAULT_MAX_VALUE_BYTES,
+            kv_max_keys: crate::kv::DEFAULT_MAX_KEYS,
+            kv_max_total_bytes: crate::kv::DEFAULT_MAX_TOTAL_BYTES,
         }
     }
 

@@ -41,6 +41,8 @@ pub struct LiveRoute {
     pub owner: Option<RouteOwner>,
     /// The route's metric handles, resolved once.
     pub metrics: Arc<RouteMetrics>,
+    /// Key-value access and configuration of its invocations.
+    pub capabilities: Arc<crate::runtime::Capabilities>,
 }
 
 /// Who a served route belongs to.
@@ -252,6 +254,7 @@ impl DataPlane {
             https: conn.tls,
             outbound: route.outbound.clone(),
             timing: self.server_timing,
+            capabilities: route.capabilities.clone(),
         };
         let usage = route.owner.as_ref().map(|owner| owner.usage.clone());
         let metrics = route.metrics.clone();

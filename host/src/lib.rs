@@ -14,6 +14,7 @@
 //! - [`store`]: durable state on PostgreSQL or embedded SQLite.
 //! - [`auth`]: API keys, scopes and their cache.
 //! - [`api`]: the REST control plane under `/api/v1`.
+//! - [`kv`]: key-value data of components (`wasi:keyvalue`), per tenant.
 //! - [`quota`]: per-tenant request quotas, in Redis or in process.
 //! - [`usage`]: per-tenant usage counters, flushed to the store in batches.
 //! - [`response`]: the response body type and JSON errors.
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod kv;
 pub mod logging;
 pub mod metrics;
 pub mod node;

@@ -18,10 +18,12 @@ use sha2::{Digest as _, Sha256};
 
 use crate::auth::Authenticator;
 use crate::dataplane::{DataPlane, LiveRoute, RouteOwner, Routes};
+use crate::kv::KvLimits;
 use crate::quota::Rates;
 use crate::router::RoutePattern;
 use crate::runtime::{
-    App, CompileError, Compiler, Limits, OutboundPolicy, OutboundSettings, Runtime,
+    App, Capabilities, CompileError, Compiler, KvAccess, Limits, OutboundPolicy, OutboundSettings,
+    Runtime,
 };
 use crate::store::{ComponentMeta, NewComponent, Store, StoreError, TenantId, Tier, now_ms};
 use crate::usage::UsageRecorder;
@@ -71,6 +73,8 @@ pub struct Node {
     outbound: Arc<OutboundSettings>,
     /// Longest pause inside an upload's body.
     pub body_read_timeout: Duration,
+    /// Where components' key-value data lives.
+    pub kv: Arc<dyn crate::kv::KvBackend>,
     tiers: ArcSwap<HashMap<String, Arc<Tier>>>,
     /// Prepared components by digest, shared by every route that serves the
     /// same bytes; only the reconcile path touches it.
@@ -113,6 +117,8 @@ pub struct NodeSettings {
     pub outbound: Arc<OutboundSettings>,
     /// Longest pause inside an upload's body.
     pub body_read_timeout: Duration,
+    /// Where components' key-value data lives.
+    pub kv: Arc<dyn crate::kv::KvBackend>,
 }
 
 /// What a rebuild did.
@@ -155,6 +161,7 @@ impl Node {
             usage: Arc::new(UsageRecorder::default()),
             outbound: settings.outbound,
             body_read_timeout: settings.body_read_timeout,
+            kv: settings.kv,
             tiers: ArcSwap::from_pointee(HashMap::new()),
             apps: std::sync::Mutex::new(HashMap::new()),
             applied_seq: AtomicI64::new(-1),
@@ -257,7 +264,21 @@ impl Node {
             let outbound =
                 OutboundPolicy::new(&deployment.allowed_outbound_hosts, self.outbound.clone());
             let label = pattern.to_string();
+            let usage = self.usage.for_tenant(deployment.tenant_id);
+            let mut config = deployment.config;
+            config.extend(deployment.secrets);
+            let capabilities = Arc::new(Capabilities {
+                kv: Some(KvAccess {
+                    backend: self.kv.clone(),
+                    tenant: deployment.tenant_id,
+                    deployment: deployment.id.clone(),
+                    limits: KvLimits::of(&tier.limits),
+                    usage: Some(usage.clone()),
+                }),
+                config,
+            });
             let route = Arc::new(LiveRoute {
+                capabilities,
                 metrics: Arc::new(self.plane.metrics().route(&label, &deployment.tenant)),
                 label,
                 outbound,
@@ -271,7 +292,7 @@ impl Node {
                     version: deployment.version,
                     rates: Rates::of(&tier),
                     rate_policy: Rates::of(&tier).policy_header(),
-                    usage: self.usage.for_tenant(deployment.tenant_id),
+                    usage,
                     tier,
                 }),
             });

@@ -21,6 +21,8 @@ pub struct TenantUsage {
     errors_oom: AtomicU64,
     errors_other: AtomicU64,
     wall_ms: AtomicU64,
+    kv_reads: AtomicU64,
+    kv_writes: AtomicU64,
 }
 
 impl TenantUsage {
@@ -38,6 +40,16 @@ impl TenantUsage {
         error.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts `n` key-value reads.
+    pub fn kv_read(&self, n: u64) {
+        self.kv_reads.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` key-value writes.
+    pub fn kv_write(&self, n: u64) {
+        self.kv_writes.fetch_add(n, Ordering::Relaxed);
+    }
+
     fn counts(&self, take: bool) -> UsageCounts {
         let read = |n: &AtomicU64| {
             if take { n.swap(0, Ordering::Relaxed) } else { n.load(Ordering::Relaxed) }
@@ -49,6 +61,8 @@ impl TenantUsage {
             errors_oom: read(&self.errors_oom),
             errors_other: read(&self.errors_other),
             wall_ms: read(&self.wall_ms),
+            kv_reads: read(&self.kv_reads),
+            kv_writes: read(&self.kv_writes),
         }
     }
 
@@ -59,6 +73,8 @@ impl TenantUsage {
         self.errors_oom.fetch_add(counts.errors_oom, Ordering::Relaxed);
         self.errors_other.fetch_add(counts.errors_other, Ordering::Relaxed);
         self.wall_ms.fetch_add(counts.wall_ms, Ordering::Relaxed);
+        self.kv_reads.fetch_add(counts.kv_reads, Ordering::Relaxed);
+        self.kv_writes.fetch_add(counts.kv_writes, Ordering::Relaxed);
     }
 }
 

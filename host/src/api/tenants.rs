@@ -246,6 +246,10 @@ pub struct PutTier {
     execution_timeout_ms: Option<u64>,
     max_input_bytes: Option<u64>,
     max_component_bytes: Option<u64>,
+    kv_max_key_bytes: Option<u64>,
+    kv_max_value_bytes: Option<u64>,
+    kv_max_keys: Option<u64>,
+    kv_max_total_bytes: Option<u64>,
 }
 
 impl PutTier {
@@ -260,6 +264,10 @@ impl PutTier {
                 .unwrap_or(defaults.execution_timeout_ms),
             max_input_bytes: self.max_input_bytes.unwrap_or(defaults.max_input_bytes),
             max_component_bytes: self.max_component_bytes.unwrap_or(defaults.max_component_bytes),
+            kv_max_key_bytes: self.kv_max_key_bytes.unwrap_or(defaults.kv_max_key_bytes),
+            kv_max_value_bytes: self.kv_max_value_bytes.unwrap_or(defaults.kv_max_value_bytes),
+            kv_max_keys: self.kv_max_keys.unwrap_or(defaults.kv_max_keys),
+            kv_max_total_bytes: self.kv_max_total_bytes.unwrap_or(defaults.kv_max_total_bytes),
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct CountsJson {
     invocations: u64,
     errors: ErrorsJson,
     wall_ms: u64,
+    kv_reads: u64,
+    kv_writes: u64,
 }
 
 /// Errors by kind.
@@ -54,6 +56,8 @@ impl From<UsageCounts> for CountsJson {
                 other: c.errors_other,
             },
             wall_ms: c.wall_ms,
+            kv_reads: c.kv_reads,
+            kv_writes: c.kv_writes,
         }
     }
 }
@@ -72,6 +76,17 @@ pub struct UsageJson {
     today: CountsJson,
     /// Whether the quota counts come from a per-node fallback.
     degraded: bool,
+    /// Key-value data held now (`null` if the backend did not answer).
+    kv: Option<KvJson>,
+}
+
+/// What a tenant holds in key-value data, against its tier's limits.
+#[derive(Debug, Serialize)]
+pub struct KvJson {
+    keys: u64,
+    bytes: u64,
+    max_keys: u64,
+    max_bytes: u64,
 }
 
 /// `GET /api/v1/usage`.
@@ -98,6 +113,12 @@ pub async fn usage(
             (none(minute_reset), none(day_reset), false)
         }
     };
+    let kv = node.kv.totals(principal.tenant_id).await.ok().map(|t| KvJson {
+        keys: t.keys,
+        bytes: t.bytes,
+        max_keys: tier.limits.kv_max_keys,
+        max_bytes: tier.limits.kv_max_total_bytes,
+    });
     Ok(Json(UsageJson {
         tenant: principal.tenant,
         tier: tier.name.clone(),
@@ -106,5 +127,6 @@ pub async fn usage(
         totals: total.plus(&pending).into(),
         today: today.plus(&pending).into(),
         degraded,
+        kv,
     }))
 }

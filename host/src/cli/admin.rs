@@ -134,6 +134,15 @@ pub enum TierCommand {
         /// Component size (bytes, or 10MiB).
         #[arg(long, value_parser = bytes_for("--max-component"))]
         max_component: Option<u64>,
+        /// Longest key-value value (bytes, or 1MiB).
+        #[arg(long, value_parser = bytes_for("--kv-max-value"))]
+        kv_max_value: Option<u64>,
+        /// Key-value keys per tenant.
+        #[arg(long)]
+        kv_max_keys: Option<u64>,
+        /// Key-value bytes (keys plus values) per tenant (bytes, or 64MiB).
+        #[arg(long, value_parser = bytes_for("--kv-max-total"))]
+        kv_max_total: Option<u64>,
     },
     /// Lists the tiers.
     List,
@@ -199,6 +208,9 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
                     timeout,
                     max_input,
                     max_component,
+                    kv_max_value,
+                    kv_max_keys,
+                    kv_max_total,
                 },
         } => {
             if !valid_name(&name) {
@@ -226,6 +238,15 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
             if let Some(max_component) = max_component {
                 limits.max_component_bytes = max_component;
             }
+            if let Some(n) = kv_max_value {
+                limits.kv_max_value_bytes = n;
+            }
+            if let Some(n) = kv_max_keys {
+                limits.kv_max_keys = n;
+            }
+            if let Some(n) = kv_max_total {
+                limits.kv_max_total_bytes = n;
+            }
             limits.check().map_err(anyhow::Error::msg)?;
             store.put_tier(&Tier { name: name.clone(), limits: limits.clone() }).await?;
             say(&format!("tier {name}: {}", describe(&limits)));
@@ -242,13 +263,17 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
 fn describe(limits: &crate::store::TierLimits) -> String {
     let rate = |r: Option<u64>| r.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
     format!(
-        "{}/minute, {}/day, memory {} bytes, timeout {} ms, input {} bytes, component {} bytes",
+        "{}/minute, {}/day, memory {} bytes, timeout {} ms, input {} bytes, component {} bytes, \
+         key-value {} keys / {} bytes, values up to {} bytes",
         rate(limits.requests_per_minute),
         rate(limits.requests_per_day),
         limits.memory_limit_bytes,
         limits.execution_timeout_ms,
         limits.max_input_bytes,
-        limits.max_component_bytes
+        limits.max_component_bytes,
+        limits.kv_max_keys,
+        limits.kv_max_total_bytes,
+        limits.kv_max_value_bytes
     )
 }
 

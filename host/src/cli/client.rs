@@ -215,6 +215,17 @@ pub async fn deployments(args: ClientArgs) -> anyhow::Result<()> {
             d["version"],
             d["component"].as_str().unwrap_or("")
         ));
+        let config = d["config"].as_object().map(|c| {
+            c.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>()
+        });
+        let secrets = d["secrets"].as_array().map(|s| {
+            s.iter().map(|k| format!("{}=<secret>", k.as_str().unwrap_or(""))).collect::<Vec<_>>()
+        });
+        let settings: Vec<String> =
+            config.into_iter().flatten().chain(secrets.into_iter().flatten()).collect();
+        if !settings.is_empty() {
+            say(&format!("{:<26} config: {}", "", settings.join(" ")));
+        }
     }
     Ok(())
 }

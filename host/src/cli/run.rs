@@ -1,5 +1,6 @@
 //! `wasmwiz run`: serve components straight from files.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -7,9 +8,13 @@ use anyhow::{Context as _, bail};
 
 use crate::config::{HttpArgs, LimitArgs, ListenArgs, LogArgs, OutboundArgs, RuntimeArgs};
 use crate::dataplane::{DataPlane, DataPlaneSettings, LiveRoute, Routes};
+use crate::kv::memory::MemoryKv;
+use crate::kv::{KvBackend, KvLimits};
 use crate::metrics::Metrics;
 use crate::router::RoutePattern;
-use crate::runtime::{Limits, OutboundPolicy, Runtime, RuntimeConfig, compile};
+use crate::runtime::{
+    Capabilities, KvAccess, Limits, OutboundPolicy, Runtime, RuntimeConfig, compile,
+};
 use crate::server::{self, HttpOptions, tls};
 
 /// Arguments of `wasmwiz run`.
@@ -25,6 +30,11 @@ pub struct RunArgs {
     #[arg(long = "allow-outbound", value_name = "HOST",
           value_parser = |s: &str| crate::runtime::OutboundPolicy::check_pattern(s).map(|()| s.to_string()))]
     pub allow_outbound: Vec<String>,
+
+    /// A configuration value every component reads through
+    /// `wasi:config/store` (repeatable).
+    #[arg(long = "config", value_name = "NAME=VALUE", value_parser = parse_config)]
+    pub config: Vec<(String, String)>,
 
     #[command(flatten)]
     pub listen: ListenArgs,
@@ -45,6 +55,13 @@ pub struct RunArgs {
 struct Mount {
     route: RoutePattern,
     file: PathBuf,
+}
+
+fn parse_config(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("`{arg}`: expected NAME=VALUE")),
+    }
 }
 
 fn parse_mount(arg: &str) -> anyhow::Result<Mount> {
@@ -85,6 +102,10 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
     };
     let outbound = OutboundPolicy::new(&args.allow_outbound, Arc::new(args.outbound.settings()));
     let metrics = Metrics::new();
+    // Key-value data lives in this process while it runs: one store for
+    // every route, each route's `default` bucket its own.
+    let kv: Arc<dyn KvBackend> = Arc::new(MemoryKv::new());
+    let config: BTreeMap<String, String> = args.config.iter().cloned().collect();
     let mut routes = Routes::new();
     for mount in mounts {
         let bytes = tokio::fs::read(&mount.file)
@@ -100,7 +121,18 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(route = %mount.route, file = %mount.file.display(),
                        compile_ms = compiled.compile_time.as_millis() as u64, "component loaded");
         let label = mount.route.to_string();
+        let capabilities = Arc::new(Capabilities {
+            kv: Some(KvAccess {
+                backend: kv.clone(),
+                tenant: 0,
+                deployment: label.clone(),
+                limits: KvLimits::default(),
+                usage: None,
+            }),
+            config: config.clone(),
+        });
         let route = Arc::new(LiveRoute {
+            capabilities,
             metrics: Arc::new(metrics.route(&label, "-")),
             pattern: mount.route,
             app,

@@ -16,6 +16,8 @@ use crate::config::{
     StoreArgs, TierDefaultArgs,
 };
 use crate::dataplane::{DataPlane, DataPlaneSettings};
+use crate::kv::redis::RedisKv;
+use crate::kv::{KvBackend, StoreKv};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeSettings};
 use crate::quota::QuotaBackend;
@@ -25,6 +27,10 @@ use crate::response::{BoxError, ResponseBody, full};
 use crate::runtime::{Compiler, Runtime, RuntimeConfig};
 use crate::server::{self, ConnInfo, Handler, HttpOptions, tls};
 use crate::store::{self, Store};
+
+/// Shortest timeout of a key-value call to Redis (a quota check waits
+/// less: it has a local fallback, a guest's read has none).
+const KV_REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Arguments of `wasmwiz serve`.
 #[derive(clap::Args, Debug)]
@@ -153,6 +159,17 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
             )?),
             (None, true) => Some(Arc::new(LocalQuota::new())),
         };
+    // Key-value data: in Redis when there is one (exact across nodes at
+    // Redis speed), else in the store.
+    let kv: Arc<dyn KvBackend> = match &args.quota.redis_url {
+        Some(url) => Arc::new(RedisKv::connect(
+            url,
+            &args.quota.redis_key_prefix,
+            args.quota.redis_timeout.max(KV_REDIS_TIMEOUT),
+        )?),
+        None => Arc::new(StoreKv::new(store.clone())),
+    };
+    tracing::info!(backend = kv.name(), "key-value data");
     let metrics = Metrics::new();
     let plane = Arc::new(DataPlane::new(
         runtime.clone(),
@@ -178,6 +195,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
             tier_defaults: args.tiers.defaults_for_new_tiers(),
             outbound: Arc::new(args.outbound.settings()),
             body_read_timeout: args.http.body_read_timeout,
+            kv,
         },
     ));
     match node.reconcile().await {

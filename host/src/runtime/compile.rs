@@ -18,6 +18,10 @@ const ALLOWED_IMPORTS: &[(&str, &str)] = &[
     ("wasi:filesystem", "0.2."),
     ("wasi:sockets", "0.2."),
     ("wasi:http", "0.2."),
+    // The capabilities (see `wit/world.wit`), at the versions wasmtime 48
+    // ships.
+    ("wasi:keyvalue", "0.2.0-draft"),
+    ("wasi:config", "0.2.0-rc.1"),
 ];
 
 /// The export every wasi:http proxy component has.
@@ -231,6 +235,9 @@ mod tests {
         assert!(!import_allowed("acme:secrets/vault@1.0.0"));
         assert!(!import_allowed("wasi:nn/graph@0.2.0"));
         assert!(!import_allowed("unversioned"));
+        assert!(import_allowed("wasi:keyvalue/store@0.2.0-draft"));
+        assert!(import_allowed("wasi:config/store@0.2.0-rc.1"));
+        assert!(!import_allowed("wasi:keyvalue/store@0.1.0"));
     }
 
     #[test]

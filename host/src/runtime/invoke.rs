@@ -52,6 +52,8 @@ pub struct InvokeOptions {
     pub outbound: super::OutboundPolicy,
     /// Attach an [`InvocationTiming`] to the response's extensions.
     pub timing: bool,
+    /// Key-value access and configuration of the route.
+    pub capabilities: Arc<super::Capabilities>,
 }
 
 /// How long an invocation took to its response head; in the response's
@@ -178,7 +180,11 @@ impl Runtime {
     where
         F: FnOnce(ExecutionReport) + Send + 'static,
     {
-        let state = InvocationState::new(options.limits.memory_bytes, options.outbound);
+        let state = InvocationState::new(
+            options.limits.memory_bytes,
+            options.outbound,
+            options.capabilities,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         // Every epoch tick, a computing guest yields its tokio worker; the

@@ -18,6 +18,7 @@
 //! - `body`: request body limits and the guest's response body.
 
 pub mod body;
+pub mod capabilities;
 mod compile;
 mod invoke;
 mod outbound;
@@ -41,6 +42,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::config::MAX_MEMORY_LIMIT;
 
+pub use capabilities::{Capabilities, KvAccess};
 pub use compile::{CodeCache, CompileError, Compiled, compile};
 pub use invoke::{
     ExecutionReport, InvocationTiming, InvokeOptions, Limits, Outcome, Slot, expects_continue,
@@ -136,6 +138,9 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking wasi:http")?;
+        capabilities::add_to_linker(&mut linker, InvocationState::capabilities)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:keyvalue and wasi:config")?;
 
         let fingerprint = fingerprint_of(&engine);
 

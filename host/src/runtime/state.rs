@@ -5,6 +5,9 @@ use wasmtime::{ResourceLimiter, Result, bail};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use std::sync::Arc;
+
+use super::capabilities::{Capabilities, CapabilitiesView};
 use super::outbound::OutboundPolicy;
 use super::output::GuestOutput;
 use super::{MAX_RANDOM_BYTES, MAX_RESOURCES};
@@ -16,6 +19,7 @@ pub struct InvocationState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     hooks: GuestHooks,
+    caps: Arc<Capabilities>,
     pub(super) limiter: Limiter,
     pub(super) stdout: GuestOutput,
     pub(super) stderr: GuestOutput,
@@ -25,7 +29,11 @@ impl InvocationState {
     /// A fresh sandbox: no environment variable, no argument, no preopened
     /// directory, no socket or name lookup, stdin closed, stdout and stderr
     /// captured for the log, outbound HTTP only as `outbound` allows.
-    pub(super) fn new(memory_limit: u64, outbound: OutboundPolicy) -> Self {
+    pub(super) fn new(
+        memory_limit: u64,
+        outbound: OutboundPolicy,
+        caps: Arc<Capabilities>,
+    ) -> Self {
         let stdout = GuestOutput::new();
         let stderr = GuestOutput::new();
         let wasi = WasiCtxBuilder::new()
@@ -43,10 +51,18 @@ impl InvocationState {
             wasi,
             http: WasiHttpCtx::new(),
             hooks: GuestHooks { policy: outbound, sent: 0 },
+            caps,
             limiter: Limiter::new(memory_limit),
             stdout,
             stderr,
         }
+    }
+}
+
+impl InvocationState {
+    /// What the key-value and configuration bindings see.
+    pub(super) fn capabilities(&mut self) -> CapabilitiesView<'_> {
+        CapabilitiesView { caps: &self.caps, table: &mut self.table }
     }
 }
 

@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::kv::{Bucket, Change, KvError, KvLimits, Totals};
+
 /// Primary key of a tenant.
 pub type TenantId = i64;
 
@@ -100,6 +102,49 @@ pub struct TierLimits {
     pub max_input_bytes: u64,
     /// Size of an uploaded component.
     pub max_component_bytes: u64,
+    /// Longest key-value key.
+    #[serde(default = "kv_default_key")]
+    pub kv_max_key_bytes: u64,
+    /// Longest key-value value.
+    #[serde(default = "kv_default_value")]
+    pub kv_max_value_bytes: u64,
+    /// Key-value keys per tenant.
+    #[serde(default = "kv_default_keys")]
+    pub kv_max_keys: u64,
+    /// Key-value bytes (keys plus values) per tenant.
+    #[serde(default = "kv_default_total")]
+    pub kv_max_total_bytes: u64,
+}
+
+impl Default for TierLimits {
+    /// The built-in defaults (as `MEMORY_LIMIT` and friends default).
+    fn default() -> Self {
+        Self {
+            requests_per_minute: None,
+            requests_per_day: None,
+            memory_limit_bytes: 128 << 20,
+            execution_timeout_ms: 5_000,
+            max_input_bytes: 1 << 20,
+            max_component_bytes: 10 << 20,
+            kv_max_key_bytes: kv_default_key(),
+            kv_max_value_bytes: kv_default_value(),
+            kv_max_keys: kv_default_keys(),
+            kv_max_total_bytes: kv_default_total(),
+        }
+    }
+}
+
+fn kv_default_key() -> u64 {
+    crate::kv::DEFAULT_MAX_KEY_BYTES
+}
+fn kv_default_value() -> u64 {
+    crate::kv::DEFAULT_MAX_VALUE_BYTES
+}
+fn kv_default_keys() -> u64 {
+    crate::kv::DEFAULT_MAX_KEYS
+}
+fn kv_default_total() -> u64 {
+    crate::kv::DEFAULT_MAX_TOTAL_BYTES
 }
 
 impl TierLimits {
@@ -118,6 +163,15 @@ impl TierLimits {
         }
         if self.max_component_bytes == 0 || self.max_component_bytes > 1 << 30 {
             return Err("max_component_bytes must be between 1 byte and 1 GiB".into());
+        }
+        if self.kv_max_key_bytes == 0 || self.kv_max_key_bytes > 64 << 10 {
+            return Err("kv_max_key_bytes must be between 1 byte and 64 KiB".into());
+        }
+        if self.kv_max_value_bytes > 64 << 20 {
+            return Err("kv_max_value_bytes must be at most 64 MiB".into());
+        }
+        if self.kv_max_keys > i64::MAX as u64 || self.kv_max_total_bytes > i64::MAX as u64 {
+            return Err("kv_max_keys and kv_max_total_bytes must fit in 63 bits".into());
         }
         Ok(())
     }
@@ -296,6 +350,10 @@ pub struct UsageCounts {
     pub errors_other: u64,
     /// Guest wall time, milliseconds.
     pub wall_ms: u64,
+    /// Key-value reads (get, exists, list; each key of a batch).
+    pub kv_reads: u64,
+    /// Key-value writes (set, delete, increment; each key of a batch).
+    pub kv_writes: u64,
 }
 
 impl UsageCounts {
@@ -313,6 +371,8 @@ impl UsageCounts {
             errors_oom: self.errors_oom + other.errors_oom,
             errors_other: self.errors_other + other.errors_other,
             wall_ms: self.wall_ms + other.wall_ms,
+            kv_reads: self.kv_reads + other.kv_reads,
+            kv_writes: self.kv_writes + other.kv_writes,
         }
     }
 }
@@ -399,6 +459,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     -> StoreResult<(UsageCounts, UsageCounts)>;
 
     /// The change counter.
+    /// The value at `key` of `bucket` (key-value data, when the store
+    /// keeps it).
+    async fn kv_get(&self, bucket: &Bucket, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Whether `key` of `bucket` has a value.
+    async fn kv_exists(&self, bucket: &Bucket, key: &str) -> StoreResult<bool>;
+    /// Up to `limit` keys of `bucket` in key order, from position `offset`.
+    async fn kv_list(&self, bucket: &Bucket, offset: u64, limit: u64) -> StoreResult<Vec<String>>;
+    /// Applies `change` to `key` of `bucket` within `limits`, serialized with
+    /// the tenant's other writes on every node; the counter's new value for
+    /// an increment (else 0), or why the write was refused.
+    async fn kv_write(
+        &self,
+        bucket: &Bucket,
+        key: &str,
+        change: Change,
+        limits: &KvLimits,
+    ) -> StoreResult<Result<u64, KvError>>;
+    /// Keys and bytes `tenant` holds in the store.
+    async fn kv_totals(&self, tenant: TenantId) -> StoreResult<Totals>;
+
     async fn change_seq(&self) -> StoreResult<i64>;
     /// Calls `wake.notify_one()` whenever another node may have changed
     /// something (and whenever notifications may have been missed), until

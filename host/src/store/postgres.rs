@@ -15,9 +15,9 @@ use super::sql::{
     DEPLOYMENT_SELECT, KEY_SELECT, TIER_COLUMNS, json_list, json_map, sql_store, to_json,
 };
 use super::{
-    ApiKeyRecord, ComponentDeletion, ComponentMeta, Deployment, NewApiKey, NewComponent,
-    NewDeployment, Store, StoreError, StoreResult, Tenant, TenantId, Tier, TierLimits, UsageCounts,
-    new_id, now_ms,
+    ApiKeyRecord, Bucket, Change, ComponentDeletion, ComponentMeta, Deployment, KvError, KvLimits,
+    NewApiKey, NewComponent, NewDeployment, Store, StoreError, StoreResult, Tenant, TenantId, Tier,
+    TierLimits, Totals, UsageCounts, new_id, now_ms,
 };
 
 /// The migrations in `migrations/postgres`, compiled into the binary.
@@ -75,6 +75,12 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
         Ok(tx)
+    }
+
+    /// A transaction for key-value writes: they serialize per tenant (on
+    /// the tenant's totals row), not with the control plane's writers.
+    async fn begin_kv(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
     }
 
     async fn bump(tx: &mut sqlx::Transaction<'_, Postgres>) -> Result<(), StoreError> {

@@ -62,7 +62,8 @@ pub(super) fn check_route_ownership(
 }
 
 pub(super) const TIER_COLUMNS: &str = "name, requests_per_minute, requests_per_day, \
-     memory_limit_bytes, execution_timeout_ms, max_input_bytes, max_component_bytes";
+     memory_limit_bytes, execution_timeout_ms, max_input_bytes, max_component_bytes, \
+     kv_max_key_bytes, kv_max_value_bytes, kv_max_keys, kv_max_total_bytes";
 
 pub(super) const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.tenant_id, t.name AS tenant, \
      t.tier AS tier, d.route, d.host, v.version, v.component, v.config, v.secrets, \
@@ -91,6 +92,10 @@ macro_rules! sql_store {
                         execution_timeout_ms: row.try_get::<i64, _>("execution_timeout_ms")?.max(0) as u64,
                         max_input_bytes: row.try_get::<i64, _>("max_input_bytes")?.max(0) as u64,
                         max_component_bytes: row.try_get::<i64, _>("max_component_bytes")?.max(0) as u64,
+                        kv_max_key_bytes: row.try_get::<i64, _>("kv_max_key_bytes")?.max(0) as u64,
+                        kv_max_value_bytes: row.try_get::<i64, _>("kv_max_value_bytes")?.max(0) as u64,
+                        kv_max_keys: row.try_get::<i64, _>("kv_max_keys")?.max(0) as u64,
+                        kv_max_total_bytes: row.try_get::<i64, _>("kv_max_total_bytes")?.max(0) as u64,
                     },
                 })
             }
@@ -212,7 +217,8 @@ macro_rules! sql_store {
                 for tier in tiers {
                     let query = format!(
                         "INSERT INTO tiers ({TIER_COLUMNS}, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (name) DO NOTHING"
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+                         ON CONFLICT (name) DO NOTHING"
                     );
                     inserted += bind_tier(sqlx::query(sqlx::AssertSqlSafe(query)), tier)
                         .bind(now)
@@ -231,13 +237,18 @@ macro_rules! sql_store {
                 let mut tx = self.begin_write().await?;
                 let query = format!(
                     "INSERT INTO tiers ({TIER_COLUMNS}, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (name) DO UPDATE SET \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+                     ON CONFLICT (name) DO UPDATE SET \
                      requests_per_minute = excluded.requests_per_minute, \
                      requests_per_day = excluded.requests_per_day, \
                      memory_limit_bytes = excluded.memory_limit_bytes, \
                      execution_timeout_ms = excluded.execution_timeout_ms, \
                      max_input_bytes = excluded.max_input_bytes, \
                      max_component_bytes = excluded.max_component_bytes, \
+                     kv_max_key_bytes = excluded.kv_max_key_bytes, \
+                     kv_max_value_bytes = excluded.kv_max_value_bytes, \
+                     kv_max_keys = excluded.kv_max_keys, \
+                     kv_max_total_bytes = excluded.kv_max_total_bytes, \
                      updated_at = excluded.updated_at"
                 );
                 bind_tier(sqlx::query(sqlx::AssertSqlSafe(query)), tier)
@@ -647,14 +658,17 @@ macro_rules! sql_store {
                 let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
                 sqlx::query(
                     "INSERT INTO usage (tenant_id, day, invocations, errors_trap, errors_timeout, \
-                     errors_oom, errors_other, wall_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     errors_oom, errors_other, wall_ms, kv_reads, kv_writes) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                      ON CONFLICT (tenant_id, day) DO UPDATE SET \
                      invocations = usage.invocations + excluded.invocations, \
                      errors_trap = usage.errors_trap + excluded.errors_trap, \
                      errors_timeout = usage.errors_timeout + excluded.errors_timeout, \
                      errors_oom = usage.errors_oom + excluded.errors_oom, \
                      errors_other = usage.errors_other + excluded.errors_other, \
-                     wall_ms = usage.wall_ms + excluded.wall_ms",
+                     wall_ms = usage.wall_ms + excluded.wall_ms, \
+                     kv_reads = usage.kv_reads + excluded.kv_reads, \
+                     kv_writes = usage.kv_writes + excluded.kv_writes",
                 )
                 .bind(tenant_id)
                 .bind(day)
@@ -664,6 +678,8 @@ macro_rules! sql_store {
                 .bind(big(counts.errors_oom))
                 .bind(big(counts.errors_other))
                 .bind(big(counts.wall_ms))
+                .bind(big(counts.kv_reads))
+                .bind(big(counts.kv_writes))
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -677,7 +693,7 @@ macro_rules! sql_store {
                 use sqlx::Row as _;
                 let rows = sqlx::query(
                     "SELECT day, invocations, errors_trap, errors_timeout, errors_oom, errors_other, \
-                     wall_ms FROM usage WHERE tenant_id = $1",
+                     wall_ms, kv_reads, kv_writes FROM usage WHERE tenant_id = $1",
                 )
                 .bind(tenant_id)
                 .fetch_all(&self.pool)
@@ -695,6 +711,8 @@ macro_rules! sql_store {
                         errors_oom: n("errors_oom")?,
                         errors_other: n("errors_other")?,
                         wall_ms: n("wall_ms")?,
+                        kv_reads: n("kv_reads")?,
+                        kv_writes: n("kv_writes")?,
                     };
                     total = total.plus(&counts);
                     if row.try_get::<i64, _>("day")? == day {
@@ -706,6 +724,137 @@ macro_rules! sql_store {
 
             fn watch_changes(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
                 self.watch(wake);
+            }
+
+            async fn kv_get(&self, bucket: &Bucket, key: &str) -> StoreResult<Option<Vec<u8>>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT value FROM kv_entries WHERE tenant_id = $1 AND bucket = $2 AND key = $3",
+                )
+                .bind(bucket.tenant)
+                .bind(&bucket.name)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn kv_exists(&self, bucket: &Bucket, key: &str) -> StoreResult<bool> {
+                let found: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM kv_entries WHERE tenant_id = $1 AND bucket = $2 AND key = $3",
+                )
+                .bind(bucket.tenant)
+                .bind(&bucket.name)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(found.is_some())
+            }
+
+            async fn kv_list(
+                &self,
+                bucket: &Bucket,
+                offset: u64,
+                limit: u64,
+            ) -> StoreResult<Vec<String>> {
+                let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                Ok(sqlx::query_scalar(
+                    "SELECT key FROM kv_entries WHERE tenant_id = $1 AND bucket = $2 \
+                     ORDER BY key LIMIT $3 OFFSET $4",
+                )
+                .bind(bucket.tenant)
+                .bind(&bucket.name)
+                .bind(big(limit))
+                .bind(big(offset))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn kv_write(
+                &self,
+                bucket: &Bucket,
+                key: &str,
+                change: Change,
+                limits: &KvLimits,
+            ) -> StoreResult<Result<u64, KvError>> {
+                use sqlx::Row as _;
+                let mut tx = self.begin_kv().await?;
+                // Takes the tenant's totals row for the transaction: the
+                // tenant's writes queue here, on every node.
+                let row = sqlx::query(
+                    "INSERT INTO kv_totals (tenant_id, keys, bytes) VALUES ($1, 0, 0) \
+                     ON CONFLICT (tenant_id) DO UPDATE SET keys = kv_totals.keys \
+                     RETURNING keys, bytes",
+                )
+                .bind(bucket.tenant)
+                .fetch_one(&mut *tx)
+                .await?;
+                let totals = Totals {
+                    keys: row.try_get::<i64, _>("keys")?.max(0) as u64,
+                    bytes: row.try_get::<i64, _>("bytes")?.max(0) as u64,
+                };
+                let old: Option<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT value FROM kv_entries WHERE tenant_id = $1 AND bucket = $2 AND key = $3",
+                )
+                .bind(bucket.tenant)
+                .bind(&bucket.name)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let planned = match crate::kv::plan(key, old.as_deref(), change, totals, limits) {
+                    Ok(planned) => planned,
+                    // Dropping the transaction rolls it back.
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                match &planned.value {
+                    Some(value) => {
+                        sqlx::query(
+                            "INSERT INTO kv_entries (tenant_id, bucket, key, value) \
+                             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, bucket, key) \
+                             DO UPDATE SET value = excluded.value",
+                        )
+                        .bind(bucket.tenant)
+                        .bind(&bucket.name)
+                        .bind(key)
+                        .bind(value.as_slice())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    None if old.is_some() => {
+                        sqlx::query(
+                            "DELETE FROM kv_entries WHERE tenant_id = $1 AND bucket = $2 AND key = $3",
+                        )
+                        .bind(bucket.tenant)
+                        .bind(&bucket.name)
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    None => {}
+                }
+                if planned.keys_delta != 0 || planned.bytes_delta != 0 {
+                    sqlx::query(
+                        "UPDATE kv_totals SET keys = keys + $2, bytes = bytes + $3 WHERE tenant_id = $1",
+                    )
+                    .bind(bucket.tenant)
+                    .bind(planned.keys_delta)
+                    .bind(planned.bytes_delta)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(Ok(planned.counter))
+            }
+
+            async fn kv_totals(&self, tenant: TenantId) -> StoreResult<Totals> {
+                use sqlx::Row as _;
+                let row = sqlx::query("SELECT keys, bytes FROM kv_totals WHERE tenant_id = $1")
+                    .bind(tenant)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else { return Ok(Totals::default()) };
+                Ok(Totals {
+                    keys: row.try_get::<i64, _>("keys")?.max(0) as u64,
+                    bytes: row.try_get::<i64, _>("bytes")?.max(0) as u64,
+                })
             }
 
             async fn change_seq(&self) -> StoreResult<i64> {
@@ -750,6 +899,10 @@ macro_rules! sql_store {
                 .bind(big(limits.execution_timeout_ms))
                 .bind(big(limits.max_input_bytes))
                 .bind(big(limits.max_component_bytes))
+                .bind(big(limits.kv_max_key_bytes))
+                .bind(big(limits.kv_max_value_bytes))
+                .bind(big(limits.kv_max_keys))
+                .bind(big(limits.kv_max_total_bytes))
         }
     };
 }

@@ -13,9 +13,9 @@ use super::sql::{
     DEPLOYMENT_SELECT, KEY_SELECT, TIER_COLUMNS, json_list, json_map, sql_store, to_json,
 };
 use super::{
-    ApiKeyRecord, ComponentDeletion, ComponentMeta, Deployment, NewApiKey, NewComponent,
-    NewDeployment, Store, StoreError, StoreResult, Tenant, TenantId, Tier, TierLimits, UsageCounts,
-    new_id, now_ms,
+    ApiKeyRecord, Bucket, Change, ComponentDeletion, ComponentMeta, Deployment, KvError, KvLimits,
+    NewApiKey, NewComponent, NewDeployment, Store, StoreError, StoreResult, Tenant, TenantId, Tier,
+    TierLimits, Totals, UsageCounts, new_id, now_ms,
 };
 
 /// The migrations in `migrations/sqlite`, compiled into the binary.
@@ -66,6 +66,10 @@ impl SqliteStore {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
         // IMMEDIATE takes the write lock up front: two writers queue instead
         // of failing when one upgrades a read to a write.
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn begin_kv(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 

@@ -2,6 +2,7 @@
 //! real components compiled from `examples/` and `tests/guests/`.
 
 mod api;
+mod capabilities;
 mod cluster;
 mod helpers;
 mod hostile;
