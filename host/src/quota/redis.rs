@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 use anyhow::Context as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -114,6 +115,11 @@ pub struct RedisQuota {
     healthy: AtomicBool,
     fallback: LocalQuota,
     leases: Mutex<HashMap<TenantId, Lease>>,
+    /// Tenants whose next lease is being taken, and how to wake the
+    /// requests waiting for it. One lease at a time per tenant and node:
+    /// concurrent requests never reserve a batch each (units counted but
+    /// never served); they wait for the one being taken instead.
+    acquiring: Mutex<HashMap<TenantId, Arc<Notify>>>,
     /// Calls that failed or timed out (for `wasmwiz_redis_errors_total`).
     errors: AtomicU64,
 }
@@ -145,6 +151,7 @@ impl RedisQuota {
             healthy: AtomicBool::new(true),
             fallback: LocalQuota::new(),
             leases: Mutex::new(HashMap::new()),
+            acquiring: Mutex::new(HashMap::new()),
             errors: AtomicU64::new(0),
         });
         quota.spawn_probe();
@@ -236,6 +243,40 @@ impl RedisQuota {
     }
 }
 
+/// Marks a tenant's lease as being taken until dropped (also when the
+/// request's future is dropped half-way), then wakes the waiters.
+struct Acquiring<'a> {
+    map: &'a Mutex<HashMap<TenantId, Arc<Notify>>>,
+    tenant: TenantId,
+    done: Arc<Notify>,
+}
+
+/// Either this request takes the tenant's next lease, or another one is
+/// taking it and this one may wait for it.
+enum Turn<'a> {
+    Take(Acquiring<'a>),
+    Wait(Arc<Notify>),
+}
+
+impl<'a> Acquiring<'a> {
+    fn start(map: &'a Mutex<HashMap<TenantId, Arc<Notify>>>, tenant: TenantId) -> Turn<'a> {
+        let mut taking = map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(done) = taking.get(&tenant) {
+            return Turn::Wait(done.clone());
+        }
+        let done = Arc::new(Notify::new());
+        taking.insert(tenant, done.clone());
+        Turn::Take(Self { map, tenant, done })
+    }
+}
+
+impl Drop for Acquiring<'_> {
+    fn drop(&mut self) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.tenant);
+        self.done.notify_waiters();
+    }
+}
+
 #[async_trait::async_trait]
 impl QuotaBackend for RedisQuota {
     fn admit_now(&self, tenant: TenantId, rates: Rates) -> Option<Admission> {
@@ -252,7 +293,40 @@ impl QuotaBackend for RedisQuota {
         if let Some(admission) = self.spend_lease(tenant, rates) {
             return admission;
         }
-        match self.run(tenant, rates, lease_size(rates)).await {
+        let size = lease_size(rates);
+        let mut acquiring = None;
+        if size > 1 {
+            match Acquiring::start(&self.acquiring, tenant) {
+                Turn::Take(mark) => acquiring = Some(mark),
+                Turn::Wait(done) => {
+                    // Registered before looking again, so a lease that lands
+                    // in between still wakes this request.
+                    let notified = done.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if let Some(admission) = self.spend_lease(tenant, rates) {
+                        return admission;
+                    }
+                    let _ = tokio::time::timeout(self.timeout, notified).await;
+                    if let Some(admission) = self.spend_lease(tenant, rates) {
+                        return admission;
+                    }
+                }
+            }
+            if acquiring.is_some() {
+                // The lease the previous holder of the mark took may have
+                // landed since this request looked.
+                if let Some(admission) = self.spend_lease(tenant, rates) {
+                    return admission;
+                }
+            }
+        }
+        // Without the mark (the lease taken meanwhile is spent already),
+        // this request is counted on its own: exact, one round trip.
+        let wanted = if acquiring.is_some() { size } else { 1 };
+        let outcome = self.run(tenant, rates, wanted).await;
+        drop(acquiring);
+        match outcome {
             Some(admission) => admission,
             None => Admission {
                 degraded: true,

@@ -232,6 +232,34 @@ async fn usage_counts_invocations_and_errors(env: ServeEnv) {
     }
 }
 
+/// With a limit large enough for leases, 64 concurrent clients are counted
+/// as what they were served plus at most one unspent lease: concurrent
+/// requests that find no lease never each reserve a batch.
+#[tokio::test]
+async fn leases_under_concurrency_count_what_was_served() {
+    wait_for_minute_room(20).await;
+    let env = redis();
+    let (server, _admin, acme) = metered(&env, "10000000", "100000000").await;
+    let http = client();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (http, url) = (http.clone(), server.url("/hello"));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                let status = http.get(&url).send().await.unwrap().status();
+                assert_eq!(status, 200);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (_, usage) = acme.call(acme.request(Method::GET, "/api/v1/usage")).await;
+    let counted = usage["minute"]["used"].as_u64().unwrap();
+    // 2,560 served; one lease (at most 64 units) may be left unspent.
+    assert!((2560..=2560 + 64).contains(&counted), "counted {counted}: {usage}");
+}
+
 #[tokio::test]
 async fn thirty_concurrent_requests_over_three_nodes_admit_exactly_ten() {
     let env = redis();
