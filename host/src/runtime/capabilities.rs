@@ -32,6 +32,10 @@ use bindings::wasi::keyvalue::{atomics, batch, store};
 
 /// Most keys one batch call may name.
 pub const MAX_BATCH_KEYS: usize = 1_000;
+/// Most key-value operations (each key of a batch counts) one invocation
+/// may make: a guest looping on the store cannot hold it for its whole
+/// timeout.
+pub const MAX_KV_OPS_PER_INVOCATION: u32 = 10_000;
 
 /// A bucket the guest opened.
 #[derive(Debug)]
@@ -91,6 +95,8 @@ impl KvAccess {
 pub struct CapabilitiesView<'a> {
     pub(super) caps: &'a Capabilities,
     pub(super) table: &'a mut ResourceTable,
+    /// Key-value operations this invocation made so far.
+    pub(super) kv_ops: &'a mut u32,
 }
 
 struct HasCapabilities;
@@ -121,6 +127,18 @@ impl CapabilitiesView<'_> {
         self.caps.kv.as_ref().ok_or(store::Error::NoSuchStore)
     }
 
+    /// Counts `n` operations against the per-invocation cap.
+    fn spend(&mut self, n: usize) -> Result<(), store::Error> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if self.kv_ops.saturating_add(n) > MAX_KV_OPS_PER_INVOCATION {
+            return Err(guest_error(KvError::Limit(format!(
+                "at most {MAX_KV_OPS_PER_INVOCATION} key-value operations per request"
+            ))));
+        }
+        *self.kv_ops += n;
+        Ok(())
+    }
+
     fn bucket(&self, handle: &Resource<OpenBucket>) -> wasmtime::Result<Bucket> {
         Ok(self.table.get(handle)?.bucket.clone())
     }
@@ -128,7 +146,10 @@ impl CapabilitiesView<'_> {
 
 /// Runs a key-value call: `Ok(Err(..))` is an error the guest handles.
 macro_rules! kv_call {
-    ($view:expr, |$access:ident| $body:expr) => {{
+    ($view:expr, $ops:expr, |$access:ident| $body:expr) => {{
+        if let Err(error) = $view.spend($ops) {
+            return Ok(Err(error));
+        }
         let $access = match $view.access() {
             Ok(access) => access.clone(),
             Err(error) => return Ok(Err(error)),
@@ -161,7 +182,7 @@ impl store::HostBucket for CapabilitiesView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
         let bucket = self.bucket(&handle)?;
-        kv_call!(self, |access| async move {
+        kv_call!(self, 1, |access| async move {
             access.count(1, 0);
             access.backend.get(&bucket, &key).await
         })
@@ -174,7 +195,7 @@ impl store::HostBucket for CapabilitiesView<'_> {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let bucket = self.bucket(&handle)?;
-        kv_call!(self, |access| async move {
+        kv_call!(self, 1, |access| async move {
             access.write(&bucket, &key, Change::Set(value)).await.map(drop)
         })
     }
@@ -185,7 +206,7 @@ impl store::HostBucket for CapabilitiesView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let bucket = self.bucket(&handle)?;
-        kv_call!(self, |access| async move {
+        kv_call!(self, 1, |access| async move {
             access.write(&bucket, &key, Change::Delete).await.map(drop)
         })
     }
@@ -196,7 +217,7 @@ impl store::HostBucket for CapabilitiesView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<bool, store::Error>> {
         let bucket = self.bucket(&handle)?;
-        kv_call!(self, |access| async move {
+        kv_call!(self, 1, |access| async move {
             access.count(1, 0);
             access.backend.exists(&bucket, &key).await
         })
@@ -208,7 +229,7 @@ impl store::HostBucket for CapabilitiesView<'_> {
         cursor: Option<u64>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
         let bucket = self.bucket(&handle)?;
-        kv_call!(self, |access| async move {
+        kv_call!(self, 1, |access| async move {
             access.count(1, 0);
             let (keys, cursor) = access.backend.list(&bucket, cursor.unwrap_or(0)).await?;
             Ok::<_, KvError>(store::KeyResponse { keys, cursor })
@@ -229,7 +250,7 @@ impl atomics::Host for CapabilitiesView<'_> {
         delta: u64,
     ) -> wasmtime::Result<Result<u64, store::Error>> {
         let bucket = self.bucket(&handle)?;
-        kv_call!(self, |access| async move {
+        kv_call!(self, 1, |access| async move {
             access.write(&bucket, &key, Change::Increment(delta)).await
         })
     }
@@ -249,7 +270,7 @@ impl batch::Host for CapabilitiesView<'_> {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
         let bucket = self.bucket(&handle)?;
-        kv_call!(self, |access| async move {
+        kv_call!(self, keys.len(), |access| async move {
             too_many(keys.len())?;
             access.count(keys.len(), 0);
             let mut found = Vec::with_capacity(keys.len());
@@ -267,7 +288,7 @@ impl batch::Host for CapabilitiesView<'_> {
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let bucket = self.bucket(&handle)?;
-        kv_call!(self, |access| async move {
+        kv_call!(self, key_values.len(), |access| async move {
             too_many(key_values.len())?;
             for (key, value) in key_values {
                 access.write(&bucket, &key, Change::Set(value)).await?;
@@ -282,7 +303,7 @@ impl batch::Host for CapabilitiesView<'_> {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let bucket = self.bucket(&handle)?;
-        kv_call!(self, |access| async move {
+        kv_call!(self, keys.len(), |access| async move {
             too_many(keys.len())?;
             for key in keys {
                 access.write(&bucket, &key, Change::Delete).await?;

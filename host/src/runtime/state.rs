@@ -20,6 +20,7 @@ pub struct InvocationState {
     http: WasiHttpCtx,
     hooks: GuestHooks,
     caps: Arc<Capabilities>,
+    kv_ops: u32,
     pub(super) limiter: Limiter,
     pub(super) stdout: GuestOutput,
     pub(super) stderr: GuestOutput,
@@ -52,6 +53,7 @@ impl InvocationState {
             http: WasiHttpCtx::new(),
             hooks: GuestHooks { policy: outbound, sent: 0 },
             caps,
+            kv_ops: 0,
             limiter: Limiter::new(memory_limit),
             stdout,
             stderr,
@@ -62,7 +64,7 @@ impl InvocationState {
 impl InvocationState {
     /// What the key-value and configuration bindings see.
     pub(super) fn capabilities(&mut self) -> CapabilitiesView<'_> {
-        CapabilitiesView { caps: &self.caps, table: &mut self.table }
+        CapabilitiesView { caps: &self.caps, table: &mut self.table, kv_ops: &mut self.kv_ops }
     }
 }
 
