@@ -64,7 +64,9 @@ if wanted == 0 then
     return {1, minute_used, day_used, minute_reset, day_reset}
 end
 local units = 1
-if wanted > 1 and room(minute_limit, minute_used, wanted * headroom)
+-- No batch in the last seconds of a minute: the node could not spend it
+-- before the window ends (it stops using a lease a little early).
+if wanted > 1 and minute_reset > 2 and room(minute_limit, minute_used, wanted * headroom)
         and room(day_limit, day_used, wanted * headroom) then
     units = wanted
 end
