@@ -126,6 +126,30 @@ pub struct RuntimeArgs {
     #[arg(long, env = "INSTANCE_POOL_SIZE", default_value_t = DEFAULT_INSTANCE_POOL_SIZE,
           value_parser = number_for::<u32>("INSTANCE_POOL_SIZE"))]
     pub instance_pool_size: u32,
+
+    /// Instance slots beyond INSTANCE_POOL_SIZE kept warm, each bound to the
+    /// component that last used it so that component's next instance skips
+    /// re-mapping its memory image (address space only, plus the resident
+    /// pages of POOL_KEEP_RESIDENT). Unset: the pool size.
+    #[arg(long, env = "POOL_WARM_SLOTS", value_parser = number_for::<u32>("POOL_WARM_SLOTS"))]
+    pub pool_warm_slots: Option<u32>,
+
+    /// Bytes of an idle slot's linear memory reset in place (only the pages
+    /// the guest dirtied, Linux 6.7+) and kept resident rather than released.
+    #[arg(long, env = "POOL_KEEP_RESIDENT", default_value = "1MiB",
+          value_parser = bytes_for("POOL_KEEP_RESIDENT"))]
+    pub pool_keep_resident: u64,
+}
+
+impl RuntimeArgs {
+    /// The runtime's settings.
+    pub fn runtime_config(&self) -> crate::runtime::RuntimeConfig {
+        crate::runtime::RuntimeConfig {
+            pool_size: self.instance_pool_size,
+            warm_slots: self.pool_warm_slots.unwrap_or(self.instance_pool_size),
+            keep_resident_bytes: self.pool_keep_resident,
+        }
+    }
 }
 
 /// HTTP serving: timeouts and limits on what clients send.

@@ -12,9 +12,7 @@ use crate::kv::memory::MemoryKv;
 use crate::kv::{KvBackend, KvLimits};
 use crate::metrics::Metrics;
 use crate::router::RoutePattern;
-use crate::runtime::{
-    Capabilities, KvAccess, Limits, OutboundPolicy, Runtime, RuntimeConfig, compile,
-};
+use crate::runtime::{Capabilities, KvAccess, Limits, OutboundPolicy, Runtime, compile};
 use crate::server::{self, HttpOptions, tls};
 
 /// Arguments of `wasmwiz run`.
@@ -93,8 +91,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let runtime =
-        Arc::new(Runtime::new(&RuntimeConfig { pool_size: args.runtime.instance_pool_size })?);
+    let runtime = Arc::new(Runtime::new(&args.runtime.runtime_config())?);
     let limits = Limits {
         memory_bytes: args.limits.memory_limit,
         timeout: args.limits.execution_timeout,

@@ -24,7 +24,7 @@ use crate::quota::QuotaBackend;
 use crate::quota::local::LocalQuota;
 use crate::quota::redis::RedisQuota;
 use crate::response::{BoxError, ResponseBody, full};
-use crate::runtime::{Compiler, Runtime, RuntimeConfig};
+use crate::runtime::{Compiler, Runtime};
 use crate::server::{self, ConnInfo, Handler, HttpOptions, tls};
 use crate::store::{self, Store};
 
@@ -137,8 +137,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
     };
     let (store, salt) = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
 
-    let runtime =
-        Arc::new(Runtime::new(&RuntimeConfig { pool_size: args.runtime.instance_pool_size })?);
+    let runtime = Arc::new(Runtime::new(&args.runtime.runtime_config())?);
     let compiler = Compiler::new(
         &runtime,
         &args.store.data_dir.join("cache"),

@@ -237,7 +237,10 @@ fn worker_compile(cache_dir: &Path, digest_hex: &str, pool_size: u32) -> Result<
     std::io::stdin()
         .read_to_end(&mut bytes)
         .map_err(|e| CompileError::Internal(format!("reading the component: {e}")))?;
-    let config = engine_config(&RuntimeConfig { pool_size });
+    // No warm slots: a worker instantiates nothing, and its address space
+    // is capped (COMPILE_MEMORY_LIMIT).
+    let config =
+        engine_config(&RuntimeConfig { warm_slots: 0, ..RuntimeConfig::with_pool(pool_size) });
     let engine = Engine::new(&config).map_err(|e| CompileError::Internal(format!("{e:#}")))?;
     let compiled = compile(&engine, &bytes)?;
     let fingerprint = super::fingerprint_of(&engine);
