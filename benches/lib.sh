@@ -124,3 +124,33 @@ bench_deploy() {
     curl -fsS -o /dev/null -H "Authorization: Bearer $key" -H 'content-type: application/json' \
         -d "{\"route\":\"$route\",\"component\":\"$digest\"}" "$url/api/v1/deployments"
 }
+
+# Writes to OUT a copy of the component IN with a custom section naming TAG
+# appended: the same code under a new digest (a new upload, compiled anew).
+bench_variant() {
+    local in=$1 out=$2 tag=$3
+    python3 - "$in" "$out" "$tag" <<'PY'
+import sys
+
+def leb(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+src, dst, tag = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+name = b"wasmwiz-bench"
+payload = leb(len(name)) + name + tag
+with open(src, "rb") as f:
+    data = f.read()
+with open(dst, "wb") as f:
+    f.write(data + b"\x00" + leb(len(payload)) + payload)
+PY
+}
+
+# Milliseconds since the epoch.
+bench_now_ms() {
+    echo $(($(date +%s%N) / 1000000))
+}

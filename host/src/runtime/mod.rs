@@ -23,6 +23,7 @@ mod compile;
 mod invoke;
 mod outbound;
 mod output;
+mod phases;
 mod state;
 mod worker;
 
@@ -53,6 +54,7 @@ pub use outbound::{
     AddressClass, HostPattern, Network, OutboundPolicy, OutboundSettings, classify,
 };
 pub use output::MAX_CAPTURED_OUTPUT;
+pub use phases::Phases;
 pub use state::InvocationState;
 pub use worker::{Compiler, worker_main};
 

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The headline benchmark: `hello` through `wasmwiz serve` with every feature
+# on — routing among 1,000 deployed routes, a tenant whose quota is counted
+# in Redis, Prometheus metrics and one access-log line per request — against
+# `wasmtime serve -Scli` (wasmtime 48.x) and a native hyper server, with wrk
+# on loopback, alternating, median of the rounds.
+set -euo pipefail
+
+usage() {
+    cat <<USAGE
+Usage: benches/serve.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS] [-n ROUTES]
+
+  -r ROUNDS       rounds, each runs wrk once against every server (default 3)
+  -d SECONDS      wrk duration per run (default 20)
+  -c CONNECTIONS  wrk connections (default 64)
+  -t THREADS      wrk threads (default 2)
+  -n ROUTES       routes deployed on wasmwiz serve (default 1000)
+
+Needs Redis on 127.0.0.1:6379 (or \$REDIS_URL). Builds the release binary,
+the components, the native baseline and (once) wasmtime-cli 48.0.8. The
+wasmwiz node runs on a fresh embedded store in a temporary folder; its log,
+the raw wrk output and the final usage and metrics go to benches/results/.
+USAGE
+}
+
+rounds=3 duration=20 connections=64 threads=2 routes=1000
+while getopts "r:d:c:t:n:h-:" opt; do
+    case $opt in
+        r) rounds=$OPTARG ;;
+        d) duration=$OPTARG ;;
+        c) connections=$OPTARG ;;
+        t) threads=$OPTARG ;;
+        n) routes=$OPTARG ;;
+        h) usage; exit 0 ;;
+        -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+done
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+work=$(mktemp -d)
+trap 'bench_cleanup; rm -rf "$work"' EXIT
+
+command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
+redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
+results=$bench_root/benches/results/serve-$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$results"
+
+bench_build_wasmwiz
+wasmtime=$(bench_wasmtime)
+native=$(bench_native)
+hello=$bench_root/target/components/hello.wasm
+
+ports=(18191 18192 18193)
+names=(wasmwiz-serve wasmtime-serve native)
+prefix=wwbench$$
+export REDIS_URL=$redis_url REDIS_KEY_PREFIX=$prefix LOG_LEVEL=info PROMETHEUS_ENABLED=true
+# (exported here: the setup runs in a subshell)
+export WASMWIZ_DATA_DIR=$work/data
+key=$(bench_serve_setup "$work/data")
+bench_start wasmwiz-serve "$results/wasmwiz.log" \
+    "$bench_bin" serve --addr "127.0.0.1:${ports[0]}"
+bench_wait_ready "http://127.0.0.1:${ports[0]}/health"
+
+# Deploy hello on ROUTES routes (/r0001/... up to /rNNNN/...): one upload,
+# then the deployments four at a time.
+url=http://127.0.0.1:${ports[0]}
+echo "deploying hello on $routes routes" >&2
+bench_deploy "$url" "$key" "$hello" /r0001/...
+digest=$(curl -fsS -H "Authorization: Bearer $key" "$url/api/v1/components" |
+    sed -n 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p' | head -1)
+seq -f '%04g' 2 "$routes" | xargs -P4 -I{} curl -fsS -o /dev/null \
+    -H "Authorization: Bearer $key" -H 'content-type: application/json' \
+    -d "{\"route\":\"/r{}/...\",\"component\":\"$digest\"}" "$url/api/v1/deployments"
+target=$(printf '/r%04d/hello' $(((routes + 1) / 2)))
+bench_wait_ready "$url$target"
+live=$(curl -fsS "$url/metrics" | awk '/^wasmwiz_deployments_live / {print $2}')
+echo "wasmwiz serve: $live routes live, benchmarking $target" >&2
+[ "$live" = "$routes" ] || { echo "expected $routes live routes, found $live" >&2; exit 1; }
+
+bench_start wasmtime-serve "$results/wasmtime.log" \
+    "$wasmtime" serve -Scli --addr "127.0.0.1:${ports[1]}" "$hello"
+bench_start native "$results/native.log" "$native" "127.0.0.1:${ports[2]}"
+paths=("$target" /hello /hello)
+for i in 1 2; do
+    bench_wait_ready "http://127.0.0.1:${ports[$i]}${paths[$i]}"
+done
+
+declare -A rps p50 p99
+for i in "${!names[@]}"; do
+    wrk -t"$threads" -c"$connections" -d2s "http://127.0.0.1:${ports[$i]}${paths[$i]}" >/dev/null
+done
+for round in $(seq 1 "$rounds"); do
+    for i in "${!names[@]}"; do
+        name=${names[$i]}
+        read -r r l50 l99 bad < <(bench_wrk "$results/$name-$round.txt" \
+            -t"$threads" -c"$connections" -d"${duration}s" "http://127.0.0.1:${ports[$i]}${paths[$i]}")
+        if [ "$bad" != 0 ]; then
+            echo "$name: $bad non-2xx answers in round $round" >&2
+            exit 1
+        fi
+        rps[$name]+="$r "
+        p50[$name]+="$l50 "
+        p99[$name]+="$l99 "
+        echo "round $round $name: $r req/s, p50 $l50 ms, p99 $l99 ms" >&2
+    done
+done
+
+# Evidence that every feature was on: the quota counted in Redis, the
+# metrics, one log line per request.
+curl -fsS -H "Authorization: Bearer $key" "$url/api/v1/usage" >"$results/usage.json"
+curl -fsS "$url/metrics" >"$results/metrics.txt"
+counted=$(sed -n 's/.*"day":{"limit":[0-9]*,"used":\([0-9]*\).*/\1/p' "$results/usage.json")
+served=$(awk '/^wasmwiz_http_requests_total/ {s += $2} END {printf "%d", s}' "$results/metrics.txt")
+logged=$(grep -c 'wasmwiz::access' "$results/wasmwiz.log" || true)
+
+echo
+echo "wrk -t$threads -c$connections -d${duration}s, $rounds rounds, median per server ($(nproc) cores, loopback)"
+echo "wasmwiz serve: $routes routes, quota in Redis (requests counted today: $counted), $served requests in its metrics, $logged log lines"
+echo
+echo "| server | requests/s | p50 ms | p99 ms |"
+echo "| --- | ---: | ---: | ---: |"
+declare -A med med99
+for name in "${names[@]}"; do
+    # shellcheck disable=SC2086
+    med[$name]=$(bench_median ${rps[$name]})
+    # shellcheck disable=SC2086
+    med99[$name]=$(bench_median ${p99[$name]})
+    # shellcheck disable=SC2086
+    echo "| $name | ${med[$name]} | $(bench_median ${p50[$name]}) | ${med99[$name]} |"
+done
+echo
+echo "wasmwiz-serve / wasmtime-serve: $(bench_ratio "${med[wasmwiz-serve]}" "${med[wasmtime-serve]}") (p99 ${med99[wasmwiz-serve]} ms vs ${med99[wasmtime-serve]} ms)"
+echo "wasmwiz-serve / native:         $(bench_ratio "${med[wasmwiz-serve]}" "${med[native]}")"

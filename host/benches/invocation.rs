@@ -1,0 +1,231 @@
+//! Where the time of one invocation goes, in process (no sockets).
+//!
+//! `cargo bench --bench invocation` prints, for `hello`:
+//! - route lookup among 10 to 10,000 routes;
+//! - admission by the in-process quota and, when Redis answers on
+//!   `$REDIS_URL` (default `redis://127.0.0.1:6379`), by the Redis quota
+//!   (leases included, as the server runs it);
+//! - the phases of an invocation: sandbox (store and contexts),
+//!   instantiation, the guest's handler, response body, teardown;
+//! - a whole invocation through `Runtime::invoke` (what the server calls).
+//!
+//! `... -- precompile OUT` writes hello's compiled code to OUT, and
+//! `... -- invocations CODE N` loads it and runs N invocations and nothing
+//! else: `benches/callgrind.sh` counts the instructions of that under
+//! valgrind, once with N = 0 and once with N > 0, so the difference per
+//! invocation is the stable figure regressions show in.
+
+#![expect(clippy::print_stdout, reason = "a benchmark prints its figures")]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use http_body_util::{BodyExt as _, Empty};
+use wasmwiz::quota::local::LocalQuota;
+use wasmwiz::quota::redis::RedisQuota;
+use wasmwiz::quota::{QuotaBackend, Rates};
+use wasmwiz::router::{RoutePattern, RouteTable};
+use wasmwiz::runtime::{
+    App, Capabilities, InvokeOptions, Limits, OutboundPolicy, OutboundSettings, Runtime,
+    RuntimeConfig,
+};
+
+/// The limits every benchmark invocation runs with (the defaults).
+const LIMITS: Limits =
+    Limits { memory_bytes: 128 << 20, timeout: Duration::from_secs(5), max_input_bytes: 1 << 20 };
+
+fn hello_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/components/hello.wasm")
+}
+
+fn request() -> Request<wasmtime_wasi_http::p2::body::HyperIncomingBody> {
+    Request::get("http://localhost/hello")
+        .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+        .expect("a valid request")
+}
+
+fn outbound() -> OutboundPolicy {
+    OutboundPolicy::new(&[], Arc::new(OutboundSettings::default()))
+}
+
+fn runtime() -> Runtime {
+    Runtime::new(&RuntimeConfig::with_pool(64)).expect("the runtime")
+}
+
+/// A runtime with one pool slot: under valgrind the address space cannot
+/// hold the reservation of a larger pool (8 GiB per slot).
+fn one_slot_runtime() -> Runtime {
+    let config = RuntimeConfig { warm_slots: 0, ..RuntimeConfig::with_pool(1) };
+    Runtime::new(&config).expect("the runtime")
+}
+
+/// Mean time per call of `f` over `n` calls.
+fn mean(n: u32, mut f: impl FnMut()) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    started.elapsed() / n
+}
+
+fn route_lookup() {
+    println!("route lookup (a path under one route of N, mean of 1,000,000):");
+    println!("| routes | ns per lookup |");
+    println!("| ---: | ---: |");
+    for n in [10usize, 100, 1_000, 10_000] {
+        let mut table = RouteTable::new();
+        for i in 0..n {
+            let pattern = RoutePattern::parse_any(&format!("/r{i:05}/..."), None).unwrap();
+            table.insert(&pattern, i);
+        }
+        let path = format!("/r{:05}/some/deeper/path", n / 2);
+        let found = table.lookup(Some("localhost"), &path).copied();
+        assert_eq!(found, Some(n / 2));
+        let t = mean(1_000_000, || {
+            std::hint::black_box(table.lookup(Some("localhost"), std::hint::black_box(&path)));
+        });
+        println!("| {n} | {} |", t.as_nanos());
+    }
+    println!();
+}
+
+async fn admission() {
+    println!("admission of an admitted request (mean of 100,000):");
+    println!("| backend | ns per admission |");
+    println!("| --- | ---: |");
+    let rates = Rates { per_minute: Some(1_000_000_000), per_day: Some(1_000_000_000_000) };
+    let local = LocalQuota::new();
+    let t = mean(100_000, || {
+        std::hint::black_box(local.admit_now(1, rates));
+    });
+    println!("| in process | {} |", t.as_nanos());
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("wwbench{}", std::process::id());
+    if let Ok(redis) = RedisQuota::connect(&url, &prefix, Duration::from_millis(100)) {
+        let n = 100_000u32;
+        let started = Instant::now();
+        let mut round_trips = 0;
+        for _ in 0..n {
+            if redis.admit_now(1, rates).is_none() {
+                round_trips += 1;
+                std::hint::black_box(redis.admit(1, rates).await);
+            }
+        }
+        let t = started.elapsed() / n;
+        if redis.errors() == 0 {
+            println!("| Redis (leases; {round_trips} round trips) | {} |", t.as_nanos());
+        } else {
+            println!("| Redis | not measured: Redis did not answer on {url} |");
+        }
+    }
+    println!();
+}
+
+async fn phases(runtime: &Runtime, app: &App) {
+    const N: u32 = 5_000;
+    let mut sum = wasmwiz::runtime::Phases::default();
+    for i in 0..(N + 500) {
+        let (p, status, body) = runtime
+            .invoke_phased(app, request(), LIMITS.memory_bytes, outbound())
+            .await
+            .expect("hello answers");
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"Hello, world!\n"[..]));
+        if i >= 500 {
+            sum.context += p.context;
+            sum.instantiate += p.instantiate;
+            sum.guest += p.guest;
+            sum.response += p.response;
+            sum.teardown += p.teardown;
+        }
+    }
+    let us = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e6 / f64::from(N));
+    println!("phases of one invocation of hello (mean of {N}, after 500 to warm up):");
+    println!("| phase | µs |");
+    println!("| --- | ---: |");
+    println!("| sandbox: store, WASI and HTTP contexts | {} |", us(sum.context));
+    println!("| instantiate (pool slot, memory image) | {} |", us(sum.instantiate));
+    println!("| guest handler (host calls included) | {} |", us(sum.guest));
+    println!("| response body | {} |", us(sum.response));
+    println!("| teardown (store dropped, slot reset) | {} |", us(sum.teardown));
+    println!("| sum | {} |", us(sum.total()));
+
+    let n = N;
+    let started = Instant::now();
+    for _ in 0..n {
+        invoke_once(runtime, app).await;
+    }
+    let t = started.elapsed() / n;
+    println!(
+        "| whole `Runtime::invoke` (own task, timeout, body streamed) | {:.1} |",
+        t.as_secs_f64() * 1e6
+    );
+    println!();
+}
+
+async fn invoke_once(runtime: &Runtime, app: &App) {
+    let slot = runtime.try_reserve().expect("a free slot");
+    let options = InvokeOptions {
+        limits: LIMITS,
+        request_id: "bench".into(),
+        https: false,
+        outbound: outbound(),
+        timing: false,
+        capabilities: Arc::new(Capabilities::default()),
+    };
+    let response = runtime.invoke(slot, app, request(), options, |_| {}).await;
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.expect("the body").to_bytes();
+    assert_eq!(&body[..], b"Hello, world!\n");
+}
+
+fn load(runtime: &Runtime, code: Option<&Path>) -> App {
+    let component = match code {
+        Some(path) => {
+            #[expect(unsafe_code, reason = "loading compiled code is unsafe in wasmtime")]
+            // SAFETY: the file was written by `precompile` with this engine's
+            // configuration, and nothing changes it meanwhile.
+            unsafe { wasmtime::component::Component::deserialize_file(runtime.engine(), path) }
+                .expect("precompiled hello")
+        }
+        None => {
+            let bytes = std::fs::read(hello_path())
+                .expect("target/components/hello.wasm (run scripts/build-examples.sh)");
+            wasmwiz::runtime::compile(runtime.engine(), &bytes).expect("hello compiles").component
+        }
+    };
+    runtime.prepare(&component).expect("hello links")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    match args.first().map(String::as_str) {
+        Some("precompile") => {
+            let runtime = one_slot_runtime();
+            let bytes = std::fs::read(hello_path()).expect("hello.wasm");
+            let code = runtime.engine().precompile_component(&bytes).expect("precompiled");
+            std::fs::write(&args[1], code).expect("writing the code");
+        }
+        Some("invocations") => {
+            let n: u32 = args[2].parse().expect("a count");
+            tokio.block_on(async {
+                let runtime = one_slot_runtime();
+                let app = load(&runtime, Some(Path::new(&args[1])));
+                for _ in 0..n {
+                    invoke_once(&runtime, &app).await;
+                }
+            });
+        }
+        _ => {
+            route_lookup();
+            tokio.block_on(async {
+                admission().await;
+                let runtime = runtime();
+                let app = load(&runtime, None);
+                phases(&runtime, &app).await;
+            });
+        }
+    }
+}
