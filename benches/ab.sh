@@ -48,33 +48,16 @@ bench_start default "$results/a.log" "$bench_bin" run --addr "127.0.0.1:${ports[
 bench_start "$*" "$results/b.log" env "$@" "$bench_bin" run --addr "127.0.0.1:${ports[1]}" "$hello"
 for port in "${ports[@]}"; do
     bench_wait_ready "http://127.0.0.1:$port/hello"
-    wrk -t"$threads" -c"$connections" -d2s "http://127.0.0.1:$port/hello" >/dev/null
 done
 
-declare -A rps p99
-for round in $(seq 1 "$rounds"); do
-    for i in 0 1; do
-        read -r r _ l99 bad < <(bench_wrk "$results/$i-$round.txt" \
-            -t"$threads" -c"$connections" -d"${duration}s" "http://127.0.0.1:${ports[$i]}/hello")
-        [ "$bad" = 0 ] || { echo "${names[$i]}: $bad non-2xx answers" >&2; exit 1; }
-        rps[$i]+="$r "
-        p99[$i]+="$l99 "
-        echo "round $round ${names[$i]}: $r req/s, p99 $l99 ms" >&2
-    done
-done
+declare -A rps p50 p99 med med99
+bench_rounds "$rounds" "$threads" "$connections" "$duration" "$results" \
+    "${names[0]}" "http://127.0.0.1:${ports[0]}/hello" \
+    "${names[1]}" "http://127.0.0.1:${ports[1]}/hello"
 
 echo
 echo "wrk -t$threads -c$connections -d${duration}s, $rounds rounds, median ($(nproc) cores, loopback)"
 echo
-echo "| wasmwiz run | requests/s | p99 ms |"
-echo "| --- | ---: | ---: |"
-for i in 0 1; do
-    # shellcheck disable=SC2086
-    echo "| ${names[$i]} | $(bench_median ${rps[$i]}) | $(bench_median ${p99[$i]}) |"
-done
-# shellcheck disable=SC2086
-a=$(bench_median ${rps[0]})
-# shellcheck disable=SC2086
-b=$(bench_median ${rps[1]})
+bench_table "${names[@]}"
 echo
-echo "with $* / default: $(bench_ratio "$b" "$a")"
+echo "with $* / default: $(bench_ratio "${med[${names[1]}]}" "${med[default]}")"

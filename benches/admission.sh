@@ -55,34 +55,14 @@ for i in 0 1; do
     bench_wait_ready "http://127.0.0.1:${ports[$i]}/hello"
 done
 
-declare -A rps p50 p99
-for i in 0 1; do
-    wrk -t"$threads" -c"$connections" -d2s "http://127.0.0.1:${ports[$i]}/hello" >/dev/null
-done
-for round in $(seq 1 "$rounds"); do
-    for i in 0 1; do
-        name=${names[$i]}
-        read -r r l50 l99 bad < <(bench_wrk "$results/$name-$round.txt" \
-            -t"$threads" -c"$connections" -d"${duration}s" "http://127.0.0.1:${ports[$i]}/hello")
-        [ "$bad" = 0 ] || { echo "$name: $bad non-2xx answers" >&2; exit 1; }
-        rps[$name]+="$r "
-        p50[$name]+="$l50 "
-        p99[$name]+="$l99 "
-        echo "round $round $name: $r req/s, p50 $l50 ms, p99 $l99 ms" >&2
-    done
-done
+declare -A rps p50 p99 med med99
+bench_rounds "$rounds" "$threads" "$connections" "$duration" "$results" \
+    "${names[0]}" "http://127.0.0.1:${ports[0]}/hello" \
+    "${names[1]}" "http://127.0.0.1:${ports[1]}/hello"
 
 echo
 echo "wrk -t$threads -c$connections -d${duration}s, $rounds rounds, median ($(nproc) cores, loopback)"
 echo
-echo "| server | requests/s | p50 ms | p99 ms |"
-echo "| --- | ---: | ---: | ---: |"
-declare -A med
-for name in "${names[@]}"; do
-    # shellcheck disable=SC2086
-    med[$name]=$(bench_median ${rps[$name]})
-    # shellcheck disable=SC2086
-    echo "| $name | ${med[$name]} | $(bench_median ${p50[$name]}) | $(bench_median ${p99[$name]}) |"
-done
+bench_table "${names[@]}"
 echo
 echo "with Redis quotas / quotas off: $(bench_ratio "${med[redis-quotas]}" "${med[quotas-off]}")"

@@ -154,3 +154,54 @@ PY
 bench_now_ms() {
     echo $(($(date +%s%N) / 1000000))
 }
+
+# Alternating wrk runs: bench_rounds ROUNDS THREADS CONNECTIONS SECONDS
+# RESULTS NAME URL [NAME URL ...]. Warms every URL up for 2 s, then runs wrk
+# against each in turn, ROUNDS times, raw output in RESULTS/NAME-ROUND.txt.
+# Appends each run's figures to the caller's associative arrays rps, p50
+# and p99 (declare -A them first) and fails on any non-2xx answer.
+bench_rounds() {
+    local rounds=$1 threads=$2 connections=$3 seconds=$4 results=$5
+    shift 5
+    local names=() urls=() i round r l50 l99 bad
+    while [ $# -gt 0 ]; do
+        names+=("$1")
+        urls+=("$2")
+        shift 2
+    done
+    for i in "${!names[@]}"; do
+        wrk -t"$threads" -c"$connections" -d2s "${urls[$i]}" >/dev/null
+    done
+    for round in $(seq 1 "$rounds"); do
+        for i in "${!names[@]}"; do
+            read -r r l50 l99 bad < <(bench_wrk "$results/${names[$i]}-$round.txt" \
+                -t"$threads" -c"$connections" -d"${seconds}s" "${urls[$i]}")
+            if [ "$bad" != 0 ]; then
+                echo "${names[$i]}: $bad non-2xx answers in round $round" >&2
+                return 1
+            fi
+            rps[${names[$i]}]+="$r "
+            p50[${names[$i]}]+="$l50 "
+            p99[${names[$i]}]+="$l99 "
+            echo "round $round ${names[$i]}: $r req/s, p50 $l50 ms, p99 $l99 ms" >&2
+        done
+    done
+}
+
+# Prints the Markdown table of the medians for NAME... (from rps, p50, p99)
+# and fills the caller's associative arrays med and med99 with the median
+# requests/s and p99 of each.
+bench_table() {
+    local name
+    echo "| server | requests/s | p50 ms | p99 ms |"
+    echo "| --- | ---: | ---: | ---: |"
+    for name in "$@"; do
+        # (med and med99 are the caller's associative arrays.)
+        # shellcheck disable=SC2086,SC2004
+        med[$name]=$(bench_median ${rps[$name]})
+        # shellcheck disable=SC2086,SC2004
+        med99[$name]=$(bench_median ${p99[$name]})
+        # shellcheck disable=SC2086
+        echo "| $name | ${med[$name]} | $(bench_median ${p50[$name]}) | ${med99[$name]} |"
+    done
+}

@@ -87,25 +87,11 @@ for i in 1 2; do
     bench_wait_ready "http://127.0.0.1:${ports[$i]}${paths[$i]}"
 done
 
-declare -A rps p50 p99
-for i in "${!names[@]}"; do
-    wrk -t"$threads" -c"$connections" -d2s "http://127.0.0.1:${ports[$i]}${paths[$i]}" >/dev/null
-done
-for round in $(seq 1 "$rounds"); do
-    for i in "${!names[@]}"; do
-        name=${names[$i]}
-        read -r r l50 l99 bad < <(bench_wrk "$results/$name-$round.txt" \
-            -t"$threads" -c"$connections" -d"${duration}s" "http://127.0.0.1:${ports[$i]}${paths[$i]}")
-        if [ "$bad" != 0 ]; then
-            echo "$name: $bad non-2xx answers in round $round" >&2
-            exit 1
-        fi
-        rps[$name]+="$r "
-        p50[$name]+="$l50 "
-        p99[$name]+="$l99 "
-        echo "round $round $name: $r req/s, p50 $l50 ms, p99 $l99 ms" >&2
-    done
-done
+declare -A rps p50 p99 med med99
+bench_rounds "$rounds" "$threads" "$connections" "$duration" "$results" \
+    wasmwiz-serve "http://127.0.0.1:${ports[0]}${paths[0]}" \
+    wasmtime-serve "http://127.0.0.1:${ports[1]}${paths[1]}" \
+    native "http://127.0.0.1:${ports[2]}${paths[2]}"
 
 # Evidence that every feature was on: the quota counted in Redis, the
 # metrics, one log line per request.
@@ -119,17 +105,7 @@ echo
 echo "wrk -t$threads -c$connections -d${duration}s, $rounds rounds, median per server ($(nproc) cores, loopback)"
 echo "wasmwiz serve: $routes routes, quota in Redis (requests counted today: $counted), $served requests in its metrics, $logged log lines"
 echo
-echo "| server | requests/s | p50 ms | p99 ms |"
-echo "| --- | ---: | ---: | ---: |"
-declare -A med med99
-for name in "${names[@]}"; do
-    # shellcheck disable=SC2086
-    med[$name]=$(bench_median ${rps[$name]})
-    # shellcheck disable=SC2086
-    med99[$name]=$(bench_median ${p99[$name]})
-    # shellcheck disable=SC2086
-    echo "| $name | ${med[$name]} | $(bench_median ${p50[$name]}) | ${med99[$name]} |"
-done
+bench_table "${names[@]}"
 echo
 echo "wasmwiz-serve / wasmtime-serve: $(bench_ratio "${med[wasmwiz-serve]}" "${med[wasmtime-serve]}") (p99 ${med99[wasmwiz-serve]} ms vs ${med99[wasmtime-serve]} ms)"
 echo "wasmwiz-serve / native:         $(bench_ratio "${med[wasmwiz-serve]}" "${med[native]}")"
