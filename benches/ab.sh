@@ -7,31 +7,35 @@ set -euo pipefail
 
 usage() {
     cat <<USAGE
-Usage: benches/ab.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS] NAME=VALUE...
+Usage: benches/ab.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS] [-B PROFILE] [NAME=VALUE...]
 
   -r ROUNDS       rounds, each runs wrk once against both servers (default 3)
   -d SECONDS      wrk duration per run (default 10)
   -c CONNECTIONS  wrk connections (default 64)
   -t THREADS      wrk threads (default 2)
+  -B PROFILE      run B with the binary of this cargo profile (built first)
+                  instead of the release one
 
-Example: benches/ab.sh POOL_KEEP_RESIDENT=0
+Examples: benches/ab.sh POOL_KEEP_RESIDENT=0
+          benches/ab.sh -B profiling   (what fat LTO buys over thin LTO)
 USAGE
 }
 
-rounds=3 duration=10 connections=64 threads=2
-while getopts "r:d:c:t:h-:" opt; do
+rounds=3 duration=10 connections=64 threads=2 profile_b=
+while getopts "r:d:c:t:B:h-:" opt; do
     case $opt in
         r) rounds=$OPTARG ;;
         d) duration=$OPTARG ;;
         c) connections=$OPTARG ;;
         t) threads=$OPTARG ;;
+        B) profile_b=$OPTARG ;;
         h) usage; exit 0 ;;
         -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
         *) usage >&2; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
-[ $# -gt 0 ] || { usage >&2; exit 2; }
+[ $# -gt 0 ] || [ -n "$profile_b" ] || { usage >&2; exit 2; }
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -41,11 +45,17 @@ results=$bench_root/benches/results/ab-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$results"
 
 bench_build_wasmwiz
+bin_b=$bench_bin
+if [ -n "$profile_b" ]; then
+    (cd "$bench_root" && cargo build --profile "$profile_b" --locked --quiet -p wasmwiz)
+    bin_b=$bench_root/target/$profile_b/wasmwiz
+fi
 hello=$bench_root/target/components/hello.wasm
 ports=(18221 18222)
-names=(default "$*")
-bench_start default "$results/a.log" "$bench_bin" run --addr "127.0.0.1:${ports[0]}" "$hello"
-bench_start "$*" "$results/b.log" env "$@" "$bench_bin" run --addr "127.0.0.1:${ports[1]}" "$hello"
+label_b="${profile_b:+$profile_b build}${profile_b:+${*:+, }}$*"
+names=("$bench_profile build" "$label_b")
+bench_start "${names[0]}" "$results/a.log" "$bench_bin" run --addr "127.0.0.1:${ports[0]}" "$hello"
+bench_start "$label_b" "$results/b.log" env "$@" "$bin_b" run --addr "127.0.0.1:${ports[1]}" "$hello"
 for port in "${ports[@]}"; do
     bench_wait_ready "http://127.0.0.1:$port/hello"
 done
@@ -60,4 +70,4 @@ echo "wrk -t$threads -c$connections -d${duration}s, $rounds rounds, median ($(np
 echo
 bench_table "${names[@]}"
 echo
-echo "with $* / default: $(bench_ratio "${med[${names[1]}]}" "${med[default]}")"
+echo "$label_b / ${names[0]}: $(bench_ratio "${med[${names[1]}]}" "${med[${names[0]}]}")"
