@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use super::{Bucket, Change, KvBackend, KvError, KvLimits, LIST_PAGE, Totals, page, plan};
+use super::{Bucket, Change, KvBackend, KvError, KvLimits, Totals, page_at, plan};
 use crate::store::TenantId;
 
 /// Buckets and per-tenant totals under one lock.
@@ -50,14 +50,8 @@ impl KvBackend for MemoryKv {
         cursor: u64,
     ) -> Result<(Vec<String>, Option<u64>), KvError> {
         let data = self.data();
-        let keys = data.buckets.get(bucket).map_or_else(Vec::new, |b| {
-            b.keys()
-                .skip(usize::try_from(cursor).unwrap_or(usize::MAX))
-                .take(LIST_PAGE + 1)
-                .cloned()
-                .collect()
-        });
-        Ok(page(keys, cursor))
+        let keys = data.buckets.get(bucket).into_iter().flat_map(|b| b.keys().cloned());
+        Ok(page_at(keys, cursor))
     }
 
     async fn write(

@@ -328,6 +328,16 @@ impl KvBackend for StoreKv {
     }
 }
 
+/// The page at `cursor` of all the keys of a bucket, in key order, and the
+/// next cursor (for backends that hold the whole list).
+pub(crate) fn page_at(
+    keys: impl IntoIterator<Item = String>,
+    cursor: u64,
+) -> (Vec<String>, Option<u64>) {
+    let skip = usize::try_from(cursor).unwrap_or(usize::MAX);
+    page(keys.into_iter().skip(skip).take(LIST_PAGE + 1).collect(), cursor)
+}
+
 /// Cuts a list of up to `LIST_PAGE + 1` keys read from `cursor` into a page
 /// and the next cursor.
 pub(crate) fn page(mut keys: Vec<String>, cursor: u64) -> (Vec<String>, Option<u64>) {

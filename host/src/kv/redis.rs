@@ -9,10 +9,9 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
-use super::{Bucket, Change, KvBackend, KvError, KvLimits, LIST_PAGE, Totals, page};
+use super::{Bucket, Change, KvBackend, KvError, KvLimits, Totals, page_at};
 use crate::store::TenantId;
 
 /// KEYS: bucket hash, totals hash. ARGV: op (`set`, `del`, `incr`), key,
@@ -86,16 +85,8 @@ impl std::fmt::Debug for RedisKv {
 impl RedisKv {
     /// Connects lazily to `url`; keys start with `PREFIX:kv:`.
     pub fn connect(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .context("creating the Redis connection")?;
         Ok(Self {
-            connection,
+            connection: crate::quota::redis::connect_lazily(url, timeout)?,
             script: redis::Script::new(WRITE),
             prefix: prefix.to_string(),
             timeout,
@@ -158,12 +149,7 @@ impl KvBackend for RedisKv {
         let cmd = redis::cmd("HKEYS").arg(self.bucket_key(bucket)).clone();
         let mut keys: Vec<String> = self.call("list", cmd.query_async(&mut c)).await?;
         keys.sort_unstable();
-        let keys = keys
-            .into_iter()
-            .skip(usize::try_from(cursor).unwrap_or(usize::MAX))
-            .take(LIST_PAGE + 1)
-            .collect();
-        Ok(page(keys, cursor))
+        Ok(page_at(keys, cursor))
     }
 
     async fn write(

@@ -77,6 +77,19 @@ if day_used == units then redis.call('EXPIRE', day_key, 172800) end
 return {units, minute_used, day_used, minute_reset, day_reset}
 ";
 
+/// A connection to `url` that connects on first use (a node starts even
+/// while Redis is down) and reconnects by itself, every call bounded by
+/// `timeout`. Shared by the quota and the key-value backends.
+pub fn connect_lazily(url: &str, timeout: Duration) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, config).context("creating the Redis connection")
+}
+
 /// Largest batch a lease reserves.
 pub const MAX_LEASE: u64 = 64;
 /// A lease is granted only while each window keeps this many batches left.
@@ -137,14 +150,7 @@ impl RedisQuota {
     /// and starts the health probe. Keys are `PREFIX:{tenant}:m:N` and
     /// `PREFIX:{tenant}:d:N`.
     pub fn connect(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Arc<Self>> {
-        let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .context("creating the Redis connection")?;
+        let connection = connect_lazily(url, timeout)?;
         let quota = Arc::new(Self {
             connection,
             script: redis::Script::new(ADMIT),

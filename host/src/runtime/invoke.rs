@@ -180,17 +180,8 @@ impl Runtime {
     where
         F: FnOnce(ExecutionReport) + Send + 'static,
     {
-        let state = InvocationState::new(
-            options.limits.memory_bytes,
-            options.outbound,
-            options.capabilities,
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        // Every epoch tick, a computing guest yields its tokio worker; the
-        // deadline itself is the wall-clock timeout in `run_guest`.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        let store =
+            self.new_store(options.limits.memory_bytes, options.outbound, options.capabilities);
 
         let (head_tx, mut head_rx) = oneshot::channel();
         let (outcome_tx, mut outcome_rx) = oneshot::channel();
@@ -240,6 +231,26 @@ impl Runtime {
                 Err(_) => outcome.no_head_response(),
             },
         }
+    }
+}
+
+impl Runtime {
+    /// A fresh sandbox for one invocation: its state, its memory limit, and
+    /// an epoch deadline that makes a computing guest yield its tokio worker
+    /// every tick (the deadline itself is the wall-clock timeout in
+    /// `GuestRun::run`).
+    pub(super) fn new_store(
+        &self,
+        memory_limit: u64,
+        outbound: super::OutboundPolicy,
+        capabilities: Arc<super::Capabilities>,
+    ) -> Store<InvocationState> {
+        let state = InvocationState::new(memory_limit, outbound, capabilities);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
     }
 }
 

@@ -10,12 +10,10 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use tokio::sync::oneshot;
-use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperIncomingBody;
 
-use super::state::InvocationState;
 use super::{App, Capabilities, OutboundPolicy, Runtime};
 
 /// Where the time of one invocation went.
@@ -52,11 +50,7 @@ impl Runtime {
         outbound: OutboundPolicy,
     ) -> anyhow::Result<(Phases, StatusCode, Bytes)> {
         let t0 = Instant::now();
-        let state = InvocationState::new(memory_limit, outbound, Arc::new(Capabilities::default()));
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        let mut store = self.new_store(memory_limit, outbound, Arc::new(Capabilities::default()));
         let t1 = Instant::now();
         let proxy = app.pre.instantiate_async(&mut store).await?;
         let t2 = Instant::now();
