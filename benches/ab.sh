@@ -2,12 +2,14 @@
 # A/B of one setting: `hello` through two `wasmwiz run` processes, one with
 # the default configuration and one with NAME=VALUE in its environment, wrk
 # alternating between them, median of the rounds. For measuring a knob
-# (POOL_KEEP_RESIDENT, POOL_WARM_SLOTS, ...) without rebuilding.
+# (POOL_KEEP_RESIDENT, POOL_WARM_SLOTS, ...) without rebuilding, a build
+# profile (-B), or a code change (-b: B runs a binary saved before it).
 set -euo pipefail
 
 usage() {
     cat <<USAGE
-Usage: benches/ab.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS] [-B PROFILE] [NAME=VALUE...]
+Usage: benches/ab.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS]
+                    [-B PROFILE | -b BINARY] [NAME=VALUE...]
 
   -r ROUNDS       rounds, each runs wrk once against both servers (default 3)
   -d SECONDS      wrk duration per run (default 10)
@@ -15,27 +17,37 @@ Usage: benches/ab.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS] [-B 
   -t THREADS      wrk threads (default 2)
   -B PROFILE      run B with the binary of this cargo profile (built first)
                   instead of the release one
+  -b BINARY       run B with this wasmwiz binary (say, a copy of the
+                  release binary saved before a change)
 
 Examples: benches/ab.sh POOL_KEEP_RESIDENT=0
           benches/ab.sh -B profiling   (what fat LTO buys over thin LTO)
+          cp target/release/wasmwiz /tmp/before; (change, then)
+          benches/ab.sh -b /tmp/before (what the change buys: A is the new build)
 USAGE
 }
 
-rounds=3 duration=10 connections=64 threads=2 profile_b=
-while getopts "r:d:c:t:B:h-:" opt; do
+rounds=3 duration=10 connections=64 threads=2 profile_b='' binary_b=''
+while getopts "r:d:c:t:B:b:h-:" opt; do
     case $opt in
         r) rounds=$OPTARG ;;
         d) duration=$OPTARG ;;
         c) connections=$OPTARG ;;
         t) threads=$OPTARG ;;
         B) profile_b=$OPTARG ;;
+        b) binary_b=$OPTARG ;;
         h) usage; exit 0 ;;
         -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
         *) usage >&2; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
-[ $# -gt 0 ] || [ -n "$profile_b" ] || { usage >&2; exit 2; }
+[ $# -gt 0 ] || [ -n "$profile_b$binary_b" ] || { usage >&2; exit 2; }
+if [ -n "$binary_b" ]; then
+    [ -z "$profile_b" ] || { echo "-B and -b exclude each other" >&2; exit 2; }
+    [ -x "$binary_b" ] || { echo "$binary_b is not an executable" >&2; exit 2; }
+    binary_b=$(cd "$(dirname "$binary_b")" && pwd)/$(basename "$binary_b")
+fi
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -49,10 +61,13 @@ bin_b=$bench_bin
 if [ -n "$profile_b" ]; then
     (cd "$bench_root" && cargo build --profile "$profile_b" --locked --quiet -p wasmwiz)
     bin_b=$bench_root/target/$profile_b/wasmwiz
+elif [ -n "$binary_b" ]; then
+    bin_b=$binary_b
 fi
 hello=$bench_root/target/components/hello.wasm
 ports=(18221 18222)
-label_b="${profile_b:+$profile_b build}${profile_b:+${*:+, }}$*"
+build_b=${profile_b:+$profile_b build}${binary_b:+$(basename "$binary_b")}
+label_b="$build_b${build_b:+${*:+, }}$*"
 names=("$bench_profile build" "$label_b")
 bench_start "${names[0]}" "$results/a.log" "$bench_bin" run --addr "127.0.0.1:${ports[0]}" "$hello"
 bench_start "$label_b" "$results/b.log" env "$@" "$bin_b" run --addr "127.0.0.1:${ports[1]}" "$hello"
