@@ -102,25 +102,35 @@ cache_line=$(grep -m1 'deployments loaded' "$results/restart.log" || true)
 sleep 2
 rss_idle=$(rss_mib "$pid")
 
-cat >"$work/round-robin.lua" <<LUA
-local i = math.random(0, $count - 1)
-request = function()
-  i = i % $count + 1
-  return wrk.format("GET", string.format("/c%04d/hello", i))
+# Both modes go through the same Lua request function over a table of
+# pre-formatted requests, so wrk does the same work per request in each and
+# only the server's side differs: round-robin cycles through all the routes
+# (each wrk thread from a random start), one-route repeats the first.
+write_lua() {
+    local file=$1 path=$2
+    cat >"$file" <<LUA
+local requests, n, i = {}, $count, 0
+function init(args)
+  for k = 1, n do
+    requests[k] = wrk.format("GET", string.format("$path", k))
+  end
+  i = math.random(0, n - 1)
+end
+function request()
+  i = i % n + 1
+  return requests[i]
 end
 LUA
+}
+write_lua "$work/round-robin.lua" "/c%04d/hello"
+write_lua "$work/one-route.lua" "/c0001/hello"
 
 declare -A rps p99
 modes=(one-route round-robin)
 wrk -t"$threads" -c"$connections" -d2s -s "$work/round-robin.lua" "$url" >/dev/null
 for round in $(seq 1 "$rounds"); do
     for mode in "${modes[@]}"; do
-        args=(-t"$threads" -c"$connections" -d"${duration}s")
-        if [ "$mode" = round-robin ]; then
-            args+=(-s "$work/round-robin.lua" "$url")
-        else
-            args+=("$url/c0001/hello")
-        fi
+        args=(-t"$threads" -c"$connections" -d"${duration}s" -s "$work/$mode.lua" "$url")
         read -r r _ l99 bad < <(bench_wrk "$results/$mode-$round.txt" "${args[@]}")
         [ "$bad" = 0 ] || { echo "$mode: $bad non-2xx answers" >&2; exit 1; }
         rps[$mode]+="$r "
