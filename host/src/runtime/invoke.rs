@@ -1,13 +1,21 @@
 //! One invocation: a request in, a fresh instance, a response out.
 //!
-//! The guest runs in its own task, because it keeps running after it has
-//! handed over the response head (it still writes the body). The request's
-//! own future waits for the head (or for the guest to end without one) and
-//! returns; the body streams from the guest's task through a bounded channel,
-//! so a guest writing gigabytes holds a few chunks of host memory at a time.
+//! The guest starts inside the request's own task: most handlers set their
+//! response, write the whole body and return without ever waiting, and such
+//! a guest is done by the time the task first has to wait. Its response goes
+//! out complete, with a `Content-Length`, and no task was spawned, no channel
+//! crossed, no other worker woken for it.
+//!
+//! A guest that has handed over its response head and then waits (for I/O,
+//! a timer, a full body channel, or the epoch yield of a computing guest)
+//! moves to a task of its own, because it keeps running after the head has
+//! left: the body streams from that task through a bounded channel, so a
+//! guest writing gigabytes holds a few chunks of host memory at a time.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,7 +30,7 @@ use wasmtime_wasi_http::p2::body::{HyperIncomingBody, HyperOutgoingBody};
 
 use super::body::{
     BodyReadError, DISCARD_MAX_BYTES, DISCARD_MAX_TIME, GuestBody, IdleTimeoutBody, discard,
-    read_capped,
+    drain_finished, read_capped,
 };
 use super::state::InvocationState;
 use super::{App, Runtime};
@@ -66,8 +74,98 @@ pub struct InvocationTiming {
     pub to_head: Duration,
 }
 
-/// What the guest's task hands over with the response head.
+/// What the guest hands over with its response head: the head (or the error
+/// code it answered with) and the time it took to create the instance.
 type Head = (Result<Response<HyperOutgoingBody>, ErrorCode>, Duration);
+
+/// Where the guest's response head waits for the request's task to take it.
+#[derive(Default)]
+struct HeadSlot(Mutex<HeadState>);
+
+#[derive(Default)]
+struct HeadState {
+    head: Option<Head>,
+    /// The guest set its response (it may have been taken since).
+    set: bool,
+}
+
+impl HeadSlot {
+    fn lock(&self) -> MutexGuard<'_, HeadState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The guest set its response (`response-outparam.set`, at most once).
+    fn put(&self, head: Head) {
+        let mut state = self.lock();
+        state.head = Some(head);
+        state.set = true;
+    }
+
+    fn take(&self) -> Option<Head> {
+        self.lock().head.take()
+    }
+
+    fn is_held(&self) -> bool {
+        self.lock().head.is_some()
+    }
+
+    fn was_set(&self) -> bool {
+        self.lock().set
+    }
+}
+
+/// The guest's future while it runs inside the request's task. Dropped
+/// before the guest has ended (the client went away, the server is shutting
+/// down), it hands the guest to a task of its own to end as it would have:
+/// an invocation always runs to its outcome, which is counted.
+struct InlineGuest(Option<Pin<Box<dyn Future<Output = Outcome> + Send>>>);
+
+impl InlineGuest {
+    fn poll_guest(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let Some(guest) = self.0.as_mut() else {
+            return Poll::Ready(Outcome::Trap);
+        };
+        let outcome = std::task::ready!(guest.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(outcome)
+    }
+
+    /// Moves the rest of the guest's run to a task of its own.
+    fn detach(&mut self) {
+        if let Some(guest) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(guest);
+        }
+    }
+}
+
+impl Drop for InlineGuest {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// How the guest's run inside the request's task came to a stop.
+enum Inline {
+    /// The guest ended.
+    Ended(Outcome),
+    /// The guest handed over its head and waits for something.
+    Waits(Head),
+}
+
+/// Where a guest that has set its head stands in the request's task.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HeadWait {
+    /// Not waiting with a head set yet.
+    No,
+    /// Waited once with its head set: the head leaves on the next poll. The
+    /// one poll in between lets the connection act on what the guest's wait
+    /// asked of it first: a guest waiting for a request body sent with
+    /// `Expect: 100-continue` has its `100 Continue` written before the
+    /// final head (which would otherwise tell the client not to send it).
+    Once,
+}
 
 /// What an invocation came to. Also the `outcome` label of
 /// `wasmwiz_wasm_executions_total`.
@@ -142,7 +240,7 @@ impl Outcome {
 }
 
 /// What the host learned from one invocation, handed to the caller's
-/// callback when the guest's task ends (after the last body byte).
+/// callback when the guest's run ends (after its last body byte).
 #[derive(Clone, Copy, Debug)]
 pub struct ExecutionReport {
     /// How it ended.
@@ -168,7 +266,9 @@ impl Runtime {
     ///
     /// Always answers: a failure before the response head becomes a JSON
     /// error (500, or 504 past the timeout); a failure after it truncates
-    /// the body. `on_done` runs once the guest's task has ended.
+    /// the body. `on_done` runs once the guest's run has ended: before this
+    /// returns for a guest that answered without waiting, after the last
+    /// body byte for one that streams.
     pub async fn invoke<F>(
         &self,
         slot: Slot,
@@ -183,23 +283,20 @@ impl Runtime {
         let store =
             self.new_store(options.limits.memory_bytes, options.outbound, options.capabilities);
 
-        let (head_tx, mut head_rx) = oneshot::channel();
-        let (outcome_tx, mut outcome_rx) = oneshot::channel();
-        let responded = Arc::new(AtomicBool::new(false));
+        let head = Arc::new(HeadSlot::default());
+        let (outcome_tx, outcome_rx) = oneshot::channel();
         let guest = GuestRun {
             app: app.clone(),
             store,
             request,
             https: options.https,
-            head_tx,
-            responded: responded.clone(),
+            head: head.clone(),
             outcome_tx,
             deadline: Instant::now() + options.limits.timeout,
             request_id: options.request_id,
             slot,
         };
         let started = Instant::now();
-        tokio::spawn(guest.run(on_done));
         let timed = |mut response: Response<ResponseBody>, instantiate: Duration| {
             if options.timing {
                 let timing = InvocationTiming { instantiate, to_head: started.elapsed() };
@@ -208,28 +305,53 @@ impl Runtime {
             response
         };
 
-        let first = tokio::select! {
-            biased;
-            head = &mut head_rx => First::Head(head),
-            outcome = &mut outcome_rx => First::End(outcome.unwrap_or(Outcome::Trap)),
-        };
-        match first {
-            First::Head(Ok((Ok(response), instantiate))) => {
-                timed(with_body(response, |body| GuestBody::pending(body, outcome_rx)), instantiate)
+        // Run the guest here until it ends, or until it has set its head and
+        // waits for something: only the head of a guest still running is
+        // taken before the end, so a guest that answers without waiting
+        // leaves a complete response.
+        let mut guest = InlineGuest(Some(Box::pin(guest.run(on_done))));
+        let mut waited = HeadWait::No;
+        let stop = std::future::poll_fn(|cx| match guest.poll_guest(cx) {
+            Poll::Ready(outcome) => Poll::Ready(Inline::Ended(outcome)),
+            Poll::Pending if !head.is_held() => Poll::Pending,
+            Poll::Pending if waited == HeadWait::No => {
+                waited = HeadWait::Once;
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
-            First::Head(Ok((Err(code), _))) => guest_error_response(&code),
-            // The guest dropped its response-outparam without a value: wait
-            // for how it ended to pick 500 or 504.
-            First::Head(Err(_)) => outcome_rx.await.unwrap_or(Outcome::Trap).no_head_response(),
-            // The head may have arrived in the same instant as the end.
-            First::End(outcome) => match head_rx.try_recv() {
-                Ok((Ok(response), instantiate)) => timed(
-                    with_body(response, |body| GuestBody::finished(body, outcome)),
-                    instantiate,
-                ),
-                Ok((Err(code), _)) => guest_error_response(&code),
-                Err(_) => outcome.no_head_response(),
+            Poll::Pending => match head.take() {
+                Some(taken) => Poll::Ready(Inline::Waits(taken)),
+                None => Poll::Pending,
             },
+        })
+        .await;
+        match stop {
+            Inline::Ended(outcome) => match head.take() {
+                Some((Ok(response), instantiate)) => {
+                    let response = if outcome == Outcome::Ok {
+                        with_body(response, |body| drain_finished(body).boxed_unsync())
+                    } else {
+                        with_body(response, |body| {
+                            GuestBody::finished(body, outcome).boxed_unsync()
+                        })
+                    };
+                    timed(response, instantiate)
+                }
+                Some((Err(code), _)) => guest_error_response(&code),
+                None => outcome.no_head_response(),
+            },
+            Inline::Waits(taken) => {
+                guest.detach();
+                match taken {
+                    (Ok(response), instantiate) => timed(
+                        with_body(response, |body| {
+                            GuestBody::pending(body, outcome_rx).boxed_unsync()
+                        }),
+                        instantiate,
+                    ),
+                    (Err(code), _) => guest_error_response(&code),
+                }
+            }
         }
     }
 }
@@ -254,12 +376,6 @@ impl Runtime {
     }
 }
 
-/// Which of the guest's two signals came first.
-enum First {
-    Head(Result<Head, oneshot::error::RecvError>),
-    End(Outcome),
-}
-
 impl Outcome {
     fn no_head_response(self) -> Response<ResponseBody> {
         match self {
@@ -271,10 +387,10 @@ impl Outcome {
 
 fn with_body(
     response: Response<HyperOutgoingBody>,
-    wrap: impl FnOnce(HyperOutgoingBody) -> GuestBody,
+    wrap: impl FnOnce(HyperOutgoingBody) -> ResponseBody,
 ) -> Response<ResponseBody> {
     let (parts, body) = response.into_parts();
-    Response::from_parts(parts, wrap(body).boxed_unsync())
+    Response::from_parts(parts, wrap(body))
 }
 
 fn guest_error_response(code: &ErrorCode) -> Response<ResponseBody> {
@@ -286,14 +402,14 @@ fn guest_error_response(code: &ErrorCode) -> Response<ResponseBody> {
     )
 }
 
-/// Everything the guest's task owns.
+/// Everything the guest's run owns.
 struct GuestRun {
     app: App,
     store: Store<InvocationState>,
     request: Request<HyperIncomingBody>,
     https: bool,
-    head_tx: oneshot::Sender<Head>,
-    responded: Arc<AtomicBool>,
+    head: Arc<HeadSlot>,
+    /// Told the outcome, for a body still streaming when the guest ends.
     outcome_tx: oneshot::Sender<Outcome>,
     deadline: Instant,
     request_id: String,
@@ -303,14 +419,13 @@ struct GuestRun {
 }
 
 impl GuestRun {
-    async fn run<F: FnOnce(ExecutionReport)>(self, on_done: F) {
+    async fn run<F: FnOnce(ExecutionReport)>(self, on_done: F) -> Outcome {
         let GuestRun {
             app,
             mut store,
             request,
             https,
-            head_tx,
-            responded,
+            head,
             outcome_tx,
             deadline,
             request_id,
@@ -324,10 +439,9 @@ impl GuestRun {
             instantiated = Some(instantiate);
             let scheme = if https { Scheme::Https } else { Scheme::Http };
             let request = store.data_mut().http().new_incoming_request(scheme, request)?;
-            let flag = responded.clone();
-            let out = store.data_mut().http().new_response_outparam_from_callback(move |head| {
-                flag.store(true, Ordering::Release);
-                let _ = head_tx.send((head, instantiate));
+            let head_slot = head.clone();
+            let out = store.data_mut().http().new_response_outparam_from_callback(move |set| {
+                head_slot.put((set, instantiate))
             })?;
             proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out).await
         })
@@ -336,7 +450,7 @@ impl GuestRun {
 
         let outcome = match result {
             Err(_elapsed) => Outcome::Timeout,
-            Ok(Ok(())) if responded.load(Ordering::Acquire) => Outcome::Ok,
+            Ok(Ok(())) if head.was_set() => Outcome::Ok,
             Ok(Ok(())) => Outcome::NoResponse,
             Ok(Err(error)) => classify(&error, store.data()),
         };
@@ -357,6 +471,7 @@ impl GuestRun {
         drop(store);
         drop(slot);
         on_done(ExecutionReport { outcome, instantiate: instantiated.unwrap_or(wall), wall });
+        outcome
     }
 }
 

@@ -131,6 +131,32 @@ async fn a_stack_overflow_a_trap_and_no_response_get_500() {
 }
 
 #[tokio::test]
+async fn a_guest_whose_client_left_runs_to_its_end() {
+    // One instance slot: while the guest holds it, others get 503.
+    let server = server(&[("INSTANCE_POOL_SIZE", "1")]);
+    // The client gives up after 100 ms; the guest sleeps 1.5 s, then answers.
+    let started = Instant::now();
+    let gave_up = client()
+        .get(server.url("/h/sleep?ms=1500"))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client should have timed out");
+    // The guest was not cut off with its client: it still holds the slot.
+    let (status, body) = fetch(&server, "/hello").await;
+    if started.elapsed() < Duration::from_millis(1400) {
+        assert_eq!((status, code(&body).as_str()), (503, "instance_pool_full"));
+    }
+    // Its run ends on its own and frees the slot.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fetch(&server, "/hello").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the slot was never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1500), "freed before the guest's end");
+}
+
+#[tokio::test]
 async fn sleeping_past_the_timeout_gets_504() {
     let server = server(&[]);
     let started = Instant::now();

@@ -114,6 +114,40 @@ async fn stream_delivers_every_byte_and_the_first_chunk_before_the_last() {
     );
 }
 
+/// The framing of a response: its `Content-Length`, and whether it came
+/// chunked, with its body.
+async fn framing(server: &Server, path: &str) -> (Option<String>, bool, Vec<u8>) {
+    let response = client().get(server.url(path)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    let headers = response.headers().clone();
+    let length = headers.get("content-length").map(|v| v.to_str().unwrap().to_string());
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.to_str().unwrap().eq_ignore_ascii_case("chunked"));
+    (length, chunked, response.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn a_body_complete_on_return_has_a_length_and_a_streamed_one_is_chunked() {
+    let server = examples_server();
+    // hello writes its body and returns without waiting: one complete answer.
+    let (length, chunked, body) = framing(&server, "/hello").await;
+    assert_eq!(body, b"Hello, world!\n");
+    assert_eq!((length.as_deref(), chunked), (Some("14"), false));
+    // One written and flushed chunk fits the host's buffer without a wait.
+    let (length, chunked, body) = framing(&server, "/stream?chunks=1&size=1000").await;
+    assert_eq!(body.len(), 1000);
+    assert_eq!((length.as_deref(), chunked), (Some("1000"), false));
+    // A guest that waits between chunks streams: head first, chunked.
+    let (length, chunked, body) = framing(&server, "/stream?chunks=3&size=10&delay_ms=20").await;
+    assert_eq!(body.len(), 30);
+    assert_eq!((length, chunked), (None, true));
+    // So does one whose body outgrows the buffer and waits for the client.
+    let (length, chunked, body) = framing(&server, "/stream?chunks=64&size=16384").await;
+    assert!(body.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+    assert_eq!((length, chunked, body.len()), (None, true, 64 * 16384));
+}
+
 #[tokio::test]
 async fn a_path_without_a_route_gets_404() {
     let server = examples_server();
