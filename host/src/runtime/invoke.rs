@@ -105,6 +105,7 @@ impl HeadSlot {
         self.lock().head.take()
     }
 
+    /// A head is set and not yet taken.
     fn is_held(&self) -> bool {
         self.lock().head.is_some()
     }
@@ -121,6 +122,7 @@ impl HeadSlot {
 struct InlineGuest(Option<Pin<Box<dyn Future<Output = Outcome> + Send>>>);
 
 impl InlineGuest {
+    /// Polls the guest's run; once it has ended (or left), never again.
     fn poll_guest(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
         let Some(guest) = self.0.as_mut() else {
             return Poll::Ready(Outcome::Trap);
