@@ -223,36 +223,32 @@ impl Body for GuestBody {
 /// Takes the whole body of a guest that has already finished, when the
 /// guest wrote it all before returning: then the body is complete in the
 /// host's buffer and the response goes out with a `Content-Length` (one
-/// write, no chunked framing). A body with trailers, or one whose end is
-/// not there yet (a guest that returned without finishing it), streams on
-/// from where the draining stopped, as before.
+/// write, no chunked framing). A body with trailers keeps chunked framing;
+/// one whose end is not there yet (a guest that returned without finishing
+/// it) streams on from where the draining stopped, as before.
 pub fn drain_finished(body: wasmtime_wasi_http::p2::body::HyperOutgoingBody) -> DrainedBody {
     let mut body = body;
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut frames = VecDeque::new();
-    let mut length = 0u64;
+    let mut length = Some(0u64);
     loop {
         match Pin::new(&mut body).poll_frame(&mut cx) {
             Poll::Ready(None) => return DrainedBody { frames, length, rest: None },
             Poll::Ready(Some(Ok(frame))) => {
-                let trailers = frame.is_trailers();
-                if let Some(data) = frame.data_ref() {
-                    length += data.len() as u64;
-                }
+                // Trailers need chunked framing in HTTP/1.1: no length.
+                length = match frame.data_ref() {
+                    Some(data) => length.map(|n| n + data.len() as u64),
+                    None => None,
+                };
                 frames.push_back(Ok(frame));
-                if trailers {
-                    // Trailers need chunked framing in HTTP/1.1: no length.
-                    let rest = GuestBody::finished(body, Outcome::Ok);
-                    return DrainedBody { frames, length, rest: Some(rest) };
-                }
             }
             Poll::Ready(Some(Err(error))) => {
                 frames.push_back(Err(error.into()));
-                return DrainedBody { frames, length, rest: None }.without_length();
+                return DrainedBody { frames, length: None, rest: None };
             }
             Poll::Pending => {
-                let rest = GuestBody::finished(body, Outcome::Ok);
-                return DrainedBody { frames, length, rest: Some(rest) };
+                let rest = Some(GuestBody::finished(body, Outcome::Ok));
+                return DrainedBody { frames, length: None, rest };
             }
         }
     }
@@ -260,25 +256,12 @@ pub fn drain_finished(body: wasmtime_wasi_http::p2::body::HyperOutgoingBody) -> 
 
 /// A finished guest's response body, taken out of its channel: the frames
 /// read so far and, when the end was not among them, the rest of the body.
-/// Its size is exact (so hyper sends `Content-Length`) when it holds the
-/// whole body.
 pub struct DrainedBody {
     frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
-    /// Data bytes left in `frames`; `u64::MAX` once the length is unknown.
-    length: u64,
+    /// Data bytes left, when that is the whole body's exact size (hyper
+    /// then sends `Content-Length`).
+    length: Option<u64>,
     rest: Option<GuestBody>,
-}
-
-impl DrainedBody {
-    fn without_length(mut self) -> Self {
-        self.length = u64::MAX;
-        self
-    }
-
-    /// Whether the whole body is here, with its exact length.
-    pub fn is_complete(&self) -> bool {
-        self.rest.is_none() && self.length != u64::MAX
-    }
 }
 
 impl Body for DrainedBody {
@@ -290,11 +273,10 @@ impl Body for DrainedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(frame) = self.frames.pop_front() {
-            if self.length != u64::MAX
-                && let Ok(frame) = &frame
+            if let (Some(length), Ok(frame)) = (self.length, &frame)
                 && let Some(data) = frame.data_ref()
             {
-                self.length -= data.len() as u64;
+                self.length = Some(length - data.len() as u64);
             }
             return Poll::Ready(Some(frame));
         }
@@ -309,6 +291,6 @@ impl Body for DrainedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.is_complete() { SizeHint::with_exact(self.length) } else { SizeHint::default() }
+        self.length.map(SizeHint::with_exact).unwrap_or_default()
     }
 }

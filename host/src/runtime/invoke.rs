@@ -87,6 +87,9 @@ struct HeadState {
     head: Option<Head>,
     /// The guest set its response (it may have been taken since).
     set: bool,
+    /// Told the outcome when the guest ends, for a body still streaming
+    /// then; made only when the guest leaves the request's task.
+    outcome_tx: Option<oneshot::Sender<Outcome>>,
 }
 
 impl HeadSlot {
@@ -112,6 +115,21 @@ impl HeadSlot {
 
     fn was_set(&self) -> bool {
         self.lock().set
+    }
+
+    /// The guest's outcome, when it comes: for a guest moving to a task of
+    /// its own while its body streams.
+    fn follow_outcome(&self) -> oneshot::Receiver<Outcome> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().outcome_tx = Some(tx);
+        rx
+    }
+
+    /// The guest ended with `outcome`.
+    fn finish(&self, outcome: Outcome) {
+        if let Some(tx) = self.lock().outcome_tx.take() {
+            let _ = tx.send(outcome);
+        }
     }
 }
 
@@ -154,19 +172,6 @@ enum Inline {
     Ended(Outcome),
     /// The guest handed over its head and waits for something.
     Waits(Head),
-}
-
-/// Where a guest that has set its head stands in the request's task.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum HeadWait {
-    /// Not waiting with a head set yet.
-    No,
-    /// Waited once with its head set: the head leaves on the next poll. The
-    /// one poll in between lets the connection act on what the guest's wait
-    /// asked of it first: a guest waiting for a request body sent with
-    /// `Expect: 100-continue` has its `100 Continue` written before the
-    /// final head (which would otherwise tell the client not to send it).
-    Once,
 }
 
 /// What an invocation came to. Also the `outcome` label of
@@ -286,14 +291,12 @@ impl Runtime {
             self.new_store(options.limits.memory_bytes, options.outbound, options.capabilities);
 
         let head = Arc::new(HeadSlot::default());
-        let (outcome_tx, outcome_rx) = oneshot::channel();
         let guest = GuestRun {
             app: app.clone(),
             store,
             request,
             https: options.https,
             head: head.clone(),
-            outcome_tx,
             deadline: Instant::now() + options.limits.timeout,
             request_id: options.request_id,
             slot,
@@ -312,12 +315,17 @@ impl Runtime {
         // taken before the end, so a guest that answers without waiting
         // leaves a complete response.
         let mut guest = InlineGuest(Some(Box::pin(guest.run(on_done))));
-        let mut waited = HeadWait::No;
+        // A guest waiting with its head set has the head taken on the next
+        // poll, not this one: the poll in between lets the connection act on
+        // what the wait asked of it first, so a guest waiting for a body sent
+        // with `Expect: 100-continue` has its `100 Continue` written before
+        // the final head (which would tell the client not to send the body).
+        let mut waited_with_head = false;
         let stop = std::future::poll_fn(|cx| match guest.poll_guest(cx) {
             Poll::Ready(outcome) => Poll::Ready(Inline::Ended(outcome)),
             Poll::Pending if !head.is_held() => Poll::Pending,
-            Poll::Pending if waited == HeadWait::No => {
-                waited = HeadWait::Once;
+            Poll::Pending if !waited_with_head => {
+                waited_with_head = true;
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }
@@ -343,11 +351,12 @@ impl Runtime {
                 None => outcome.no_head_response(),
             },
             Inline::Waits(taken) => {
+                let outcome = head.follow_outcome();
                 guest.detach();
                 match taken {
                     (Ok(response), instantiate) => timed(
                         with_body(response, |body| {
-                            GuestBody::pending(body, outcome_rx).boxed_unsync()
+                            GuestBody::pending(body, outcome).boxed_unsync()
                         }),
                         instantiate,
                     ),
@@ -411,8 +420,6 @@ struct GuestRun {
     request: Request<HyperIncomingBody>,
     https: bool,
     head: Arc<HeadSlot>,
-    /// Told the outcome, for a body still streaming when the guest ends.
-    outcome_tx: oneshot::Sender<Outcome>,
     deadline: Instant,
     request_id: String,
     /// Held until the store is dropped: the pool place is free again only
@@ -422,17 +429,7 @@ struct GuestRun {
 
 impl GuestRun {
     async fn run<F: FnOnce(ExecutionReport)>(self, on_done: F) -> Outcome {
-        let GuestRun {
-            app,
-            mut store,
-            request,
-            https,
-            head,
-            outcome_tx,
-            deadline,
-            request_id,
-            slot,
-        } = self;
+        let GuestRun { app, mut store, request, https, head, deadline, request_id, slot } = self;
         let started = Instant::now();
         let mut instantiated = None;
         let result = tokio::time::timeout_at(deadline.into(), async {
@@ -466,7 +463,7 @@ impl GuestRun {
                 outcome.describe()
             );
         }
-        let _ = outcome_tx.send(outcome);
+        head.finish(outcome);
         let data = store.data();
         data.stdout.log(&request_id, "stdout");
         data.stderr.log(&request_id, "stderr");
