@@ -230,10 +230,13 @@ impl Node {
 
         let mut routes = Routes::new();
         let mut to_compile = Vec::new();
+        // Components this table settles: served, or their deployment failed.
+        let mut settled = HashSet::new();
         for deployment in deployments {
             let Some(tier) = tiers.get(&deployment.tier).cloned() else {
                 tracing::error!(deployment = %deployment.id, tier = %deployment.tier, "unknown tier");
                 report.failed += 1;
+                settled.insert(deployment.component.clone());
                 continue;
             };
             let pattern = match RoutePattern::parse_any(
@@ -244,6 +247,7 @@ impl Node {
                 Err(e) => {
                     tracing::error!(deployment = %deployment.id, error = %e, "stored route is invalid");
                     report.failed += 1;
+                    settled.insert(deployment.component.clone());
                     continue;
                 }
             };
@@ -260,6 +264,7 @@ impl Node {
                 report.pending += 1;
                 continue;
             };
+            settled.insert(deployment.component.clone());
             let limits = limits_of(&tier);
             let outbound =
                 OutboundPolicy::new(&deployment.allowed_outbound_hosts, self.outbound.clone());
@@ -301,6 +306,12 @@ impl Node {
         report.routes = routes.len();
         self.plane.metrics().deployments_live.set(routes.len() as i64);
         self.plane.publish(routes);
+        // A background compilation stays pending (the node not ready) until
+        // a published table settles its routes, or nothing needs it any more.
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|digest| needed.contains(digest) && !settled.contains(digest));
         self.tiers.store(Arc::new(tiers));
         self.auth.invalidate_all();
         self.apps
@@ -366,10 +377,13 @@ impl Node {
                     node.failed.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.clone());
                 }
             }
-            node.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&digest);
             if result.is_ok() {
+                // Pending until the next reconcile publishes its routes:
+                // ready before that, the node would answer them 404.
                 node.dirty.store(true, Ordering::Relaxed);
                 node.wake.notify_one();
+            } else {
+                node.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&digest);
             }
         });
     }
