@@ -9,6 +9,9 @@ WASMTIME_VERSION=48.0.8
 bench_profile=${WASMWIZ_BENCH_PROFILE:-release}
 bench_bin=$bench_root/target/$bench_profile/wasmwiz
 bench_pids=()
+# Server name -> pid (bench_start fills it), and each server's CPU time per
+# request, one figure per wrk run (bench_rounds fills it).
+declare -A bench_pid_of=() bench_cpu=()
 
 bench_cleanup() {
     local pid
@@ -20,9 +23,15 @@ bench_cleanup() {
     done
 }
 
-# Builds the release wasmwiz binary and the components.
+# Builds the release wasmwiz binary and the components. With
+# WASMWIZ_BENCH_BIN set, measures that binary instead (say, a copy saved
+# before a change) and builds only the components.
 bench_build_wasmwiz() {
-    (cd "$bench_root" && cargo build --profile "$bench_profile" --locked --quiet -p wasmwiz)
+    if [ -n "${WASMWIZ_BENCH_BIN:-}" ]; then
+        bench_bin=$WASMWIZ_BENCH_BIN
+    else
+        (cd "$bench_root" && cargo build --profile "$bench_profile" --locked --quiet -p wasmwiz)
+    fi
     "$bench_root/scripts/build-examples.sh" 2>/dev/null
 }
 
@@ -52,6 +61,7 @@ bench_start() {
     # server down; none of them runs with it in production.
     env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@" >"$log" 2>&1 &
     bench_pids+=("$!")
+    bench_pid_of[$name]=$!
     echo "started $name (pid $!)" >&2
 }
 
@@ -79,17 +89,31 @@ bench_to_ms() {
     }'
 }
 
-# Runs wrk and prints "RPS P50_MS P99_MS NON2XX": bench_wrk OUTFILE WRKARGS... URL
+# Runs wrk and prints "RPS P50_MS P99_MS NON2XX REQUESTS": bench_wrk
+# OUTFILE WRKARGS... URL
 bench_wrk() {
     local out=$1
     shift
     wrk --latency "$@" >"$out" 2>&1
-    local rps p50 p99 bad
+    local rps p50 p99 bad requests
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     p50=$(awk '$1 == "50%" {print $2}' "$out")
     p99=$(awk '$1 == "99%" {print $2}' "$out")
     bad=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$out")
-    echo "${rps:-0} $(bench_to_ms "${p50:-0ms}") $(bench_to_ms "${p99:-0ms}") ${bad:-0}"
+    requests=$(awk '/ requests in / {print $1}' "$out")
+    echo "${rps:-0} $(bench_to_ms "${p50:-0ms}") $(bench_to_ms "${p99:-0ms}") ${bad:-0} ${requests:-0}"
+}
+
+# CPU time (user + system, all threads, in clock ticks) PID has used so far.
+bench_cpu_ticks() {
+    # Field 2 (the command) may hold spaces: count fields after its ')'.
+    sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+
+# Microseconds of CPU per request: bench_cpu_per_request TICKS REQUESTS.
+bench_cpu_per_request() {
+    awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print 0 }'
 }
 
 # Median of the numbers given as arguments.
@@ -123,6 +147,28 @@ bench_deploy() {
         "$url/api/v1/components?name=bench" | sed -n 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p')
     curl -fsS -o /dev/null -H "Authorization: Bearer $key" -H 'content-type: application/json' \
         -d "{\"route\":\"$route\",\"component\":\"$digest\"}" "$url/api/v1/deployments"
+}
+
+# Deploys FILE on COUNT routes (/r0001/... to /rCOUNT/...) of the node at URL
+# with KEY: one upload, then the deployments four at a time. Waits until the
+# middle route answers, checks the node counts COUNT live deployments, and
+# prints the middle route's /hello path.
+bench_deploy_routes() {
+    local url=$1 key=$2 file=$3 count=$4 digest target live
+    bench_deploy "$url" "$key" "$file" /r0001/...
+    digest=$(curl -fsS -H "Authorization: Bearer $key" "$url/api/v1/components" |
+        sed -n 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p' | head -1)
+    seq -f '%04g' 2 "$count" | xargs -P4 -I{} curl -fsS -o /dev/null \
+        -H "Authorization: Bearer $key" -H 'content-type: application/json' \
+        -d "{\"route\":\"/r{}/...\",\"component\":\"$digest\"}" "$url/api/v1/deployments"
+    target=$(printf '/r%04d/hello' $(((count + 1) / 2)))
+    bench_wait_ready "$url$target"
+    live=$(curl -fsS "$url/metrics" | awk '/^wasmwiz_deployments_live / {print $2}')
+    if [ "$live" != "$count" ]; then
+        echo "$url: expected $count live routes, found $live" >&2
+        return 1
+    fi
+    echo "$target"
 }
 
 # Writes to OUT a copy of the component IN with a custom section naming TAG
@@ -159,11 +205,15 @@ bench_now_ms() {
 # RESULTS NAME URL [NAME URL ...]. Warms every URL up for 2 s, then runs wrk
 # against each in turn, ROUNDS times, raw output in RESULTS/NAME-ROUND.txt.
 # Appends each run's figures to the caller's associative arrays rps, p50
-# and p99 (declare -A them first) and fails on any non-2xx answer.
+# and p99 (declare -A them first) and fails on any non-2xx answer. For a
+# server started by bench_start under NAME, also appends to bench_cpu the
+# CPU time its process used per request during the run: the cost of a
+# request to the server alone, which the two cores it shares with wrk do
+# not blur the way they blur requests/s.
 bench_rounds() {
     local rounds=$1 threads=$2 connections=$3 seconds=$4 results=$5
     shift 5
-    local names=() urls=() i round r l50 l99 bad
+    local names=() urls=() i round r l50 l99 bad n pid before cpu
     while [ $# -gt 0 ]; do
         names+=("$1")
         urls+=("$2")
@@ -174,7 +224,9 @@ bench_rounds() {
     done
     for round in $(seq 1 "$rounds"); do
         for i in "${!names[@]}"; do
-            read -r r l50 l99 bad < <(bench_wrk "$results/${names[$i]}-$round.txt" \
+            pid=${bench_pid_of[${names[$i]}]:-}
+            before=$([ -n "$pid" ] && bench_cpu_ticks "$pid" || echo '')
+            read -r r l50 l99 bad n < <(bench_wrk "$results/${names[$i]}-$round.txt" \
                 -t"$threads" -c"$connections" -d"${seconds}s" "${urls[$i]}")
             if [ "$bad" != 0 ]; then
                 echo "${names[$i]}: $bad non-2xx answers in round $round" >&2
@@ -183,25 +235,33 @@ bench_rounds() {
             rps[${names[$i]}]+="$r "
             p50[${names[$i]}]+="$l50 "
             p99[${names[$i]}]+="$l99 "
-            echo "round $round ${names[$i]}: $r req/s, p50 $l50 ms, p99 $l99 ms" >&2
+            cpu=''
+            if [ -n "$before" ]; then
+                cpu=$(bench_cpu_per_request $(($(bench_cpu_ticks "$pid") - before)) "$n")
+                bench_cpu[${names[$i]}]+="$cpu "
+            fi
+            echo "round $round ${names[$i]}: $r req/s, p50 $l50 ms, p99 $l99 ms${cpu:+, $cpu µs CPU/request}" >&2
         done
     done
 }
 
-# Prints the Markdown table of the medians for NAME... (from rps, p50, p99)
-# and fills the caller's associative arrays med and med99 with the median
-# requests/s and p99 of each.
+# Prints the Markdown table of the medians for NAME... (from rps, p50, p99
+# and bench_cpu) and fills the caller's associative arrays med and med99
+# with the median requests/s and p99 of each.
 bench_table() {
-    local name
-    echo "| server | requests/s | p50 ms | p99 ms |"
-    echo "| --- | ---: | ---: | ---: |"
+    local name cpu
+    echo "| server | requests/s | p50 ms | p99 ms | server CPU µs/request |"
+    echo "| --- | ---: | ---: | ---: | ---: |"
     for name in "$@"; do
         # (med and med99 are the caller's associative arrays.)
         # shellcheck disable=SC2086,SC2004
         med[$name]=$(bench_median ${rps[$name]})
         # shellcheck disable=SC2086,SC2004
         med99[$name]=$(bench_median ${p99[$name]})
+        cpu=-
         # shellcheck disable=SC2086
-        echo "| $name | ${med[$name]} | $(bench_median ${p50[$name]}) | ${med99[$name]} |"
+        [ -z "${bench_cpu[$name]:-}" ] || cpu=$(bench_median ${bench_cpu[$name]})
+        # shellcheck disable=SC2086
+        echo "| $name | ${med[$name]} | $(bench_median ${p50[$name]}) | ${med99[$name]} | $cpu |"
     done
 }

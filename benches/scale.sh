@@ -131,7 +131,7 @@ wrk -t"$threads" -c"$connections" -d2s -s "$work/round-robin.lua" "$url" >/dev/n
 for round in $(seq 1 "$rounds"); do
     for mode in "${modes[@]}"; do
         args=(-t"$threads" -c"$connections" -d"${duration}s" -s "$work/$mode.lua" "$url")
-        read -r r _ l99 bad < <(bench_wrk "$results/$mode-$round.txt" "${args[@]}")
+        read -r r _ l99 bad _ < <(bench_wrk "$results/$mode-$round.txt" "${args[@]}")
         [ "$bad" = 0 ] || { echo "$mode: $bad non-2xx answers" >&2; exit 1; }
         rps[$mode]+="$r "
         p99[$mode]+="$l99 "

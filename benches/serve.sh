@@ -63,21 +63,10 @@ bench_start wasmwiz-serve "$results/wasmwiz.log" \
     "$bench_bin" serve --addr "127.0.0.1:${ports[0]}"
 bench_wait_ready "http://127.0.0.1:${ports[0]}/health"
 
-# Deploy hello on ROUTES routes (/r0001/... up to /rNNNN/...): one upload,
-# then the deployments four at a time.
 url=http://127.0.0.1:${ports[0]}
 echo "deploying hello on $routes routes" >&2
-bench_deploy "$url" "$key" "$hello" /r0001/...
-digest=$(curl -fsS -H "Authorization: Bearer $key" "$url/api/v1/components" |
-    sed -n 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p' | head -1)
-seq -f '%04g' 2 "$routes" | xargs -P4 -I{} curl -fsS -o /dev/null \
-    -H "Authorization: Bearer $key" -H 'content-type: application/json' \
-    -d "{\"route\":\"/r{}/...\",\"component\":\"$digest\"}" "$url/api/v1/deployments"
-target=$(printf '/r%04d/hello' $(((routes + 1) / 2)))
-bench_wait_ready "$url$target"
-live=$(curl -fsS "$url/metrics" | awk '/^wasmwiz_deployments_live / {print $2}')
-echo "wasmwiz serve: $live routes live, benchmarking $target" >&2
-[ "$live" = "$routes" ] || { echo "expected $routes live routes, found $live" >&2; exit 1; }
+target=$(bench_deploy_routes "$url" "$key" "$hello" "$routes")
+echo "wasmwiz serve: $routes routes live, benchmarking $target" >&2
 
 bench_start wasmtime-serve "$results/wasmtime.log" \
     "$wasmtime" serve -Scli --addr "127.0.0.1:${ports[1]}" "$hello"

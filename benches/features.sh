@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# What each serving feature costs: `hello` through `wasmwiz serve` with every
+# feature on (as in serve.sh) against the same server with one feature taken
+# away at a time, with all of them taken away, and `wasmwiz run`, alternating
+# in one run. Reports requests/s and, steadier on a machine whose two cores
+# the servers share with wrk, each server's CPU time per request.
+set -euo pipefail
+
+usage() {
+    cat <<USAGE
+Usage: benches/features.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS] [-n ROUTES]
+
+  -r ROUNDS       rounds, each runs wrk once against every server (default 3)
+  -d SECONDS      wrk duration per run (default 10)
+  -c CONNECTIONS  wrk connections (default 64)
+  -t THREADS      wrk threads (default 2)
+  -n ROUTES       routes deployed where a server has "many routes" (default 1000)
+
+The servers (all wasmwiz serve on an embedded store of its own, but the last):
+  every-feature   ROUTES routes, quota counted in Redis, access log (info)
+  no-access-log   the same with LOG_LEVEL=warn
+  no-quota        the same with QUOTAS_ENABLED=false
+  one-route       the same with one route deployed
+  no-feature      one route, quotas off, LOG_LEVEL=warn
+  run             wasmwiz run hello.wasm, LOG_LEVEL=warn (no store, no API)
+Metrics are recorded by every one of them (there is no switch for that).
+Needs Redis on 127.0.0.1:6379 (or \$REDIS_URL). Logs and raw wrk output go
+to benches/results/.
+USAGE
+}
+
+rounds=3 duration=10 connections=64 threads=2 routes=1000
+while getopts "r:d:c:t:n:h-:" opt; do
+    case $opt in
+        r) rounds=$OPTARG ;;
+        d) duration=$OPTARG ;;
+        c) connections=$OPTARG ;;
+        t) threads=$OPTARG ;;
+        n) routes=$OPTARG ;;
+        h) usage; exit 0 ;;
+        -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+done
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+work=$(mktemp -d)
+trap 'bench_cleanup; rm -rf "$work"' EXIT
+
+command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
+redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
+results=$bench_root/benches/results/features-$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$results"
+
+bench_build_wasmwiz
+hello=$bench_root/target/components/hello.wasm
+
+names=(every-feature no-access-log no-quota one-route no-feature run)
+declare -A port=() env_of=() count=() path=()
+i=0
+for name in "${names[@]}"; do
+    port[$name]=$((18301 + i))
+    i=$((i + 1))
+done
+quota="REDIS_URL=$redis_url"
+env_of[every-feature]="$quota LOG_LEVEL=info"
+env_of[no-access-log]="$quota LOG_LEVEL=warn"
+env_of[no-quota]="QUOTAS_ENABLED=false LOG_LEVEL=info"
+env_of[one-route]="$quota LOG_LEVEL=info"
+env_of[no-feature]="QUOTAS_ENABLED=false LOG_LEVEL=warn"
+count[every-feature]=$routes count[no-access-log]=$routes count[no-quota]=$routes
+count[one-route]=1 count[no-feature]=1
+
+for name in "${names[@]}"; do
+    url=http://127.0.0.1:${port[$name]}
+    if [ "$name" = run ]; then
+        bench_start run "$results/run.log" env LOG_LEVEL=warn \
+            "$bench_bin" run --addr "127.0.0.1:${port[run]}" "$hello"
+        path[run]=/hello
+        bench_wait_ready "$url/hello"
+        continue
+    fi
+    dir=$work/data-$name
+    key=$(bench_serve_setup "$dir")
+    # (word splitting of the server's settings is wanted here)
+    # shellcheck disable=SC2086
+    bench_start "$name" "$results/$name.log" env WASMWIZ_DATA_DIR="$dir" \
+        REDIS_KEY_PREFIX="wwfeatures$$-$name" ${env_of[$name]} \
+        "$bench_bin" serve --addr "127.0.0.1:${port[$name]}"
+    bench_wait_ready "$url/health"
+    echo "$name: deploying hello on ${count[$name]} routes" >&2
+    path[$name]=$(bench_deploy_routes "$url" "$key" "$hello" "${count[$name]}")
+done
+
+declare -A rps p50 p99 med med99
+args=()
+for name in "${names[@]}"; do
+    args+=("$name" "http://127.0.0.1:${port[$name]}${path[$name]}")
+done
+bench_rounds "$rounds" "$threads" "$connections" "$duration" "$results" "${args[@]}"
+
+# Evidence: the servers with quotas counted in Redis, the ones with an
+# access log wrote one line per request.
+for name in "${names[@]}"; do
+    [ "$name" = run ] && continue
+    lines=$(grep -c 'wasmwiz::access' "$results/$name.log" || true)
+    echo "$name: $lines access-log lines" >&2
+done
+
+echo
+echo "wrk -t$threads -c$connections -d${duration}s, $rounds rounds, median per server ($(nproc) cores, loopback)"
+echo
+bench_table "${names[@]}"
+echo
+for name in "${names[@]:1}"; do
+    echo "$name / every-feature: $(bench_ratio "${med[$name]}" "${med[every-feature]}") requests/s"
+done
