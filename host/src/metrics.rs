@@ -43,6 +43,8 @@ pub struct Metrics {
     pub quota_degraded: IntGauge,
     /// `wasmwiz_redis_errors_total`.
     pub redis_errors: IntCounter,
+    /// `wasmwiz_quota_redis_calls_total`.
+    pub quota_redis_calls: IntCounter,
     /// `wasmwiz_store_errors_total`.
     pub store_errors: IntCounter,
     /// `wasmwiz_store_up`: 1 while the store answers.
@@ -133,6 +135,10 @@ impl Metrics {
             redis_errors: counter(
                 "wasmwiz_redis_errors_total",
                 "Redis calls that failed or timed out",
+            ),
+            quota_redis_calls: counter(
+                "wasmwiz_quota_redis_calls_total",
+                "Quota admissions sent to Redis (one per lease or per request counted alone)",
             ),
             store_errors: counter("wasmwiz_store_errors_total", "Store operations that failed"),
             store_up: gauge("wasmwiz_store_up", "1 while the store (database) answers"),

@@ -481,6 +481,11 @@ impl Node {
             if errors > counted {
                 metrics.redis_errors.inc_by(errors - counted);
             }
+            let calls = quota.calls();
+            let counted = metrics.quota_redis_calls.get();
+            if calls > counted {
+                metrics.quota_redis_calls.inc_by(calls - counted);
+            }
         }
     }
 

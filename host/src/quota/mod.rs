@@ -165,6 +165,10 @@ pub trait QuotaBackend: Send + Sync + std::fmt::Debug + 'static {
     fn errors(&self) -> u64 {
         0
     }
+    /// Calls made to the backend so far (0 for in-process counting).
+    fn calls(&self) -> u64 {
+        0
+    }
     /// `redis` or `local`.
     fn name(&self) -> &'static str;
 }

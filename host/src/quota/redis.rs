@@ -134,9 +134,21 @@ pub struct RedisQuota {
     /// requests waiting for it. One lease at a time per tenant and node:
     /// concurrent requests never reserve a batch each (units counted but
     /// never served); they wait for the one being taken instead.
-    acquiring: Mutex<HashMap<TenantId, Arc<Notify>>>,
+    acquiring: Mutex<HashMap<TenantId, Arc<Taking>>>,
+    /// Calls made (for `wasmwiz_quota_redis_calls_total`).
+    calls: AtomicU64,
     /// Calls that failed or timed out (for `wasmwiz_redis_errors_total`).
     errors: AtomicU64,
+}
+
+/// A lease being taken, as the requests waiting for it see it.
+#[derive(Debug, Default)]
+struct Taking {
+    /// Notified when the taker is done.
+    done: Notify,
+    /// Whether Redis granted a batch (false near a limit, where requests
+    /// are counted one by one).
+    leased: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisQuota {
@@ -160,6 +172,7 @@ impl RedisQuota {
             fallback: LocalQuota::new(),
             leases: Mutex::new(HashMap::new()),
             acquiring: Mutex::new(HashMap::new()),
+            calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         });
         quota.spawn_probe();
@@ -203,7 +216,17 @@ impl RedisQuota {
         Some(Admission { allowed: true, minute, day: lease.day, degraded: false })
     }
 
-    async fn run(&self, tenant: TenantId, rates: Rates, wanted: u64) -> Option<Admission> {
+    /// `outcome`, or, when Redis did not answer, the node's own count.
+    fn or_fallback(&self, tenant: TenantId, rates: Rates, outcome: Option<Admission>) -> Admission {
+        outcome.unwrap_or_else(|| Admission {
+            degraded: true,
+            ..self.fallback.admit_at(tenant, rates, unix_now(), true)
+        })
+    }
+
+    /// One call of the script; with the admission, whether it granted a
+    /// batch (kept as the tenant's lease).
+    async fn run(&self, tenant: TenantId, rates: Rates, wanted: u64) -> Option<(Admission, bool)> {
         if !self.healthy.load(Ordering::Relaxed) {
             return None;
         }
@@ -217,6 +240,7 @@ impl RedisQuota {
             .arg(wanted)
             .arg(LEASE_HEADROOM);
         let call = invocation.invoke_async::<(u64, u64, u64, u64, u64)>(&mut connection);
+        self.calls.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok((granted, minute_used, day_used, minute_reset, day_reset))) => {
                 let minute =
@@ -233,7 +257,10 @@ impl RedisQuota {
                     let lease = Lease { rates, left: granted - 1, valid_until, minute, day };
                     self.leases.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant, lease);
                 }
-                Some(Admission { allowed: granted > 0, minute, day, degraded: false })
+                Some((
+                    Admission { allowed: granted > 0, minute, day, degraded: false },
+                    granted > 1,
+                ))
             }
             outcome => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
@@ -254,34 +281,34 @@ impl RedisQuota {
 /// Marks a tenant's lease as being taken until dropped (also when the
 /// request's future is dropped half-way), then wakes the waiters.
 struct Acquiring<'a> {
-    map: &'a Mutex<HashMap<TenantId, Arc<Notify>>>,
+    map: &'a Mutex<HashMap<TenantId, Arc<Taking>>>,
     tenant: TenantId,
-    done: Arc<Notify>,
+    taking: Arc<Taking>,
 }
 
 /// Either this request takes the tenant's next lease, or another one is
 /// taking it and this one may wait for it.
 enum Turn<'a> {
     Take(Acquiring<'a>),
-    Wait(Arc<Notify>),
+    Wait(Arc<Taking>),
 }
 
 impl<'a> Acquiring<'a> {
-    fn start(map: &'a Mutex<HashMap<TenantId, Arc<Notify>>>, tenant: TenantId) -> Turn<'a> {
-        let mut taking = map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(done) = taking.get(&tenant) {
-            return Turn::Wait(done.clone());
+    fn start(map: &'a Mutex<HashMap<TenantId, Arc<Taking>>>, tenant: TenantId) -> Turn<'a> {
+        let mut map_guard = map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(taking) = map_guard.get(&tenant) {
+            return Turn::Wait(taking.clone());
         }
-        let done = Arc::new(Notify::new());
-        taking.insert(tenant, done.clone());
-        Turn::Take(Self { map, tenant, done })
+        let taking = Arc::new(Taking::default());
+        map_guard.insert(tenant, taking.clone());
+        Turn::Take(Self { map, tenant, taking })
     }
 }
 
 impl Drop for Acquiring<'_> {
     fn drop(&mut self) {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.tenant);
-        self.done.notify_waiters();
+        self.taking.done.notify_waiters();
     }
 }
 
@@ -302,50 +329,57 @@ impl QuotaBackend for RedisQuota {
             return admission;
         }
         let size = lease_size(rates);
-        let mut acquiring = None;
         if size > 1 {
-            match Acquiring::start(&self.acquiring, tenant) {
-                Turn::Take(mark) => acquiring = Some(mark),
-                Turn::Wait(done) => {
-                    // Registered before looking again, so a lease that lands
-                    // in between still wakes this request.
-                    let notified = done.notified();
-                    tokio::pin!(notified);
-                    notified.as_mut().enable();
-                    if let Some(admission) = self.spend_lease(tenant, rates) {
-                        return admission;
+            // Under load a lease runs out while many requests are in
+            // flight: one takes the next lease, the others wait for it, and
+            // those it leaves without a unit take or wait for the one after
+            // (a round trip of their own each would cost Redis a call per
+            // request exactly when the tenant is busiest).
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            loop {
+                match Acquiring::start(&self.acquiring, tenant) {
+                    Turn::Take(mark) => {
+                        // The lease the previous holder of the mark took
+                        // may have landed since this request looked.
+                        if let Some(admission) = self.spend_lease(tenant, rates) {
+                            return admission;
+                        }
+                        let outcome = self.run(tenant, rates, size).await;
+                        let leased = outcome.as_ref().is_some_and(|(_, leased)| *leased);
+                        mark.taking.leased.store(leased, Ordering::Relaxed);
+                        drop(mark);
+                        return self.or_fallback(tenant, rates, outcome.map(|(a, _)| a));
                     }
-                    let _ = tokio::time::timeout(self.timeout, notified).await;
-                    if let Some(admission) = self.spend_lease(tenant, rates) {
-                        return admission;
+                    Turn::Wait(taking) => {
+                        // Registered before looking again, so a lease that
+                        // lands in between still wakes this request.
+                        let notified = taking.done.notified();
+                        tokio::pin!(notified);
+                        notified.as_mut().enable();
+                        if let Some(admission) = self.spend_lease(tenant, rates) {
+                            return admission;
+                        }
+                        let woken = tokio::time::timeout_at(deadline, notified).await.is_ok();
+                        if let Some(admission) = self.spend_lease(tenant, rates) {
+                            return admission;
+                        }
+                        // Near a limit there are no batches: every request
+                        // is counted on its own, side by side.
+                        if !woken || !taking.leased.load(Ordering::Relaxed) {
+                            break;
+                        }
                     }
                 }
             }
-            if acquiring.is_some() {
-                // The lease the previous holder of the mark took may have
-                // landed since this request looked.
-                if let Some(admission) = self.spend_lease(tenant, rates) {
-                    return admission;
-                }
-            }
         }
-        // Without the mark (the lease taken meanwhile is spent already),
-        // this request is counted on its own: exact, one round trip.
-        let wanted = if acquiring.is_some() { size } else { 1 };
-        let outcome = self.run(tenant, rates, wanted).await;
-        drop(acquiring);
-        match outcome {
-            Some(admission) => admission,
-            None => Admission {
-                degraded: true,
-                ..self.fallback.admit_at(tenant, rates, unix_now(), true)
-            },
-        }
+        // Counted on its own: exact, one round trip.
+        let outcome = self.run(tenant, rates, 1).await;
+        self.or_fallback(tenant, rates, outcome.map(|(a, _)| a))
     }
 
     async fn peek(&self, tenant: TenantId, rates: Rates) -> Admission {
         match self.run(tenant, rates, 0).await {
-            Some(admission) => admission,
+            Some((admission, _)) => admission,
             None => Admission {
                 degraded: true,
                 ..self.fallback.admit_at(tenant, rates, unix_now(), false)
@@ -363,6 +397,10 @@ impl QuotaBackend for RedisQuota {
 
     fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
     }
 }
 

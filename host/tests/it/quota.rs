@@ -233,8 +233,9 @@ async fn usage_counts_invocations_and_errors(env: ServeEnv) {
 }
 
 /// With a limit large enough for leases, 64 concurrent clients are counted
-/// as what they were served plus at most one unspent lease: concurrent
-/// requests that find no lease never each reserve a batch.
+/// as what they were served plus at most one unspent lease (concurrent
+/// requests that find no lease never each reserve a batch), in about one
+/// Redis call per lease.
 #[tokio::test]
 async fn leases_under_concurrency_count_what_was_served() {
     wait_for_minute_room(20).await;
@@ -258,6 +259,16 @@ async fn leases_under_concurrency_count_what_was_served() {
     let counted = usage["minute"]["used"].as_u64().unwrap();
     // 2,560 served; one lease (at most 64 units) may be left unspent.
     assert!((2560..=2560 + 64).contains(&counted), "counted {counted}: {usage}");
+    // And they cost Redis about one call per lease: requests that a lease
+    // left without a unit take or wait for the next one rather than each
+    // calling Redis on its own (40 leases of 64 would do).
+    let metrics = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let calls: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wasmwiz_quota_redis_calls_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no wasmwiz_quota_redis_calls_total in:\n{metrics}"));
+    assert!((40..=80).contains(&calls), "{calls} Redis calls for 2,560 requests");
 }
 
 #[tokio::test]
