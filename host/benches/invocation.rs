@@ -2,6 +2,7 @@
 //!
 //! `cargo bench --bench invocation` prints, for `hello`:
 //! - route lookup among 10 to 10,000 routes;
+//! - one access-log line, text and JSON, through the node's subscriber;
 //! - admission by the in-process quota and, when Redis answers on
 //!   `$REDIS_URL` (default `redis://127.0.0.1:6379`), by the Redis quota
 //!   (leases included, as the server runs it);
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 use http_body_util::{BodyExt as _, Empty};
+use wasmwiz::dataplane::log_access;
+use wasmwiz::logging::BatchWriter;
 use wasmwiz::quota::local::LocalQuota;
 use wasmwiz::quota::redis::RedisQuota;
 use wasmwiz::quota::{QuotaBackend, Rates};
@@ -119,6 +122,30 @@ async fn admission() {
         } else {
             println!("| Redis | not measured: Redis did not answer on {url} |");
         }
+    }
+    println!();
+}
+
+/// One access-log line through the node's own subscriber (as `init`
+/// builds it: plain text, then JSON as in production) into the batching
+/// writer, whose thread writes to nowhere.
+fn access_log() {
+    println!("access-log line, formatted and handed to the log thread (mean of 100,000):");
+    println!("| format | ns per line |");
+    println!("| --- | ---: |");
+    for (name, production) in [("text (development)", false), ("JSON (production)", true)] {
+        let (writer, guard) = BatchWriter::spawn(std::io::sink(), wasmwiz::logging::MAX_BUFFERED)
+            .expect("the log thread");
+        let filter = tracing_subscriber::EnvFilter::new("info");
+        let subscriber = wasmwiz::logging::subscriber(filter, production, writer);
+        let method = http::Method::GET;
+        let t = tracing::subscriber::with_default(subscriber, || {
+            mean(100_000, || {
+                log_access("e8187c4e00000001", &method, "/r0500/...", "bench", 200, LIMITS.timeout);
+            })
+        });
+        drop(guard);
+        println!("| {name} | {} |", t.as_nanos());
     }
     println!();
 }
@@ -220,6 +247,7 @@ fn main() {
         }
         _ => {
             route_lookup();
+            access_log();
             tokio.block_on(async {
                 admission().await;
                 let runtime = runtime();

@@ -194,14 +194,13 @@ impl DataPlane {
             Some(route) => route.metrics.answered(status, elapsed.as_secs_f64()),
             None => self.unrouted.answered(status, elapsed.as_secs_f64()),
         }
-        tracing::info!(
-            target: "wasmwiz::access",
-            request_id,
-            method = %method,
-            route = label.as_ref().map_or("-", |r| r.label.as_str()),
-            tenant = label.as_ref().and_then(|r| r.owner.as_ref()).map_or("-", |o| o.tenant.as_str()),
+        log_access(
+            &request_id,
+            &method,
+            label.as_ref().map_or("-", |r| r.label.as_str()),
+            label.as_ref().and_then(|r| r.owner.as_ref()).map_or("-", |o| o.tenant.as_str()),
             status,
-            duration_us = elapsed.as_micros() as u64,
+            elapsed,
         );
         response
     }
@@ -275,6 +274,26 @@ impl DataPlane {
         }
         response
     }
+}
+
+/// Logs the access line of one answered request (`wasmwiz::access`).
+pub fn log_access(
+    request_id: &str,
+    method: &http::Method,
+    route: &str,
+    tenant: &str,
+    status: u16,
+    elapsed: Duration,
+) {
+    tracing::info!(
+        target: "wasmwiz::access",
+        request_id,
+        method = %method,
+        route,
+        tenant,
+        status,
+        duration_us = elapsed.as_micros() as u64,
+    );
 }
 
 /// Adds `Server-Timing: quota;dur=…, instantiate;dur=…, guest;dur=…`
