@@ -2,8 +2,8 @@
 # What each serving feature costs: `hello` through `wasmwiz serve` with every
 # feature on (as in serve.sh) against the same server with one feature taken
 # away at a time, with all of them taken away, and `wasmwiz run`, alternating
-# in one run. Reports requests/s and, steadier on a machine whose two cores
-# the servers share with wrk, each server's CPU time per request.
+# in one run. Reports requests/s, each server's CPU time per request, and
+# what the access log and the Redis quota did (lines written, calls made).
 set -euo pipefail
 
 usage() {
@@ -100,12 +100,16 @@ for name in "${names[@]}"; do
 done
 bench_rounds "$rounds" "$threads" "$connections" "$duration" "$results" "${args[@]}"
 
-# Evidence: the servers with quotas counted in Redis, the ones with an
-# access log wrote one line per request.
+# Evidence: the servers with an access log wrote one line per request, the
+# ones with quotas counted them in Redis (about one call per lease).
 for name in "${names[@]}"; do
     [ "$name" = run ] && continue
     lines=$(grep -c 'wasmwiz::access' "$results/$name.log" || true)
-    echo "$name: $lines access-log lines" >&2
+    curl -fsS "http://127.0.0.1:${port[$name]}/metrics" >"$results/$name-metrics.txt"
+    served=$(awk '/^wasmwiz_http_requests_total/ {s += $2} END {printf "%d", s}' \
+        "$results/$name-metrics.txt")
+    calls=$(awk '/^wasmwiz_quota_redis_calls_total / {print $2}' "$results/$name-metrics.txt")
+    echo "$name: $served requests, $lines access-log lines, ${calls:-no} Redis quota calls" >&2
 done
 
 echo

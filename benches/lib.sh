@@ -207,9 +207,9 @@ bench_now_ms() {
 # Appends each run's figures to the caller's associative arrays rps, p50
 # and p99 (declare -A them first) and fails on any non-2xx answer. For a
 # server started by bench_start under NAME, also appends to bench_cpu the
-# CPU time its process used per request during the run: the cost of a
-# request to the server alone, which the two cores it shares with wrk do
-# not blur the way they blur requests/s.
+# CPU time its process used per request during the run (times requests/s,
+# the cores it got: for a CPU-bound server the column is the inverse of
+# requests/s; for one held back elsewhere, its real cost per request).
 bench_rounds() {
     local rounds=$1 threads=$2 connections=$3 seconds=$4 results=$5
     shift 5
