@@ -28,20 +28,16 @@ USAGE
 }
 
 rounds=3 duration=10 connections=64 threads=2 profile_b='' binary_b=''
-while getopts "r:d:c:t:B:b:h-:" opt; do
-    case $opt in
-        r) rounds=$OPTARG ;;
-        d) duration=$OPTARG ;;
-        c) connections=$OPTARG ;;
-        t) threads=$OPTARG ;;
-        B) profile_b=$OPTARG ;;
-        b) binary_b=$OPTARG ;;
-        h) usage; exit 0 ;;
-        -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
-        *) usage >&2; exit 2 ;;
+bench_option() {
+    case $1 in
+        B) profile_b=$2 ;;
+        b) binary_b=$2 ;;
     esac
-done
-shift $((OPTIND - 1))
+}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_options "r:d:c:t:B:b:" "$@"
+shift "$bench_shift"
 [ $# -gt 0 ] || [ -n "$profile_b$binary_b" ] || { usage >&2; exit 2; }
 if [ -n "$binary_b" ]; then
     [ -z "$profile_b" ] || { echo "-B and -b exclude each other" >&2; exit 2; }
@@ -49,8 +45,6 @@ if [ -n "$binary_b" ]; then
     binary_b=$(cd "$(dirname "$binary_b")" && pwd)/$(basename "$binary_b")
 fi
 
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 trap bench_cleanup EXIT
 command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
 results=$bench_root/benches/results/ab-$(date -u +%Y%m%dT%H%M%SZ)

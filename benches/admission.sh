@@ -15,20 +15,10 @@ USAGE
 }
 
 rounds=3 duration=10 connections=64 threads=2
-while getopts "r:d:c:t:h-:" opt; do
-    case $opt in
-        r) rounds=$OPTARG ;;
-        d) duration=$OPTARG ;;
-        c) connections=$OPTARG ;;
-        t) threads=$OPTARG ;;
-        h) usage; exit 0 ;;
-        -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
-        *) usage >&2; exit 2 ;;
-    esac
-done
-
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_options "r:d:c:t:" "$@"
+
 trap bench_cleanup EXIT
 
 redis_url=${REDIS_URL:-redis://127.0.0.1:6379}

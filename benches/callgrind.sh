@@ -19,17 +19,10 @@ USAGE
 }
 
 count=200
-while getopts "n:h-:" opt; do
-    case $opt in
-        n) count=$OPTARG ;;
-        h) usage; exit 0 ;;
-        -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
-        *) usage >&2; exit 2 ;;
-    esac
-done
-
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_options "n:" "$@"
+
 command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -21,20 +21,10 @@ USAGE
 }
 
 rounds=3 duration=10 connections=64 threads=2
-while getopts "r:d:c:t:h-:" opt; do
-    case $opt in
-        r) rounds=$OPTARG ;;
-        d) duration=$OPTARG ;;
-        c) connections=$OPTARG ;;
-        t) threads=$OPTARG ;;
-        h) usage; exit 0 ;;
-        -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
-        *) usage >&2; exit 2 ;;
-    esac
-done
-
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_options "r:d:c:t:" "$@"
+
 trap bench_cleanup EXIT
 
 command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }

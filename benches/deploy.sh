@@ -18,17 +18,10 @@ USAGE
 }
 
 count=10
-while getopts "n:h-:" opt; do
-    case $opt in
-        n) count=$OPTARG ;;
-        h) usage; exit 0 ;;
-        -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
-        *) usage >&2; exit 2 ;;
-    esac
-done
-
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_options "n:" "$@"
+
 work=$(mktemp -d)
 trap 'bench_cleanup; rm -rf "$work"' EXIT
 results=$bench_root/benches/results/deploy-$(date -u +%Y%m%dT%H%M%SZ)

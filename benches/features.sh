@@ -29,22 +29,11 @@ to benches/results/.
 USAGE
 }
 
-rounds=3 duration=10 connections=64 threads=2 routes=1000
-while getopts "r:d:c:t:n:h-:" opt; do
-    case $opt in
-        r) rounds=$OPTARG ;;
-        d) duration=$OPTARG ;;
-        c) connections=$OPTARG ;;
-        t) threads=$OPTARG ;;
-        n) routes=$OPTARG ;;
-        h) usage; exit 0 ;;
-        -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
-        *) usage >&2; exit 2 ;;
-    esac
-done
-
+rounds=3 duration=10 connections=64 threads=2 count=1000
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_options "r:d:c:t:n:" "$@"
+
 work=$(mktemp -d)
 trap 'bench_cleanup; rm -rf "$work"' EXIT
 
@@ -57,7 +46,7 @@ bench_build_wasmwiz
 hello=$bench_root/target/components/hello.wasm
 
 names=(every-feature no-access-log no-quota one-route no-feature run)
-declare -A port=() env_of=() count=() path=()
+declare -A port=() env_of=() routes_of=() path=()
 i=0
 for name in "${names[@]}"; do
     port[$name]=$((18301 + i))
@@ -69,8 +58,8 @@ env_of[no-access-log]="$quota LOG_LEVEL=warn"
 env_of[no-quota]="QUOTAS_ENABLED=false LOG_LEVEL=info"
 env_of[one-route]="$quota LOG_LEVEL=info"
 env_of[no-feature]="QUOTAS_ENABLED=false LOG_LEVEL=warn"
-count[every-feature]=$routes count[no-access-log]=$routes count[no-quota]=$routes
-count[one-route]=1 count[no-feature]=1
+routes_of[every-feature]=$count routes_of[no-access-log]=$count routes_of[no-quota]=$count
+routes_of[one-route]=1 routes_of[no-feature]=1
 
 for name in "${names[@]}"; do
     url=http://127.0.0.1:${port[$name]}
@@ -89,8 +78,8 @@ for name in "${names[@]}"; do
         REDIS_KEY_PREFIX="wwfeatures$$-$name" ${env_of[$name]} \
         "$bench_bin" serve --addr "127.0.0.1:${port[$name]}"
     bench_wait_ready "$url/health"
-    echo "$name: deploying hello on ${count[$name]} routes" >&2
-    path[$name]=$(bench_deploy_routes "$url" "$key" "$hello" "${count[$name]}")
+    echo "$name: deploying hello on ${routes_of[$name]} routes" >&2
+    path[$name]=$(bench_deploy_routes "$url" "$key" "$hello" "${routes_of[$name]}")
 done
 
 declare -A rps p50 p99 med med99

@@ -13,6 +13,35 @@ bench_pids=()
 # request, one figure per wrk run (bench_rounds fills it).
 declare -A bench_pid_of=() bench_cpu=()
 
+# Parses a benchmark script's options: bench_options SPEC "$@", SPEC being
+# the getopts letters the script takes (say "r:d:c:t:n:"). -r, -d, -c, -t
+# and -n set the caller's rounds, duration, connections, threads and count;
+# any other letter of SPEC goes to the caller's bench_option LETTER VALUE.
+# -h and --help print the caller's usage and exit; anything else prints it
+# to stderr and exits 2. Leaves in bench_shift how many arguments were
+# options (for `shift "$bench_shift"`).
+# (It sets the caller's variables.)
+# shellcheck disable=SC2034
+bench_options() {
+    local spec=$1 opt
+    shift
+    OPTIND=1
+    while getopts "${spec}h-:" opt; do
+        case $opt in
+            r) rounds=$OPTARG ;;
+            d) duration=$OPTARG ;;
+            c) connections=$OPTARG ;;
+            t) threads=$OPTARG ;;
+            n) count=$OPTARG ;;
+            h) usage; exit 0 ;;
+            -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
+            '?' | :) usage >&2; exit 2 ;;
+            *) bench_option "$opt" "$OPTARG" ;;
+        esac
+    done
+    bench_shift=$((OPTIND - 1))
+}
+
 bench_cleanup() {
     local pid
     for pid in "${bench_pids[@]}"; do

@@ -22,21 +22,10 @@ USAGE
 }
 
 count=1000 rounds=3 duration=10 connections=64 threads=2
-while getopts "n:r:d:c:t:h-:" opt; do
-    case $opt in
-        n) count=$OPTARG ;;
-        r) rounds=$OPTARG ;;
-        d) duration=$OPTARG ;;
-        c) connections=$OPTARG ;;
-        t) threads=$OPTARG ;;
-        h) usage; exit 0 ;;
-        -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
-        *) usage >&2; exit 2 ;;
-    esac
-done
-
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_options "n:r:d:c:t:" "$@"
+
 work=$(mktemp -d)
 trap 'bench_cleanup; rm -rf "$work"' EXIT
 command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }

@@ -23,22 +23,11 @@ the raw wrk output and the final usage and metrics go to benches/results/.
 USAGE
 }
 
-rounds=3 duration=20 connections=64 threads=2 routes=1000
-while getopts "r:d:c:t:n:h-:" opt; do
-    case $opt in
-        r) rounds=$OPTARG ;;
-        d) duration=$OPTARG ;;
-        c) connections=$OPTARG ;;
-        t) threads=$OPTARG ;;
-        n) routes=$OPTARG ;;
-        h) usage; exit 0 ;;
-        -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
-        *) usage >&2; exit 2 ;;
-    esac
-done
-
+rounds=3 duration=20 connections=64 threads=2 count=1000
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_options "r:d:c:t:n:" "$@"
+
 work=$(mktemp -d)
 trap 'bench_cleanup; rm -rf "$work"' EXIT
 
@@ -64,9 +53,9 @@ bench_start wasmwiz-serve "$results/wasmwiz.log" \
 bench_wait_ready "http://127.0.0.1:${ports[0]}/health"
 
 url=http://127.0.0.1:${ports[0]}
-echo "deploying hello on $routes routes" >&2
-target=$(bench_deploy_routes "$url" "$key" "$hello" "$routes")
-echo "wasmwiz serve: $routes routes live, benchmarking $target" >&2
+echo "deploying hello on $count routes" >&2
+target=$(bench_deploy_routes "$url" "$key" "$hello" "$count")
+echo "wasmwiz serve: $count routes live, benchmarking $target" >&2
 
 bench_start wasmtime-serve "$results/wasmtime.log" \
     "$wasmtime" serve -Scli --addr "127.0.0.1:${ports[1]}" "$hello"
@@ -92,7 +81,7 @@ logged=$(grep -c 'wasmwiz::access' "$results/wasmwiz.log" || true)
 
 echo
 echo "wrk -t$threads -c$connections -d${duration}s, $rounds rounds, median per server ($(nproc) cores, loopback)"
-echo "wasmwiz serve: $routes routes, quota in Redis (requests counted today: $counted), $served requests in its metrics, $logged log lines"
+echo "wasmwiz serve: $count routes, quota in Redis (requests counted today: $counted), $served requests in its metrics, $logged log lines"
 echo
 bench_table "${names[@]}"
 echo
