@@ -45,10 +45,7 @@ if [ -n "$binary_b" ]; then
     binary_b=$(cd "$(dirname "$binary_b")" && pwd)/$(basename "$binary_b")
 fi
 
-trap bench_cleanup EXIT
-command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
-results=$bench_root/benches/results/ab-$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$results"
+bench_setup ab wrk
 
 bench_build_wasmwiz
 bin_b=$bench_bin

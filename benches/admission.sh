@@ -19,11 +19,9 @@ rounds=3 duration=10 connections=64 threads=2
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_options "r:d:c:t:" "$@"
 
-trap bench_cleanup EXIT
+bench_setup admission wrk
 
 redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
-results=$bench_root/benches/results/admission-$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$results"
 bench_build_wasmwiz
 bin=$bench_bin
 hello=$bench_root/target/components/hello.wasm

@@ -25,11 +25,7 @@ rounds=3 duration=10 connections=64 threads=2
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_options "r:d:c:t:" "$@"
 
-trap bench_cleanup EXIT
-
-command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
-results=$bench_root/benches/results/compare-$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$results"
+bench_setup compare wrk
 
 bench_build_wasmwiz
 wasmtime=$(bench_wasmtime)

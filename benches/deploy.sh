@@ -22,10 +22,7 @@ count=10
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_options "n:" "$@"
 
-work=$(mktemp -d)
-trap 'bench_cleanup; rm -rf "$work"' EXIT
-results=$bench_root/benches/results/deploy-$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$results"
+bench_setup deploy
 
 bench_build_wasmwiz
 hello=$bench_root/target/components/hello.wasm

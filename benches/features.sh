@@ -34,13 +34,9 @@ rounds=3 duration=10 connections=64 threads=2 count=1000
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_options "r:d:c:t:n:" "$@"
 
-work=$(mktemp -d)
-trap 'bench_cleanup; rm -rf "$work"' EXIT
+bench_setup features wrk
 
-command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
 redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
-results=$bench_root/benches/results/features-$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$results"
 
 bench_build_wasmwiz
 hello=$bench_root/target/components/hello.wasm

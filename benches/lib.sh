@@ -42,6 +42,22 @@ bench_options() {
     bench_shift=$((OPTIND - 1))
 }
 
+# Prepares a benchmark run named NAME: checks each TOOL is installed, makes
+# the caller's work folder (temporary) and results folder
+# (benches/results/NAME-TIME), and at exit stops the servers bench_start
+# started and removes the work folder. bench_setup NAME [TOOL...]
+bench_setup() {
+    local name=$1 tool
+    shift
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install $tool)" >&2; exit 1; }
+    done
+    work=$(mktemp -d)
+    trap 'bench_cleanup; rm -rf "$work"' EXIT
+    results=$bench_root/benches/results/$name-$(date -u +%Y%m%dT%H%M%SZ)
+    mkdir -p "$results"
+}
+
 bench_cleanup() {
     local pid
     for pid in "${bench_pids[@]}"; do

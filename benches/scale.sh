@@ -26,11 +26,7 @@ count=1000 rounds=3 duration=10 connections=64 threads=2
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_options "n:r:d:c:t:" "$@"
 
-work=$(mktemp -d)
-trap 'bench_cleanup; rm -rf "$work"' EXIT
-command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
-results=$bench_root/benches/results/scale-$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$results"
+bench_setup scale wrk
 
 bench_build_wasmwiz
 hello=$bench_root/target/components/hello.wasm
