@@ -290,11 +290,14 @@ mod tests {
         let gate = sink.gate.lock().unwrap();
         let (writer, guard) = BatchWriter::spawn(sink.clone(), 100).unwrap();
         let mut writer = &writer;
-        // The first batch may be taken before the gate stalls the thread in
-        // its write: wait for that, so the buffer is surely the limit.
-        writer.write_all(&[b'a'; 9]).unwrap();
-        writer.write_all(b"\n").unwrap();
-        std::thread::sleep(BATCH_WINDOW * 3);
+        // Wait until the thread has taken this first line and is held in
+        // its write by the gate, so the buffer's whole limit is left.
+        writer.write_all(b"aaaaaaaaa\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !writer.shared.lock().lines.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the first line was never taken");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         for _ in 0..30 {
             writer.write_all(b"0123456789\n").unwrap();
         }

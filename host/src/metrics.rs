@@ -138,7 +138,7 @@ impl Metrics {
             ),
             quota_redis_calls: counter(
                 "wasmwiz_quota_redis_calls_total",
-                "Quota admissions sent to Redis (one per lease or per request counted alone)",
+                "Quota script calls to Redis: a lease, a request counted alone, or a usage read",
             ),
             store_errors: counter("wasmwiz_store_errors_total", "Store operations that failed"),
             store_up: gauge("wasmwiz_store_up", "1 while the store (database) answers"),

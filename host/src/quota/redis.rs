@@ -21,7 +21,7 @@
 //! background probe returns it to exact counting when Redis answers again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -142,14 +142,25 @@ pub struct RedisQuota {
 }
 
 /// A lease being taken, as the requests waiting for it see it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Taking {
     /// Notified when the taker is done.
     done: Notify,
-    /// Whether Redis granted a batch (false near a limit, where requests
-    /// are counted one by one).
-    leased: AtomicBool,
+    /// Set (before `done` is notified) when the taker is done, for a waiter
+    /// that registers only after the notification.
+    finished: AtomicBool,
+    /// How the taking ended: one of the `TAKEN_*` values.
+    outcome: AtomicU8,
 }
+
+/// The taker gave up (its request was dropped mid-call): someone else may
+/// take the next lease.
+const TAKEN_NOTHING: u8 = 0;
+/// A lease is there (taken now, or found already there).
+const TAKEN_LEASE: u8 = 1;
+/// Redis granted no batch (near a limit) or did not answer: requests are
+/// counted one by one, side by side.
+const TAKEN_NO_BATCH: u8 = 2;
 
 impl std::fmt::Debug for RedisQuota {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -299,15 +310,28 @@ impl<'a> Acquiring<'a> {
         if let Some(taking) = map_guard.get(&tenant) {
             return Turn::Wait(taking.clone());
         }
-        let taking = Arc::new(Taking::default());
+        let taking = Arc::new(Taking {
+            done: Notify::new(),
+            finished: AtomicBool::new(false),
+            outcome: AtomicU8::new(TAKEN_NOTHING),
+        });
         map_guard.insert(tenant, taking.clone());
         Turn::Take(Self { map, tenant, taking })
+    }
+}
+
+impl Acquiring<'_> {
+    /// Records how the taking ended; the waiters learn it when the mark
+    /// is dropped.
+    fn ended(&self, outcome: u8) {
+        self.taking.outcome.store(outcome, Ordering::Release);
     }
 }
 
 impl Drop for Acquiring<'_> {
     fn drop(&mut self) {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.tenant);
+        self.taking.finished.store(true, Ordering::Release);
         self.taking.done.notify_waiters();
     }
 }
@@ -342,11 +366,12 @@ impl QuotaBackend for RedisQuota {
                         // The lease the previous holder of the mark took
                         // may have landed since this request looked.
                         if let Some(admission) = self.spend_lease(tenant, rates) {
+                            mark.ended(TAKEN_LEASE);
                             return admission;
                         }
                         let outcome = self.run(tenant, rates, size).await;
                         let leased = outcome.as_ref().is_some_and(|(_, leased)| *leased);
-                        mark.taking.leased.store(leased, Ordering::Relaxed);
+                        mark.ended(if leased { TAKEN_LEASE } else { TAKEN_NO_BATCH });
                         drop(mark);
                         return self.or_fallback(tenant, rates, outcome.map(|(a, _)| a));
                     }
@@ -359,13 +384,16 @@ impl QuotaBackend for RedisQuota {
                         if let Some(admission) = self.spend_lease(tenant, rates) {
                             return admission;
                         }
-                        let woken = tokio::time::timeout_at(deadline, notified).await.is_ok();
+                        // A taker that finished before `enable` notified no
+                        // one this request was registered with.
+                        let woken = taking.finished.load(Ordering::Acquire)
+                            || tokio::time::timeout_at(deadline, notified).await.is_ok();
                         if let Some(admission) = self.spend_lease(tenant, rates) {
                             return admission;
                         }
                         // Near a limit there are no batches: every request
                         // is counted on its own, side by side.
-                        if !woken || !taking.leased.load(Ordering::Relaxed) {
+                        if !woken || taking.outcome.load(Ordering::Acquire) == TAKEN_NO_BATCH {
                             break;
                         }
                     }
