@@ -476,16 +476,8 @@ impl Node {
         metrics.store_up.set(i64::from(self.store_ok()));
         if let Some(quota) = self.plane.quota() {
             metrics.quota_degraded.set(i64::from(quota.health() == crate::quota::Health::Degraded));
-            let errors = quota.errors();
-            let counted = metrics.redis_errors.get();
-            if errors > counted {
-                metrics.redis_errors.inc_by(errors - counted);
-            }
-            let calls = quota.calls();
-            let counted = metrics.quota_redis_calls.get();
-            if calls > counted {
-                metrics.quota_redis_calls.inc_by(calls - counted);
-            }
+            catch_up(&metrics.redis_errors, quota.errors());
+            catch_up(&metrics.quota_redis_calls, quota.calls());
         }
     }
 
@@ -557,4 +549,13 @@ fn world_of(component: &wasmtime::component::Component, engine: &wasmtime::Engin
         .find_map(|(name, _)| name.strip_prefix("wasi:http/incoming-handler@"))
         .map(|version| format!("wasi:http/proxy@{version}"))
         .unwrap_or_else(|| "wasi:http/proxy".to_string())
+}
+
+/// Raises `counter` to `total`, a count kept elsewhere (a backend's own
+/// counter): metrics counters only go up by increments.
+fn catch_up(counter: &prometheus::IntCounter, total: u64) {
+    let counted = counter.get();
+    if total > counted {
+        counter.inc_by(total - counted);
+    }
 }
