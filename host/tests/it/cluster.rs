@@ -262,10 +262,12 @@ async fn three_nodes_behind_nginx_survive_a_node_kill_and_restarts_of_postgres_a
     // Deploy through one node, invoke through nginx.
     Api::new(&nodes[0], &key).deploy_component("hello", "/hello").await;
     Api::new(&nodes[0], &limited_key).deploy_component("hello", "/limited").await;
-    let deadline = Instant::now() + Duration::from_secs(1);
+    // Three nodes compile the component at once beside the rest of the
+    // suite; how fast a deployment spreads is another test's subject.
+    let deadline = Instant::now() + Duration::from_secs(15);
     for node in &nodes {
         while Api::anonymous(node).get_text("/hello").await.0 != 200 {
-            assert!(Instant::now() < deadline, "a node did not serve the deployment within 1 s");
+            assert!(Instant::now() < deadline, "a node did not serve the deployment within 15 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

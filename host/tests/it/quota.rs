@@ -286,12 +286,16 @@ async fn thirty_concurrent_requests_over_three_nodes_admit_exactly_ten() {
     // once), and probing it costs acme nothing.
     let probe_key = env.tenant("probe", "pro", false);
     Api::new(&a, &probe_key).deploy_component("hello", "/probe").await;
+    // Each node compiles the component itself (its own data folder), two
+    // at once beside the rest of the suite: generous, since what is under
+    // test here is the count, not how fast a deployment spreads (that is
+    // cluster::every_change_through_one_node_reaches_another_within_a_second).
     for node in [&b, &c] {
-        let deadline = Instant::now() + Duration::from_secs(1);
+        let deadline = Instant::now() + Duration::from_secs(15);
         while get(node, "/probe").await.status() != 200 {
             assert!(
                 Instant::now() < deadline,
-                "the deployment did not reach every node within 1 s"
+                "the deployment did not reach every node within 15 s"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
