@@ -14,6 +14,8 @@ use anyhow::{Context as _, bail};
 
 /// Default for `SERVER_HOST`: every interface, as container platforms expect.
 pub const DEFAULT_SERVER_HOST: &str = "0.0.0.0";
+/// Largest `SERVER_THREADS`.
+pub const MAX_SERVER_THREADS: usize = 256;
 /// Default for `SERVER_PORT`.
 pub const DEFAULT_SERVER_PORT: u16 = 8080;
 /// Default for `MAX_INPUT_SIZE`: 1 MiB of request body per invocation.
@@ -186,6 +188,14 @@ pub struct HttpArgs {
           value_parser = number_for::<usize>("MAX_CONNECTIONS"))]
     pub max_connections: usize,
 
+    /// Threads that accept and serve connections, each with its own event
+    /// loop and its own listening socket on the address (SO_REUSEPORT); 0
+    /// serves every connection from one accept loop on the process's shared
+    /// runtime.
+    #[arg(long, env = "SERVER_THREADS", default_value_t = 0,
+          value_parser = number_for::<usize>("SERVER_THREADS"))]
+    pub server_threads: usize,
+
     /// Time a client has to complete the TLS handshake.
     #[arg(long, env = "TLS_HANDSHAKE_TIMEOUT", default_value = "10", value_name = "DURATION",
           value_parser = duration_for("TLS_HANDSHAKE_TIMEOUT"))]
@@ -213,6 +223,9 @@ impl HttpArgs {
         }
         if self.max_connections == 0 {
             bail!("MAX_CONNECTIONS must be at least 1");
+        }
+        if self.server_threads > MAX_SERVER_THREADS {
+            bail!("SERVER_THREADS must be at most {MAX_SERVER_THREADS}");
         }
         if self.max_header_count == 0 {
             bail!("MAX_HEADER_COUNT must be at least 1");

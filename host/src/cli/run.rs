@@ -151,8 +151,10 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
     ));
     plane.publish(routes);
 
-    let listener = server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    let local = listener.local_addr()?;
+    let options = HttpOptions::from(&args.http);
+    let listener =
+        server::bind(addr, &options).with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr();
     let acceptor = match tls {
         Some(cert) => {
             cert.clone().watch();
@@ -166,7 +168,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
         listener,
         acceptor,
         Arc::new(RunHandler(plane)),
-        HttpOptions::from(&args.http),
+        options,
         server::shutdown_signal(),
     )
     .await

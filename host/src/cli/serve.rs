@@ -219,18 +219,19 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
     let metrics_path = match (args.metrics.prometheus_enabled, args.metrics.metrics_addr) {
         (false, _) => None,
         (true, Some(addr)) => {
-            let listener = server::bind(addr)
+            // A scrape now and then: one accept loop on the shared runtime.
+            let options = HttpOptions { threads: 0, ..HttpOptions::from(&args.http) };
+            let listener = server::bind(addr, &options)
                 .with_context(|| format!("METRICS_ADDR: cannot listen on {addr}"))?;
             eprintln!(
                 "metrics on http://{}{}",
-                listener.local_addr()?,
+                listener.local_addr(),
                 args.metrics.metrics_endpoint
             );
             let metrics_handler = Arc::new(MetricsHandler {
                 node: node.clone(),
                 path: args.metrics.metrics_endpoint.clone(),
             });
-            let options = HttpOptions::from(&args.http);
             tokio::spawn(async move {
                 let never = std::future::pending::<()>();
                 if let Err(e) = server::serve(listener, None, metrics_handler, options, never).await
@@ -242,8 +243,10 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
         }
         (true, None) => Some(args.metrics.metrics_endpoint.clone()),
     };
-    let listener = server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    let local = listener.local_addr()?;
+    let options = HttpOptions::from(&args.http);
+    let listener =
+        server::bind(addr, &options).with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr();
     let acceptor = match tls {
         Some(cert) => {
             cert.clone().watch();
@@ -266,8 +269,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
             node.start_draining();
         }
     };
-    let served =
-        server::serve(listener, acceptor, handler, HttpOptions::from(&args.http), shutdown).await;
+    let served = server::serve(listener, acceptor, handler, options, shutdown).await;
     // What was counted since the last flush is written before exiting.
     node.usage.flush(node.store.as_ref()).await;
     served

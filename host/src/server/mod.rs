@@ -2,15 +2,22 @@
 //! cleartext with prior knowledge), limits and timeouts on what clients send,
 //! and graceful shutdown.
 //!
-//! [`serve`] takes the bound listener and the shutdown signal from its
+//! [`serve`] takes the bound listeners and the shutdown signal from its
 //! caller, so tests bind port 0 and stop the server when they like.
+//!
+//! Connections are served either on the process's own (multi-thread) tokio
+//! runtime from one accept loop, or, with `HttpOptions::threads` set, by
+//! that many threads, each running a single-threaded runtime with its own
+//! listening socket on the same address (`SO_REUSEPORT`: the kernel spreads
+//! new connections over the sockets). A connection then stays on the thread
+//! that accepted it, with no work stealing between threads.
 
 pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -19,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::HttpArgs;
 use crate::response::{ResponseBody, error_response};
@@ -70,6 +77,9 @@ pub struct HttpOptions {
     pub shutdown_timeout: Duration,
     /// Time a client has to complete the TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// Threads serving connections, each with its own event loop and
+    /// listening socket; 0 serves them on the caller's runtime.
+    pub threads: usize,
 }
 
 impl From<&HttpArgs> for HttpOptions {
@@ -82,28 +92,59 @@ impl From<&HttpArgs> for HttpOptions {
             max_connections: args.max_connections,
             shutdown_timeout: args.shutdown_timeout,
             tls_handshake_timeout: args.tls_handshake_timeout,
+            threads: args.server_threads,
         }
     }
 }
 
-/// Binds `addr` with `SO_REUSEADDR` (so a restarted node can rebind while
-/// old connections sit in TIME_WAIT) and a deep accept queue.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// The listening sockets of one address: one, or one per serving thread.
+#[derive(Debug)]
+pub struct Listeners {
+    sockets: Vec<std::net::TcpListener>,
+    local: SocketAddr,
+}
+
+impl Listeners {
+    /// The address bound (with the port the kernel chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+/// Binds `addr` for `options`: one socket, or one per serving thread, all
+/// on the same address (`SO_REUSEPORT`; port 0 gets one port for all).
+/// `SO_REUSEADDR` lets a restarted node rebind while old connections sit in
+/// TIME_WAIT; the accept queue is deep.
+pub fn bind(addr: SocketAddr, options: &HttpOptions) -> std::io::Result<Listeners> {
+    let count = options.threads.max(1);
+    let first = bind_one(addr, count > 1)?;
+    let local = first.local_addr()?;
+    let mut sockets = vec![first];
+    while sockets.len() < count {
+        sockets.push(bind_one(local, true)?);
+    }
+    Ok(Listeners { sockets, local })
+}
+
+fn bind_one(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
-    socket.listen(1024)
+    socket.listen(1024)?.into_std()
 }
 
-/// Serves connections from `listener` with `handler` until `shutdown`
+/// Serves connections from `listeners` with `handler` until `shutdown`
 /// resolves; then stops accepting (new connections are refused), lets
 /// in-flight requests finish for up to `options.shutdown_timeout`, and
 /// returns.
 pub async fn serve<H, S>(
-    listener: TcpListener,
+    listeners: Listeners,
     tls: Option<tls::TlsAcceptor>,
     handler: Arc<H>,
     options: HttpOptions,
@@ -113,22 +154,134 @@ where
     H: Handler,
     S: Future<Output = ()>,
 {
-    let builder = Arc::new(connection_builder(&options));
-    let options = Arc::new(options);
-    // One permit per open connection: at the cap the loop stops accepting
-    // and clients wait in the kernel's queue (backpressure, not errors).
-    let connections = Arc::new(Semaphore::new(options.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut accept_backoff = Duration::ZERO;
-    tokio::pin!(shutdown);
+    let (phase, _) = watch::channel(Phase::Serving);
+    let shared = Arc::new(Shared {
+        builder: connection_builder(&options),
+        // One permit per open connection, over all threads: at the cap the
+        // loops stop accepting and clients wait in the kernel's queue
+        // (backpressure, not errors).
+        connections: Arc::new(Semaphore::new(options.max_connections)),
+        graceful: Mutex::new(Some(GracefulShutdown::new())),
+        phase: phase.clone(),
+        options,
+    });
 
+    let threads = if shared.options.threads == 0 {
+        let mut sockets = listeners.sockets;
+        let listener = TcpListener::from_std(sockets.remove(0))?;
+        tokio::spawn(accept_loop(listener, tls, handler, shared.clone()));
+        Vec::new()
+    } else {
+        start_threads(listeners, tls.as_ref(), &handler, &shared)?
+    };
+
+    shutdown.await;
+    // Every accept loop stops and closes its socket: new connections are
+    // refused from here on.
+    phase.send_replace(Phase::Draining);
+    let graceful = shared.graceful.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let timeout = shared.options.shutdown_timeout;
+    if let Some(graceful) = graceful {
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("all connections closed"),
+            () = tokio::time::sleep(timeout) => {
+                tracing::warn!(timeout_s = timeout.as_secs(),
+                               "shutdown timeout: closing the remaining connections");
+            }
+        }
+    }
+    // The serving threads end, and with their runtimes whatever connection
+    // outlived the timeout.
+    phase.send_replace(Phase::Done);
+    for thread in threads {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    Ok(())
+}
+
+/// Where a [`serve`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serving,
+    /// Listeners closed, in-flight requests finishing.
+    Draining,
+    /// Serving threads to end.
+    Done,
+}
+
+/// What every accept loop and connection of one [`serve`] shares.
+struct Shared {
+    builder: auto::Builder<TokioExecutor>,
+    connections: Arc<Semaphore>,
+    /// Taken when the server drains: a loop that finds it gone stops.
+    graceful: Mutex<Option<GracefulShutdown>>,
+    phase: watch::Sender<Phase>,
+    options: HttpOptions,
+}
+
+impl Shared {
+    /// Resolves once the server has reached `phase` (or is gone).
+    fn reached(&self, phase: Phase) -> impl Future<Output = ()> + Send + 'static {
+        let mut current = self.phase.subscribe();
+        async move {
+            let _ = current.wait_for(|now| *now >= phase).await;
+        }
+    }
+}
+
+/// Starts one thread per listener, each with a single-threaded runtime that
+/// serves that listener until the server drains, and keeps its connections
+/// running until the server is done.
+fn start_threads<H: Handler>(
+    listeners: Listeners,
+    tls: Option<&tls::TlsAcceptor>,
+    handler: &Arc<H>,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut threads = Vec::new();
+    for (i, socket) in listeners.sockets.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (tls, handler, shared) = (tls.cloned(), handler.clone(), shared.clone());
+        let thread =
+            std::thread::Builder::new().name(format!("wasmwiz-http-{i}")).spawn(move || {
+                let done = shared.reached(Phase::Done);
+                runtime.block_on(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => accept_loop(listener, tls, handler, shared).await,
+                        Err(e) => tracing::error!(error = %e, "cannot serve a listening socket"),
+                    }
+                    done.await;
+                });
+                // Tasks still running (connections past the shutdown
+                // timeout) are dropped, not waited for.
+                runtime.shutdown_background();
+            })?;
+        threads.push(thread);
+    }
+    Ok(threads)
+}
+
+/// Accepts connections from `listener` and serves each in a task of its own
+/// until the server drains; then closes the listener.
+async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    tls: Option<tls::TlsAcceptor>,
+    handler: Arc<H>,
+    shared: Arc<Shared>,
+) {
+    let mut accept_backoff = Duration::ZERO;
+    let stopped = shared.reached(Phase::Draining);
+    tokio::pin!(stopped);
     loop {
         let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = connections.clone().acquire_owned() => permit?,
+            () = &mut stopped => break,
+            permit = shared.connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
         };
         let (stream, remote) = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
                     accept_backoff = Duration::ZERO;
@@ -151,26 +304,19 @@ where
         // Nagle would hold small writes (a streamed chunk, an h2 frame) for
         // up to 40 ms waiting for an ACK; guests that stream need them sent.
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let handler = handler.clone();
-        let tls = tls.clone();
-        let options = options.clone();
+        let watcher = {
+            let graceful = shared.graceful.lock().unwrap_or_else(PoisonError::into_inner);
+            match graceful.as_ref() {
+                Some(graceful) => graceful.watcher(),
+                None => break, // draining
+            }
+        };
+        let (handler, tls, shared) = (handler.clone(), tls.clone(), shared.clone());
         tokio::spawn(async move {
-            serve_connection(stream, remote, tls, builder, handler, options, watcher).await;
+            serve_connection(stream, remote, tls, &shared, handler, watcher).await;
             drop(permit);
         });
     }
-
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(options.shutdown_timeout) => {
-            tracing::warn!(timeout_s = options.shutdown_timeout.as_secs(),
-                           "shutdown timeout: closing the remaining connections");
-        }
-    }
-    Ok(())
 }
 
 fn connection_builder(options: &HttpOptions) -> auto::Builder<TokioExecutor> {
@@ -199,16 +345,16 @@ async fn serve_connection<H: Handler>(
     stream: TcpStream,
     remote: SocketAddr,
     tls: Option<tls::TlsAcceptor>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    shared: &Shared,
     handler: Arc<H>,
-    options: Arc<HttpOptions>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let info = ConnInfo { remote, tls: tls.is_some() };
-    let handshake_timeout = options.tls_handshake_timeout;
+    let handshake_timeout = shared.options.tls_handshake_timeout;
+    let max_uri_length = shared.options.max_uri_length;
+    let builder = &shared.builder;
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let handler = handler.clone();
-        let max_uri_length = options.max_uri_length;
         async move {
             if too_long(&request, max_uri_length) {
                 return Ok::<_, Infallible>(error_response(

@@ -13,6 +13,10 @@ fn mount(route: &str, name: &str) -> String {
 
 /// A server with the examples and the hostile guest mounted, a 1 s timeout.
 fn examples_server() -> Server {
+    examples_server_with(&[])
+}
+
+fn examples_server_with(envs: &[(&str, &str)]) -> Server {
     let args = [
         "run".to_string(),
         mount("/hello/...", "hello"),
@@ -22,7 +26,9 @@ fn examples_server() -> Server {
         mount("/bigmem", "bigmem"),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start(&args, &[("EXECUTION_TIMEOUT", "1"), ("MAX_INPUT_SIZE", "1MiB")])
+    let mut all = vec![("EXECUTION_TIMEOUT", "1"), ("MAX_INPUT_SIZE", "1MiB")];
+    all.extend_from_slice(envs);
+    Server::start(&args, &all)
 }
 
 async fn assert_still_serving(server: &Server) {
@@ -277,9 +283,15 @@ async fn guest_output_is_logged_once_per_request_tagged_with_its_id() {
 #[tokio::test]
 async fn two_hundred_fifty_six_requests_at_concurrency_64_all_succeed() {
     let server = examples_server();
+    let statuses = hello_at_concurrency_64(&server, 256).await;
+    assert!(statuses.iter().all(|s| *s == 200), "not all 200: {statuses:?}");
+}
+
+/// `count` requests for `/hello`, 64 at a time (over up to 64 connections).
+async fn hello_at_concurrency_64(server: &Server, count: usize) -> Vec<u16> {
     let client = client();
     let url = server.url("/hello");
-    let statuses: Vec<u16> = futures::stream::iter(0..256)
+    let statuses: Vec<u16> = futures::stream::iter(0..count)
         .map(|_| {
             let client = client.clone();
             let url = url.clone();
@@ -288,8 +300,34 @@ async fn two_hundred_fifty_six_requests_at_concurrency_64_all_succeed() {
         .buffer_unordered(64)
         .collect()
         .await;
-    assert_eq!(statuses.len(), 256);
+    assert_eq!(statuses.len(), count);
+    statuses
+}
+
+/// With `SERVER_THREADS=2` two threads of their own serve the connections,
+/// each from its own socket: the kernel spreads 64 connections over both,
+/// and each thread does a fair share of the work.
+#[tokio::test]
+async fn server_threads_each_serve_connections_from_their_own_socket() {
+    let server = examples_server_with(&[("SERVER_THREADS", "2")]);
+    let statuses = hello_at_concurrency_64(&server, 1024).await;
     assert!(statuses.iter().all(|s| *s == 200), "not all 200: {statuses:?}");
+    // CPU time of each serving thread, in ns (schedstat's first field).
+    let tasks = format!("/proc/{}/task", server.pid());
+    let mut busy = Vec::new();
+    for task in std::fs::read_dir(&tasks).unwrap() {
+        let path = task.unwrap().path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if name.trim().starts_with("wasmwiz-http-") {
+            let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap();
+            let ns: u64 = schedstat.split_whitespace().next().unwrap().parse().unwrap();
+            busy.push((name.trim().to_string(), ns));
+        }
+    }
+    busy.sort();
+    assert_eq!(busy.len(), 2, "serving threads: {busy:?}");
+    let total: u64 = busy.iter().map(|(_, ns)| ns).sum();
+    assert!(busy.iter().all(|(_, ns)| *ns * 5 > total), "one thread did (almost) all: {busy:?}");
 }
 
 #[test]
@@ -302,6 +340,7 @@ fn invalid_settings_are_refused_at_start_naming_the_variable() {
         ("MAX_INPUT_SIZE", "-5"),
         ("SERVER_PORT", "99999"),
         ("MEMORY_LIMIT", "16GiB"),
+        ("SERVER_THREADS", "1000"),
     ] {
         let mut envs = vec![(var, value)];
         if var != "SERVER_PORT" {
@@ -325,7 +364,15 @@ fn a_file_that_is_not_a_component_is_refused_at_start() {
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
-    let mut server = examples_server();
+    sigterm_drains(examples_server()).await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_connections_of_every_server_thread() {
+    sigterm_drains(examples_server_with(&[("SERVER_THREADS", "2")])).await;
+}
+
+async fn sigterm_drains(mut server: Server) {
     let slow = tokio::spawn({
         let url = server.url("/stream?chunks=4&size=10&delay_ms=150");
         async move {
