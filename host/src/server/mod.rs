@@ -154,31 +154,30 @@ where
     H: Handler,
     S: Future<Output = ()>,
 {
-    let (phase, _) = watch::channel(Phase::Serving);
+    let (draining, _) = watch::channel(false);
     let shared = Arc::new(Shared {
         builder: connection_builder(&options),
         // One permit per open connection, over all threads: at the cap the
         // loops stop accepting and clients wait in the kernel's queue
-        // (backpressure, not errors).
+        // (backpressure, not errors; see `accept_loop`).
         connections: Arc::new(Semaphore::new(options.max_connections)),
         graceful: Mutex::new(Some(GracefulShutdown::new())),
-        phase: phase.clone(),
+        draining: draining.clone(),
         options,
     });
 
-    let threads = if shared.options.threads == 0 {
+    if shared.options.threads == 0 {
         let mut sockets = listeners.sockets;
         let listener = TcpListener::from_std(sockets.remove(0))?;
         tokio::spawn(accept_loop(listener, tls, handler, shared.clone()));
-        Vec::new()
     } else {
-        start_threads(listeners, tls.as_ref(), &handler, &shared)?
-    };
+        start_threads(listeners, tls.as_ref(), &handler, &shared)?;
+    }
 
     shutdown.await;
     // Every accept loop stops and closes its socket: new connections are
     // refused from here on.
-    phase.send_replace(Phase::Draining);
+    draining.send_replace(true);
     let graceful = shared.graceful.lock().unwrap_or_else(PoisonError::into_inner).take();
     let timeout = shared.options.shutdown_timeout;
     if let Some(graceful) = graceful {
@@ -190,23 +189,7 @@ where
             }
         }
     }
-    // The serving threads end, and with their runtimes whatever connection
-    // outlived the timeout.
-    phase.send_replace(Phase::Done);
-    for thread in threads {
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
     Ok(())
-}
-
-/// Where a [`serve`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Phase {
-    Serving,
-    /// Listeners closed, in-flight requests finishing.
-    Draining,
-    /// Serving threads to end.
-    Done,
 }
 
 /// What every accept loop and connection of one [`serve`] shares.
@@ -215,50 +198,48 @@ struct Shared {
     connections: Arc<Semaphore>,
     /// Taken when the server drains: a loop that finds it gone stops.
     graceful: Mutex<Option<GracefulShutdown>>,
-    phase: watch::Sender<Phase>,
+    /// Becomes `true` when the listeners are to close.
+    draining: watch::Sender<bool>,
     options: HttpOptions,
 }
 
 impl Shared {
-    /// Resolves once the server has reached `phase` (or is gone).
-    fn reached(&self, phase: Phase) -> impl Future<Output = ()> + Send + 'static {
-        let mut current = self.phase.subscribe();
+    /// Resolves once the server drains.
+    fn drained(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut draining = self.draining.subscribe();
         async move {
-            let _ = current.wait_for(|now| *now >= phase).await;
+            let _ = draining.wait_for(|draining| *draining).await;
         }
     }
 }
 
 /// Starts one thread per listener, each with a single-threaded runtime that
-/// serves that listener until the server drains, and keeps its connections
-/// running until the server is done.
+/// serves that listener until the server drains.
+///
+/// The threads and their runtimes then stay until the process exits: a
+/// database pool or Redis connection first used from one of them has its
+/// socket registered with that runtime, and must keep working for whatever
+/// runs after [`serve`] returns (the last flush of usage counts).
 fn start_threads<H: Handler>(
     listeners: Listeners,
     tls: Option<&tls::TlsAcceptor>,
     handler: &Arc<H>,
     shared: &Arc<Shared>,
-) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
-    let mut threads = Vec::new();
+) -> anyhow::Result<()> {
     for (i, socket) in listeners.sockets.into_iter().enumerate() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (tls, handler, shared) = (tls.cloned(), handler.clone(), shared.clone());
-        let thread =
-            std::thread::Builder::new().name(format!("wasmwiz-http-{i}")).spawn(move || {
-                let done = shared.reached(Phase::Done);
-                runtime.block_on(async move {
-                    match TcpListener::from_std(socket) {
-                        Ok(listener) => accept_loop(listener, tls, handler, shared).await,
-                        Err(e) => tracing::error!(error = %e, "cannot serve a listening socket"),
-                    }
-                    done.await;
-                });
-                // Tasks still running (connections past the shutdown
-                // timeout) are dropped, not waited for.
-                runtime.shutdown_background();
-            })?;
-        threads.push(thread);
+        std::thread::Builder::new().name(format!("wasmwiz-http-{i}")).spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(socket) {
+                    Ok(listener) => accept_loop(listener, tls, handler, shared).await,
+                    Err(e) => tracing::error!(error = %e, "cannot serve a listening socket"),
+                }
+                std::future::pending::<()>().await;
+            });
+        })?;
     }
-    Ok(threads)
+    Ok(())
 }
 
 /// Accepts connections from `listener` and serves each in a task of its own
@@ -270,16 +251,9 @@ async fn accept_loop<H: Handler>(
     shared: Arc<Shared>,
 ) {
     let mut accept_backoff = Duration::ZERO;
-    let stopped = shared.reached(Phase::Draining);
+    let stopped = shared.drained();
     tokio::pin!(stopped);
     loop {
-        let permit = tokio::select! {
-            () = &mut stopped => break,
-            permit = shared.connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let (stream, remote) = tokio::select! {
             () = &mut stopped => break,
             accepted = listener.accept() => match accepted {
@@ -299,6 +273,18 @@ async fn accept_loop<H: Handler>(
                     }
                     continue;
                 }
+            },
+        };
+        // At the cap this loop holds the one connection it accepted (the
+        // rest wait in the kernel's queue) until a connection closes. The
+        // permit is taken after the accept, not before: with a socket per
+        // thread, a permit taken first could go to a loop whose queue is
+        // empty while a client waits in another's.
+        let permit = tokio::select! {
+            () = &mut stopped => break,
+            permit = shared.connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
             },
         };
         // Nagle would hold small writes (a streamed chunk, an h2 frame) for

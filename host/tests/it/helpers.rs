@@ -81,6 +81,13 @@ impl Server {
                 let mut tx = Some(tx);
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
+                    // In the log before the start is reported: a test may
+                    // look for the line as soon as it has the address.
+                    {
+                        let mut log = log.lock().unwrap();
+                        log.push_str(&line);
+                        log.push('\n');
+                    }
                     if let Some(rest) = line.strip_prefix("listening on ")
                         && let Some(tx) = tx.take()
                     {
@@ -88,9 +95,6 @@ impl Server {
                             rest.trim_start_matches("http://").trim_start_matches("https://");
                         let _ = tx.send(addr.parse::<SocketAddr>().expect("listening address"));
                     }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
                 }
             });
         }

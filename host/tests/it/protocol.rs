@@ -224,7 +224,20 @@ fn a_body_that_will_be_refused_gets_413_without_100_continue() {
 
 #[test]
 fn connections_over_the_cap_wait_instead_of_failing() {
-    let server = server(&[("MAX_CONNECTIONS", "2"), ("HEADER_READ_TIMEOUT", "30")]);
+    connections_over_the_cap_wait(&[]);
+}
+
+/// With a socket per serving thread, a connection that closes lets in the
+/// one waiting, whichever socket the kernel queued it on.
+#[test]
+fn connections_over_the_cap_wait_with_two_server_threads() {
+    connections_over_the_cap_wait(&[("SERVER_THREADS", "2")]);
+}
+
+fn connections_over_the_cap_wait(extra_env: &[(&str, &str)]) {
+    let mut env = vec![("MAX_CONNECTIONS", "2"), ("HEADER_READ_TIMEOUT", "30")];
+    env.extend_from_slice(extra_env);
+    let server = server(&env);
     let request = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut first = TcpStream::connect(server.addr).unwrap();
     let mut second = TcpStream::connect(server.addr).unwrap();

@@ -238,7 +238,19 @@ async fn usage_counts_invocations_and_errors(env: ServeEnv) {
 /// Redis call per lease.
 #[tokio::test]
 async fn leases_under_concurrency_count_what_was_served() {
-    let env = redis();
+    leases_count_what_was_served(redis()).await;
+}
+
+/// The same with two serving threads, each with its own event loop: one
+/// lease table and one Redis connection for both.
+#[tokio::test]
+async fn leases_count_what_was_served_with_two_server_threads() {
+    let mut env = redis();
+    env.set("SERVER_THREADS", "2");
+    leases_count_what_was_served(env).await;
+}
+
+async fn leases_count_what_was_served(env: ServeEnv) {
     let (server, _admin, acme) = metered(&env, "10000000", "100000000").await;
     // Leases end with their minute: the whole run must fit in one.
     wait_for_minute_room(30).await;
