@@ -9,7 +9,7 @@ set -euo pipefail
 usage() {
     cat <<USAGE
 Usage: benches/ab.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS]
-                    [-B PROFILE | -b BINARY] [NAME=VALUE...]
+                    [-B PROFILE | -b BINARY] [-l LOOPS] [NAME=VALUE...]
 
   -r ROUNDS       rounds, each runs wrk once against both servers (default 3)
   -d SECONDS      wrk duration per run (default 10)
@@ -19,26 +19,33 @@ Usage: benches/ab.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS]
                   instead of the release one
   -b BINARY       run B with this wasmwiz binary (say, a copy of the
                   release binary saved before a change)
+  -l LOOPS        a noisy neighbour: while wrk measures a server, LOOPS
+                  clients keep a guest computing in a loop on it (the
+                  hostile test guest, stopped by a 1 s EXECUTION_TIMEOUT on
+                  both servers), one request after another
 
 Examples: benches/ab.sh POOL_KEEP_RESIDENT=0
           benches/ab.sh -B profiling   (what fat LTO buys over thin LTO)
           cp target/release/wasmwiz /tmp/before; (change, then)
           benches/ab.sh -b /tmp/before (what the change buys: A is the new build)
+          benches/ab.sh -l 4 SERVER_THREADS=2 (hello beside 4 CPU-bound guests)
 USAGE
 }
 
-rounds=3 duration=10 connections=64 threads=2 profile_b='' binary_b=''
+rounds=3 duration=10 connections=64 threads=2 profile_b='' binary_b='' loops=0
 bench_option() {
     case $1 in
         B) profile_b=$2 ;;
         b) binary_b=$2 ;;
+        l) loops=$2 ;;
     esac
 }
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-bench_options "r:d:c:t:B:b:" "$@"
+bench_options "r:d:c:t:B:b:l:" "$@"
 shift "$bench_shift"
 [ $# -gt 0 ] || [ -n "$profile_b$binary_b" ] || { usage >&2; exit 2; }
+[[ $loops =~ ^[0-9]+$ ]] || { echo "-l needs a number" >&2; exit 2; }
 if [ -n "$binary_b" ]; then
     [ -z "$profile_b" ] || { echo "-B and -b exclude each other" >&2; exit 2; }
     [ -x "$binary_b" ] || { echo "$binary_b is not an executable" >&2; exit 2; }
@@ -57,11 +64,35 @@ elif [ -n "$binary_b" ]; then
 fi
 hello=$bench_root/target/components/hello.wasm
 ports=(18221 18222)
+serving=("$hello")
+if [ "$loops" -gt 0 ]; then
+    serving=("/hello=$hello" "/loop/...=$bench_root/target/components/hostile.wasm")
+    export EXECUTION_TIMEOUT=1
+    attackers=()
+    bench_before_run() {
+        local i
+        for i in $(seq 1 "$loops"); do
+            while curl -s -o /dev/null "${1%/hello}/loop/loop"; do :; done &
+            attackers+=($!)
+            bench_pids+=($!) # stopped with the servers if the script is cut short
+        done
+        sleep 0.5
+    }
+    bench_after_run() {
+        kill "${attackers[@]}" 2>/dev/null || true
+        wait "${attackers[@]}" 2>/dev/null || true
+        attackers=()
+        # The guests left running end at their timeout before the next run.
+        sleep 1.2
+    }
+fi
 build_b=${profile_b:+$profile_b build}${binary_b:+$(basename "$binary_b")}
 label_b="$build_b${build_b:+${*:+, }}$*"
 names=("$bench_profile build" "$label_b")
-bench_start "${names[0]}" "$results/a.log" "$bench_bin" run --addr "127.0.0.1:${ports[0]}" "$hello"
-bench_start "$label_b" "$results/b.log" env "$@" "$bin_b" run --addr "127.0.0.1:${ports[1]}" "$hello"
+bench_start "${names[0]}" "$results/a.log" "$bench_bin" run --addr "127.0.0.1:${ports[0]}" \
+    "${serving[@]}"
+bench_start "$label_b" "$results/b.log" env "$@" "$bin_b" run --addr "127.0.0.1:${ports[1]}" \
+    "${serving[@]}"
 for port in "${ports[@]}"; do
     bench_wait_ready "http://127.0.0.1:$port/hello"
 done
@@ -72,7 +103,9 @@ bench_rounds "$rounds" "$threads" "$connections" "$duration" "$results" \
     "${names[1]}" "http://127.0.0.1:${ports[1]}/hello"
 
 echo
-echo "wrk -t$threads -c$connections -d${duration}s, $rounds rounds, median ($(nproc) cores, loopback)"
+noisy=''
+[ "$loops" -eq 0 ] || noisy=", $loops clients looping on a CPU-bound guest meanwhile"
+echo "wrk -t$threads -c$connections -d${duration}s, $rounds rounds, median ($(nproc) cores, loopback)$noisy"
 echo
 bench_table "${names[@]}"
 echo

@@ -255,6 +255,8 @@ bench_now_ms() {
 # CPU time its process used per request during the run (times requests/s,
 # the cores it got: for a CPU-bound server the column is the inverse of
 # requests/s; for one held back elsewhere, its real cost per request).
+# A script that defines bench_before_run / bench_after_run has them called
+# with the URL around each measured run (to load that server meanwhile).
 bench_rounds() {
     local rounds=$1 threads=$2 connections=$3 seconds=$4 results=$5
     shift 5
@@ -270,9 +272,11 @@ bench_rounds() {
     for round in $(seq 1 "$rounds"); do
         for i in "${!names[@]}"; do
             pid=${bench_pid_of[${names[$i]}]:-}
+            if declare -F bench_before_run >/dev/null; then bench_before_run "${urls[$i]}"; fi
             before=$([ -n "$pid" ] && bench_cpu_ticks "$pid" || echo '')
             read -r r l50 l99 bad n < <(bench_wrk "$results/${names[$i]}-$round.txt" \
                 -t"$threads" -c"$connections" -d"${seconds}s" "${urls[$i]}")
+            if declare -F bench_after_run >/dev/null; then bench_after_run "${urls[$i]}"; fi
             if [ "$bad" != 0 ]; then
                 echo "${names[$i]}: $bad non-2xx answers in round $round" >&2
                 return 1
