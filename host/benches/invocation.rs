@@ -8,7 +8,9 @@
 //!   (leases included, as the server runs it);
 //! - the phases of an invocation: sandbox (store and contexts),
 //!   instantiation, the guest's handler, response body, teardown;
-//! - a whole invocation through `Runtime::invoke` (what the server calls).
+//! - a whole invocation through `Runtime::invoke` (what the server calls);
+//! - the same request through one reused instance (what instance reuse
+//!   would cost per request; the server never reuses an instance).
 //!
 //! `... -- precompile OUT` writes hello's compiled code to OUT, and
 //! `... -- invocations CODE N` loads it and runs N invocations and nothing
@@ -186,6 +188,22 @@ async fn phases(runtime: &Runtime, app: &App) {
     let t = started.elapsed() / n;
     println!(
         "| whole `Runtime::invoke` (own task, timeout, body streamed) | {:.1} |",
+        t.as_secs_f64() * 1e6
+    );
+
+    // What instance reuse would cost per request: the same requests one
+    // after another through one instance (the server never does this).
+    let (answers, t) = runtime
+        .invoke_reused(app, (0..n).map(|_| request()), LIMITS.memory_bytes, outbound())
+        .await
+        .expect("hello answers again and again");
+    assert_eq!(answers.len(), n as usize);
+    assert!(
+        answers.iter().all(|(s, b)| s.as_u16() == 200 && &b[..] == b"Hello, world!\n"),
+        "a reused instance answered differently"
+    );
+    println!(
+        "| one instance reused for all {n} (guest handler and body only) | {:.1} |",
         t.as_secs_f64() * 1e6
     );
     println!();

@@ -76,4 +76,36 @@ impl Runtime {
         };
         Ok((phases, status, body))
     }
+
+    /// Runs `requests` one after another through one instance of `app`, as
+    /// instance reuse would, and returns each response's status and body
+    /// with the mean time per request: the guest's handler and the response
+    /// body, the one instantiation and teardown left out. The server never
+    /// reuses an instance; this measures what reuse would save.
+    #[doc(hidden)]
+    pub async fn invoke_reused(
+        &self,
+        app: &App,
+        requests: impl IntoIterator<Item = Request<HyperIncomingBody>>,
+        memory_limit: u64,
+        outbound: OutboundPolicy,
+    ) -> anyhow::Result<(Vec<(StatusCode, Bytes)>, Duration)> {
+        let mut store = self.new_store(memory_limit, outbound, Arc::new(Capabilities::default()));
+        let proxy = app.pre.instantiate_async(&mut store).await?;
+        let mut answers = Vec::new();
+        let started = Instant::now();
+        for request in requests {
+            let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
+            let (head_tx, head_rx) = oneshot::channel();
+            let out = store.data_mut().http().new_response_outparam_from_callback(move |head| {
+                let _ = head_tx.send(head);
+            })?;
+            proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out).await?;
+            let response = head_rx.await?.map_err(|code| anyhow::anyhow!("error code {code:?}"))?;
+            let status = response.status();
+            answers.push((status, response.into_body().collect().await?.to_bytes()));
+        }
+        let per_request = started.elapsed() / u32::try_from(answers.len().max(1))?;
+        Ok((answers, per_request))
+    }
 }
