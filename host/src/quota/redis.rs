@@ -146,13 +146,14 @@ pub struct RedisQuota {
 struct Taking {
     /// Notified when the taker is done.
     done: Notify,
-    /// Set (before `done` is notified) when the taker is done, for a waiter
-    /// that registers only after the notification.
-    finished: AtomicBool,
-    /// How the taking ended: one of the `TAKEN_*` values.
-    outcome: AtomicU8,
+    /// Where the taking is: [`TAKING`] until the taker is done (set before
+    /// `done` is notified, for a waiter that registers only after the
+    /// notification), then one of the `TAKEN_*` values.
+    state: AtomicU8,
 }
 
+/// The taker is still at it.
+const TAKING: u8 = 3;
 /// The taker gave up (its request was dropped mid-call): someone else may
 /// take the next lease.
 const TAKEN_NOTHING: u8 = 0;
@@ -295,6 +296,8 @@ struct Acquiring<'a> {
     map: &'a Mutex<HashMap<TenantId, Arc<Taking>>>,
     tenant: TenantId,
     taking: Arc<Taking>,
+    /// What the waiters are told when the mark is dropped.
+    outcome: u8,
 }
 
 /// Either this request takes the tenant's next lease, or another one is
@@ -310,28 +313,24 @@ impl<'a> Acquiring<'a> {
         if let Some(taking) = map_guard.get(&tenant) {
             return Turn::Wait(taking.clone());
         }
-        let taking = Arc::new(Taking {
-            done: Notify::new(),
-            finished: AtomicBool::new(false),
-            outcome: AtomicU8::new(TAKEN_NOTHING),
-        });
+        let taking = Arc::new(Taking { done: Notify::new(), state: AtomicU8::new(TAKING) });
         map_guard.insert(tenant, taking.clone());
-        Turn::Take(Self { map, tenant, taking })
+        Turn::Take(Self { map, tenant, taking, outcome: TAKEN_NOTHING })
     }
 }
 
 impl Acquiring<'_> {
-    /// Records how the taking ended; the waiters learn it when the mark
+    /// Records how the taking ended; the waiters are told when the mark
     /// is dropped.
-    fn ended(&self, outcome: u8) {
-        self.taking.outcome.store(outcome, Ordering::Release);
+    fn ended(&mut self, outcome: u8) {
+        self.outcome = outcome;
     }
 }
 
 impl Drop for Acquiring<'_> {
     fn drop(&mut self) {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.tenant);
-        self.taking.finished.store(true, Ordering::Release);
+        self.taking.state.store(self.outcome, Ordering::Release);
         self.taking.done.notify_waiters();
     }
 }
@@ -362,7 +361,7 @@ impl QuotaBackend for RedisQuota {
             let deadline = tokio::time::Instant::now() + self.timeout;
             loop {
                 match Acquiring::start(&self.acquiring, tenant) {
-                    Turn::Take(mark) => {
+                    Turn::Take(mut mark) => {
                         // The lease the previous holder of the mark took
                         // may have landed since this request looked.
                         if let Some(admission) = self.spend_lease(tenant, rates) {
@@ -386,14 +385,14 @@ impl QuotaBackend for RedisQuota {
                         }
                         // A taker that finished before `enable` notified no
                         // one this request was registered with.
-                        let woken = taking.finished.load(Ordering::Acquire)
+                        let woken = taking.state.load(Ordering::Acquire) != TAKING
                             || tokio::time::timeout_at(deadline, notified).await.is_ok();
                         if let Some(admission) = self.spend_lease(tenant, rates) {
                             return admission;
                         }
                         // Near a limit there are no batches: every request
                         // is counted on its own, side by side.
-                        if !woken || taking.outcome.load(Ordering::Acquire) == TAKEN_NO_BATCH {
+                        if !woken || taking.state.load(Ordering::Acquire) == TAKEN_NO_BATCH {
                             break;
                         }
                     }

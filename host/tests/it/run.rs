@@ -372,20 +372,28 @@ async fn sigterm_drains_the_connections_of_every_server_thread() {
     sigterm_drains(examples_server_with(&[("SERVER_THREADS", "2")])).await;
 }
 
+/// Sends `SIGTERM` while 16 streamed responses, each on a connection of its
+/// own (so with two server threads, on both of them but for a chance of
+/// 1 in 32,768), are in flight: every one is delivered whole, then the
+/// server exits.
 async fn sigterm_drains(mut server: Server) {
-    let slow = tokio::spawn({
-        let url = server.url("/stream?chunks=4&size=10&delay_ms=150");
-        async move {
-            let response = client().get(url).send().await.unwrap();
-            (response.status(), response.bytes().await.map(|b| b.len()))
-        }
-    });
-    // Let the request reach the guest before signalling.
+    let slow: Vec<_> = (0..16)
+        .map(|_| {
+            let url = server.url("/stream?chunks=4&size=10&delay_ms=150");
+            tokio::spawn(async move {
+                let response = client().get(url).send().await.unwrap();
+                (response.status(), response.bytes().await.map(|b| b.len()))
+            })
+        })
+        .collect();
+    // Let the requests reach the guest before signalling.
     tokio::time::sleep(Duration::from_millis(150)).await;
     server.signal(libc::SIGTERM);
-    let (status, length) = slow.await.unwrap();
-    assert_eq!(status, 200);
-    assert_eq!(length.unwrap(), 40, "the in-flight response was cut");
+    for slow in slow {
+        let (status, length) = slow.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(length.unwrap(), 40, "an in-flight response was cut");
+    }
     let exit = server.wait_exit(Duration::from_secs(10)).expect("exits after draining");
     assert!(exit.success(), "exit status {exit:?}");
     let refused = client().get(server.url("/hello")).send().await;
