@@ -3,7 +3,7 @@
 # callgrind: stable on a noisy machine (it counts instructions, not time),
 # so a regression shows as a changed count. Runs the invocation harness
 # twice under callgrind, with no invocation and with N, and prints
-# (count(N) - count(0)) / N.
+# (count(N) - count(0)) / N; then the same on one reused instance.
 set -euo pipefail
 
 usage() {
@@ -37,10 +37,10 @@ harness=$(cd "$bench_root" && cargo bench --locked --no-run --bench invocation 2
 valgrind --tool=none "$harness" precompile "$work/hello.cwasm" 2>/dev/null
 
 instructions() {
-    local n=$1 out=$work/callgrind.$1
+    local n=$1 mode=${2:-} out=$work/callgrind.$1${2:+.$2}
     if ! env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE valgrind --tool=callgrind \
         --smc-check=all-non-file --callgrind-out-file="$out" \
-        "$harness" invocations "$work/hello.cwasm" "$n" >"$out.log" 2>&1; then
+        "$harness" invocations "$work/hello.cwasm" "$n" ${mode:+"$mode"} >"$out.log" 2>&1; then
         echo "the harness failed under valgrind:" >&2
         grep -v '^==' "$out.log" | head -20 >&2
         return 1
@@ -53,3 +53,9 @@ measured=$(instructions "$count") || exit 1
 per=$(((measured - base) / count))
 echo "instructions: $base with no invocation, $measured with $count"
 echo "instructions per invocation of hello: $per"
+
+# The same on one instance kept for reuse (max_instance_reuse above 1).
+base=$(instructions 0 reused) || exit 1
+measured=$(instructions "$count" reused) || exit 1
+per_reused=$(((measured - base) / count))
+echo "instructions per invocation of hello on a reused instance: $per_reused"

@@ -9,14 +9,16 @@
 //! - the phases of an invocation: sandbox (store and contexts),
 //!   instantiation, the guest's handler, response body, teardown;
 //! - a whole invocation through `Runtime::invoke` (what the server calls);
-//! - the same request through one reused instance (what instance reuse
-//!   would cost per request; the server never reuses an instance).
+//! - the same through `Runtime::invoke` with an instance pool, as a
+//!   deployment with `max_instance_reuse` above 1 runs it (one instance
+//!   serves every request).
 //!
 //! `... -- precompile OUT` writes hello's compiled code to OUT, and
-//! `... -- invocations CODE N` loads it and runs N invocations and nothing
-//! else: `benches/callgrind.sh` counts the instructions of that under
-//! valgrind, once with N = 0 and once with N > 0, so the difference per
-//! invocation is the stable figure regressions show in.
+//! `... -- invocations CODE N [reused]` loads it and runs N invocations
+//! (on fresh instances, or on one reused instance) and nothing else:
+//! `benches/callgrind.sh` counts the instructions of that under valgrind,
+//! once with N = 0 and once with N > 0, so the difference per invocation is
+//! the stable figure regressions show in.
 
 #![expect(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
@@ -33,8 +35,8 @@ use wasmwiz::quota::redis::RedisQuota;
 use wasmwiz::quota::{QuotaBackend, Rates};
 use wasmwiz::router::{RoutePattern, RouteTable};
 use wasmwiz::runtime::{
-    App, Capabilities, InvokeOptions, Limits, OutboundPolicy, OutboundSettings, Runtime,
-    RuntimeConfig,
+    App, Capabilities, InstancePool, InvokeOptions, Limits, MAX_INSTANCE_REUSE, OutboundPolicy,
+    OutboundSettings, Runtime, RuntimeConfig,
 };
 
 /// The limits every benchmark invocation runs with (the defaults).
@@ -62,7 +64,8 @@ fn runtime() -> Runtime {
 /// A runtime with one pool slot: under valgrind the address space cannot
 /// hold the reservation of a larger pool (8 GiB per slot).
 fn one_slot_runtime() -> Runtime {
-    let config = RuntimeConfig { warm_slots: 0, ..RuntimeConfig::with_pool(1) };
+    // One warm slot: room for the idle instance of the reuse row.
+    let config = RuntimeConfig { warm_slots: 1, ..RuntimeConfig::with_pool(1) };
     Runtime::new(&config).expect("the runtime")
 }
 
@@ -183,7 +186,7 @@ async fn phases(runtime: &Runtime, app: &App) {
     let n = N;
     let started = Instant::now();
     for _ in 0..n {
-        invoke_once(runtime, app).await;
+        invoke_once(runtime, app, None).await;
     }
     let t = started.elapsed() / n;
     println!(
@@ -191,25 +194,26 @@ async fn phases(runtime: &Runtime, app: &App) {
         t.as_secs_f64() * 1e6
     );
 
-    // What instance reuse would cost per request: the same requests one
-    // after another through one instance (the server never does this).
-    let (answers, t) = runtime
-        .invoke_reused(app, (0..n).map(|_| request()), LIMITS.memory_bytes, outbound())
-        .await
-        .expect("hello answers again and again");
-    assert_eq!(answers.len(), n as usize);
-    assert!(
-        answers.iter().all(|(s, b)| s.as_u16() == 200 && &b[..] == b"Hello, world!\n"),
-        "a reused instance answered differently"
-    );
+    // A deployment that opted in to instance reuse: after the first
+    // request, every one runs on the instance the one before gave back.
+    let pool = runtime.instance_pool(MAX_INSTANCE_REUSE);
+    invoke_once(runtime, app, Some(&pool)).await;
+    let started = Instant::now();
+    for _ in 0..n {
+        let reused = invoke_once(runtime, app, Some(&pool)).await;
+        assert!(reused, "a request ran on a new instance although one was idle");
+    }
+    let t = started.elapsed() / n;
     println!(
-        "| one instance reused for all {n} (guest handler and body only) | {:.1} |",
+        "| whole `Runtime::invoke`, instance reused (`max_instance_reuse` > 1) | {:.1} |",
         t.as_secs_f64() * 1e6
     );
     println!();
 }
 
-async fn invoke_once(runtime: &Runtime, app: &App) {
+/// One request through `Runtime::invoke`, checked; whether it ran on an
+/// instance kept from an earlier request.
+async fn invoke_once(runtime: &Runtime, app: &App, pool: Option<&Arc<InstancePool>>) -> bool {
     let slot = runtime.try_reserve().expect("a free slot");
     let options = InvokeOptions {
         limits: LIMITS,
@@ -218,11 +222,19 @@ async fn invoke_once(runtime: &Runtime, app: &App) {
         outbound: outbound(),
         timing: false,
         capabilities: Arc::new(Capabilities::default()),
+        reuse: pool.cloned(),
     };
-    let response = runtime.invoke(slot, app, request(), options, |_| {}).await;
+    let reused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let report = reused.clone();
+    let response = runtime
+        .invoke(slot, app, request(), options, move |r| {
+            report.store(r.reused, std::sync::atomic::Ordering::Relaxed);
+        })
+        .await;
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.expect("the body").to_bytes();
     assert_eq!(&body[..], b"Hello, world!\n");
+    reused.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn load(runtime: &Runtime, code: Option<&Path>) -> App {
@@ -255,11 +267,19 @@ fn main() {
         }
         Some("invocations") => {
             let n: u32 = args[2].parse().expect("a count");
+            // `reused`: one request first (in every run, so it cancels out),
+            // then the N measured ones on the instance it leaves.
+            let reuse = args.get(3).map(String::as_str) == Some("reused");
             tokio.block_on(async {
                 let runtime = one_slot_runtime();
                 let app = load(&runtime, Some(Path::new(&args[1])));
+                let pool = reuse.then(|| runtime.instance_pool(MAX_INSTANCE_REUSE));
+                if let Some(pool) = &pool {
+                    invoke_once(&runtime, &app, Some(pool)).await;
+                }
                 for _ in 0..n {
-                    invoke_once(&runtime, &app).await;
+                    let reused = invoke_once(&runtime, &app, pool.as_ref()).await;
+                    assert_eq!(reused, reuse);
                 }
             });
         }

@@ -18,8 +18,8 @@ use crate::quota::{QuotaBackend, Rates};
 use crate::response::{ResponseBody, error_response, retry_later};
 use crate::router::{RoutePattern, RouteTable, request_host};
 use crate::runtime::{
-    App, InvocationTiming, InvokeOptions, Limits, OutboundPolicy, Runtime, pool_full_response,
-    read_request,
+    App, InstancePool, InvocationTiming, InvokeOptions, Limits, OutboundPolicy, Runtime,
+    pool_full_response, read_request,
 };
 use crate::server::ConnInfo;
 use crate::usage::TenantUsage;
@@ -43,6 +43,8 @@ pub struct LiveRoute {
     pub metrics: Arc<RouteMetrics>,
     /// Key-value access and configuration of its invocations.
     pub capabilities: Arc<crate::runtime::Capabilities>,
+    /// Its idle instances, when the deployment opted in to instance reuse.
+    pub instances: Option<Arc<InstancePool>>,
 }
 
 /// Who a served route belongs to.
@@ -254,13 +256,14 @@ impl DataPlane {
             outbound: route.outbound.clone(),
             timing: self.server_timing,
             capabilities: route.capabilities.clone(),
+            reuse: route.instances.clone(),
         };
         let usage = route.owner.as_ref().map(|owner| owner.usage.clone());
         let metrics = route.metrics.clone();
         let mut response = self
             .runtime
             .invoke(slot, &route.app, request, options, move |report| {
-                metrics.executed(report.outcome, report.instantiate.as_secs_f64());
+                metrics.executed(&report);
                 if let Some(usage) = usage {
                     usage.record(&report);
                 }

@@ -15,7 +15,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::runtime::Outcome;
+use crate::runtime::{ExecutionReport, Outcome};
 
 /// Latency buckets from 100 µs to 10 s.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -63,6 +63,10 @@ pub struct Metrics {
     pub instance_pool_capacity: IntGauge,
     /// `wasmwiz_instance_pool_exhausted_total`.
     pub pool_exhausted: IntCounter,
+    /// `wasmwiz_instances_reused_total`.
+    pub instances_reused: IntCounter,
+    /// `wasmwiz_instances_idle`.
+    pub instances_idle: IntGauge,
     /// `wasmwiz_deployments_live`.
     pub deployments_live: IntGauge,
     /// `wasmwiz_components_uploaded_total{result}`.
@@ -168,6 +172,15 @@ impl Metrics {
                 "wasmwiz_instance_pool_exhausted_total",
                 "Requests refused with 503 because every instance slot was busy",
             ),
+            instances_reused: counter(
+                "wasmwiz_instances_reused_total",
+                "Requests served by an instance kept from an earlier request \
+                 (deployments with max_instance_reuse above 1)",
+            ),
+            instances_idle: gauge(
+                "wasmwiz_instances_idle",
+                "Component instances kept idle for reuse",
+            ),
             deployments_live: gauge("wasmwiz_deployments_live", "Routes this node serves"),
             uploads: counter_vec(
                 "wasmwiz_components_uploaded_total",
@@ -204,6 +217,7 @@ impl Metrics {
                 .map(|o| self.executions.with_label_values(&[tenant, o.as_str()])),
             quota_rejections: self.quota_rejections.with_label_values(&[tenant]),
             instantiate: self.instantiate_duration.clone(),
+            reused: self.instances_reused.clone(),
             route: route.to_string(),
             tenant: tenant.to_string(),
             all: self.http_requests.clone(),
@@ -228,6 +242,7 @@ pub struct RouteMetrics {
     executions: [IntCounter; Outcome::ALL.len()],
     quota_rejections: IntCounter,
     instantiate: Histogram,
+    reused: IntCounter,
     route: String,
     tenant: String,
     all: IntCounterVec,
@@ -246,10 +261,19 @@ impl RouteMetrics {
     }
 
     /// Records the end of an invocation.
-    pub fn executed(&self, outcome: Outcome, instantiate_seconds: f64) {
-        let i = Outcome::ALL.iter().position(|o| *o == outcome).expect("every outcome is listed");
+    /// An instance kept from an earlier request is counted as reused, not
+    /// observed as an instantiation.
+    pub fn executed(&self, report: &ExecutionReport) {
+        let i = Outcome::ALL
+            .iter()
+            .position(|o| *o == report.outcome)
+            .expect("every outcome is listed");
         self.executions[i].inc();
-        self.instantiate.observe(instantiate_seconds);
+        if report.reused {
+            self.reused.inc();
+        } else {
+            self.instantiate.observe(report.instantiate.as_secs_f64());
+        }
     }
 
     /// Records a 429.

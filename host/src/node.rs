@@ -22,8 +22,8 @@ use crate::kv::KvLimits;
 use crate::quota::Rates;
 use crate::router::RoutePattern;
 use crate::runtime::{
-    App, Capabilities, CompileError, Compiler, KvAccess, Limits, OutboundPolicy, OutboundSettings,
-    Runtime,
+    App, Capabilities, CompileError, Compiler, InstancePool, KvAccess, Limits, OutboundPolicy,
+    OutboundSettings, Runtime,
 };
 use crate::store::{ComponentMeta, NewComponent, Store, StoreError, TenantId, Tier, now_ms};
 use crate::usage::UsageRecorder;
@@ -79,6 +79,10 @@ pub struct Node {
     /// Prepared components by digest, shared by every route that serves the
     /// same bytes; only the reconcile path touches it.
     apps: std::sync::Mutex<HashMap<String, App>>,
+    /// Idle instances of the deployments that reuse them, by deployment and
+    /// version: kept across rebuilds of the route table, dropped with the
+    /// version (a new version may run another component).
+    instance_pools: std::sync::Mutex<HashMap<(String, i64), Arc<InstancePool>>>,
     /// The change counter the current route table reflects.
     applied_seq: AtomicI64,
     /// One rebuild at a time; a rebuild requested meanwhile reads the newer
@@ -164,6 +168,7 @@ impl Node {
             kv: settings.kv,
             tiers: ArcSwap::from_pointee(HashMap::new()),
             apps: std::sync::Mutex::new(HashMap::new()),
+            instance_pools: std::sync::Mutex::new(HashMap::new()),
             applied_seq: AtomicI64::new(-1),
             reconcile_lock: tokio::sync::Mutex::new(()),
             store_ok: AtomicBool::new(true),
@@ -230,6 +235,7 @@ impl Node {
 
         let mut routes = Routes::new();
         let mut to_compile = Vec::new();
+        let mut pools = HashMap::new();
         // Components this table settles: served, or their deployment failed.
         let mut settled = HashSet::new();
         for deployment in deployments {
@@ -282,7 +288,20 @@ impl Node {
                 }),
                 config,
             });
+            let instances = (deployment.max_instance_reuse > 1).then(|| {
+                let key = (deployment.id.clone(), deployment.version);
+                let pool = self
+                    .instance_pools
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| self.runtime.instance_pool(deployment.max_instance_reuse));
+                pools.insert(key, pool.clone());
+                pool
+            });
             let route = Arc::new(LiveRoute {
+                instances,
                 capabilities,
                 metrics: Arc::new(self.plane.metrics().route(&label, &deployment.tenant)),
                 label,
@@ -318,6 +337,7 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|digest, _| needed.contains(digest));
+        *self.instance_pools.lock().unwrap_or_else(|p| p.into_inner()) = pools;
         for digest in to_compile {
             self.compile_in_background(digest);
         }
@@ -471,6 +491,7 @@ impl Node {
     pub fn refresh_gauges(&self) {
         let metrics = self.plane.metrics();
         metrics.instances_in_use.set(self.runtime.instances_in_use() as i64);
+        metrics.instances_idle.set(self.runtime.instances_idle() as i64);
         metrics.instance_pool_capacity.set(i64::from(self.runtime.pool_size()));
         metrics.db_connections.set(i64::from(self.store.connections_active()));
         metrics.store_up.set(i64::from(self.store_ok()));

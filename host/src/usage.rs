@@ -142,6 +142,7 @@ mod tests {
             outcome,
             instantiate: Duration::ZERO,
             wall: Duration::from_millis(wall_ms),
+            reused: false,
         }
     }
 

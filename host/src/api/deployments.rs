@@ -14,6 +14,7 @@ use super::{ApiError, ApiJson, publish, require, rfc3339};
 use crate::auth::{Principal, Scope};
 use crate::node::Node;
 use crate::router::RoutePattern;
+use crate::runtime::MAX_INSTANCE_REUSE;
 use crate::store::{Deployment, NewDeployment};
 
 /// Most entries in `config` plus `secrets`.
@@ -39,6 +40,16 @@ pub struct DeployRequest {
     secrets: BTreeMap<String, String>,
     #[serde(default)]
     allowed_outbound_hosts: Vec<String>,
+    /// Requests one instance may serve: 1 (the default) gives every request
+    /// a fresh instance; more keeps an instance that ended well for later
+    /// requests of this deployment (faster, but requests see what earlier
+    /// ones left in the guest's memory).
+    #[serde(default = "one")]
+    max_instance_reuse: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// A deployment as the API shows it: secrets by name only.
@@ -53,6 +64,7 @@ pub struct DeploymentJson {
     config: BTreeMap<String, String>,
     secrets: Vec<String>,
     allowed_outbound_hosts: Vec<String>,
+    max_instance_reuse: u32,
 }
 
 impl From<Deployment> for DeploymentJson {
@@ -67,6 +79,7 @@ impl From<Deployment> for DeploymentJson {
             config: d.config,
             secrets: d.secrets.into_keys().collect(),
             allowed_outbound_hosts: d.allowed_outbound_hosts,
+            max_instance_reuse: d.max_instance_reuse,
         }
     }
 }
@@ -119,6 +132,12 @@ pub async fn create(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_route", e.to_string()))?;
     check_config(&request.config, &request.secrets)?;
     check_outbound_hosts(&request.allowed_outbound_hosts)?;
+    if !(1..=MAX_INSTANCE_REUSE).contains(&request.max_instance_reuse) {
+        return Err(ApiError::bad_request(format!(
+            "max_instance_reuse must be 1 (a fresh instance for every request) to \
+             {MAX_INSTANCE_REUSE}"
+        )));
+    }
     let deployment = node
         .store
         .deploy(&NewDeployment {
@@ -129,6 +148,7 @@ pub async fn create(
             config: request.config,
             secrets: request.secrets,
             allowed_outbound_hosts: request.allowed_outbound_hosts,
+            max_instance_reuse: request.max_instance_reuse,
         })
         .await?;
     publish(&node).await;

@@ -43,6 +43,11 @@ pub struct DeployArgs {
     /// A host the component may call over HTTP (repeatable).
     #[arg(long = "allow-outbound", value_name = "HOST")]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Requests one instance may serve. 1 (the default): a fresh instance
+    /// for every request. More: faster, but a request sees what earlier
+    /// requests of this deployment left in the component's memory.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub max_instance_reuse: u32,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -164,6 +169,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         "config": args.config.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         "secrets": args.secrets.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         "allowed_outbound_hosts": args.allowed_outbound_hosts,
+        "max_instance_reuse": args.max_instance_reuse,
     });
     let deployment =
         api.send(api.request(reqwest::Method::POST, "/api/v1/deployments").json(&body)).await?;

@@ -12,7 +12,9 @@ use crate::kv::memory::MemoryKv;
 use crate::kv::{KvBackend, KvLimits};
 use crate::metrics::Metrics;
 use crate::router::RoutePattern;
-use crate::runtime::{Capabilities, KvAccess, Limits, OutboundPolicy, Runtime, compile};
+use crate::runtime::{
+    Capabilities, KvAccess, Limits, MAX_INSTANCE_REUSE, OutboundPolicy, Runtime, compile,
+};
 use crate::server::{self, HttpOptions, tls};
 
 /// Arguments of `wasmwiz run`.
@@ -33,6 +35,14 @@ pub struct RunArgs {
     /// `wasi:config/store` (repeatable).
     #[arg(long = "config", value_name = "NAME=VALUE", value_parser = parse_config)]
     pub config: Vec<(String, String)>,
+
+    /// Requests one instance may serve. 1 (the default): a fresh instance
+    /// for every request. More: an instance whose request ended well serves
+    /// later requests of its route (faster; they see what earlier requests
+    /// left in its memory).
+    #[arg(long, env = "MAX_INSTANCE_REUSE", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_INSTANCE_REUSE)))]
+    pub max_instance_reuse: u32,
 
     #[command(flatten)]
     pub listen: ListenArgs,
@@ -137,6 +147,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
             label,
             outbound: outbound.clone(),
             owner: None,
+            instances: (args.max_instance_reuse > 1)
+                .then(|| runtime.instance_pool(args.max_instance_reuse)),
         });
         routes.insert(&route.pattern, route.clone());
     }

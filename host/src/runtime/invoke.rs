@@ -1,4 +1,5 @@
-//! One invocation: a request in, a fresh instance, a response out.
+//! One invocation: a request in, a fresh instance (or, for a deployment
+//! that opted in to reuse, one kept from an earlier request), a response out.
 //!
 //! The guest starts inside the request's own task: most handlers set their
 //! response, write the whole body and return without ever waiting, and such
@@ -32,6 +33,7 @@ use super::body::{
     BodyReadError, DISCARD_MAX_BYTES, DISCARD_MAX_TIME, GuestBody, IdleTimeoutBody, discard,
     drain_finished, read_capped,
 };
+use super::reuse::{InstancePool, Reused};
 use super::state::InvocationState;
 use super::{App, Runtime};
 use crate::response::{ResponseBody, error_response, retry_later};
@@ -62,13 +64,17 @@ pub struct InvokeOptions {
     pub timing: bool,
     /// Key-value access and configuration of the route.
     pub capabilities: Arc<super::Capabilities>,
+    /// The deployment's idle instances, when it opted in to instance reuse:
+    /// the request takes one if there is one, and gives its instance back
+    /// if it ended well.
+    pub reuse: Option<Arc<InstancePool>>,
 }
 
 /// How long an invocation took to its response head; in the response's
 /// extensions when [`InvokeOptions::timing`] asked for it.
 #[derive(Clone, Copy, Debug)]
 pub struct InvocationTiming {
-    /// Creating the instance.
+    /// Creating the instance (taking a kept one, when reused).
     pub instantiate: Duration,
     /// From the start of the invocation to the response head.
     pub to_head: Duration,
@@ -256,6 +262,8 @@ pub struct ExecutionReport {
     pub instantiate: Duration,
     /// Wall time from the start of instantiation to the guest's return.
     pub wall: Duration,
+    /// Whether an instance kept from an earlier request served it.
+    pub reused: bool,
 }
 
 /// A reserved place in the instance pool; dropping it frees the place.
@@ -287,13 +295,29 @@ impl Runtime {
     where
         F: FnOnce(ExecutionReport) + Send + 'static,
     {
-        let store =
-            self.new_store(options.limits.memory_bytes, options.outbound, options.capabilities);
+        let kept = options.reuse.as_ref().and_then(|pool| pool.take(options.limits.memory_bytes));
+        let start = match kept {
+            Some(mut kept) => {
+                kept.store.data_mut().renew(
+                    options.limits.memory_bytes,
+                    options.outbound,
+                    options.capabilities,
+                );
+                kept.store.set_epoch_deadline(1);
+                Start::Kept(kept)
+            }
+            None => Start::Fresh(self.new_store(
+                options.limits.memory_bytes,
+                options.outbound,
+                options.capabilities,
+            )),
+        };
 
         let head = Arc::new(HeadSlot::default());
         let guest = GuestRun {
             app: app.clone(),
-            store,
+            start,
+            reuse: options.reuse,
             request,
             https: options.https,
             head: head.clone(),
@@ -413,27 +437,45 @@ fn guest_error_response(code: &ErrorCode) -> Response<ResponseBody> {
     )
 }
 
+/// The instance a request runs on.
+enum Start {
+    /// A new sandbox; the instance is created in the run.
+    Fresh(Store<InvocationState>),
+    /// An instance kept from an earlier request of the deployment.
+    Kept(Reused),
+}
+
 /// Everything the guest's run owns.
 struct GuestRun {
     app: App,
-    store: Store<InvocationState>,
+    start: Start,
+    /// Where the instance goes back to if the run ends well.
+    reuse: Option<Arc<InstancePool>>,
     request: Request<HyperIncomingBody>,
     https: bool,
     head: Arc<HeadSlot>,
     deadline: Instant,
     request_id: String,
-    /// Held until the store is dropped: the pool place is free again only
-    /// when the instance is gone.
+    /// Held until the store is dropped or kept idle: the pool place is free
+    /// again only when the instance no longer runs.
     slot: Slot,
 }
 
 impl GuestRun {
     async fn run<F: FnOnce(ExecutionReport)>(self, on_done: F) -> Outcome {
-        let GuestRun { app, mut store, request, https, head, deadline, request_id, slot } = self;
+        let GuestRun { app, start, reuse, request, https, head, deadline, request_id, slot } = self;
+        let (mut store, mut proxy, served) = match start {
+            Start::Fresh(store) => (store, None, 0),
+            Start::Kept(kept) => (kept.store, Some(kept.proxy), kept.served),
+        };
+        let reused = proxy.is_some();
         let started = Instant::now();
         let mut instantiated = None;
         let result = tokio::time::timeout_at(deadline.into(), async {
-            let proxy = app.pre.instantiate_async(&mut store).await?;
+            let proxy = match &mut proxy {
+                Some(proxy) => proxy,
+                None => proxy.insert(app.pre.instantiate_async(&mut store).await?),
+            };
             let instantiate = started.elapsed();
             instantiated = Some(instantiate);
             let scheme = if https { Scheme::Https } else { Scheme::Http };
@@ -467,9 +509,19 @@ impl GuestRun {
         let data = store.data();
         data.stdout.log(&request_id, "stdout");
         data.stderr.log(&request_id, "stderr");
-        drop(store);
+        // Kept (or dropped) before the pool place is freed: the pooling
+        // allocator has room for every running instance plus the idle ones.
+        match (outcome, reuse, proxy) {
+            (Outcome::Ok, Some(pool), Some(proxy)) => pool.give_back(store, proxy, served + 1),
+            _ => drop(store),
+        }
         drop(slot);
-        on_done(ExecutionReport { outcome, instantiate: instantiated.unwrap_or(wall), wall });
+        on_done(ExecutionReport {
+            outcome,
+            instantiate: instantiated.unwrap_or(wall),
+            wall,
+            reused,
+        });
         outcome
     }
 }

@@ -7,7 +7,8 @@
 //!   admission semaphore;
 //! - per request, [`state::InvocationState`]: the `Store`'s data — resource
 //!   table, `WasiCtx`, `WasiHttpCtx`, outbound hooks, memory limiter, captured
-//!   output. It is created for one invocation and dropped with it.
+//!   output. It is created for one invocation and dropped with it, unless the
+//!   deployment opted in to instance reuse ([`InstancePool`], `reuse`).
 //!
 //! # Layout
 //! - `compile`: validation and compilation of uploaded bytes, and the
@@ -16,6 +17,7 @@
 //! - `state`: the per-request store data and the memory limiter.
 //! - `output`: guest stdout/stderr, captured per invocation.
 //! - `body`: request body limits and the guest's response body.
+//! - `reuse`: the idle instances of deployments that opted in to reuse.
 
 pub mod body;
 pub mod capabilities;
@@ -24,6 +26,7 @@ mod invoke;
 mod outbound;
 mod output;
 mod phases;
+mod reuse;
 mod state;
 mod worker;
 
@@ -55,6 +58,7 @@ pub use outbound::{
 };
 pub use output::MAX_CAPTURED_OUTPUT;
 pub use phases::Phases;
+pub use reuse::{IDLE_TIMEOUT, InstancePool, MAX_IDLE_PER_DEPLOYMENT, MAX_INSTANCE_REUSE};
 pub use state::InvocationState;
 pub use worker::{Compiler, worker_main};
 
@@ -113,6 +117,10 @@ pub struct Runtime {
     slots: Arc<Semaphore>,
     pool_size: u32,
     fingerprint: String,
+    /// Instances kept idle for reuse, against the most the node may keep.
+    idle: Arc<reuse::IdleCount>,
+    /// The pools of the deployments that reuse instances.
+    pools: Arc<reuse::Pools>,
     _ticker: EpochTicker,
 }
 
@@ -160,13 +168,18 @@ impl Runtime {
 
         let fingerprint = fingerprint_of(&engine);
 
-        let ticker = EpochTicker::spawn(engine.clone(), EPOCH_TICK);
+        let pools = Arc::new(reuse::Pools::default());
+        let ticker = EpochTicker::spawn(engine.clone(), EPOCH_TICK, pools.clone());
         Ok(Self {
             engine,
             linker,
             slots: Arc::new(Semaphore::new(config.pool_size as usize)),
             pool_size: config.pool_size,
             fingerprint,
+            // The allocator has `pool_size + warm_slots` slots and at most
+            // `pool_size` instances run: idle ones may use the rest.
+            idle: Arc::new(reuse::IdleCount::new(config.warm_slots as usize)),
+            pools,
             _ticker: ticker,
         })
     }
@@ -190,6 +203,21 @@ impl Runtime {
     /// Instances running now.
     pub fn instances_in_use(&self) -> usize {
         self.pool_size as usize - self.slots.available_permits()
+    }
+
+    /// Instances kept idle for reuse now.
+    pub fn instances_idle(&self) -> usize {
+        self.idle.now()
+    }
+
+    /// An empty pool of idle instances for one deployment that opted in to
+    /// reuse, each instance serving at most `max_uses` requests. Its idle
+    /// instances are dropped after [`IDLE_TIMEOUT`], and all of them with
+    /// the pool.
+    pub fn instance_pool(&self, max_uses: u32) -> Arc<InstancePool> {
+        let pool = Arc::new(InstancePool::new(max_uses, self.idle.clone()));
+        self.pools.register(&pool);
+        pool
     }
 
     /// Links a compiled component and pre-instantiates it as a wasi:http proxy.
@@ -275,23 +303,29 @@ fn wasmtime_version() -> &'static str {
     "48.0.8"
 }
 
-/// The single thread that advances the engine's epoch; joined on drop.
+/// The single thread that advances the engine's epoch, and once a second
+/// drops the instances idle past [`IDLE_TIMEOUT`]; joined on drop.
 struct EpochTicker {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    fn spawn(engine: Engine, tick: Duration) -> Self {
+    fn spawn(engine: Engine, tick: Duration, pools: Arc<reuse::Pools>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let handle = std::thread::Builder::new()
             .name("wasmwiz-epoch".into())
             .spawn({
                 let stop = stop.clone();
                 move || {
+                    let mut swept = std::time::Instant::now();
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(tick);
                         engine.increment_epoch();
+                        if swept.elapsed() >= Duration::from_secs(1) {
+                            pools.sweep(IDLE_TIMEOUT);
+                            swept = std::time::Instant::now();
+                        }
                     }
                 }
             })

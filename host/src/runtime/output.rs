@@ -38,9 +38,11 @@ impl GuestOutput {
         captured.dropped += bytes.len() - kept;
     }
 
-    /// Logs what was captured (if anything) as one event.
+    /// Logs what was captured (if anything) as one event, and forgets it:
+    /// a kept instance's next request starts with nothing captured.
     pub(crate) fn log(&self, request_id: &str, stream: &'static str) {
-        let captured = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let captured =
+            std::mem::take(&mut *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         if captured.bytes.is_empty() && captured.dropped == 0 {
             return;
         }

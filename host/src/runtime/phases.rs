@@ -72,31 +72,6 @@ impl Runtime {
         };
         Ok((phases, status, body))
     }
-
-    /// Runs `requests` one after another through one instance of `app`, as
-    /// instance reuse would, and returns each response's status and body
-    /// with the mean time per request: the guest's handler and the response
-    /// body, the one instantiation and teardown left out. The server never
-    /// reuses an instance; this measures what reuse would save.
-    #[doc(hidden)]
-    pub async fn invoke_reused(
-        &self,
-        app: &App,
-        requests: impl IntoIterator<Item = Request<HyperIncomingBody>>,
-        memory_limit: u64,
-        outbound: OutboundPolicy,
-    ) -> anyhow::Result<(Vec<(StatusCode, Bytes)>, Duration)> {
-        let mut store = self.new_store(memory_limit, outbound, Arc::new(Capabilities::default()));
-        let proxy = app.pre.instantiate_async(&mut store).await?;
-        let mut answers = Vec::new();
-        let started = Instant::now();
-        for request in requests {
-            let head = call_handle(&mut store, &proxy, request).await?;
-            answers.push(read_response(head).await?);
-        }
-        let per_request = started.elapsed() / u32::try_from(answers.len().max(1))?;
-        Ok((answers, per_request))
-    }
 }
 
 /// What the guest hands over as its response head.

@@ -13,7 +13,10 @@ use super::output::GuestOutput;
 use super::{MAX_RANDOM_BYTES, MAX_RESOURCES};
 
 /// Everything one invocation's store holds. Created for one request and
-/// dropped with it, so nothing a guest does can outlive its request.
+/// dropped with it, so nothing a guest does can outlive its request, unless
+/// the deployment opted in to instance reuse (see `reuse`): then a store
+/// that ended well serves a later request of the same deployment, after
+/// [`InvocationState::renew`].
 pub struct InvocationState {
     table: ResourceTable,
     wasi: WasiCtx,
@@ -62,6 +65,32 @@ impl InvocationState {
 }
 
 impl InvocationState {
+    /// Readies a kept store for its next request: the route's current
+    /// memory limit, outbound policy and capabilities, and fresh per-request
+    /// counts. Captured output was taken when the last request was logged.
+    pub(super) fn renew(
+        &mut self,
+        memory_limit: u64,
+        outbound: OutboundPolicy,
+        caps: Arc<Capabilities>,
+    ) {
+        self.hooks = GuestHooks { policy: outbound, sent: 0 };
+        self.caps = caps;
+        self.kv_ops = 0;
+        self.limiter.memory_limit = usize::try_from(memory_limit).unwrap_or(usize::MAX);
+    }
+
+    /// Whether the guest let go of every resource (request, body, stream,
+    /// outgoing request, ...): only then may the store serve another request.
+    pub(super) fn holds_nothing(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// The largest linear memory the instance has grown to, in bytes.
+    pub(super) fn memory_peak(&self) -> u64 {
+        self.limiter.peak as u64
+    }
+
     /// What the key-value and configuration bindings see.
     pub(super) fn capabilities(&mut self) -> CapabilitiesView<'_> {
         CapabilitiesView { caps: &self.caps, table: &mut self.table, kv_ops: &mut self.kv_ops }
@@ -120,6 +149,8 @@ impl wasmtime_wasi_http::WasiHttpHooks for GuestHooks {
 /// "out of memory" rather than a generic trap.
 pub(super) struct Limiter {
     memory_limit: usize,
+    /// The largest size a memory was allowed to grow to.
+    peak: usize,
     pub(super) memory_exceeded: bool,
 }
 
@@ -130,6 +161,7 @@ impl Limiter {
     fn new(memory_limit: u64) -> Self {
         Self {
             memory_limit: usize::try_from(memory_limit).unwrap_or(usize::MAX),
+            peak: 0,
             memory_exceeded: false,
         }
     }
@@ -149,6 +181,7 @@ impl ResourceLimiter for Limiter {
                 self.memory_limit
             );
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 

@@ -304,6 +304,9 @@ pub struct NewDeployment {
     pub secrets: BTreeMap<String, String>,
     /// Hosts the guest may send HTTP requests to.
     pub allowed_outbound_hosts: Vec<String>,
+    /// Requests one instance may serve (1: a fresh instance each; 0 is
+    /// taken as 1).
+    pub max_instance_reuse: u32,
 }
 
 /// A live deployment at its live version.
@@ -331,6 +334,8 @@ pub struct Deployment {
     pub secrets: BTreeMap<String, String>,
     /// Hosts the guest may call.
     pub allowed_outbound_hosts: Vec<String>,
+    /// Requests one instance may serve (1: a fresh instance each).
+    pub max_instance_reuse: u32,
     /// When the live version was created, Unix milliseconds.
     pub created_at: i64,
 }

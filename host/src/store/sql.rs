@@ -67,7 +67,7 @@ pub(super) const TIER_COLUMNS: &str = "name, requests_per_minute, requests_per_d
 
 pub(super) const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.tenant_id, t.name AS tenant, \
      t.tier AS tier, d.route, d.host, v.version, v.component, v.config, v.secrets, \
-     v.allowed_outbound_hosts, v.created_at \
+     v.allowed_outbound_hosts, v.max_instance_reuse, v.created_at \
      FROM deployments d \
      JOIN tenants t ON t.id = d.tenant_id \
      JOIN deployment_versions v ON v.deployment_id = d.id AND v.version = d.live_version \
@@ -158,6 +158,11 @@ macro_rules! sql_store {
                     allowed_outbound_hosts: json_list(
                         &row.try_get::<String, _>("allowed_outbound_hosts")?,
                     )?,
+                    max_instance_reuse: u32::try_from(
+                        row.try_get::<i64, _>("max_instance_reuse")?,
+                    )
+                    .unwrap_or(1)
+                    .max(1),
                     created_at: row.try_get("created_at")?,
                 })
             }
@@ -552,7 +557,8 @@ macro_rules! sql_store {
                 };
                 sqlx::query(
                     "INSERT INTO deployment_versions (deployment_id, version, component, config, \
-                     secrets, allowed_outbound_hosts, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                     secrets, allowed_outbound_hosts, max_instance_reuse, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(&id)
                 .bind(version)
@@ -560,6 +566,7 @@ macro_rules! sql_store {
                 .bind(to_json(&new.config))
                 .bind(to_json(&new.secrets))
                 .bind(to_json(&new.allowed_outbound_hosts))
+                .bind(i64::from(new.max_instance_reuse.max(1)))
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;

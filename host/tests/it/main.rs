@@ -9,5 +9,6 @@ mod hostile;
 mod ops;
 mod protocol;
 mod quota;
+mod reuse;
 mod run;
 mod tls;

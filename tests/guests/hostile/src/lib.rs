@@ -21,6 +21,10 @@ struct Hostile;
 /// The marker `write-secret` leaves in memory and `probe` looks for.
 const SECRET: &[u8; 24] = b"WASMWIZ-LEFTOVER-SECRET!";
 
+/// Requests this instance has answered with `count`: 1 on every request
+/// when each gets a fresh instance, 1, 2, 3... on a reused one.
+static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query
         .split('&')
@@ -121,6 +125,16 @@ impl wasi::exports::http::incoming_handler::Guest for Hostile {
         let action = path.rsplit('/').next().unwrap_or("");
         match action {
             "ok" => respond(out, 200, b"ok"),
+            "count" => {
+                let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                respond(out, 200, n.to_string().as_bytes());
+            }
+            "keep-resource" => {
+                // A resource the guest never drops: it stays in the host's
+                // table after the request, so the instance must not be reused.
+                std::mem::forget(Fields::new());
+                respond(out, 200, b"kept");
+            }
             "trap" => panic!("the guest trapped on purpose"),
             "no-response" => drop(out),
             "loop" => {

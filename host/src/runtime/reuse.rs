@@ -1,0 +1,201 @@
+//! Instance reuse, for deployments that opt in (`max_instance_reuse` > 1).
+//!
+//! By default every request gets a fresh instance, so nothing one request
+//! leaves in the guest's memory is seen by the next. A deployment may trade
+//! that isolation between its own requests for speed: after a request that
+//! ended well, its instance is kept idle in the deployment's
+//! [`InstancePool`] and serves a later request of the same deployment,
+//! skipping the sandbox, the instantiation and the teardown.
+//!
+//! An instance is kept only when all of these hold, otherwise it is dropped
+//! as a fresh one would be:
+//! - the request ended `ok` (a trap, a timeout, running out of memory or an
+//!   error answer ends the instance);
+//! - the guest let go of every resource of the request (its resource table
+//!   is empty), so no body, stream or outgoing request outlives it;
+//! - it has served fewer than `max_instance_reuse` requests;
+//! - the deployment keeps fewer than [`MAX_IDLE_PER_DEPLOYMENT`] idle, and
+//!   the node fewer than its warm slots (`POOL_WARM_SLOTS`): the pooling
+//!   allocator holds running plus idle instances, and the running ones are
+//!   capped by `INSTANCE_POOL_SIZE`, so kept instances never take a slot a
+//!   running request needs.
+//!
+//! An idle instance is dropped after [`IDLE_TIMEOUT`], or when its memory
+//! has grown past the memory limit the deployment's tier has now. Every
+//! request on a kept instance starts with the route's current limits,
+//! capabilities and outbound policy, and its own outbound and key-value
+//! counts.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+use wasmtime_wasi_http::p2::bindings::Proxy;
+
+use super::state::InvocationState;
+
+/// Longest time an idle instance is kept.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most idle instances one deployment keeps.
+pub const MAX_IDLE_PER_DEPLOYMENT: usize = 32;
+
+/// Largest `max_instance_reuse` a deployment may ask for.
+pub const MAX_INSTANCE_REUSE: u32 = 10_000;
+
+/// How many instances are idle on this node, against the most it may keep.
+#[derive(Debug)]
+pub(super) struct IdleCount {
+    now: AtomicUsize,
+    max: usize,
+}
+
+impl IdleCount {
+    pub(super) fn new(max: usize) -> Self {
+        Self { now: AtomicUsize::new(0), max }
+    }
+
+    pub(super) fn now(&self) -> usize {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    /// One more idle instance, if the node may keep it.
+    fn claim(self: &Arc<Self>) -> Option<IdleClaim> {
+        self.now
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| IdleClaim(self.clone()))
+    }
+}
+
+/// One idle instance counted on the node; uncounted on drop.
+struct IdleClaim(Arc<IdleCount>);
+
+impl Drop for IdleClaim {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An instance between two requests.
+pub(super) struct IdleInstance {
+    store: Store<InvocationState>,
+    proxy: Proxy,
+    served: u32,
+    since: Instant,
+    _claim: IdleClaim,
+}
+
+/// An instance taken for a request: its store, its exports, and how many
+/// requests it served before this one.
+pub(super) struct Reused {
+    pub(super) store: Store<InvocationState>,
+    pub(super) proxy: Proxy,
+    pub(super) served: u32,
+}
+
+/// The idle instances of one deployment.
+pub struct InstancePool {
+    max_uses: u32,
+    idle: Mutex<Vec<IdleInstance>>,
+    count: Arc<IdleCount>,
+}
+
+impl std::fmt::Debug for InstancePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstancePool")
+            .field("max_uses", &self.max_uses)
+            .field("idle", &self.lock().len())
+            .finish()
+    }
+}
+
+impl InstancePool {
+    pub(super) fn new(max_uses: u32, count: Arc<IdleCount>) -> Self {
+        Self { max_uses, idle: Mutex::new(Vec::new()), count }
+    }
+
+    /// Requests one instance may serve.
+    pub fn max_uses(&self) -> u32 {
+        self.max_uses
+    }
+
+    /// Instances idle now.
+    pub fn idle(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<IdleInstance>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle instance whose memory fits in
+    /// `memory_limit` (its pages and caches are the warmest), if any.
+    pub(super) fn take(&self, memory_limit: u64) -> Option<Reused> {
+        let mut grown = Vec::new();
+        let taken = {
+            let mut idle = self.lock();
+            loop {
+                match idle.pop() {
+                    None => break None,
+                    Some(instance) if instance.store.data().memory_peak() > memory_limit => {
+                        grown.push(instance);
+                    }
+                    Some(instance) => break Some(instance),
+                }
+            }
+        };
+        // Stores are dropped outside the lock: a drop resets pool slots.
+        drop(grown);
+        taken.map(|i| Reused { store: i.store, proxy: i.proxy, served: i.served })
+    }
+
+    /// Keeps an instance that has just served a request that ended well,
+    /// if it may serve another; drops it otherwise.
+    pub(super) fn give_back(&self, store: Store<InvocationState>, proxy: Proxy, served: u32) {
+        if served >= self.max_uses || !store.data().holds_nothing() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() >= MAX_IDLE_PER_DEPLOYMENT {
+            return;
+        }
+        let Some(claim) = self.count.claim() else { return };
+        idle.push(IdleInstance { store, proxy, served, since: Instant::now(), _claim: claim });
+    }
+
+    /// Drops the instances idle for longer than `timeout`.
+    fn sweep(&self, timeout: Duration) {
+        let expired: Vec<IdleInstance> = {
+            let mut idle = self.lock();
+            // Oldest first: instances are pushed as they come back.
+            let keep_from = idle.iter().position(|i| i.since.elapsed() < timeout);
+            let n = keep_from.unwrap_or(idle.len());
+            idle.drain(..n).collect()
+        };
+        drop(expired);
+    }
+}
+
+/// Every deployment's pool on the node, for the sweep.
+#[derive(Debug, Default)]
+pub(super) struct Pools(Mutex<Vec<Weak<InstancePool>>>);
+
+impl Pools {
+    pub(super) fn register(&self, pool: &Arc<InstancePool>) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::downgrade(pool));
+    }
+
+    /// Drops idle instances past `timeout`, and forgets pools no route uses.
+    pub(super) fn sweep(&self, timeout: Duration) {
+        let live: Vec<Arc<InstancePool>> = {
+            let mut pools = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            pools.retain(|p| p.strong_count() > 0);
+            pools.iter().filter_map(Weak::upgrade).collect()
+        };
+        for pool in live {
+            pool.sweep(timeout);
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Instance reuse (`max_instance_reuse`): a deployment that opts in has its
+//! requests served by instances kept from earlier requests, within limits;
+//! every other deployment keeps a fresh instance per request.
+//!
+//! The hostile guest's `count` action answers how many requests its
+//! instance has served: `1` always on a fresh instance, `1, 2, 3...` on a
+//! reused one.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{Api, ServeEnv, Server, client, component};
+
+fn mount(route: &str, name: &str) -> String {
+    format!("{route}={}", component(name).display())
+}
+
+/// `wasmwiz run` with the hostile guest on `/h/...` and `/other/...`.
+fn server(envs: &[(&str, &str)]) -> Server {
+    let args = ["run".to_string(), mount("/h/...", "hostile"), mount("/other/...", "hostile")];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut all = vec![("EXECUTION_TIMEOUT", "1")];
+    all.extend_from_slice(envs);
+    Server::start(&args, &all)
+}
+
+async fn fetch(base: &str, path: &str) -> (u16, String, String) {
+    let response = client().get(format!("{base}{path}")).send().await.unwrap();
+    let status = response.status().as_u16();
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    (status, response.text().await.unwrap_or_default(), id)
+}
+
+/// The answers of `n` `count` requests on `path`, one after another.
+async fn counts(base: &str, path: &str, n: usize) -> Vec<String> {
+    let mut answers = Vec::new();
+    for _ in 0..n {
+        let (status, body, _) = fetch(base, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        answers.push(body);
+    }
+    answers
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn an_instance_serves_up_to_max_instance_reuse_requests_of_its_own_route() {
+    let fresh = server(&[]);
+    let base = fresh.url("");
+    assert_eq!(counts(&base, "/h/count", 3).await, strings(&["1", "1", "1"]), "off by default");
+
+    let reusing = server(&[("MAX_INSTANCE_REUSE", "3")]);
+    let base = reusing.url("");
+    assert_eq!(
+        counts(&base, "/h/count", 7).await,
+        strings(&["1", "2", "3", "1", "2", "3", "1"]),
+        "three requests per instance, then a fresh one"
+    );
+    // The other route runs the same component on instances of its own.
+    assert_eq!(counts(&base, "/other/count", 2).await, strings(&["1", "2"]));
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["2"]));
+}
+
+#[tokio::test]
+async fn an_instance_that_failed_or_kept_a_resource_is_never_reused() {
+    let server = server(&[("MAX_INSTANCE_REUSE", "100"), ("MEMORY_LIMIT", "33554432")]);
+    let base = server.url("");
+    // Each failure runs on the instance the two counts before it used; the
+    // count after it must start again on a fresh instance.
+    let failures = [
+        ("trap", 500),
+        ("sleep?ms=5000", 504),
+        ("oom", 500),
+        ("no-response", 500),
+        ("keep-resource", 200),
+    ];
+    for (action, status) in failures {
+        assert_eq!(
+            counts(&base, "/h/count", 2).await,
+            strings(&["1", "2"]),
+            "the instance before `{action}` was not fresh, or not reused"
+        );
+        let (got, body, _) = fetch(&base, &format!("/h/{action}")).await;
+        assert_eq!(got, status, "{action}: {body}");
+    }
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["1"]));
+}
+
+#[tokio::test]
+async fn an_idle_instance_is_dropped_after_its_idle_timeout() {
+    let server = server(&[("MAX_INSTANCE_REUSE", "100")]);
+    let base = server.url("");
+    assert_eq!(counts(&base, "/h/count", 2).await, strings(&["1", "2"]));
+    // IDLE_TIMEOUT is 10 s, swept once a second.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(counts(&base, "/h/count", 2).await, strings(&["1", "2"]));
+}
+
+#[tokio::test]
+async fn a_reused_instance_keeps_memory_but_not_output_and_other_routes_see_neither() {
+    let server = server(&[("MAX_INSTANCE_REUSE", "100")]);
+    let base = server.url("");
+    // The trade a deployment opts in to: what one request leaves in the
+    // guest's memory, the next request of the same route can read.
+    let (status, body, _) = fetch(&base, "/h/write-secret").await;
+    assert_eq!((status, body.as_str()), (200, "written"));
+    let (status, body, _) = fetch(&base, "/h/probe").await;
+    assert_eq!((status, body.as_str()), (200, "LEAKED"), "the instance was not reused");
+    let (status, body, _) = fetch(&base, "/other/probe").await;
+    assert_eq!((status, body.as_str()), (200, "clean"), "another route saw /h's memory");
+
+    // Captured output is logged per request, never carried to the next.
+    let (_, _, first) = fetch(&base, "/h/stdout?lines=1&tag=first-request").await;
+    let (_, _, second) = fetch(&base, "/h/stdout?lines=1&tag=second-request").await;
+    server.wait_for_log("second-request 0 to stderr", Duration::from_secs(5));
+    let logs = server.logs();
+    let lines_of = |id: &str| -> Vec<String> {
+        logs.lines()
+            .filter(|l| l.contains(id) && l.contains("guest output"))
+            .map(String::from)
+            .collect()
+    };
+    let second_lines = lines_of(&second);
+    assert_eq!(second_lines.len(), 2, "stdout and stderr of the second request: {second_lines:?}");
+    assert!(
+        second_lines.iter().all(|l| l.contains("second-request") && !l.contains("first-request")),
+        "{second_lines:?}"
+    );
+    assert_eq!(lines_of(&first).len(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_a_few_instances() {
+    let server = server(&[("MAX_INSTANCE_REUSE", "10000")]);
+    let base = server.url("");
+    let mut answers = Vec::new();
+    // 16 clients, 25 requests each: at most 16 instances are ever running,
+    // and every one of them is kept, so no more than 16 are created.
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move { counts(&base, "/h/count", 25).await })
+        })
+        .collect();
+    for client in clients {
+        answers.extend(client.await.unwrap());
+    }
+    assert_eq!(answers.len(), 400);
+    let numbers: Vec<u64> = answers.iter().map(|a| a.parse().expect("a count")).collect();
+    let fresh = numbers.iter().filter(|n| **n == 1).count();
+    assert!((1..=16).contains(&fresh), "{fresh} fresh instances for 16 clients");
+    // Each instance answered 1, 2, ... k: as many answers say h as there
+    // are instances that served h requests or more, fewer for every h up.
+    let at = |h: u64| numbers.iter().filter(|n| **n == h).count();
+    let highest = *numbers.iter().max().unwrap();
+    for h in 2..=highest {
+        assert!(at(h) <= at(h - 1), "{} answers of {h}, {} of {}", at(h), at(h - 1), h - 1);
+    }
+}
+
+/// `max_instance_reuse` through API v1 and `wasmwiz serve`, on both stores.
+async fn max_instance_reuse_is_validated_stored_and_kept_per_version(env: ServeEnv) {
+    let key = env.tenant("acme", "pro", false);
+    let server = env.serve();
+    let api = Api::new(&server, &key);
+    let hostile = api.upload_component("hostile").await;
+
+    for bad in [json!(0), json!(10_001), json!("many"), json!(-1)] {
+        let (status, body) = api
+            .deploy(json!({ "route": "/r/...", "component": hostile, "max_instance_reuse": bad }))
+            .await;
+        assert_eq!(status, 400, "max_instance_reuse {bad}: {body}");
+    }
+    let (status, v1) = api
+        .deploy(json!({ "route": "/r/...", "component": hostile, "max_instance_reuse": 3 }))
+        .await;
+    assert_eq!(status, 201, "{v1}");
+    assert_eq!(v1["max_instance_reuse"], 3);
+    let id = v1["id"].as_str().unwrap().to_string();
+    let base = server.url("");
+    assert_eq!(counts(&base, "/r/count", 4).await, strings(&["1", "2", "3", "1"]));
+
+    // Version 2 (another component could run) starts on fresh instances.
+    let (status, v2) = api
+        .deploy(json!({ "route": "/r/...", "component": hostile, "max_instance_reuse": 2 }))
+        .await;
+    assert_eq!((status, v2["version"].as_i64()), (201, Some(2)), "{v2}");
+    assert_eq!(counts(&base, "/r/count", 3).await, strings(&["1", "2", "1"]));
+
+    // A deployment that does not ask keeps a fresh instance per request.
+    let (status, plain) = api.deploy(json!({ "route": "/plain/...", "component": hostile })).await;
+    assert_eq!((status, plain["max_instance_reuse"].as_i64()), (201, Some(1)), "{plain}");
+    assert_eq!(counts(&base, "/plain/count", 2).await, strings(&["1", "1"]));
+
+    let (status, back) =
+        api.call(api.request(Method::POST, &format!("/api/v1/deployments/{id}/rollback"))).await;
+    assert_eq!((status, back["max_instance_reuse"].as_i64()), (200, Some(3)), "{back}");
+    assert_eq!(counts(&base, "/r/count", 4).await, strings(&["1", "2", "3", "1"]));
+
+    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let reused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wasmwiz_instances_reused_total "))
+        .expect("wasmwiz_instances_reused_total");
+    // 2 + 1 + 2 reused requests on /r; none on /plain.
+    assert_eq!(reused, "5", "{metrics}");
+    assert!(metrics.contains("wasmwiz_instances_idle"), "{metrics}");
+
+    // Stored: a restarted node serves the live version with its setting.
+    drop(server);
+    let server = env.serve();
+    let api = Api::new(&server, &key);
+    let (status, list) = api.call(api.request(Method::GET, "/api/v1/deployments")).await;
+    assert_eq!(status, 200);
+    let r = list.as_array().unwrap().iter().find(|d| d["route"] == "/r/...").unwrap();
+    assert_eq!((r["version"].as_i64(), r["max_instance_reuse"].as_i64()), (Some(1), Some(3)));
+    let base = server.url("");
+    assert_eq!(counts(&base, "/r/count", 4).await, strings(&["1", "2", "3", "1"]));
+}
+
+mod sqlite {
+    #[tokio::test]
+    async fn max_instance_reuse_is_validated_stored_and_kept_per_version() {
+        super::max_instance_reuse_is_validated_stored_and_kept_per_version(
+            crate::helpers::ServeEnv::sqlite(),
+        )
+        .await
+    }
+}
+
+mod postgres {
+    #[tokio::test]
+    async fn max_instance_reuse_is_validated_stored_and_kept_per_version() {
+        super::max_instance_reuse_is_validated_stored_and_kept_per_version(
+            crate::helpers::ServeEnv::postgres(),
+        )
+        .await
+    }
+}

@@ -1,0 +1,4 @@
+-- Instance reuse, per deployment version: how many requests one instance
+-- may serve (1, the default, is a fresh instance for every request).
+
+ALTER TABLE deployment_versions ADD COLUMN max_instance_reuse BIGINT NOT NULL DEFAULT 1;
