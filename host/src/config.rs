@@ -132,7 +132,9 @@ pub struct RuntimeArgs {
     /// Instance slots beyond INSTANCE_POOL_SIZE kept warm, each bound to the
     /// component that last used it so that component's next instance skips
     /// re-mapping its memory image (address space only, plus the resident
-    /// pages of POOL_KEEP_RESIDENT). Unset: the pool size.
+    /// pages of POOL_KEEP_RESIDENT). Instances kept for reuse (deployments
+    /// with max_instance_reuse above 1) use these slots too, at most this
+    /// many. Unset: the pool size.
     #[arg(long, env = "POOL_WARM_SLOTS", value_parser = number_for::<u32>("POOL_WARM_SLOTS"))]
     pub pool_warm_slots: Option<u32>,
 
@@ -141,6 +143,18 @@ pub struct RuntimeArgs {
     #[arg(long, env = "POOL_KEEP_RESIDENT", default_value = "1MiB",
           value_parser = bytes_for("POOL_KEEP_RESIDENT"))]
     pub pool_keep_resident: u64,
+
+    /// Most linear memory, in all, that instances kept idle for reuse may
+    /// hold on this node (they keep their heap resident between requests).
+    /// 0 turns instance reuse off on this node.
+    #[arg(long, env = "REUSE_IDLE_MEMORY", default_value = "1GiB", value_name = "BYTES",
+          value_parser = bytes_for("REUSE_IDLE_MEMORY"))]
+    pub reuse_idle_memory: u64,
+
+    /// How long an instance kept for reuse may stay idle before it is dropped.
+    #[arg(long, env = "REUSE_IDLE_TIMEOUT", default_value = "10", value_name = "DURATION",
+          value_parser = duration_for("REUSE_IDLE_TIMEOUT"))]
+    pub reuse_idle_timeout: Duration,
 }
 
 impl RuntimeArgs {
@@ -150,6 +164,8 @@ impl RuntimeArgs {
             pool_size: self.instance_pool_size,
             warm_slots: self.pool_warm_slots.unwrap_or(self.instance_pool_size),
             keep_resident_bytes: self.pool_keep_resident,
+            reuse_idle_memory: self.reuse_idle_memory,
+            reuse_idle_timeout: self.reuse_idle_timeout,
         }
     }
 }

@@ -93,6 +93,8 @@ struct HeadState {
     head: Option<Head>,
     /// The guest set its response (it may have been taken since).
     set: bool,
+    /// ... and what it set was an error code, not a response.
+    set_error: bool,
     /// Told the outcome when the guest ends, for a body still streaming
     /// then; made only when the guest leaves the request's task.
     outcome_tx: Option<oneshot::Sender<Outcome>>,
@@ -106,6 +108,7 @@ impl HeadSlot {
     /// The guest set its response (`response-outparam.set`, at most once).
     fn put(&self, head: Head) {
         let mut state = self.lock();
+        state.set_error = head.0.is_err();
         state.head = Some(head);
         state.set = true;
     }
@@ -121,6 +124,10 @@ impl HeadSlot {
 
     fn was_set(&self) -> bool {
         self.lock().set
+    }
+
+    fn was_set_to_error(&self) -> bool {
+        self.lock().set_error
     }
 
     /// The guest's outcome, when it comes: for a guest moving to a task of
@@ -491,6 +498,7 @@ impl GuestRun {
 
         let outcome = match result {
             Err(_elapsed) => Outcome::Timeout,
+            Ok(Ok(())) if head.was_set_to_error() => Outcome::GuestError,
             Ok(Ok(())) if head.was_set() => Outcome::Ok,
             Ok(Ok(())) => Outcome::NoResponse,
             Ok(Err(error)) => classify(&error, store.data()),

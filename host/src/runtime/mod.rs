@@ -58,7 +58,7 @@ pub use outbound::{
 };
 pub use output::MAX_CAPTURED_OUTPUT;
 pub use phases::Phases;
-pub use reuse::{IDLE_TIMEOUT, InstancePool, MAX_IDLE_PER_DEPLOYMENT, MAX_INSTANCE_REUSE};
+pub use reuse::{InstancePool, MAX_IDLE_PER_DEPLOYMENT, MAX_INSTANCE_REUSE};
 pub use state::InvocationState;
 pub use worker::{Compiler, worker_main};
 
@@ -80,6 +80,11 @@ pub const DEFAULT_KEEP_RESIDENT_BYTES: u64 = 1 << 20;
 /// The same for tables.
 const KEEP_RESIDENT_TABLE_BYTES: usize = 1 << 20;
 
+/// Default for `REUSE_IDLE_MEMORY`.
+pub const DEFAULT_REUSE_IDLE_MEMORY: u64 = 1 << 30;
+/// Default for `REUSE_IDLE_TIMEOUT`.
+pub const DEFAULT_REUSE_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Core instances, memories and tables a component may use, per component
 /// instance, when sizing the pool. A Rust wasm32-wasip2 component uses three
 /// core instances, one memory and two tables.
@@ -98,13 +103,23 @@ pub struct RuntimeConfig {
     /// Bytes of an idle slot's linear memory reset in place rather than
     /// released (where the kernel supports PAGEMAP_SCAN).
     pub keep_resident_bytes: u64,
+    /// Most linear memory instances kept idle for reuse may hold in all.
+    pub reuse_idle_memory: u64,
+    /// Longest time an instance is kept idle for reuse.
+    pub reuse_idle_timeout: Duration,
 }
 
 impl RuntimeConfig {
     /// A pool of `pool_size` slots, all of which may stay warm, with the
     /// default resident reset size.
     pub fn with_pool(pool_size: u32) -> Self {
-        Self { pool_size, warm_slots: pool_size, keep_resident_bytes: DEFAULT_KEEP_RESIDENT_BYTES }
+        Self {
+            pool_size,
+            warm_slots: pool_size,
+            keep_resident_bytes: DEFAULT_KEEP_RESIDENT_BYTES,
+            reuse_idle_memory: DEFAULT_REUSE_IDLE_MEMORY,
+            reuse_idle_timeout: DEFAULT_REUSE_IDLE_TIMEOUT,
+        }
     }
 }
 
@@ -122,6 +137,7 @@ pub struct Runtime {
     /// The pools of the deployments that reuse instances.
     pools: Arc<reuse::Pools>,
     _ticker: EpochTicker,
+    _sweeper: reuse::Sweeper,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -169,7 +185,8 @@ impl Runtime {
         let fingerprint = fingerprint_of(&engine);
 
         let pools = Arc::new(reuse::Pools::default());
-        let ticker = EpochTicker::spawn(engine.clone(), EPOCH_TICK, pools.clone());
+        let ticker = EpochTicker::spawn(engine.clone(), EPOCH_TICK);
+        let sweeper = reuse::Sweeper::spawn(pools.clone(), config.reuse_idle_timeout);
         Ok(Self {
             engine,
             linker,
@@ -178,9 +195,13 @@ impl Runtime {
             fingerprint,
             // The allocator has `pool_size + warm_slots` slots and at most
             // `pool_size` instances run: idle ones may use the rest.
-            idle: Arc::new(reuse::IdleCount::new(config.warm_slots as usize)),
+            idle: Arc::new(reuse::IdleCount::new(
+                config.warm_slots as usize,
+                config.reuse_idle_memory,
+            )),
             pools,
             _ticker: ticker,
+            _sweeper: sweeper,
         })
     }
 
@@ -212,8 +233,8 @@ impl Runtime {
 
     /// An empty pool of idle instances for one deployment that opted in to
     /// reuse, each instance serving at most `max_uses` requests. Its idle
-    /// instances are dropped after [`IDLE_TIMEOUT`], and all of them with
-    /// the pool.
+    /// instances are dropped after the idle timeout (`REUSE_IDLE_TIMEOUT`),
+    /// and all of them with the pool.
     pub fn instance_pool(&self, max_uses: u32) -> Arc<InstancePool> {
         let pool = Arc::new(InstancePool::new(max_uses, self.idle.clone()));
         self.pools.register(&pool);
@@ -303,29 +324,23 @@ fn wasmtime_version() -> &'static str {
     "48.0.8"
 }
 
-/// The single thread that advances the engine's epoch, and once a second
-/// drops the instances idle past [`IDLE_TIMEOUT`]; joined on drop.
+/// The single thread that advances the engine's epoch; joined on drop.
 struct EpochTicker {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    fn spawn(engine: Engine, tick: Duration, pools: Arc<reuse::Pools>) -> Self {
+    fn spawn(engine: Engine, tick: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let handle = std::thread::Builder::new()
             .name("wasmwiz-epoch".into())
             .spawn({
                 let stop = stop.clone();
                 move || {
-                    let mut swept = std::time::Instant::now();
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(tick);
                         engine.increment_epoch();
-                        if swept.elapsed() >= Duration::from_secs(1) {
-                            pools.sweep(IDLE_TIMEOUT);
-                            swept = std::time::Instant::now();
-                        }
                     }
                 }
             })

@@ -30,6 +30,12 @@ impl GuestOutput {
         Self::default()
     }
 
+    /// Handles on this stream: the state's, the WASI context's, and one per
+    /// stream the guest holds in its resource table.
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
     fn append(&self, bytes: &[u8]) {
         let mut captured = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let room = MAX_CAPTURED_OUTPUT.saturating_sub(captured.bytes.len());

@@ -9,25 +9,31 @@
 //!
 //! An instance is kept only when all of these hold, otherwise it is dropped
 //! as a fresh one would be:
-//! - the request ended `ok` (a trap, a timeout, running out of memory or an
-//!   error answer ends the instance);
+//! - the request ended `ok` (a trap, a timeout, running out of memory, an
+//!   error code or no answer ends the instance);
 //! - the guest let go of every resource of the request (its resource table
-//!   is empty), so no body, stream or outgoing request outlives it;
+//!   holds nothing but its own stdout and stderr streams), so no body,
+//!   stream or outgoing request outlives it;
 //! - it has served fewer than `max_instance_reuse` requests;
 //! - the deployment keeps fewer than [`MAX_IDLE_PER_DEPLOYMENT`] idle, and
 //!   the node fewer than its warm slots (`POOL_WARM_SLOTS`): the pooling
 //!   allocator holds running plus idle instances, and the running ones are
 //!   capped by `INSTANCE_POOL_SIZE`, so kept instances never take a slot a
-//!   running request needs.
+//!   running request needs;
+//! - the linear memory of every idle instance on the node, this one's
+//!   included, stays within `REUSE_IDLE_MEMORY` (a kept instance keeps its
+//!   heap resident, where a warm slot is reset).
 //!
-//! An idle instance is dropped after [`IDLE_TIMEOUT`], or when its memory
-//! has grown past the memory limit the deployment's tier has now. Every
-//! request on a kept instance starts with the route's current limits,
-//! capabilities and outbound policy, and its own outbound and key-value
-//! counts.
+//! An idle instance is dropped after `REUSE_IDLE_TIMEOUT` (by a thread of
+//! its own, [`Sweeper`], so the drops never delay the epoch ticks), or when
+//! its memory has grown past the memory limit the deployment's tier has
+//! now. Every request on a kept instance starts with the route's current
+//! limits, capabilities and outbound policy, and its own outbound and
+//! key-value counts.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use wasmtime::Store;
@@ -35,46 +41,58 @@ use wasmtime_wasi_http::p2::bindings::Proxy;
 
 use super::state::InvocationState;
 
-/// Longest time an idle instance is kept.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Most idle instances one deployment keeps.
 pub const MAX_IDLE_PER_DEPLOYMENT: usize = 32;
 
 /// Largest `max_instance_reuse` a deployment may ask for.
 pub const MAX_INSTANCE_REUSE: u32 = 10_000;
 
-/// How many instances are idle on this node, against the most it may keep.
+/// How many instances are idle on this node and how much linear memory
+/// they hold, against the most the node may keep.
 #[derive(Debug)]
 pub(super) struct IdleCount {
     now: AtomicUsize,
     max: usize,
+    bytes: AtomicU64,
+    max_bytes: u64,
 }
 
 impl IdleCount {
-    pub(super) fn new(max: usize) -> Self {
-        Self { now: AtomicUsize::new(0), max }
+    pub(super) fn new(max: usize, max_bytes: u64) -> Self {
+        Self { now: AtomicUsize::new(0), max, bytes: AtomicU64::new(0), max_bytes }
     }
 
     pub(super) fn now(&self) -> usize {
         self.now.load(Ordering::Relaxed)
     }
 
-    /// One more idle instance, if the node may keep it.
-    fn claim(self: &Arc<Self>) -> Option<IdleClaim> {
+    /// One more idle instance holding `bytes` of linear memory, if the node
+    /// may keep it.
+    fn claim(self: &Arc<Self>, bytes: u64) -> Option<IdleClaim> {
         self.now
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.max).then_some(n + 1))
-            .ok()
-            .map(|_| IdleClaim(self.clone()))
+            .ok()?;
+        let fits = self.bytes.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |held| {
+            held.checked_add(bytes).filter(|total| *total <= self.max_bytes)
+        });
+        if fits.is_err() {
+            self.now.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(IdleClaim { count: self.clone(), bytes })
     }
 }
 
 /// One idle instance counted on the node; uncounted on drop.
-struct IdleClaim(Arc<IdleCount>);
+struct IdleClaim {
+    count: Arc<IdleCount>,
+    bytes: u64,
+}
 
 impl Drop for IdleClaim {
     fn drop(&mut self) {
-        self.0.now.fetch_sub(1, Ordering::AcqRel);
+        self.count.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.count.now.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -153,15 +171,15 @@ impl InstancePool {
 
     /// Keeps an instance that has just served a request that ended well,
     /// if it may serve another; drops it otherwise.
-    pub(super) fn give_back(&self, store: Store<InvocationState>, proxy: Proxy, served: u32) {
-        if served >= self.max_uses || !store.data().holds_nothing() {
+    pub(super) fn give_back(&self, mut store: Store<InvocationState>, proxy: Proxy, served: u32) {
+        if served >= self.max_uses || !store.data_mut().holds_nothing() {
             return;
         }
         let mut idle = self.lock();
         if idle.len() >= MAX_IDLE_PER_DEPLOYMENT {
             return;
         }
-        let Some(claim) = self.count.claim() else { return };
+        let Some(claim) = self.count.claim(store.data().memory_peak()) else { return };
         idle.push(IdleInstance { store, proxy, served, since: Instant::now(), _claim: claim });
     }
 
@@ -196,6 +214,43 @@ impl Pools {
         };
         for pool in live {
             pool.sweep(timeout);
+        }
+    }
+}
+
+/// The thread that drops instances idle past the idle timeout, a few times
+/// per timeout (at least once a second); joined on drop.
+pub(super) struct Sweeper {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Sweeper {
+    pub(super) fn spawn(pools: Arc<Pools>, timeout: Duration) -> Self {
+        let every = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = std::thread::Builder::new()
+            .name("wasmwiz-reuse-sweep".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::park_timeout(every);
+                        pools.sweep(timeout);
+                    }
+                }
+            })
+            .expect("spawning the idle-instance sweeper");
+        Self { stop, handle: Some(handle) }
+    }
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            handle.thread().unpark();
+            let _ = handle.join();
         }
     }
 }

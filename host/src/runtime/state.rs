@@ -27,6 +27,8 @@ pub struct InvocationState {
     pub(super) limiter: Limiter,
     pub(super) stdout: GuestOutput,
     pub(super) stderr: GuestOutput,
+    /// Handles on `stdout` and `stderr` before the guest asked for any.
+    stdio_handles: usize,
 }
 
 impl InvocationState {
@@ -58,6 +60,7 @@ impl InvocationState {
             caps,
             kv_ops: 0,
             limiter: Limiter::new(memory_limit),
+            stdio_handles: stdout.handles() + stderr.handles(),
             stdout,
             stderr,
         }
@@ -78,12 +81,27 @@ impl InvocationState {
         self.caps = caps;
         self.kv_ops = 0;
         self.limiter.memory_limit = usize::try_from(memory_limit).unwrap_or(usize::MAX);
+        self.limiter.memory_exceeded = false;
     }
 
-    /// Whether the guest let go of every resource (request, body, stream,
-    /// outgoing request, ...): only then may the store serve another request.
-    pub(super) fn holds_nothing(&self) -> bool {
-        self.table.is_empty()
+    /// Whether the guest let go of every resource of its request (request,
+    /// body, stream, outgoing request, ...): only then may the store serve
+    /// another request. Its own stdout and stderr streams may stay (Rust's
+    /// standard library keeps them, and a pollable of each, from the first
+    /// print on), and so may pollables: one whose parent were a resource of
+    /// the request would find that resource still here.
+    pub(super) fn holds_nothing(&mut self) -> bool {
+        let stdio =
+            (self.stdout.handles() + self.stderr.handles()).saturating_sub(self.stdio_handles);
+        let mut streams = 0;
+        for entry in self.table.iter_mut() {
+            if entry.is::<wasmtime_wasi::p2::DynOutputStream>() {
+                streams += 1;
+            } else if !entry.is::<wasmtime_wasi::p2::DynPollable>() {
+                return false;
+            }
+        }
+        streams == stdio
     }
 
     /// The largest linear memory the instance has grown to, in bytes.

@@ -77,6 +77,7 @@ async fn an_instance_that_failed_or_kept_a_resource_is_never_reused() {
         ("sleep?ms=5000", 504),
         ("oom", 500),
         ("no-response", 500),
+        ("error-code", 500),
         ("keep-resource", 200),
     ];
     for (action, status) in failures {
@@ -93,11 +94,26 @@ async fn an_instance_that_failed_or_kept_a_resource_is_never_reused() {
 
 #[tokio::test]
 async fn an_idle_instance_is_dropped_after_its_idle_timeout() {
-    let server = server(&[("MAX_INSTANCE_REUSE", "100")]);
+    let server = server(&[("MAX_INSTANCE_REUSE", "100"), ("REUSE_IDLE_TIMEOUT", "1")]);
     let base = server.url("");
     assert_eq!(counts(&base, "/h/count", 2).await, strings(&["1", "2"]));
-    // IDLE_TIMEOUT is 10 s, swept once a second.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Swept four times per timeout: gone within 1.25 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(counts(&base, "/h/count", 2).await, strings(&["1", "2"]));
+}
+
+#[tokio::test]
+async fn idle_instances_stay_within_the_node_memory_budget() {
+    let off = server(&[("MAX_INSTANCE_REUSE", "100"), ("REUSE_IDLE_MEMORY", "0")]);
+    let base = off.url("");
+    assert_eq!(counts(&base, "/h/count", 2).await, strings(&["1", "1"]), "0 turns reuse off");
+
+    let small = server(&[("MAX_INSTANCE_REUSE", "100"), ("REUSE_IDLE_MEMORY", "4MiB")]);
+    let base = small.url("");
+    assert_eq!(counts(&base, "/h/count", 2).await, strings(&["1", "2"]), "a small instance fits");
+    // Growing the heap by 8 MiB takes the instance past the budget.
+    let (status, body, _) = fetch(&base, "/h/write-secret").await;
+    assert_eq!((status, body.as_str()), (200, "written"));
     assert_eq!(counts(&base, "/h/count", 2).await, strings(&["1", "2"]));
 }
 
@@ -114,9 +130,12 @@ async fn a_reused_instance_keeps_memory_but_not_output_and_other_routes_see_neit
     let (status, body, _) = fetch(&base, "/other/probe").await;
     assert_eq!((status, body.as_str()), (200, "clean"), "another route saw /h's memory");
 
-    // Captured output is logged per request, never carried to the next.
+    // Captured output is logged per request, never carried to the next;
+    // the guest's own stdout and stderr streams do not stop reuse.
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["1"]));
     let (_, _, first) = fetch(&base, "/h/stdout?lines=1&tag=first-request").await;
     let (_, _, second) = fetch(&base, "/h/stdout?lines=1&tag=second-request").await;
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["2"]), "printing ended reuse");
     server.wait_for_log("second-request 0 to stderr", Duration::from_secs(5));
     let logs = server.logs();
     let lines_of = |id: &str| -> Vec<String> {
@@ -221,6 +240,36 @@ async fn max_instance_reuse_is_validated_stored_and_kept_per_version(env: ServeE
     assert_eq!((r["version"].as_i64(), r["max_instance_reuse"].as_i64()), (Some(1), Some(3)));
     let base = server.url("");
     assert_eq!(counts(&base, "/r/count", 4).await, strings(&["1", "2", "3", "1"]));
+}
+
+#[tokio::test]
+async fn an_instance_grown_past_a_lowered_memory_limit_is_not_reused() {
+    let env = ServeEnv::sqlite();
+    let admin = env.tenant("ops", "pro", true);
+    let key = env.tenant("acme", "pro", false);
+    let server = env.serve();
+    let (admin, api) = (Api::new(&server, &admin), Api::new(&server, &key));
+    let hostile = api.upload_component("hostile").await;
+    let (status, body) = api
+        .deploy(json!({ "route": "/m/...", "component": hostile, "max_instance_reuse": 100 }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let base = server.url("");
+    assert_eq!(counts(&base, "/m/count", 2).await, strings(&["1", "2"]));
+    // The instance grows past 8 MiB, then the tier's limit drops to 6 MiB:
+    // the kept instance is over it, a fresh one is not.
+    let (status, body, _) = fetch(&base, "/m/write-secret").await;
+    assert_eq!((status, body.as_str()), (200, "written"));
+    assert_eq!(counts(&base, "/m/count", 1).await, strings(&["3"]));
+    let (status, body) = admin
+        .call(
+            admin
+                .request(Method::PUT, "/api/v1/tiers/pro")
+                .json(&json!({ "memory_limit_bytes": 6 << 20 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(counts(&base, "/m/count", 2).await, strings(&["1", "2"]));
 }
 
 mod sqlite {

@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::io::Write as _;
 
 use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    ErrorCode, Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
     Scheme,
 };
 
@@ -128,6 +128,10 @@ impl wasi::exports::http::incoming_handler::Guest for Hostile {
             "count" => {
                 let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 respond(out, 200, n.to_string().as_bytes());
+            }
+            "error-code" => {
+                let code = ErrorCode::InternalError(Some("failed on purpose".into()));
+                ResponseOutparam::set(out, Err(code));
             }
             "keep-resource" => {
                 // A resource the guest never drops: it stays in the host's
