@@ -9,12 +9,16 @@ set -euo pipefail
 usage() {
     cat <<USAGE
 Usage: benches/serve.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS] [-n ROUTES]
+                        [-R REUSE]
 
   -r ROUNDS       rounds, each runs wrk once against every server (default 3)
   -d SECONDS      wrk duration per run (default 20)
   -c CONNECTIONS  wrk connections (default 64)
   -t THREADS      wrk threads (default 2)
   -n ROUTES       routes deployed on wasmwiz serve (default 1000)
+  -R REUSE        also measure instance reuse: one more route on the same
+                  node deployed with max_instance_reuse REUSE, and a second
+                  wasmtime serve with --max-instance-reuse-count REUSE
 
 Needs Redis on 127.0.0.1:6379 (or \$REDIS_URL). Builds the release binary,
 the components, the native baseline and (once) wasmtime-cli 48.0.8. The
@@ -23,10 +27,16 @@ the raw wrk output and the final usage and metrics go to benches/results/.
 USAGE
 }
 
-rounds=3 duration=20 connections=64 threads=2 count=1000
+rounds=3 duration=20 connections=64 threads=2 count=1000 reuse=0
+bench_option() {
+    case $1 in
+        R) reuse=$2 ;;
+    esac
+}
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-bench_options "r:d:c:t:n:" "$@"
+bench_options "r:d:c:t:n:R:" "$@"
+[[ $reuse =~ ^[0-9]+$ ]] || { echo "-R needs a number" >&2; exit 2; }
 
 bench_setup serve wrk
 
@@ -37,7 +47,7 @@ wasmtime=$(bench_wasmtime)
 native=$(bench_native)
 hello=$bench_root/target/components/hello.wasm
 
-ports=(18191 18192 18193)
+ports=(18191 18192 18193 18191 18194)
 names=(wasmwiz-serve wasmtime-serve native)
 prefix=wwbench$$
 export REDIS_URL=$redis_url REDIS_KEY_PREFIX=$prefix LOG_LEVEL=info PROMETHEUS_ENABLED=true
@@ -57,15 +67,32 @@ bench_start wasmtime-serve "$results/wasmtime.log" \
     "$wasmtime" serve -Scli --addr "127.0.0.1:${ports[1]}" "$hello"
 bench_start native "$results/native.log" "$native" "127.0.0.1:${ports[2]}"
 paths=("$target" /hello /hello)
-for i in 1 2; do
+contenders=(wasmwiz-serve wasmtime-serve native)
+if [ "$reuse" -gt 1 ]; then
+    # The same node, one more route: hello deployed with instance reuse.
+    digest=$(curl -fsS -H "Authorization: Bearer $key" "$url/api/v1/components" |
+        sed -n 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p' | head -1)
+    curl -fsS -o /dev/null -H "Authorization: Bearer $key" -H 'content-type: application/json' \
+        -d "{\"route\":\"/reuse/...\",\"component\":\"$digest\",\"max_instance_reuse\":$reuse}" \
+        "$url/api/v1/deployments"
+    bench_pid_of[wasmwiz-serve-reuse]=${bench_pid_of[wasmwiz-serve]}
+    bench_start wasmtime-serve-reuse "$results/wasmtime-reuse.log" \
+        "$wasmtime" serve -Scli --max-instance-reuse-count "$reuse" \
+        --addr "127.0.0.1:${ports[4]}" "$hello"
+    paths+=(/reuse/hello /hello)
+    contenders+=(wasmwiz-serve-reuse wasmtime-serve-reuse)
+    names+=(wasmwiz-serve-reuse wasmtime-serve-reuse)
+fi
+for i in "${!contenders[@]}"; do
     bench_wait_ready "http://127.0.0.1:${ports[$i]}${paths[$i]}"
 done
 
 declare -A rps p50 p99 med med99
-bench_rounds "$rounds" "$threads" "$connections" "$duration" "$results" \
-    wasmwiz-serve "http://127.0.0.1:${ports[0]}${paths[0]}" \
-    wasmtime-serve "http://127.0.0.1:${ports[1]}${paths[1]}" \
-    native "http://127.0.0.1:${ports[2]}${paths[2]}"
+runs=()
+for i in "${!contenders[@]}"; do
+    runs+=("${contenders[$i]}" "http://127.0.0.1:${ports[$i]}${paths[$i]}")
+done
+bench_rounds "$rounds" "$threads" "$connections" "$duration" "$results" "${runs[@]}"
 
 # Evidence that every feature was on: the quota counted in Redis, the
 # metrics, one log line per request.
@@ -83,3 +110,10 @@ bench_table "${names[@]}"
 echo
 echo "wasmwiz-serve / wasmtime-serve: $(bench_ratio "${med[wasmwiz-serve]}" "${med[wasmtime-serve]}") (p99 ${med99[wasmwiz-serve]} ms vs ${med99[wasmtime-serve]} ms)"
 echo "wasmwiz-serve / native:         $(bench_ratio "${med[wasmwiz-serve]}" "${med[native]}")"
+if [ "$reuse" -gt 1 ]; then
+    echo "with instance reuse ($reuse requests per instance, both servers):"
+    echo "wasmwiz-serve-reuse / wasmtime-serve-reuse: $(bench_ratio "${med[wasmwiz-serve-reuse]}" "${med[wasmtime-serve-reuse]}") (p99 ${med99[wasmwiz-serve-reuse]} ms vs ${med99[wasmtime-serve-reuse]} ms)"
+    echo "wasmwiz-serve-reuse / wasmtime-serve:       $(bench_ratio "${med[wasmwiz-serve-reuse]}" "${med[wasmtime-serve]}")"
+    echo "wasmwiz-serve-reuse / native:               $(bench_ratio "${med[wasmwiz-serve-reuse]}" "${med[native]}")"
+    echo "reused instances (wasmwiz metrics): $(awk '/^wasmwiz_instances_reused_total / {print $2}' "$results/metrics.txt")"
+fi
