@@ -17,9 +17,15 @@ fn mount(route: &str, name: &str) -> String {
     format!("{route}={}", component(name).display())
 }
 
-/// `wasmwiz run` with the hostile guest on `/h/...` and `/other/...`.
+/// `wasmwiz run` with the hostile guest on `/h/...` and `/other/...`, and
+/// the stream example on `/s`.
 fn server(envs: &[(&str, &str)]) -> Server {
-    let args = ["run".to_string(), mount("/h/...", "hostile"), mount("/other/...", "hostile")];
+    let args = [
+        "run".to_string(),
+        mount("/h/...", "hostile"),
+        mount("/other/...", "hostile"),
+        mount("/s", "stream"),
+    ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut all = vec![("EXECUTION_TIMEOUT", "1")];
     all.extend_from_slice(envs);
@@ -90,6 +96,31 @@ async fn an_instance_that_failed_or_kept_a_resource_is_never_reused() {
         assert_eq!(got, status, "{action}: {body}");
     }
     assert_eq!(counts(&base, "/h/count", 1).await, strings(&["1"]));
+}
+
+#[tokio::test]
+async fn an_instance_that_streamed_its_body_after_its_head_is_reused() {
+    let server = server(&[("MAX_INSTANCE_REUSE", "100")]);
+    let base = server.url("");
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["1"]));
+    // 2 MiB through the bounded body channel: the guest waits for the
+    // client after its head has gone, and ends in a task of its own.
+    let response = client().get(format!("{base}/h/big-response?mib=2")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().len(), 2 << 20);
+    // That task gives the instance back just after the last byte is sent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["2"]));
+
+    // Streamed bodies stay whole and in order, request after request.
+    for _ in 0..3 {
+        let response =
+            client().get(format!("{base}/s?chunks=32&size=8192&delay_ms=1")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.bytes().await.unwrap();
+        assert_eq!(body.len(), 32 * 8192);
+        assert!(body.iter().enumerate().all(|(i, b)| *b as usize == i % 251), "a byte is wrong");
+    }
 }
 
 #[tokio::test]
