@@ -357,6 +357,7 @@ impl TierDefaultArgs {
             kv_max_value_bytes: crate::kv::DEFAULT_MAX_VALUE_BYTES,
             kv_max_keys: crate::kv::DEFAULT_MAX_KEYS,
             kv_max_total_bytes: crate::kv::DEFAULT_MAX_TOTAL_BYTES,
+            max_instance_reuse: crate::runtime::MAX_INSTANCE_REUSE,
         }
     }
 

@@ -79,10 +79,11 @@ pub struct Node {
     /// Prepared components by digest, shared by every route that serves the
     /// same bytes; only the reconcile path touches it.
     apps: std::sync::Mutex<HashMap<String, App>>,
-    /// Idle instances of the deployments that reuse them, by deployment and
-    /// version: kept across rebuilds of the route table, dropped with the
-    /// version (a new version may run another component).
-    instance_pools: std::sync::Mutex<HashMap<(String, i64), Arc<InstancePool>>>,
+    /// Idle instances of the deployments that reuse them, by deployment,
+    /// version and requests per instance: kept across rebuilds of the route
+    /// table, dropped with the version (a new version may run another
+    /// component) or when the tier's cap changes what the version gets.
+    instance_pools: std::sync::Mutex<HashMap<(String, i64, u32), Arc<InstancePool>>>,
     /// The change counter the current route table reflects.
     applied_seq: AtomicI64,
     /// One rebuild at a time; a rebuild requested meanwhile reads the newer
@@ -288,15 +289,17 @@ impl Node {
                 }),
                 config,
             });
-            let instances = (deployment.max_instance_reuse > 1).then(|| {
-                let key = (deployment.id.clone(), deployment.version);
+            // What the deployment asks for, within what its tier allows now.
+            let reuse = deployment.max_instance_reuse.min(tier.limits.max_instance_reuse);
+            let instances = (reuse > 1).then(|| {
+                let key = (deployment.id.clone(), deployment.version, reuse);
                 let pool = self
                     .instance_pools
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get(&key)
                     .cloned()
-                    .unwrap_or_else(|| self.runtime.instance_pool(deployment.max_instance_reuse));
+                    .unwrap_or_else(|| self.runtime.instance_pool(reuse));
                 pools.insert(key, pool.clone());
                 pool
             });

@@ -138,6 +138,13 @@ pub async fn create(
              {MAX_INSTANCE_REUSE}"
         )));
     }
+    let allowed = node.tier(&principal.tier).map_or(1, |tier| tier.limits.max_instance_reuse);
+    if request.max_instance_reuse > allowed {
+        return Err(ApiError::bad_request(format!(
+            "the {} tier allows max_instance_reuse up to {allowed}",
+            principal.tier
+        )));
+    }
     let deployment = node
         .store
         .deploy(&NewDeployment {

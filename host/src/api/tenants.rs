@@ -250,6 +250,7 @@ pub struct PutTier {
     kv_max_value_bytes: Option<u64>,
     kv_max_keys: Option<u64>,
     kv_max_total_bytes: Option<u64>,
+    max_instance_reuse: Option<u32>,
 }
 
 impl PutTier {
@@ -268,6 +269,7 @@ impl PutTier {
             kv_max_value_bytes: self.kv_max_value_bytes.unwrap_or(defaults.kv_max_value_bytes),
             kv_max_keys: self.kv_max_keys.unwrap_or(defaults.kv_max_keys),
             kv_max_total_bytes: self.kv_max_total_bytes.unwrap_or(defaults.kv_max_total_bytes),
+            max_instance_reuse: self.max_instance_reuse.unwrap_or(defaults.max_instance_reuse),
         }
     }
 }

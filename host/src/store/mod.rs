@@ -114,6 +114,10 @@ pub struct TierLimits {
     /// Key-value bytes (keys plus values) per tenant.
     #[serde(default = "kv_default_total")]
     pub kv_max_total_bytes: u64,
+    /// The most `max_instance_reuse` a deployment of this tier may ask for
+    /// (1: every request on a fresh instance, whatever the deployment asks).
+    #[serde(default = "reuse_default")]
+    pub max_instance_reuse: u32,
 }
 
 impl Default for TierLimits {
@@ -130,6 +134,7 @@ impl Default for TierLimits {
             kv_max_value_bytes: kv_default_value(),
             kv_max_keys: kv_default_keys(),
             kv_max_total_bytes: kv_default_total(),
+            max_instance_reuse: reuse_default(),
         }
     }
 }
@@ -145,6 +150,9 @@ fn kv_default_keys() -> u64 {
 }
 fn kv_default_total() -> u64 {
     crate::kv::DEFAULT_MAX_TOTAL_BYTES
+}
+fn reuse_default() -> u32 {
+    crate::runtime::MAX_INSTANCE_REUSE
 }
 
 impl TierLimits {
@@ -172,6 +180,12 @@ impl TierLimits {
         }
         if self.kv_max_keys > i64::MAX as u64 || self.kv_max_total_bytes > i64::MAX as u64 {
             return Err("kv_max_keys and kv_max_total_bytes must fit in 63 bits".into());
+        }
+        if !(1..=crate::runtime::MAX_INSTANCE_REUSE).contains(&self.max_instance_reuse) {
+            return Err(format!(
+                "max_instance_reuse must be between 1 and {}",
+                crate::runtime::MAX_INSTANCE_REUSE
+            ));
         }
         Ok(())
     }

@@ -63,7 +63,7 @@ pub(super) fn check_route_ownership(
 
 pub(super) const TIER_COLUMNS: &str = "name, requests_per_minute, requests_per_day, \
      memory_limit_bytes, execution_timeout_ms, max_input_bytes, max_component_bytes, \
-     kv_max_key_bytes, kv_max_value_bytes, kv_max_keys, kv_max_total_bytes";
+     kv_max_key_bytes, kv_max_value_bytes, kv_max_keys, kv_max_total_bytes, max_instance_reuse";
 
 pub(super) const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.tenant_id, t.name AS tenant, \
      t.tier AS tier, d.route, d.host, v.version, v.component, v.config, v.secrets, \
@@ -96,6 +96,11 @@ macro_rules! sql_store {
                         kv_max_value_bytes: row.try_get::<i64, _>("kv_max_value_bytes")?.max(0) as u64,
                         kv_max_keys: row.try_get::<i64, _>("kv_max_keys")?.max(0) as u64,
                         kv_max_total_bytes: row.try_get::<i64, _>("kv_max_total_bytes")?.max(0) as u64,
+                        max_instance_reuse: u32::try_from(
+                            row.try_get::<i64, _>("max_instance_reuse")?,
+                        )
+                        .unwrap_or(1)
+                        .max(1),
                     },
                 })
             }
@@ -222,7 +227,7 @@ macro_rules! sql_store {
                 for tier in tiers {
                     let query = format!(
                         "INSERT INTO tiers ({TIER_COLUMNS}, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) \
                          ON CONFLICT (name) DO NOTHING"
                     );
                     inserted += bind_tier(sqlx::query(sqlx::AssertSqlSafe(query)), tier)
@@ -242,7 +247,7 @@ macro_rules! sql_store {
                 let mut tx = self.begin_write().await?;
                 let query = format!(
                     "INSERT INTO tiers ({TIER_COLUMNS}, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) \
                      ON CONFLICT (name) DO UPDATE SET \
                      requests_per_minute = excluded.requests_per_minute, \
                      requests_per_day = excluded.requests_per_day, \
@@ -254,6 +259,7 @@ macro_rules! sql_store {
                      kv_max_value_bytes = excluded.kv_max_value_bytes, \
                      kv_max_keys = excluded.kv_max_keys, \
                      kv_max_total_bytes = excluded.kv_max_total_bytes, \
+                     max_instance_reuse = excluded.max_instance_reuse, \
                      updated_at = excluded.updated_at"
                 );
                 bind_tier(sqlx::query(sqlx::AssertSqlSafe(query)), tier)
@@ -910,6 +916,7 @@ macro_rules! sql_store {
                 .bind(big(limits.kv_max_value_bytes))
                 .bind(big(limits.kv_max_keys))
                 .bind(big(limits.kv_max_total_bytes))
+                .bind(i64::from(limits.max_instance_reuse))
         }
     };
 }

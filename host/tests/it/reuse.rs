@@ -215,6 +215,7 @@ async fn concurrent_requests_share_a_few_instances() {
 
 /// `max_instance_reuse` through API v1 and `wasmwiz serve`, on both stores.
 async fn max_instance_reuse_is_validated_stored_and_kept_per_version(env: ServeEnv) {
+    let admin_key = env.tenant("ops", "pro", true);
     let key = env.tenant("acme", "pro", false);
     let server = env.serve();
     let api = Api::new(&server, &key);
@@ -271,6 +272,27 @@ async fn max_instance_reuse_is_validated_stored_and_kept_per_version(env: ServeE
     assert_eq!((r["version"].as_i64(), r["max_instance_reuse"].as_i64()), (Some(1), Some(3)));
     let base = server.url("");
     assert_eq!(counts(&base, "/r/count", 4).await, strings(&["1", "2", "3", "1"]));
+
+    // The tier caps what its deployments get, and what they may ask for.
+    let admin = Api::new(&server, &admin_key);
+    let (status, tier) = admin
+        .call(
+            admin
+                .request(Method::PUT, "/api/v1/tiers/pro")
+                .json(&json!({ "max_instance_reuse": 2 })),
+        )
+        .await;
+    assert_eq!((status, tier["max_instance_reuse"].as_i64()), (200, Some(2)), "{tier}");
+    assert_eq!(counts(&base, "/r/count", 3).await, strings(&["1", "2", "1"]));
+    let (status, body) = api
+        .deploy(json!({ "route": "/r/...", "component": hostile, "max_instance_reuse": 3 }))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("up to 2"), "{body}");
+    let (status, tiers) = api.call(api.request(Method::GET, "/api/v1/tiers")).await;
+    assert_eq!(status, 200);
+    let free = tiers.as_array().unwrap().iter().find(|t| t["name"] == "free").unwrap();
+    assert_eq!(free["max_instance_reuse"], 10_000, "the default: {free}");
 }
 
 #[tokio::test]
