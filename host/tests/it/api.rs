@@ -556,10 +556,19 @@ async fn the_cli_client_deploys_lists_and_rolls_back(mut env: ServeEnv) {
     assert!(stdout.contains(&format!("invoke: {}", server.url("/cli"))), "{stdout}");
     assert_eq!(Api::anonymous(&server).get_text("/cli").await.1, "Hello, world!\n");
 
-    let (status, stdout, _) =
-        env.command(&["deploy", echo.to_str().unwrap(), "--route", "/cli/..."]);
+    let (status, stdout, _) = env.command(&[
+        "deploy",
+        echo.to_str().unwrap(),
+        "--route",
+        "/cli/...",
+        "--max-instance-reuse",
+        "4",
+    ]);
     assert!(status.success());
     assert!(stdout.contains("version 2"), "{stdout}");
+    let cli = Api::new(&server, &key);
+    let (_, list) = cli.call(cli.request(Method::GET, "/api/v1/deployments")).await;
+    assert_eq!(list[0]["max_instance_reuse"], 4, "{list}");
 
     let (status, stdout, _) = env.command(&["deployments"]);
     assert!(status.success());
