@@ -136,8 +136,11 @@ pub struct Runtime {
     idle: Arc<reuse::IdleCount>,
     /// The pools of the deployments that reuse instances.
     pools: Arc<reuse::Pools>,
-    _ticker: EpochTicker,
-    _sweeper: reuse::Sweeper,
+    /// Advances the engine's epoch every [`EPOCH_TICK`].
+    _ticker: Periodic,
+    /// Drops the instances idle past `REUSE_IDLE_TIMEOUT`, a few times per
+    /// timeout, on a thread of its own so the drops never delay an epoch.
+    _sweeper: Periodic,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -185,8 +188,19 @@ impl Runtime {
         let fingerprint = fingerprint_of(&engine);
 
         let pools = Arc::new(reuse::Pools::default());
-        let ticker = EpochTicker::spawn(engine.clone(), EPOCH_TICK);
-        let sweeper = reuse::Sweeper::spawn(pools.clone(), config.reuse_idle_timeout);
+        let ticker = Periodic::spawn("wasmwiz-epoch", EPOCH_TICK, {
+            let engine = engine.clone();
+            move || engine.increment_epoch()
+        });
+        let timeout = config.reuse_idle_timeout;
+        let sweeper = Periodic::spawn(
+            "wasmwiz-reuse-sweep",
+            (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+            {
+                let pools = pools.clone();
+                move || pools.sweep(timeout)
+            },
+        );
         Ok(Self {
             engine,
             linker,
@@ -324,35 +338,38 @@ fn wasmtime_version() -> &'static str {
     "48.0.8"
 }
 
-/// The single thread that advances the engine's epoch; joined on drop.
-struct EpochTicker {
+/// A thread of the runtime's own that runs `work` every `every` until the
+/// runtime is dropped (then it is woken and joined): the epoch ticker, and
+/// the sweeper of idle reused instances.
+struct Periodic {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
-impl EpochTicker {
-    fn spawn(engine: Engine, tick: Duration) -> Self {
+impl Periodic {
+    fn spawn(name: &str, every: Duration, mut work: impl FnMut() + Send + 'static) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let handle = std::thread::Builder::new()
-            .name("wasmwiz-epoch".into())
+            .name(name.into())
             .spawn({
                 let stop = stop.clone();
                 move || {
                     while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        engine.increment_epoch();
+                        std::thread::park_timeout(every);
+                        work();
                     }
                 }
             })
-            .expect("spawning the epoch thread");
+            .unwrap_or_else(|e| panic!("spawning the {name} thread: {e}"));
         Self { stop, handle: Some(handle) }
     }
 }
 
-impl Drop for EpochTicker {
+impl Drop for Periodic {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(handle) = self.handle.take() {
+            handle.thread().unpark();
             let _ = handle.join();
         }
     }

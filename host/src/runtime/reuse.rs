@@ -25,15 +25,14 @@
 //!   heap resident, where a warm slot is reset).
 //!
 //! An idle instance is dropped after `REUSE_IDLE_TIMEOUT` (by a thread of
-//! its own, [`Sweeper`], so the drops never delay the epoch ticks), or when
+//! its own, so the drops never delay the epoch ticks), or when
 //! its memory has grown past the memory limit the deployment's tier has
 //! now. Every request on a kept instance starts with the route's current
 //! limits, capabilities and outbound policy, and its own outbound and
 //! key-value counts.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use wasmtime::Store;
@@ -214,43 +213,6 @@ impl Pools {
         };
         for pool in live {
             pool.sweep(timeout);
-        }
-    }
-}
-
-/// The thread that drops instances idle past the idle timeout, a few times
-/// per timeout (at least once a second); joined on drop.
-pub(super) struct Sweeper {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Sweeper {
-    pub(super) fn spawn(pools: Arc<Pools>, timeout: Duration) -> Self {
-        let every = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = std::thread::Builder::new()
-            .name("wasmwiz-reuse-sweep".into())
-            .spawn({
-                let stop = stop.clone();
-                move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::park_timeout(every);
-                        pools.sweep(timeout);
-                    }
-                }
-            })
-            .expect("spawning the idle-instance sweeper");
-        Self { stop, handle: Some(handle) }
-    }
-}
-
-impl Drop for Sweeper {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.handle.take() {
-            handle.thread().unpark();
-            let _ = handle.join();
         }
     }
 }

@@ -42,6 +42,11 @@ pub fn component(name: &str) -> PathBuf {
     path
 }
 
+/// A `ROUTE=FILE` argument of `wasmwiz run` for the component `name`.
+pub fn mount(route: &str, name: &str) -> String {
+    format!("{route}={}", component(name).display())
+}
+
 /// A `wasmwiz` process started by a test; killed when dropped.
 pub struct Server {
     child: Child,

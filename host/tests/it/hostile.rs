@@ -7,15 +7,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 
-use crate::helpers::{Server, client, component};
+use crate::helpers::{Server, client, mount};
 
 /// Most a well-behaved request may take while an attack runs. Generous for
 /// a busy CI machine; an attack that holds a worker shows up as seconds.
 const BYSTANDER_BUDGET: Duration = Duration::from_millis(500);
-
-fn mount(route: &str, name: &str) -> String {
-    format!("{route}={}", component(name).display())
-}
 
 /// `run` with the hostile guest on `/h/...` (and twice more, as two
 /// "tenants" `/a/...` and `/b/...`), bigmem, and hello for the bystander.

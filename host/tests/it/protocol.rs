@@ -6,11 +6,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Server, component};
-
-fn mount(route: &str, name: &str) -> String {
-    format!("{route}={}", component(name).display())
-}
+use crate::helpers::{Server, component, mount};
 
 fn server(extra_env: &[(&str, &str)]) -> Server {
     let args = [

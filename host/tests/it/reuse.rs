@@ -11,11 +11,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{Api, ServeEnv, Server, client, component};
-
-fn mount(route: &str, name: &str) -> String {
-    format!("{route}={}", component(name).display())
-}
+use crate::helpers::{Api, ServeEnv, Server, client, mount};
 
 /// `wasmwiz run` with the hostile guest on `/h/...` and `/other/...`, and
 /// the stream example on `/s`.

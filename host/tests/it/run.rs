@@ -5,11 +5,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use rand::RngCore as _;
 
-use crate::helpers::{Server, client, component, run_to_exit};
-
-fn mount(route: &str, name: &str) -> String {
-    format!("{route}={}", component(name).display())
-}
+use crate::helpers::{Server, client, component, mount, run_to_exit};
 
 /// A server with the examples and the hostile guest mounted, a 1 s timeout.
 fn examples_server() -> Server {
