@@ -138,7 +138,11 @@ pub async fn create(
              {MAX_INSTANCE_REUSE}"
         )));
     }
-    let allowed = node.tier(&principal.tier).map_or(1, |tier| tier.limits.max_instance_reuse);
+    // A tier this node has not loaded yet (created a moment ago through
+    // another node) caps nothing here; the route table applies it anyway.
+    let allowed = node
+        .tier(&principal.tier)
+        .map_or(MAX_INSTANCE_REUSE, |tier| tier.limits.max_instance_reuse);
     if request.max_instance_reuse > allowed {
         return Err(ApiError::bad_request(format!(
             "the {} tier allows max_instance_reuse up to {allowed}",

@@ -143,6 +143,10 @@ pub enum TierCommand {
         /// Key-value bytes (keys plus values) per tenant (bytes, or 64MiB).
         #[arg(long, value_parser = bytes_for("--kv-max-total"))]
         kv_max_total: Option<u64>,
+        /// The most requests per instance a deployment of the tier may ask
+        /// for with `max_instance_reuse` (1: always a fresh instance).
+        #[arg(long, value_name = "N")]
+        max_instance_reuse: Option<u32>,
     },
     /// Lists the tiers.
     List,
@@ -211,6 +215,7 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
                     kv_max_value,
                     kv_max_keys,
                     kv_max_total,
+                    max_instance_reuse,
                 },
         } => {
             if !valid_name(&name) {
@@ -247,6 +252,9 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
             if let Some(n) = kv_max_total {
                 limits.kv_max_total_bytes = n;
             }
+            if let Some(n) = max_instance_reuse {
+                limits.max_instance_reuse = n;
+            }
             limits.check().map_err(anyhow::Error::msg)?;
             store.put_tier(&Tier { name: name.clone(), limits: limits.clone() }).await?;
             say(&format!("tier {name}: {}", describe(&limits)));
@@ -264,7 +272,7 @@ fn describe(limits: &crate::store::TierLimits) -> String {
     let rate = |r: Option<u64>| r.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
     format!(
         "{}/minute, {}/day, memory {} bytes, timeout {} ms, input {} bytes, component {} bytes, \
-         key-value {} keys / {} bytes, values up to {} bytes",
+         key-value {} keys / {} bytes, values up to {} bytes, instance reuse up to {}",
         rate(limits.requests_per_minute),
         rate(limits.requests_per_day),
         limits.memory_limit_bytes,
@@ -273,7 +281,8 @@ fn describe(limits: &crate::store::TierLimits) -> String {
         limits.max_component_bytes,
         limits.kv_max_keys,
         limits.kv_max_total_bytes,
-        limits.kv_max_value_bytes
+        limits.kv_max_value_bytes,
+        limits.max_instance_reuse
     )
 }
 

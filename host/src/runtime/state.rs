@@ -86,22 +86,29 @@ impl InvocationState {
 
     /// Whether the guest let go of every resource of its request (request,
     /// body, stream, outgoing request, ...): only then may the store serve
-    /// another request. Its own stdout and stderr streams may stay (Rust's
-    /// standard library keeps them, and a pollable of each, from the first
-    /// print on), and so may pollables: one whose parent were a resource of
-    /// the request would find that resource still here.
+    /// another request.
+    ///
+    /// Its own stdio may stay: stdout and stderr streams (Rust's standard
+    /// library keeps them, and a pollable of each, from the first print on;
+    /// counted by their handles, so a body's output stream is not taken for
+    /// one) and input streams (the WASIp1 adapter keeps stdin, which is
+    /// closed). So may pollables. Neither can hide a resource of the
+    /// request: a body's stream, or a pollable of one, is a child of that
+    /// resource, which cannot be dropped before it and so is still here.
     pub(super) fn holds_nothing(&mut self) -> bool {
         let stdio =
             (self.stdout.handles() + self.stderr.handles()).saturating_sub(self.stdio_handles);
-        let mut streams = 0;
+        let mut outputs = 0;
         for entry in self.table.iter_mut() {
             if entry.is::<wasmtime_wasi::p2::DynOutputStream>() {
-                streams += 1;
-            } else if !entry.is::<wasmtime_wasi::p2::DynPollable>() {
+                outputs += 1;
+            } else if !entry.is::<wasmtime_wasi::p2::DynPollable>()
+                && !entry.is::<wasmtime_wasi::p2::DynInputStream>()
+            {
                 return false;
             }
         }
-        streams == stdio
+        outputs == stdio
     }
 
     /// The largest linear memory the instance has grown to, in bytes.

@@ -678,6 +678,9 @@ fn admin_commands_bootstrap_a_fresh_store() {
         assert!(out.contains("unlimited/minute, unlimited/day"), "{out}");
         let out = env.admin(&["tier", "set", "free", "--per-minute", "20"]);
         assert!(out.contains("20/minute, 500/day"), "{out}");
+        assert!(out.trim_end().ends_with("instance reuse up to 10000"), "the default: {out}");
+        let out = env.admin(&["tier", "set", "free", "--max-instance-reuse", "1"]);
+        assert!(out.contains("20/minute") && out.trim_end().ends_with("reuse up to 1"), "{out}");
         let (status, _, stderr) = env.command(&["admin", "key", "create", "nobody"]);
         assert!(!status.success() && stderr.contains("no tenant named `nobody`"), "{stderr}");
     }

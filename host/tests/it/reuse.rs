@@ -81,6 +81,7 @@ async fn an_instance_that_failed_or_kept_a_resource_is_never_reused() {
         ("no-response", 500),
         ("error-code", 500),
         ("keep-resource", 200),
+        ("keep-body-stream", 200),
     ];
     for (action, status) in failures {
         assert_eq!(
@@ -163,6 +164,10 @@ async fn a_reused_instance_keeps_memory_but_not_output_and_other_routes_see_neit
     let (_, _, first) = fetch(&base, "/h/stdout?lines=1&tag=first-request").await;
     let (_, _, second) = fetch(&base, "/h/stdout?lines=1&tag=second-request").await;
     assert_eq!(counts(&base, "/h/count", 1).await, strings(&["2"]), "printing ended reuse");
+    // Nor does a stdin stream kept (as the WASIp1 adapter keeps it).
+    let (status, body, _) = fetch(&base, "/h/keep-stdin").await;
+    assert_eq!((status, body.as_str()), (200, "kept stdin"));
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["3"]), "keeping stdin ended reuse");
     server.wait_for_log("second-request 0 to stderr", Duration::from_secs(5));
     let logs = server.logs();
     let lines_of = |id: &str| -> Vec<String> {

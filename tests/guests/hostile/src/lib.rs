@@ -133,6 +133,21 @@ impl wasi::exports::http::incoming_handler::Guest for Hostile {
                 let code = ErrorCode::InternalError(Some("failed on purpose".into()));
                 ResponseOutparam::set(out, Err(code));
             }
+            "keep-stdin" => {
+                // As the WASIp1 adapter does: stdin taken once and kept.
+                std::mem::forget(wasi::cli::stdin::get_stdin());
+                respond(out, 200, b"kept stdin");
+            }
+            "keep-body-stream" => {
+                // A stream of the request's body, kept past the request: its
+                // parent (the body) stays too, so the instance must not be
+                // reused.
+                let body = request.consume().expect("the body is taken once");
+                let stream = body.stream().expect("the stream is taken once");
+                std::mem::forget(stream);
+                std::mem::forget(body);
+                respond(out, 200, b"kept the body stream");
+            }
             "keep-resource" => {
                 // A resource the guest never drops: it stays in the host's
                 // table after the request, so the instance must not be reused.
