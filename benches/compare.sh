@@ -52,22 +52,8 @@ if [ "$reuse" -gt 1 ]; then
     bench_start wasmwiz-reuse "$results/wasmwiz-reuse.log" \
         "$bench_bin" run --max-instance-reuse "$reuse" --addr "127.0.0.1:${ports[3]}" "$hello"
 fi
-for port in "${ports[@]}"; do
-    bench_wait_ready "http://127.0.0.1:$port/hello"
-done
-
 declare -A rps p50 p99 med med99
-runs=()
-for i in "${!names[@]}"; do
-    runs+=("${names[$i]}" "http://127.0.0.1:${ports[$i]}/hello")
-done
-bench_rounds "$rounds" "$threads" "$connections" "$duration" "$results" "${runs[@]}"
-
-echo
-echo "wrk -t$threads -c$connections -d${duration}s, $rounds rounds, median per server ($(nproc) cores, loopback)"
-echo
-bench_table "${names[@]}"
-echo
+bench_servers_at /hello
 echo "wasmwiz / wasmtime-serve: $(bench_ratio "${med[wasmwiz]}" "${med[wasmtime-serve]}")"
 echo "wasmwiz / native:         $(bench_ratio "${med[wasmwiz]}" "${med[native]}")"
 if [ "$reuse" -gt 1 ]; then

@@ -294,6 +294,26 @@ bench_rounds() {
     done
 }
 
+# For scripts whose servers all answer on 127.0.0.1 at the same PATH: waits
+# for each of the caller's servers (its arrays names and ports, one port per
+# name), runs the rounds against them (bench_rounds, with the caller's
+# rounds, threads, connections, duration and results) and prints the table
+# of the medians (bench_table). The caller declares rps p50 p99 med med99.
+bench_servers_at() {
+    local path=$1 i runs=()
+    # shellcheck disable=SC2154 # names and ports are the caller's
+    for i in "${!names[@]}"; do
+        bench_wait_ready "http://127.0.0.1:${ports[$i]}$path"
+        runs+=("${names[$i]}" "http://127.0.0.1:${ports[$i]}$path")
+    done
+    bench_rounds "$rounds" "$threads" "$connections" "$duration" "$results" "${runs[@]}"
+    echo
+    echo "wrk -t$threads -c$connections -d${duration}s, $rounds rounds, median per server ($(nproc) cores, loopback)"
+    echo
+    bench_table "${names[@]}"
+    echo
+}
+
 # Prints the Markdown table of the medians for NAME... (from rps, p50, p99
 # and bench_cpu) and fills the caller's associative arrays med and med99
 # with the median requests/s and p99 of each.

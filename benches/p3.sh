@@ -59,22 +59,8 @@ bench_start wasmtime-p3 "$results/wasmtime-p3.log" \
     --addr "127.0.0.1:${ports[2]}" "$hello_p3"
 bench_start wasmwiz-run-p2-reuse "$results/wasmwiz.log" \
     "$bench_bin" run --max-instance-reuse 128 --addr "127.0.0.1:${ports[3]}" "$hello"
-for port in "${ports[@]}"; do
-    bench_wait_ready "http://127.0.0.1:$port/hello"
-done
-
 declare -A rps p50 p99 med med99
-runs=()
-for i in "${!names[@]}"; do
-    runs+=("${names[$i]}" "http://127.0.0.1:${ports[$i]}/hello")
-done
-bench_rounds "$rounds" "$threads" "$connections" "$duration" "$results" "${runs[@]}"
-
-echo
-echo "wrk -t$threads -c$connections -d${duration}s, $rounds rounds, median per server ($(nproc) cores, loopback)"
-echo
-bench_table "${names[@]}"
-echo
+bench_servers_at /hello
 echo "wasmtime-p3 / wasmtime-p2-fresh:  $(bench_ratio "${med[wasmtime-p3]}" "${med[wasmtime-p2-fresh]}")"
 echo "wasmtime-p3 / wasmtime-p2-reuse:  $(bench_ratio "${med[wasmtime-p3]}" "${med[wasmtime-p2-reuse]}")"
 echo "wasmwiz-run-p2-reuse / wasmtime-p3: $(bench_ratio "${med[wasmwiz-run-p2-reuse]}" "${med[wasmtime-p3]}")"
