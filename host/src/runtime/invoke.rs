@@ -88,13 +88,18 @@ type Head = (Result<Response<HyperOutgoingBody>, ErrorCode>, Duration);
 #[derive(Default)]
 struct HeadSlot(Mutex<HeadState>);
 
+/// What a guest handed to `response-outparam.set`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Response,
+    ErrorCode,
+}
+
 #[derive(Default)]
 struct HeadState {
     head: Option<Head>,
-    /// The guest set its response (it may have been taken since).
-    set: bool,
-    /// ... and what it set was an error code, not a response.
-    set_error: bool,
+    /// What the guest set, if it did (the head may have been taken since).
+    answered: Option<Answer>,
     /// Told the outcome when the guest ends, for a body still streaming
     /// then; made only when the guest leaves the request's task.
     outcome_tx: Option<oneshot::Sender<Outcome>>,
@@ -108,9 +113,8 @@ impl HeadSlot {
     /// The guest set its response (`response-outparam.set`, at most once).
     fn put(&self, head: Head) {
         let mut state = self.lock();
-        state.set_error = head.0.is_err();
+        state.answered = Some(if head.0.is_ok() { Answer::Response } else { Answer::ErrorCode });
         state.head = Some(head);
-        state.set = true;
     }
 
     fn take(&self) -> Option<Head> {
@@ -122,12 +126,8 @@ impl HeadSlot {
         self.lock().head.is_some()
     }
 
-    fn was_set(&self) -> bool {
-        self.lock().set
-    }
-
-    fn was_set_to_error(&self) -> bool {
-        self.lock().set_error
+    fn answered(&self) -> Option<Answer> {
+        self.lock().answered
     }
 
     /// The guest's outcome, when it comes: for a guest moving to a task of
@@ -498,9 +498,11 @@ impl GuestRun {
 
         let outcome = match result {
             Err(_elapsed) => Outcome::Timeout,
-            Ok(Ok(())) if head.was_set_to_error() => Outcome::GuestError,
-            Ok(Ok(())) if head.was_set() => Outcome::Ok,
-            Ok(Ok(())) => Outcome::NoResponse,
+            Ok(Ok(())) => match head.answered() {
+                Some(Answer::Response) => Outcome::Ok,
+                Some(Answer::ErrorCode) => Outcome::GuestError,
+                None => Outcome::NoResponse,
+            },
             Ok(Err(error)) => classify(&error, store.data()),
         };
         if outcome != Outcome::Ok {
@@ -520,7 +522,9 @@ impl GuestRun {
         // Kept (or dropped) before the pool place is freed: the pooling
         // allocator has room for every running instance plus the idle ones.
         match (outcome, reuse, proxy) {
-            (Outcome::Ok, Some(pool), Some(proxy)) => pool.give_back(store, proxy, served + 1),
+            (Outcome::Ok, Some(pool), Some(proxy)) => {
+                pool.give_back(Reused { store, proxy, served: served + 1 });
+            }
             _ => drop(store),
         }
         drop(slot);

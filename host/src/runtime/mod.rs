@@ -58,7 +58,7 @@ pub use outbound::{
 };
 pub use output::MAX_CAPTURED_OUTPUT;
 pub use phases::Phases;
-pub use reuse::{InstancePool, MAX_IDLE_PER_DEPLOYMENT, MAX_INSTANCE_REUSE};
+pub use reuse::{InstancePool, MAX_INSTANCE_REUSE};
 pub use state::InvocationState;
 pub use worker::{Compiler, worker_main};
 

@@ -10,13 +10,10 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use tokio::sync::oneshot;
-use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView as _;
-use wasmtime_wasi_http::p2::bindings::Proxy;
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
-use wasmtime_wasi_http::p2::body::{HyperIncomingBody, HyperOutgoingBody};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperIncomingBody;
 
-use super::state::InvocationState;
 use super::{App, Capabilities, OutboundPolicy, Runtime};
 
 /// Where the time of one invocation went.
@@ -57,9 +54,16 @@ impl Runtime {
         let t1 = Instant::now();
         let proxy = app.pre.instantiate_async(&mut store).await?;
         let t2 = Instant::now();
-        let head = call_handle(&mut store, &proxy, request).await?;
+        let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
+        let (head_tx, head_rx) = oneshot::channel();
+        let out = store.data_mut().http().new_response_outparam_from_callback(move |head| {
+            let _ = head_tx.send(head);
+        })?;
+        proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out).await?;
         let t3 = Instant::now();
-        let (status, body) = read_response(head).await?;
+        let response = head_rx.await?.map_err(|code| anyhow::anyhow!("error code {code:?}"))?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
         let t4 = Instant::now();
         drop(store);
         let t5 = Instant::now();
@@ -72,29 +76,4 @@ impl Runtime {
         };
         Ok((phases, status, body))
     }
-}
-
-/// What the guest hands over as its response head.
-type HeadReceiver = oneshot::Receiver<Result<http::Response<HyperOutgoingBody>, ErrorCode>>;
-
-/// Hands `request` to the guest's handler and runs it until it returns.
-async fn call_handle(
-    store: &mut Store<InvocationState>,
-    proxy: &Proxy,
-    request: Request<HyperIncomingBody>,
-) -> anyhow::Result<HeadReceiver> {
-    let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
-    let (head_tx, head_rx) = oneshot::channel();
-    let out = store.data_mut().http().new_response_outparam_from_callback(move |head| {
-        let _ = head_tx.send(head);
-    })?;
-    proxy.wasi_http_incoming_handler().call_handle(&mut *store, request, out).await?;
-    Ok(head_rx)
-}
-
-/// The status and whole body of the response the guest set.
-async fn read_response(head: HeadReceiver) -> anyhow::Result<(StatusCode, Bytes)> {
-    let response = head.await?.map_err(|code| anyhow::anyhow!("error code {code:?}"))?;
-    let status = response.status();
-    Ok((status, response.into_body().collect().await?.to_bytes()))
 }

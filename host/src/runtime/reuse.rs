@@ -41,7 +41,7 @@ use wasmtime_wasi_http::p2::bindings::Proxy;
 use super::state::InvocationState;
 
 /// Most idle instances one deployment keeps.
-pub const MAX_IDLE_PER_DEPLOYMENT: usize = 32;
+const MAX_IDLE_PER_DEPLOYMENT: usize = 32;
 
 /// Largest `max_instance_reuse` a deployment may ask for.
 pub const MAX_INSTANCE_REUSE: u32 = 10_000;
@@ -95,21 +95,19 @@ impl Drop for IdleClaim {
     }
 }
 
-/// An instance between two requests.
-pub(super) struct IdleInstance {
-    store: Store<InvocationState>,
-    proxy: Proxy,
-    served: u32,
-    since: Instant,
-    _claim: IdleClaim,
-}
-
-/// An instance taken for a request: its store, its exports, and how many
-/// requests it served before this one.
+/// A kept instance: its store, its exports, and how many requests it has
+/// served.
 pub(super) struct Reused {
     pub(super) store: Store<InvocationState>,
     pub(super) proxy: Proxy,
     pub(super) served: u32,
+}
+
+/// An instance between two requests.
+struct IdleInstance {
+    kept: Reused,
+    since: Instant,
+    _claim: IdleClaim,
 }
 
 /// The idle instances of one deployment.
@@ -133,16 +131,6 @@ impl InstancePool {
         Self { max_uses, idle: Mutex::new(Vec::new()), count }
     }
 
-    /// Requests one instance may serve.
-    pub fn max_uses(&self) -> u32 {
-        self.max_uses
-    }
-
-    /// Instances idle now.
-    pub fn idle(&self) -> usize {
-        self.lock().len()
-    }
-
     fn lock(&self) -> MutexGuard<'_, Vec<IdleInstance>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -156,7 +144,7 @@ impl InstancePool {
             loop {
                 match idle.pop() {
                     None => break None,
-                    Some(instance) if instance.store.data().memory_peak() > memory_limit => {
+                    Some(instance) if instance.kept.store.data().memory_peak() > memory_limit => {
                         grown.push(instance);
                     }
                     Some(instance) => break Some(instance),
@@ -165,21 +153,21 @@ impl InstancePool {
         };
         // Stores are dropped outside the lock: a drop resets pool slots.
         drop(grown);
-        taken.map(|i| Reused { store: i.store, proxy: i.proxy, served: i.served })
+        taken.map(|instance| instance.kept)
     }
 
-    /// Keeps an instance that has just served a request that ended well,
-    /// if it may serve another; drops it otherwise.
-    pub(super) fn give_back(&self, mut store: Store<InvocationState>, proxy: Proxy, served: u32) {
-        if served >= self.max_uses || !store.data_mut().holds_nothing() {
+    /// Keeps an instance that has just served a request that ended well
+    /// (`served` counts it), if it may serve another; drops it otherwise.
+    pub(super) fn give_back(&self, mut kept: Reused) {
+        if kept.served >= self.max_uses || !kept.store.data_mut().holds_nothing() {
             return;
         }
         let mut idle = self.lock();
         if idle.len() >= MAX_IDLE_PER_DEPLOYMENT {
             return;
         }
-        let Some(claim) = self.count.claim(store.data().memory_peak()) else { return };
-        idle.push(IdleInstance { store, proxy, served, since: Instant::now(), _claim: claim });
+        let Some(claim) = self.count.claim(kept.store.data().memory_peak()) else { return };
+        idle.push(IdleInstance { kept, since: Instant::now(), _claim: claim });
     }
 
     /// Drops the instances idle for longer than `timeout`.

@@ -7,29 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{Api, ServeEnv, component};
-
-/// Runs each listed test on both stores.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(crate::helpers::ServeEnv::sqlite()).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(crate::helpers::ServeEnv::postgres()).await
-                }
-            )*
-        }
-    };
-}
+use crate::helpers::{Api, ServeEnv, component, on_both_stores};
 
 on_both_stores!(
     uploads_are_validated_compiled_and_deduplicated,

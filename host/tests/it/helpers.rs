@@ -550,3 +550,27 @@ pub async fn wait_for_minute_room(seconds: u64) {
         tokio::time::sleep(Duration::from_secs_f64(left + 0.05)).await;
     }
 }
+
+/// Runs each listed `async fn(ServeEnv)` test once on SQLite and once on a
+/// fresh PostgreSQL database, as `sqlite::NAME` and `postgres::NAME`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::helpers::ServeEnv::sqlite()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::helpers::ServeEnv::postgres()).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_stores;

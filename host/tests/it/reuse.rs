@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{Api, ServeEnv, Server, client, mount};
+use crate::helpers::{Api, ServeEnv, Server, client, mount, on_both_stores};
 
 /// `wasmwiz run` with the hostile guest on `/h/...` and `/other/...`, and
 /// the stream example on `/s`.
@@ -326,22 +326,4 @@ async fn an_instance_grown_past_a_lowered_memory_limit_is_not_reused() {
     assert_eq!(counts(&base, "/m/count", 2).await, strings(&["1", "2"]));
 }
 
-mod sqlite {
-    #[tokio::test]
-    async fn max_instance_reuse_is_validated_stored_and_kept_per_version() {
-        super::max_instance_reuse_is_validated_stored_and_kept_per_version(
-            crate::helpers::ServeEnv::sqlite(),
-        )
-        .await
-    }
-}
-
-mod postgres {
-    #[tokio::test]
-    async fn max_instance_reuse_is_validated_stored_and_kept_per_version() {
-        super::max_instance_reuse_is_validated_stored_and_kept_per_version(
-            crate::helpers::ServeEnv::postgres(),
-        )
-        .await
-    }
-}
+on_both_stores!(max_instance_reuse_is_validated_stored_and_kept_per_version);
