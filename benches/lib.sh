@@ -180,7 +180,8 @@ bench_serve_setup() {
     local dir=$1
     local bin=$bench_bin
     export WASMWIZ_DATA_DIR=$dir
-    "$bin" admin tier set unlimited --per-minute 1000000000 --per-day 1000000000000 >/dev/null 2>&1
+    "$bin" admin tier set unlimited --per-minute 1000000000 --per-day 1000000000000 \
+        --max-concurrency unlimited >/dev/null 2>&1
     "$bin" admin tenant create bench --tier unlimited >/dev/null 2>&1 || true
     "$bin" admin key create bench 2>/dev/null
 }

@@ -35,9 +35,10 @@ use wasmwiz::quota::redis::RedisQuota;
 use wasmwiz::quota::{QuotaBackend, Rates};
 use wasmwiz::router::{RoutePattern, RouteTable};
 use wasmwiz::runtime::{
-    App, Capabilities, InstancePool, InvokeOptions, Limits, MAX_INSTANCE_REUSE, OutboundPolicy,
-    OutboundSettings, Runtime, RuntimeConfig,
+    App, Capabilities, InstancePool, InvokeOptions, Limits, OutboundPolicy, OutboundSettings,
+    Runtime, RuntimeConfig,
 };
+use wasmwiz::tenancy::MAX_INSTANCE_REUSE;
 
 /// The limits every benchmark invocation runs with (the defaults).
 const LIMITS: Limits =
@@ -214,7 +215,7 @@ async fn phases(runtime: &Runtime, app: &App) {
 /// One request through `Runtime::invoke`, checked; whether it ran on an
 /// instance kept from an earlier request.
 async fn invoke_once(runtime: &Runtime, app: &App, pool: Option<&Arc<InstancePool>>) -> bool {
-    let slot = runtime.try_reserve().expect("a free slot");
+    let slot = runtime.try_reserve(None, None).expect("a free slot");
     let options = InvokeOptions {
         limits: LIMITS,
         request_id: "bench".into(),

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,8 @@ use rand::Rng as _;
 use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 
-use crate::store::{ApiKeyRecord, Store, StoreError, TenantId};
+use crate::store::{ApiKeyRecord, Store, StoreError};
+use crate::tenancy::TenantId;
 
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "ww_";
@@ -251,7 +253,12 @@ enum Cached {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     salt: Vec<u8>,
-    cache: Mutex<HashMap<Vec<u8>, (Cached, Instant)>>,
+    cache: Mutex<HashMap<Vec<u8>, (Cached, Instant, u64)>>,
+    /// Moves whenever keys, tenants or tiers may have changed anywhere (the
+    /// node's rebuilds): an entry cached before it moved is not used, so a
+    /// revocation through another node takes effect at the next request
+    /// after this node has seen it.
+    changes: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -261,9 +268,10 @@ impl fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// An authenticator for keys hashed with `salt`.
-    pub fn new(store: Arc<dyn Store>, salt: Vec<u8>) -> Self {
-        Self { store, salt, cache: Mutex::new(HashMap::new()) }
+    /// An authenticator for keys hashed with `salt`, whose cache holds
+    /// until `changes` moves.
+    pub fn new(store: Arc<dyn Store>, salt: Vec<u8>, changes: Arc<AtomicU64>) -> Self {
+        Self { store, salt, cache: Mutex::new(HashMap::new()), changes }
     }
 
     /// The salt keys are hashed with.
@@ -289,6 +297,8 @@ impl Authenticator {
                 Cached::Unknown => Err(AuthError::Invalid),
             };
         }
+        // Read before the store: a change seen meanwhile makes this entry old.
+        let generation = self.changes.load(Ordering::Acquire);
         let record = self.store.key_by_hash(&hashed).await?;
         let entry = match record {
             Some(record) if record.revoked_at.is_none() && hashes_match(&record, &hashed) => {
@@ -296,7 +306,7 @@ impl Authenticator {
             }
             _ => Cached::Unknown,
         };
-        self.remember(hashed, entry.clone());
+        self.remember(hashed, entry.clone(), generation);
         match entry {
             Cached::Known(principal) => Ok(principal),
             Cached::Unknown => Err(AuthError::Invalid),
@@ -305,24 +315,25 @@ impl Authenticator {
 
     fn cached(&self, hashed: &[u8]) -> Option<Cached> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let (entry, at) = cache.get(hashed)?;
+        let (entry, at, generation) = cache.get(hashed)?;
         let ttl = match entry {
             Cached::Known(_) => CACHE_TTL,
             Cached::Unknown => NEGATIVE_TTL,
         };
-        (at.elapsed() < ttl).then(|| entry.clone())
+        let current = *generation == self.changes.load(Ordering::Acquire);
+        (current && at.elapsed() < ttl).then(|| entry.clone())
     }
 
-    fn remember(&self, hashed: Vec<u8>, entry: Cached) {
+    fn remember(&self, hashed: Vec<u8>, entry: Cached, generation: u64) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
         }
-        cache.insert(hashed, (entry, Instant::now()));
+        cache.insert(hashed, (entry, Instant::now(), generation));
     }
 
-    /// Forgets every cached key: called whenever keys, tenants or tiers
-    /// change anywhere, so a revocation takes effect at the next request.
+    /// Forgets every cached key: a key revoked through this node is
+    /// refused at once.
     pub fn invalidate_all(&self) {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
@@ -374,7 +385,7 @@ mod tests {
     #[tokio::test]
     async fn a_cached_key_is_not_looked_up_again_until_something_changes() {
         use crate::store::sqlite::SqliteStore;
-        use crate::store::{Tier, TierLimits};
+        use crate::tenancy::{Tier, TierLimits};
         let dir = tempfile::tempdir().unwrap();
         let sqlite = SqliteStore::open(dir.path()).await.unwrap();
         let store: Arc<dyn Store> = Arc::new(sqlite.clone());
@@ -392,7 +403,8 @@ mod tests {
         let tenant = store.create_tenant("acme", "t").await.unwrap();
         let (key, _) =
             issue_key(store.as_ref(), b"salt", tenant.id, Scopes::TENANT_DEFAULT).await.unwrap();
-        let auth = Authenticator::new(store, b"salt".to_vec());
+        let changes = Arc::new(AtomicU64::new(0));
+        let auth = Authenticator::new(store, b"salt".to_vec(), changes.clone());
         let header = format!("Bearer {key}");
 
         let principal = auth.authenticate(Some(&header)).await.unwrap();
@@ -401,7 +413,8 @@ mod tests {
         // would now fail, so success proves the cache answered.
         sqlx::query("DELETE FROM api_keys").execute(sqlite.pool()).await.unwrap();
         assert!(auth.authenticate(Some(&header)).await.is_ok(), "not served from the cache");
-        auth.invalidate_all();
+        // A change seen by the node (another node revoked it) ends the entry.
+        changes.fetch_add(1, Ordering::Release);
         assert!(matches!(auth.authenticate(Some(&header)).await, Err(AuthError::Invalid)));
     }
 

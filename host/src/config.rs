@@ -12,31 +12,16 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use crate::tenancy::{self, Tier, TierLimits};
+
 /// Default for `SERVER_HOST`: every interface, as container platforms expect.
 pub const DEFAULT_SERVER_HOST: &str = "0.0.0.0";
 /// Largest `SERVER_THREADS`.
 pub const MAX_SERVER_THREADS: usize = 256;
 /// Default for `SERVER_PORT`.
 pub const DEFAULT_SERVER_PORT: u16 = 8080;
-/// Default for `MAX_INPUT_SIZE`: 1 MiB of request body per invocation.
-pub const DEFAULT_MAX_INPUT_SIZE: u64 = 1 << 20;
-/// Default for `MAX_WASM_SIZE`: 10 MiB per uploaded component.
-pub const DEFAULT_MAX_WASM_SIZE: u64 = 10 << 20;
-/// Default for `EXECUTION_TIMEOUT`: 5 s per invocation, wall clock.
-pub const DEFAULT_EXECUTION_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default for `MEMORY_LIMIT`: 128 MiB of linear memory per instance.
-pub const DEFAULT_MEMORY_LIMIT: u64 = 128 << 20;
 /// Default for `INSTANCE_POOL_SIZE`: instances that may run at once.
 pub const DEFAULT_INSTANCE_POOL_SIZE: u32 = 1000;
-/// Default for `SHUTDOWN_TIMEOUT`: how long in-flight requests may take to
-/// finish after SIGTERM before the process exits anyway.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default for `HEADER_READ_TIMEOUT`: a client has this long to send its
-/// request line and headers (slowloris protection).
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default for `BODY_READ_TIMEOUT`: the longest a request body may pause
-/// between two chunks.
-pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `MAX_HEADER_BYTES`: the whole header section, 64 KiB.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
 /// Default for `MAX_HEADER_COUNT`.
@@ -45,8 +30,6 @@ pub const DEFAULT_MAX_HEADER_COUNT: usize = 100;
 pub const DEFAULT_MAX_URI_LENGTH: usize = 8 << 10;
 /// Default for `MAX_CONNECTIONS`: open client connections per node.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-/// Largest linear memory WebAssembly 32-bit can address.
-pub const MAX_MEMORY_LIMIT: u64 = 4 << 30;
 
 /// Where to listen.
 #[derive(clap::Args, Clone, Debug)]
@@ -88,32 +71,41 @@ impl ListenArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub struct LimitArgs {
     /// Largest request body a component receives, in bytes (or 1MiB, 512KiB).
-    #[arg(long, env = "MAX_INPUT_SIZE", default_value = "1048576", value_name = "BYTES",
-          value_parser = bytes_for("MAX_INPUT_SIZE"))]
+    #[arg(long, env = "MAX_INPUT_SIZE", default_value_t = tenancy::DEFAULT_MAX_INPUT_BYTES,
+          value_name = "BYTES", value_parser = bytes_for("MAX_INPUT_SIZE"))]
     pub max_input_size: u64,
 
     /// Wall-clock time an invocation may take: seconds (5, 0.5) or a duration
-    /// with a unit (500ms, 2s).
-    #[arg(long, env = "EXECUTION_TIMEOUT", default_value = "5", value_name = "DURATION",
+    /// with a unit (500ms, 2s) [default: 5]
+    #[arg(long, env = "EXECUTION_TIMEOUT", value_name = "DURATION",
           value_parser = duration_for("EXECUTION_TIMEOUT"))]
-    pub execution_timeout: Duration,
+    pub execution_timeout: Option<Duration>,
 
     /// Linear memory an instance may grow to, in bytes (or 128MiB).
-    #[arg(long, env = "MEMORY_LIMIT", default_value = "134217728", value_name = "BYTES",
-          value_parser = bytes_for("MEMORY_LIMIT"))]
+    #[arg(long, env = "MEMORY_LIMIT", default_value_t = tenancy::DEFAULT_MEMORY_LIMIT_BYTES,
+          value_name = "BYTES", value_parser = bytes_for("MEMORY_LIMIT"))]
     pub memory_limit: u64,
 }
 
 impl LimitArgs {
+    /// `EXECUTION_TIMEOUT`, or its default.
+    pub fn execution_timeout(&self) -> Duration {
+        self.execution_timeout
+            .unwrap_or(Duration::from_millis(tenancy::DEFAULT_EXECUTION_TIMEOUT_MS))
+    }
+
     /// Checks ranges that a parser alone cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.memory_limit < 1 << 20 || self.memory_limit > MAX_MEMORY_LIMIT {
+        if !(tenancy::MIN_MEMORY_LIMIT_BYTES..=tenancy::MAX_MEMORY_LIMIT_BYTES)
+            .contains(&self.memory_limit)
+        {
             bail!("MEMORY_LIMIT must be between 1MiB and 4GiB, got {}", self.memory_limit);
         }
-        if self.execution_timeout.is_zero() || self.execution_timeout > Duration::from_secs(3600) {
+        let timeout = self.execution_timeout();
+        if timeout.is_zero() || timeout > Duration::from_millis(tenancy::MAX_EXECUTION_TIMEOUT_MS) {
             bail!("EXECUTION_TIMEOUT must be more than 0 and at most 1 hour");
         }
-        if self.max_input_size > 1 << 30 {
+        if self.max_input_size > tenancy::MAX_MAX_INPUT_BYTES {
             bail!("MAX_INPUT_SIZE must be at most 1GiB, got {}", self.max_input_size);
         }
         Ok(())
@@ -140,15 +132,15 @@ pub struct RuntimeArgs {
 
     /// Bytes of an idle slot's linear memory reset in place (only the pages
     /// the guest dirtied, Linux 6.7+) and kept resident rather than released.
-    #[arg(long, env = "POOL_KEEP_RESIDENT", default_value = "1MiB",
+    #[arg(long, env = "POOL_KEEP_RESIDENT", default_value_t = crate::runtime::DEFAULT_KEEP_RESIDENT_BYTES,
           value_parser = bytes_for("POOL_KEEP_RESIDENT"))]
     pub pool_keep_resident: u64,
 
     /// Most linear memory, in all, that instances kept idle for reuse may
     /// hold on this node (they keep their heap resident between requests).
     /// 0 turns instance reuse off on this node.
-    #[arg(long, env = "REUSE_IDLE_MEMORY", default_value = "1GiB", value_name = "BYTES",
-          value_parser = bytes_for("REUSE_IDLE_MEMORY"))]
+    #[arg(long, env = "REUSE_IDLE_MEMORY", default_value_t = crate::runtime::DEFAULT_REUSE_IDLE_MEMORY,
+          value_name = "BYTES", value_parser = bytes_for("REUSE_IDLE_MEMORY"))]
     pub reuse_idle_memory: u64,
 
     /// How long an instance kept for reuse may stay idle before it is dropped.
@@ -184,8 +176,8 @@ pub struct HttpArgs {
     pub body_read_timeout: Duration,
 
     /// Largest header section accepted (431 past it), in bytes.
-    #[arg(long, env = "MAX_HEADER_BYTES", default_value = "65536", value_name = "BYTES",
-          value_parser = bytes_for("MAX_HEADER_BYTES"))]
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES as u64,
+          value_name = "BYTES", value_parser = bytes_for("MAX_HEADER_BYTES"))]
     pub max_header_bytes: u64,
 
     /// Most header fields accepted in one request (431 past it).
@@ -289,29 +281,57 @@ pub const DEFAULT_DATA_DIR: &str = ".wasmwiz";
 #[derive(clap::Args, Clone, Debug)]
 pub struct TierRateArgs {
     /// Requests per minute of the free tier.
-    #[arg(long, env = "FREE_TIER_RATE_MINUTE", default_value_t = 10,
+    #[arg(long, env = "FREE_TIER_RATE_MINUTE", default_value_t = tenancy::DEFAULT_TIER_RATES[0].1,
           value_parser = number_for::<u64>("FREE_TIER_RATE_MINUTE"))]
     pub free_tier_rate_minute: u64,
     /// Requests per day of the free tier.
-    #[arg(long, env = "FREE_TIER_RATE_DAY", default_value_t = 500,
+    #[arg(long, env = "FREE_TIER_RATE_DAY", default_value_t = tenancy::DEFAULT_TIER_RATES[0].2,
           value_parser = number_for::<u64>("FREE_TIER_RATE_DAY"))]
     pub free_tier_rate_day: u64,
     /// Requests per minute of the basic tier.
-    #[arg(long, env = "BASIC_TIER_RATE_MINUTE", default_value_t = 100,
+    #[arg(long, env = "BASIC_TIER_RATE_MINUTE", default_value_t = tenancy::DEFAULT_TIER_RATES[1].1,
           value_parser = number_for::<u64>("BASIC_TIER_RATE_MINUTE"))]
     pub basic_tier_rate_minute: u64,
     /// Requests per day of the basic tier.
-    #[arg(long, env = "BASIC_TIER_RATE_DAY", default_value_t = 10_000,
+    #[arg(long, env = "BASIC_TIER_RATE_DAY", default_value_t = tenancy::DEFAULT_TIER_RATES[1].2,
           value_parser = number_for::<u64>("BASIC_TIER_RATE_DAY"))]
     pub basic_tier_rate_day: u64,
     /// Requests per minute of the pro tier.
-    #[arg(long, env = "PRO_TIER_RATE_MINUTE", default_value_t = 500,
+    #[arg(long, env = "PRO_TIER_RATE_MINUTE", default_value_t = tenancy::DEFAULT_TIER_RATES[2].1,
           value_parser = number_for::<u64>("PRO_TIER_RATE_MINUTE"))]
     pub pro_tier_rate_minute: u64,
     /// Requests per day of the pro tier.
-    #[arg(long, env = "PRO_TIER_RATE_DAY", default_value_t = 50_000,
+    #[arg(long, env = "PRO_TIER_RATE_DAY", default_value_t = tenancy::DEFAULT_TIER_RATES[2].2,
           value_parser = number_for::<u64>("PRO_TIER_RATE_DAY"))]
     pub pro_tier_rate_day: u64,
+}
+
+/// A per-tenant cap: a number, or `unlimited` for none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cap(pub Option<u32>);
+
+impl std::fmt::Display for Cap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("unlimited"),
+        }
+    }
+}
+
+/// A parser for a [`Cap`] that names its variable when it fails.
+pub fn cap_for(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<Cap, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        if text.eq_ignore_ascii_case("unlimited") {
+            return Ok(Cap(None));
+        }
+        match text.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(Cap(Some(n))),
+            _ => Err(format!("{var}: `{text}` is neither a number from 1 up nor `unlimited`")),
+        }
+    }
 }
 
 /// The limits and rates new tiers start from: the default tiers (free,
@@ -324,45 +344,48 @@ pub struct TierDefaultArgs {
     #[command(flatten)]
     pub rates: TierRateArgs,
     /// Largest component accepted for upload.
-    #[arg(long, env = "MAX_WASM_SIZE", default_value = "10485760", value_name = "BYTES",
-          value_parser = bytes_for("MAX_WASM_SIZE"))]
+    #[arg(long, env = "MAX_WASM_SIZE", default_value_t = tenancy::DEFAULT_MAX_COMPONENT_BYTES,
+          value_name = "BYTES", value_parser = bytes_for("MAX_WASM_SIZE"))]
     pub max_wasm_size: u64,
+    /// Invocations one tenant may run at once on one node, or `unlimited`
+    /// (then only the instance pool's fair share limits it).
+    #[arg(long, env = "MAX_CONCURRENCY", value_name = "N",
+          default_value_t = Cap(Some(tenancy::DEFAULT_MAX_CONCURRENCY)),
+          value_parser = cap_for("MAX_CONCURRENCY"))]
+    pub max_concurrency: Cap,
 }
 
 impl TierDefaultArgs {
     /// Checks ranges that a parser alone cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.limits.validate()?;
-        if self.max_wasm_size == 0 || self.max_wasm_size > 1 << 30 {
+        if !(1..=tenancy::MAX_MAX_COMPONENT_BYTES).contains(&self.max_wasm_size) {
             bail!("MAX_WASM_SIZE must be between 1 byte and 1GiB");
+        }
+        if self.max_concurrency.0.is_some_and(|n| n > tenancy::MAX_MAX_CONCURRENCY) {
+            bail!("MAX_CONCURRENCY must be at most {}", tenancy::MAX_MAX_CONCURRENCY);
         }
         Ok(())
     }
 
-    /// Limits of a tier with the given rates.
-    pub fn tier_limits(
-        &self,
-        per_minute: Option<u64>,
-        per_day: Option<u64>,
-    ) -> crate::store::TierLimits {
-        crate::store::TierLimits {
+    /// Limits of a tier with the given rates: the built-in defaults with
+    /// what these settings change.
+    pub fn tier_limits(&self, per_minute: Option<u64>, per_day: Option<u64>) -> TierLimits {
+        TierLimits {
             requests_per_minute: per_minute,
             requests_per_day: per_day,
             memory_limit_bytes: self.limits.memory_limit,
-            execution_timeout_ms: u64::try_from(self.limits.execution_timeout.as_millis())
+            execution_timeout_ms: u64::try_from(self.limits.execution_timeout().as_millis())
                 .unwrap_or(u64::MAX),
             max_input_bytes: self.limits.max_input_size,
             max_component_bytes: self.max_wasm_size,
-            kv_max_key_bytes: crate::kv::DEFAULT_MAX_KEY_BYTES,
-            kv_max_value_bytes: crate::kv::DEFAULT_MAX_VALUE_BYTES,
-            kv_max_keys: crate::kv::DEFAULT_MAX_KEYS,
-            kv_max_total_bytes: crate::kv::DEFAULT_MAX_TOTAL_BYTES,
-            max_instance_reuse: crate::runtime::MAX_INSTANCE_REUSE,
+            max_concurrency: self.max_concurrency.0,
+            ..TierLimits::default()
         }
     }
 
     /// The default tiers: free, basic and pro.
-    pub fn default_tiers(&self) -> Vec<crate::store::Tier> {
+    pub fn default_tiers(&self) -> Vec<Tier> {
         let r = &self.rates;
         [
             ("free", r.free_tier_rate_minute, r.free_tier_rate_day),
@@ -370,7 +393,7 @@ impl TierDefaultArgs {
             ("pro", r.pro_tier_rate_minute, r.pro_tier_rate_day),
         ]
         .into_iter()
-        .map(|(name, minute, day)| crate::store::Tier {
+        .map(|(name, minute, day)| Tier {
             name: name.to_string(),
             limits: self.tier_limits(Some(minute), Some(day)),
         })
@@ -379,7 +402,7 @@ impl TierDefaultArgs {
 
     /// What `PUT /api/v1/tiers` fills in for missing fields: the free
     /// tier's rates (a new tier is never unlimited by accident).
-    pub fn defaults_for_new_tiers(&self) -> crate::store::TierLimits {
+    pub fn defaults_for_new_tiers(&self) -> TierLimits {
         self.tier_limits(
             Some(self.rates.free_tier_rate_minute),
             Some(self.rates.free_tier_rate_day),
@@ -433,6 +456,13 @@ pub struct CompileArgs {
     #[arg(long, env = "COMPILE_MEMORY_LIMIT", default_value = "4GiB", value_name = "BYTES",
           value_parser = bytes_for("COMPILE_MEMORY_LIMIT"))]
     pub compile_memory_limit: u64,
+
+    /// How long a request waits for a route deployed a moment ago (through
+    /// any node) whose component this node is still compiling; past it,
+    /// 503 with Retry-After.
+    #[arg(long, env = "COMPILE_WAIT", default_value = "15", value_name = "DURATION",
+          value_parser = duration_for("COMPILE_WAIT"))]
+    pub compile_wait: Duration,
 }
 
 /// Prometheus metrics and timing headers.

@@ -18,10 +18,11 @@ use crate::quota::{QuotaBackend, Rates};
 use crate::response::{ResponseBody, error_response, retry_later};
 use crate::router::{RoutePattern, RouteTable, request_host};
 use crate::runtime::{
-    App, InstancePool, InvocationTiming, InvokeOptions, Limits, OutboundPolicy, Runtime,
-    pool_full_response, read_request,
+    App, InstancePool, InvocationTiming, InvokeOptions, Limits, OutboundPolicy, Refusal, Runtime,
+    TenantSlots, read_request, refusal_response,
 };
 use crate::server::ConnInfo;
+use crate::tenancy::Tier;
 use crate::usage::TenantUsage;
 
 /// A route that is being served: the component behind it and its limits.
@@ -59,17 +60,35 @@ pub struct RouteOwner {
     /// Its live version.
     pub version: i64,
     /// The tenant's tier.
-    pub tier: Arc<crate::store::Tier>,
+    pub tier: Arc<Tier>,
     /// The tenant's quota rates (from its tier).
     pub rates: Rates,
     /// Their `RateLimit-Policy` value, made once.
     pub rate_policy: Option<HeaderValue>,
     /// The tenant's usage counters on this node.
     pub usage: Arc<TenantUsage>,
+    /// The tenant's hold on this node's instance pool.
+    pub slots: Arc<TenantSlots>,
+}
+
+/// What a route of the table does on this node.
+#[derive(Debug, Clone)]
+pub enum RouteTarget {
+    /// Served by a component that is ready.
+    Live(Arc<LiveRoute>),
+    /// Deployed (acknowledged by some node) while this node still compiles
+    /// its component: requests wait for it, up to `COMPILE_WAIT`.
+    Compiling,
+    /// Deployed, but its component cannot be compiled on this node; it is
+    /// tried again after a back-off.
+    Unavailable {
+        /// Seconds until the next attempt, for `Retry-After`.
+        retry_after_s: u64,
+    },
 }
 
 /// The current routes, as one immutable table.
-pub type Routes = RouteTable<Arc<LiveRoute>>;
+pub type Routes = RouteTable<RouteTarget>;
 
 /// Request ids: a random per-process prefix and a counter, so ids are unique
 /// across nodes without coordination and cost one atomic add.
@@ -100,6 +119,11 @@ pub struct DataPlane {
     /// Admission by tier quota; `None` for `wasmwiz run` or when disabled.
     quota: Option<Arc<dyn QuotaBackend>>,
     routes: ArcSwap<Routes>,
+    /// Counts the tables published: requests that wait for a compiling
+    /// route look again at each one.
+    published: tokio::sync::watch::Sender<u64>,
+    /// How long such a request waits.
+    compile_wait: Duration,
     body_read_timeout: Duration,
     ids: RequestIds,
     metrics: Arc<Metrics>,
@@ -116,6 +140,9 @@ pub struct DataPlaneSettings {
     pub quota: Option<Arc<dyn QuotaBackend>>,
     /// Longest pause inside a request body.
     pub body_read_timeout: Duration,
+    /// How long a request for a route whose component is still compiling
+    /// on this node waits for it.
+    pub compile_wait: Duration,
     /// Where metrics are recorded.
     pub metrics: Arc<Metrics>,
     /// Whether answers carry a `Server-Timing` header.
@@ -129,6 +156,8 @@ impl DataPlane {
             runtime,
             quota: settings.quota,
             routes: ArcSwap::from_pointee(Routes::new()),
+            published: tokio::sync::watch::Sender::new(0),
+            compile_wait: settings.compile_wait,
             body_read_timeout: settings.body_read_timeout,
             ids: RequestIds::default(),
             unrouted: settings.metrics.route("-", "-"),
@@ -145,6 +174,45 @@ impl DataPlane {
     /// Replaces the whole route table at once.
     pub fn publish(&self, routes: Routes) {
         self.routes.store(Arc::new(routes));
+        self.published.send_modify(|n| *n += 1);
+    }
+
+    fn lookup(&self, host: Option<&str>, path: &str) -> Option<RouteTarget> {
+        self.routes.load().lookup(host, path).cloned()
+    }
+
+    /// Waits, up to `compile_wait`, for a route whose component this node
+    /// is compiling to become servable; the answer to send otherwise.
+    async fn wait_for_compile(
+        &self,
+        host: Option<&str>,
+        path: &str,
+    ) -> Result<Arc<LiveRoute>, Response<ResponseBody>> {
+        let mut published = self.published.subscribe();
+        let deadline = tokio::time::Instant::now() + self.compile_wait;
+        loop {
+            // Looked up after subscribing: a table published in between
+            // wakes the wait below.
+            match self.lookup(host, path) {
+                Some(RouteTarget::Live(route)) => return Ok(route),
+                Some(RouteTarget::Compiling) => {}
+                Some(RouteTarget::Unavailable { retry_after_s }) => {
+                    return Err(unavailable(retry_after_s));
+                }
+                None => return Err(not_found()),
+            }
+            match tokio::time::timeout_at(deadline, published.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    return Err(retry_later(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "deployment_compiling",
+                        "this route's component is still being compiled on this node; retry shortly",
+                        COMPILING_RETRY_AFTER_S,
+                    ));
+                }
+            }
+        }
     }
 
     /// The runtime requests run on.
@@ -166,22 +234,24 @@ impl DataPlane {
         let started = Instant::now();
         let request_id = self.ids.next();
         let method = request.method().clone();
-        let route = {
-            let host = request
-                .uri()
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
-                .map(request_host);
-            self.routes.load().lookup(host.as_deref(), request.uri().path()).cloned()
+        let host = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+            .map(request_host);
+        let route = match self.lookup(host.as_deref(), request.uri().path()) {
+            Some(RouteTarget::Live(route)) => Ok(route),
+            Some(RouteTarget::Compiling) => {
+                self.wait_for_compile(host.as_deref(), request.uri().path()).await
+            }
+            Some(RouteTarget::Unavailable { retry_after_s }) => Err(unavailable(retry_after_s)),
+            None => Err(not_found()),
         };
 
         let (response, label) = match route {
-            None => (
-                error_response(StatusCode::NOT_FOUND, "not_found", "no route matches this request"),
-                None,
-            ),
-            Some(route) => {
+            Err(refusal) => (refusal, None),
+            Ok(route) => {
                 let response = self.invoke(&route, request, conn, request_id.clone()).await;
                 (response, Some(route))
             }
@@ -220,9 +290,19 @@ impl DataPlane {
                 Ok(request) => request,
                 Err(refusal) => return refusal,
             };
-        let Some(slot) = self.runtime.try_reserve() else {
-            self.metrics.pool_exhausted.inc();
-            return pool_full_response();
+        let (tenant_slots, cap) = match &route.owner {
+            Some(owner) => (Some(&owner.slots), owner.tier.limits.max_concurrency),
+            None => (None, None),
+        };
+        let slot = match self.runtime.try_reserve(tenant_slots, cap) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                match refusal {
+                    Refusal::PoolFull => self.metrics.pool_exhausted.inc(),
+                    _ => route.metrics.refused(refusal),
+                }
+                return refusal_response(refusal);
+            }
         };
         let admit_started = Instant::now();
         // Admission comes last, after every other refusal: a request that is
@@ -277,6 +357,23 @@ impl DataPlane {
         }
         response
     }
+}
+
+/// `Retry-After` of a request that waited for a compile in vain.
+const COMPILING_RETRY_AFTER_S: u64 = 5;
+
+fn not_found() -> Response<ResponseBody> {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no route matches this request")
+}
+
+fn unavailable(retry_after_s: u64) -> Response<ResponseBody> {
+    retry_later(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "deployment_unavailable",
+        "this route's component could not be compiled on this node; it is tried again \
+         after a back-off",
+        retry_after_s,
+    )
 }
 
 /// Logs the access line of one answered request (`wasmwiz::access`).

@@ -10,8 +10,12 @@
 //! - [`router`]: route patterns and the route table (pure).
 //! - [`dataplane`]: the invocation path — route, limits, admission, invoke.
 //! - [`runtime`]: the wasmtime engine, compilation and per-request sandboxes.
-//! - [`node`]: a `serve` node's state and the loop that syncs it with the store.
+//! - [`node`]: a `serve` node: the loop that keeps its route table in step
+//!   with the store, its readiness, and every task it starts.
+//! - [`control`]: the control plane's parts: the service every change goes
+//!   through, the route-table builder, the compile queue.
 //! - [`store`]: durable state on PostgreSQL or embedded SQLite.
+//! - [`tenancy`]: tenants, tiers, their limits, defaults and ranges (a leaf).
 //! - [`auth`]: API keys, scopes and their cache.
 //! - [`api`]: the REST control plane under `/api/v1`.
 //! - [`kv`]: key-value data of components (`wasi:keyvalue`), per tenant.
@@ -26,6 +30,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod kv;
 pub mod logging;
@@ -37,4 +42,5 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod tenancy;
 pub mod usage;

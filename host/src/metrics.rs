@@ -15,7 +15,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::runtime::{ExecutionReport, Outcome};
+use crate::runtime::{ExecutionReport, Outcome, Refusal};
 
 /// Latency buckets from 100 µs to 10 s.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -63,6 +63,13 @@ pub struct Metrics {
     pub instance_pool_capacity: IntGauge,
     /// `wasmwiz_instance_pool_exhausted_total`.
     pub pool_exhausted: IntCounter,
+    /// `wasmwiz_concurrency_rejections_total{tenant,reason}`: refused for
+    /// the tier's cap or the pool's fair share.
+    pub concurrency_rejections: IntCounterVec,
+    /// `wasmwiz_compile_failures_total`.
+    pub compile_failures: IntCounter,
+    /// `wasmwiz_compilations_pending`.
+    pub compilations_pending: IntGauge,
     /// `wasmwiz_instances_reused_total`.
     pub instances_reused: IntCounter,
     /// `wasmwiz_instances_idle`.
@@ -172,6 +179,22 @@ impl Metrics {
                 "wasmwiz_instance_pool_exhausted_total",
                 "Requests refused with 503 because every instance slot was busy",
             ),
+            concurrency_rejections: counter_vec(
+                "wasmwiz_concurrency_rejections_total",
+                "Requests refused because their tenant ran its tier's max_concurrency on this \
+                 node (reason tenant_cap, 429) or held its fair share of a busy instance pool \
+                 (reason fair_share, 503)",
+                &["tenant", "reason"],
+            ),
+            compile_failures: counter(
+                "wasmwiz_compile_failures_total",
+                "Attempts to compile a deployed component on this node that failed (each is \
+                 tried again after a back-off)",
+            ),
+            compilations_pending: gauge(
+                "wasmwiz_compilations_pending",
+                "Deployed components this node is compiling or about to compile",
+            ),
             instances_reused: counter(
                 "wasmwiz_instances_reused_total",
                 "Requests served by an instance kept from an earlier request \
@@ -216,6 +239,8 @@ impl Metrics {
             executions: Outcome::ALL
                 .map(|o| self.executions.with_label_values(&[tenant, o.as_str()])),
             quota_rejections: self.quota_rejections.with_label_values(&[tenant]),
+            tenant_cap: self.concurrency_rejections.with_label_values(&[tenant, "tenant_cap"]),
+            fair_share: self.concurrency_rejections.with_label_values(&[tenant, "fair_share"]),
             instantiate: self.instantiate_duration.clone(),
             reused: self.instances_reused.clone(),
             route: route.to_string(),
@@ -241,6 +266,8 @@ pub struct RouteMetrics {
     duration: Histogram,
     executions: [IntCounter; Outcome::ALL.len()],
     quota_rejections: IntCounter,
+    tenant_cap: IntCounter,
+    fair_share: IntCounter,
     instantiate: Histogram,
     reused: IntCounter,
     route: String,
@@ -276,8 +303,18 @@ impl RouteMetrics {
         }
     }
 
-    /// Records a 429.
+    /// Records a 429 for the quota.
     pub fn rejected(&self) {
         self.quota_rejections.inc();
+    }
+
+    /// Records a request refused a place in the instance pool for its
+    /// tenant's cap or share (a full pool is counted node-wide).
+    pub fn refused(&self, refusal: Refusal) {
+        match refusal {
+            Refusal::TenantCap { .. } => self.tenant_cap.inc(),
+            Refusal::FairShare { .. } => self.fair_share.inc(),
+            Refusal::PoolFull => {}
+        }
     }
 }

@@ -1,108 +1,151 @@
-//! A serving node (`wasmwiz serve`): the store, the runtime, the components
-//! it holds compiled in memory, and the loop that keeps its route table in
-//! step with the store.
+//! A serving node (`wasmwiz serve`): the loop that keeps its route table in
+//! step with the store, its readiness, and every task it starts.
 //!
-//! The route table is rebuilt whole from the store whenever the store's
-//! change counter moves (checked every [`SYNC_INTERVAL`], and at once after
-//! a change made through this node), then swapped in atomically. Requests
-//! never wait for this: they read whichever table is current.
+//! The route table is rebuilt whole from a snapshot of the store whenever
+//! the store's change counter moves (checked every [`SYNC_INTERVAL`], at
+//! once on another node's change notification or a change made through this
+//! node), and whenever a compilation ends. The builder ([`plan`]) says what
+//! to serve and what to compile; the compile queue takes the latter; the
+//! table is swapped in atomically. Requests never wait for a rebuild: they
+//! read whichever table is current.
+//!
+//! Every task the node starts is tracked, and [`Node::shutdown`] ends them
+//! all, so a node can be started and stopped inside a test.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use futures::StreamExt as _;
-use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
-use crate::dataplane::{DataPlane, LiveRoute, RouteOwner, Routes};
-use crate::kv::KvLimits;
+use crate::control::compile_queue::Status;
+use crate::control::plan::{self, Compilation, Snapshot, Target};
+use crate::control::{CompileQueue, CompiledComponents};
+use crate::dataplane::{DataPlane, LiveRoute, RouteOwner, RouteTarget, Routes};
+use crate::kv::{KvBackend, KvLimits};
 use crate::quota::Rates;
-use crate::router::RoutePattern;
 use crate::runtime::{
-    App, Capabilities, CompileError, Compiler, InstancePool, KvAccess, Limits, OutboundPolicy,
-    OutboundSettings, Runtime,
+    Capabilities, InstancePool, KvAccess, Limits, OutboundPolicy, OutboundSettings, TenantSlots,
 };
-use crate::store::{ComponentMeta, NewComponent, Store, StoreError, TenantId, Tier, now_ms};
-use crate::usage::UsageRecorder;
+use crate::store::{Store, StoreError};
+use crate::tenancy::{TenantId, Tier};
+use crate::usage::{FLUSH_INTERVAL, UsageRecorder};
 
 /// How often a node checks the store's change counter.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Why an upload was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    /// The bytes are not a servable component.
-    #[error(transparent)]
-    Compile(#[from] CompileError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+/// Where one deployment stands on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeploymentState {
+    /// Its live version is served.
+    Serving,
+    /// Its live version's component is being compiled here; `serving` is
+    /// the earlier version served meanwhile, if any.
+    Compiling {
+        /// The version served meanwhile.
+        serving: Option<i64>,
+    },
+    /// Its live version's component failed to compile here.
+    Failed {
+        /// The version served meanwhile, if any.
+        serving: Option<i64>,
+        /// Why.
+        error: String,
+        /// Attempts so far.
+        attempts: u32,
+        /// Seconds to the next attempt.
+        retry_in_s: u64,
+    },
 }
 
-/// The result of an upload.
-#[derive(Debug, Clone)]
-pub struct Uploaded {
-    /// What is stored.
-    pub meta: ComponentMeta,
-    /// Whether the tenant did not have these bytes before.
-    pub created: bool,
-}
-
-/// One node's state.
-pub struct Node {
-    /// Durable state.
-    pub store: Arc<dyn Store>,
-    /// The engine.
-    pub runtime: Arc<Runtime>,
-    /// The invocation path, with the current route table.
-    pub plane: Arc<DataPlane>,
-    /// API key checks.
-    pub auth: Authenticator,
-    /// Compilation in child processes, into the compiled-code cache.
-    pub compiler: Compiler,
-    /// Paths no route may claim, beyond the built-in ones.
-    pub extra_reserved: Vec<String>,
-    /// Limits a tier gets for the fields `PUT /api/v1/tiers` leaves out.
-    pub tier_defaults: crate::store::TierLimits,
-    /// Usage counters of every tenant served here.
-    pub usage: Arc<UsageRecorder>,
-    /// The operator's outbound settings, shared by every deployment.
-    outbound: Arc<OutboundSettings>,
-    /// Longest pause inside an upload's body.
-    pub body_read_timeout: Duration,
-    /// Where components' key-value data lives.
-    pub kv: Arc<dyn crate::kv::KvBackend>,
-    tiers: ArcSwap<HashMap<String, Arc<Tier>>>,
-    /// Prepared components by digest, shared by every route that serves the
-    /// same bytes; only the reconcile path touches it.
-    apps: std::sync::Mutex<HashMap<String, App>>,
+/// What a node serves now, kept from one rebuild to the next.
+#[derive(Default)]
+struct Served {
+    /// Live routes by deployment id (a route kept at an earlier version
+    /// while its new one compiles included).
+    routes: HashMap<String, Arc<LiveRoute>>,
     /// Idle instances of the deployments that reuse them, by deployment,
-    /// version and requests per instance: kept across rebuilds of the route
-    /// table, dropped with the version (a new version may run another
-    /// component) or when the tier's cap changes what the version gets.
-    instance_pools: std::sync::Mutex<HashMap<(String, i64, u32), Arc<InstancePool>>>,
+    /// version and requests per instance: dropped with the version (a new
+    /// version may run another component) or when the tier's cap changes
+    /// what the version gets.
+    instance_pools: HashMap<(String, i64, u32), Arc<InstancePool>>,
+    /// Each tenant's hold on the instance pool.
+    tenant_slots: HashMap<TenantId, Arc<TenantSlots>>,
+}
+
+/// What a node's readiness probe reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    /// Shutting down: no longer in the load balancer.
+    pub draining: bool,
+    /// The first route table with every known deployment servable (or
+    /// settled as failed) is published.
+    pub loaded: bool,
+    /// The last contact with the store succeeded.
+    pub store_ok: bool,
+    /// Components waiting to be compiled here.
+    pub pending_compilations: usize,
+}
+
+/// What a rebuild of the route table did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SyncReport {
+    /// Routes published.
+    pub routes: usize,
+    /// Components prepared from the compiled-code cache for this table.
+    pub from_cache: usize,
+    /// Components queued for compilation (new to the queue).
+    pub queued: usize,
+    /// Routes waiting for a compilation.
+    pub waiting: usize,
+    /// Routes whose component failed to compile here.
+    pub failed: usize,
+    /// Deployments that cannot be served at all (unknown tier, bad route).
+    pub invalid: usize,
+}
+
+/// Settings a node takes from its configuration.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The operator's outbound settings, shared by every deployment.
+    pub outbound: Arc<OutboundSettings>,
+    /// Where components' key-value data lives.
+    pub kv: Arc<dyn KvBackend>,
+}
+
+/// One serving node.
+pub struct Node {
+    store: Arc<dyn Store>,
+    plane: Arc<DataPlane>,
+    components: Arc<CompiledComponents>,
+    queue: CompileQueue,
+    usage: Arc<UsageRecorder>,
+    settings: NodeSettings,
+    served: Mutex<Served>,
+    states: ArcSwap<HashMap<String, DeploymentState>>,
     /// The change counter the current route table reflects.
     applied_seq: AtomicI64,
+    /// Counts the rebuilds: caches of what the store says (API keys) hold
+    /// until it moves.
+    rebuilds: Arc<AtomicU64>,
     /// One rebuild at a time; a rebuild requested meanwhile reads the newer
     /// state when it gets the lock.
-    reconcile_lock: tokio::sync::Mutex<()>,
-    store_ok: AtomicBool,
-    loaded: AtomicBool,
-    draining: AtomicBool,
-    /// Digests the background compiler is working on.
-    pending: std::sync::Mutex<HashSet<String>>,
-    /// Digests that could not be compiled (served by no route).
-    failed: std::sync::Mutex<HashSet<String>>,
-    /// Set when the route table must be rebuilt although the store's
-    /// change counter has not moved (a background compilation finished).
+    rebuild_lock: tokio::sync::Mutex<()>,
+    /// Set when the table must be rebuilt although the change counter has
+    /// not moved (a compilation ended).
     dirty: AtomicBool,
     /// Wakes the sync loop: a change notification, or `dirty`.
     wake: Arc<tokio::sync::Notify>,
-    /// This node, for the tasks it spawns.
-    me: std::sync::OnceLock<std::sync::Weak<Node>>,
+    store_ok: AtomicBool,
+    loaded: AtomicBool,
+    draining: AtomicBool,
+    /// Every task the node started, so shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Cancelled at shutdown; every task selects on it.
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Node {
@@ -111,99 +154,122 @@ impl std::fmt::Debug for Node {
     }
 }
 
-/// A node's settings from its configuration.
-#[derive(Debug, Clone)]
-pub struct NodeSettings {
-    /// Paths no route may claim, beyond the built-in ones.
-    pub extra_reserved: Vec<String>,
-    /// Limits a tier gets for the fields `PUT /api/v1/tiers` leaves out.
-    pub tier_defaults: crate::store::TierLimits,
-    /// The operator's outbound settings.
-    pub outbound: Arc<OutboundSettings>,
-    /// Longest pause inside an upload's body.
-    pub body_read_timeout: Duration,
-    /// Where components' key-value data lives.
-    pub kv: Arc<dyn crate::kv::KvBackend>,
-}
-
-/// What a rebuild did.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ReconcileReport {
-    /// Routes now served.
-    pub routes: usize,
-    /// Components prepared from the compiled-code cache.
-    pub from_cache: usize,
-    /// Components compiled because their code was not cached.
-    pub compiled: usize,
-    /// Deployments that could not be served (logged).
-    pub failed: usize,
-    /// Deployments waiting for their component to be compiled.
-    pub pending: usize,
-}
-
-/// Compiled components loaded from the cache at once during a rebuild.
-const CACHE_LOAD_CONCURRENCY: usize = 4;
-
 impl Node {
-    /// A node over `store` and `runtime`; nothing is served until
-    /// [`Node::reconcile`] has run.
+    /// A node over `store` whose data plane is `plane`, compiling into
+    /// `components`. Nothing is served until [`Node::start`] (or a first
+    /// [`Node::sync_now`]) has published a table.
     pub fn new(
         store: Arc<dyn Store>,
-        runtime: Arc<Runtime>,
         plane: Arc<DataPlane>,
-        auth: Authenticator,
-        compiler: Compiler,
+        components: Arc<CompiledComponents>,
         settings: NodeSettings,
-    ) -> Self {
-        Self {
+    ) -> Arc<Self> {
+        Arc::new(Self {
             store,
-            runtime,
             plane,
-            auth,
-            compiler,
-            extra_reserved: settings.extra_reserved,
-            tier_defaults: settings.tier_defaults,
+            components,
+            queue: CompileQueue::new(),
             usage: Arc::new(UsageRecorder::default()),
-            outbound: settings.outbound,
-            body_read_timeout: settings.body_read_timeout,
-            kv: settings.kv,
-            tiers: ArcSwap::from_pointee(HashMap::new()),
-            apps: std::sync::Mutex::new(HashMap::new()),
-            instance_pools: std::sync::Mutex::new(HashMap::new()),
+            settings,
+            served: Mutex::new(Served::default()),
+            states: ArcSwap::from_pointee(HashMap::new()),
             applied_seq: AtomicI64::new(-1),
-            reconcile_lock: tokio::sync::Mutex::new(()),
+            rebuilds: Arc::default(),
+            rebuild_lock: tokio::sync::Mutex::new(()),
+            dirty: AtomicBool::new(false),
+            wake: Arc::new(tokio::sync::Notify::new()),
             store_ok: AtomicBool::new(true),
             loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            pending: std::sync::Mutex::new(HashSet::new()),
-            failed: std::sync::Mutex::new(HashSet::new()),
-            dirty: AtomicBool::new(false),
-            wake: Arc::new(tokio::sync::Notify::new()),
-            me: std::sync::OnceLock::new(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Loads every deployment (from the compiled-code cache where it can),
+    /// publishes the first route table, and starts the node's tasks: the
+    /// sync loop, the change listener, the compile queue's worker and the
+    /// usage flusher.
+    pub async fn start(self: &Arc<Self>) -> Result<SyncReport, StoreError> {
+        let first = self.sync_now().await;
+        if let Some(watcher) = self.store.watch_changes(self.wake.clone()) {
+            self.spawn(watcher);
         }
+        self.spawn({
+            let node = self.clone();
+            async move { node.sync_loop().await }
+        });
+        self.spawn({
+            let node = self.clone();
+            async move { node.compile_loop().await }
+        });
+        self.spawn({
+            let node = self.clone();
+            async move { node.flush_loop().await }
+        });
+        first
     }
 
-    /// The node behind an `Arc`, able to spawn its own background work.
-    pub fn into_arc(self) -> Arc<Self> {
-        let node = Arc::new(self);
-        let _ = node.me.set(Arc::downgrade(&node));
-        node
+    /// Ends every task the node started and waits for them; writes the
+    /// usage counted since the last flush.
+    pub async fn shutdown(&self) {
+        self.start_draining();
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.usage.flush(self.store.as_ref()).await;
     }
 
-    /// A tier by name, from memory.
-    pub fn tier(&self, name: &str) -> Option<Arc<Tier>> {
-        self.tiers.load().get(name).cloned()
+    /// Runs `task` until it ends or the node shuts down.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = task => {}
+            }
+        });
     }
 
-    /// Whether the last contact with the store succeeded.
-    pub fn store_ok(&self) -> bool {
-        self.store_ok.load(Ordering::Relaxed)
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
-    /// Whether the node serves every deployment it knows of: the first
-    /// route table is published and nothing waits to be compiled.
-    pub fn loaded(&self) -> bool {
-        self.loaded.load(Ordering::Relaxed) && self.pending_compilations() == 0
+    /// The data plane.
+    pub fn plane(&self) -> &Arc<DataPlane> {
+        &self.plane
+    }
+
+    /// Usage counted on this node.
+    pub fn usage(&self) -> &Arc<UsageRecorder> {
+        &self.usage
+    }
+
+    /// Where components' key-value data lives.
+    pub fn kv(&self) -> &Arc<dyn KvBackend> {
+        &self.settings.kv
+    }
+
+    /// Moves at every rebuild of the route table: whatever caches what the
+    /// store says (API keys) is stale once it has moved.
+    pub fn rebuilds(&self) -> Arc<AtomicU64> {
+        self.rebuilds.clone()
+    }
+
+    /// Where `deployment` stands on this node (`None`: unknown here yet).
+    pub fn deployment_state(&self, deployment: &str) -> Option<DeploymentState> {
+        self.states.load().get(deployment).cloned()
+    }
+
+    /// What the readiness probe reports.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            draining: self.draining.load(Ordering::Relaxed),
+            loaded: self.loaded.load(Ordering::Relaxed),
+            store_ok: self.store_ok.load(Ordering::Relaxed),
+            pending_compilations: self.queue.pending(),
+        }
     }
 
     /// Marks the node as shutting down (readiness turns 503).
@@ -211,342 +277,326 @@ impl Node {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    /// Whether the node is shutting down.
-    pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    /// Rebuilds the route table from the store and publishes it.
-    pub async fn reconcile(&self) -> Result<ReconcileReport, StoreError> {
-        let _one_at_a_time = self.reconcile_lock.lock().await;
+    /// Rebuilds the route table from the store now and publishes it: a
+    /// change made through this node is live here before it is answered.
+    pub async fn sync_now(&self) -> Result<SyncReport, StoreError> {
+        let _one_at_a_time = self.rebuild_lock.lock().await;
         let result = self.rebuild().await;
-        self.store_ok.store(!matches!(result, Err(StoreError::Unavailable(_))), Ordering::Relaxed);
+        self.note_store(result.as_ref().err());
         result
     }
 
-    async fn rebuild(&self) -> Result<ReconcileReport, StoreError> {
+    fn note_store(&self, error: Option<&StoreError>) {
+        let ok = !matches!(error, Some(StoreError::Unavailable(_)));
+        if ok {
+            if !self.store_ok.swap(true, Ordering::Relaxed) {
+                tracing::info!("the store is reachable again");
+            }
+        } else {
+            self.plane.metrics().store_errors.inc();
+            if self.store_ok.swap(false, Ordering::Relaxed) {
+                tracing::warn!(error = ?error, "the store is unreachable; serving the routes in memory");
+            }
+        }
+    }
+
+    fn served(&self) -> MutexGuard<'_, Served> {
+        self.served.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn rebuild(&self) -> Result<SyncReport, StoreError> {
         let seq = self.store.change_seq().await?;
         let tiers: HashMap<String, Arc<Tier>> =
             self.store.tiers().await?.into_iter().map(|t| (t.name.clone(), Arc::new(t))).collect();
         let deployments = self.store.deployments(None).await?;
 
-        let mut report = ReconcileReport::default();
-        let needed: HashSet<String> = deployments.iter().map(|d| d.component.clone()).collect();
-        self.load_from_cache(&needed, &mut report).await;
+        // What the compiled-code cache holds is ready at once: a restarted
+        // node serves without compiling.
+        let missing: Vec<String> = deployments
+            .iter()
+            .map(|d| d.component.clone())
+            .filter(|digest| self.components.get(digest).is_none())
+            .collect::<std::collections::HashSet<_>>()
+            .into_iter()
+            .collect();
+        let from_cache = self.components.load_cached(missing).await;
 
+        let served_versions: HashMap<String, i64> = self
+            .served()
+            .routes
+            .iter()
+            .filter_map(|(id, r)| r.owner.as_ref().map(|o| (id.clone(), o.version)))
+            .collect();
+        let plan = plan::build(
+            Snapshot { deployments, tiers },
+            |digest| match self.components.get(digest) {
+                Some(app) => Compilation::Ready(app),
+                None => match self.queue.status(digest) {
+                    Some(Status::Failed { error, .. }) => Compilation::Failed(error),
+                    _ => Compilation::Pending,
+                },
+            },
+            &served_versions,
+        );
+        for (deployment, why) in &plan.invalid {
+            tracing::error!(%deployment, reason = %why, "a deployment cannot be served");
+        }
+
+        let mut report = SyncReport {
+            from_cache,
+            waiting: plan.waiting(),
+            invalid: plan.invalid.len(),
+            ..SyncReport::default()
+        };
+        let now = Instant::now();
         let mut routes = Routes::new();
-        let mut to_compile = Vec::new();
-        let mut pools = HashMap::new();
-        // Components this table settles: served, or their deployment failed.
-        let mut settled = HashSet::new();
-        for deployment in deployments {
-            let Some(tier) = tiers.get(&deployment.tier).cloned() else {
-                tracing::error!(deployment = %deployment.id, tier = %deployment.tier, "unknown tier");
-                report.failed += 1;
-                settled.insert(deployment.component.clone());
-                continue;
-            };
-            let pattern = match RoutePattern::parse_any(
-                &deployment.route,
-                deployment.host.as_deref(),
-            ) {
-                Ok(pattern) => pattern,
-                Err(e) => {
-                    tracing::error!(deployment = %deployment.id, error = %e, "stored route is invalid");
-                    report.failed += 1;
-                    settled.insert(deployment.component.clone());
-                    continue;
-                }
-            };
-            let app = self
-                .apps
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&deployment.component)
-                .cloned();
-            let Some(app) = app else {
-                // Not compiled here yet: served once the background
-                // compiler has it, meanwhile not ready.
-                to_compile.push(deployment.component.clone());
-                report.pending += 1;
-                continue;
-            };
-            settled.insert(deployment.component.clone());
-            let limits = limits_of(&tier);
-            let outbound =
-                OutboundPolicy::new(&deployment.allowed_outbound_hosts, self.outbound.clone());
-            let label = pattern.to_string();
-            let usage = self.usage.for_tenant(deployment.tenant_id);
-            let mut config = deployment.config;
-            config.extend(deployment.secrets);
-            let capabilities = Arc::new(Capabilities {
-                kv: Some(KvAccess {
-                    backend: self.kv.clone(),
-                    tenant: deployment.tenant_id,
-                    deployment: deployment.id.clone(),
-                    limits: KvLimits::of(&tier.limits),
-                    usage: Some(usage.clone()),
-                }),
-                config,
-            });
-            // What the deployment asks for, within what its tier allows now.
-            let reuse = deployment.max_instance_reuse.min(tier.limits.max_instance_reuse);
-            let instances = (reuse > 1).then(|| {
-                let key = (deployment.id.clone(), deployment.version, reuse);
-                let pool = self
-                    .instance_pools
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| self.runtime.instance_pool(reuse));
-                pools.insert(key, pool.clone());
-                pool
-            });
-            let route = Arc::new(LiveRoute {
-                instances,
-                capabilities,
-                metrics: Arc::new(self.plane.metrics().route(&label, &deployment.tenant)),
-                label,
-                outbound,
-                pattern,
-                app,
-                limits,
-                owner: Some(RouteOwner {
-                    tenant_id: deployment.tenant_id,
-                    tenant: deployment.tenant,
-                    deployment_id: deployment.id,
-                    version: deployment.version,
-                    rates: Rates::of(&tier),
-                    rate_policy: Rates::of(&tier).policy_header(),
-                    usage,
-                    tier,
-                }),
-            });
-            routes.insert(&route.pattern, route.clone());
+        let mut states = HashMap::with_capacity(plan.routes.len());
+        let mut next = Served::default();
+        {
+            let mut served = self.served();
+            for planned in plan.routes {
+                let id = planned.deployment.id.clone();
+                let failure = |digest: &str| match self.queue.status(digest) {
+                    Some(Status::Failed { error, attempts, retry_at, .. }) => {
+                        (error, attempts, retry_at.saturating_duration_since(now).as_secs())
+                    }
+                    _ => (String::new(), 0, 0),
+                };
+                let (target, state) = match planned.target {
+                    Target::Serve(app) => {
+                        let route = self.live_route(
+                            &mut served,
+                            &mut next,
+                            planned.deployment,
+                            planned.tier,
+                            planned.pattern.clone(),
+                            app,
+                        );
+                        next.routes.insert(id.clone(), route.clone());
+                        (RouteTarget::Live(route), DeploymentState::Serving)
+                    }
+                    Target::KeepServing { version, failed } => {
+                        let route = served.routes.get(&id).cloned().expect("the builder saw it");
+                        next.routes.insert(id.clone(), route.clone());
+                        keep_pools(&served, &mut next, &route);
+                        let state = match failed {
+                            None => DeploymentState::Compiling { serving: Some(version) },
+                            Some(_) => {
+                                report.failed += 1;
+                                let (error, attempts, retry_in_s) =
+                                    failure(&planned.deployment.component);
+                                DeploymentState::Failed {
+                                    serving: Some(version),
+                                    error,
+                                    attempts,
+                                    retry_in_s,
+                                }
+                            }
+                        };
+                        (RouteTarget::Live(route), state)
+                    }
+                    Target::Wait => {
+                        (RouteTarget::Compiling, DeploymentState::Compiling { serving: None })
+                    }
+                    Target::Unavailable(_) => {
+                        report.failed += 1;
+                        let (error, attempts, retry_in_s) = failure(&planned.deployment.component);
+                        (
+                            RouteTarget::Unavailable { retry_after_s: retry_in_s.max(1) },
+                            DeploymentState::Failed { serving: None, error, attempts, retry_in_s },
+                        )
+                    }
+                };
+                routes.insert(&planned.pattern, target);
+                states.insert(id, state);
+            }
+            *served = next;
         }
         report.routes = routes.len();
         self.plane.metrics().deployments_live.set(routes.len() as i64);
         self.plane.publish(routes);
-        // A background compilation stays pending (the node not ready) until
-        // a published table settles its routes, or nothing needs it any more.
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|digest| needed.contains(digest) && !settled.contains(digest));
-        self.tiers.store(Arc::new(tiers));
-        self.auth.invalidate_all();
-        self.apps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|digest, _| needed.contains(digest));
-        *self.instance_pools.lock().unwrap_or_else(|p| p.into_inner()) = pools;
-        for digest in to_compile {
-            self.compile_in_background(digest);
+        self.states.store(Arc::new(states));
+        self.components.retain(&plan.needed);
+        if self.queue.want(&plan.to_compile, now) {
+            report.queued = plan.to_compile.len();
         }
+        self.plane.metrics().compilations_pending.set(self.queue.pending() as i64);
         self.applied_seq.store(seq, Ordering::Relaxed);
-        self.loaded.store(true, Ordering::Relaxed);
+        self.rebuilds.fetch_add(1, Ordering::Release);
+        if report.waiting == 0 && !self.loaded.swap(true, Ordering::Relaxed) {
+            tracing::info!(routes = report.routes, "every deployment is servable: ready");
+        }
         Ok(report)
     }
 
-    /// Prepares, from the compiled-code cache, every needed component this
-    /// node does not hold yet, a few at a time.
-    async fn load_from_cache(&self, needed: &HashSet<String>, report: &mut ReconcileReport) {
-        let missing: Vec<String> = {
-            let apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
-            needed.iter().filter(|d| !apps.contains_key(*d)).cloned().collect()
-        };
-        let engine = self.runtime.engine();
-        let loaded: Vec<(String, Option<crate::runtime::Compiled>)> =
-            futures::stream::iter(missing)
-                .map(|digest| async move {
-                    let compiled = match digest_hex(&digest) {
-                        Ok(hex) => self.compiler.compile_cached(engine, hex).await,
-                        Err(_) => None,
-                    };
-                    (digest, compiled)
-                })
-                .buffer_unordered(CACHE_LOAD_CONCURRENCY)
-                .collect()
-                .await;
-        for (digest, compiled) in loaded {
-            let Some(compiled) = compiled else { continue };
-            match self.runtime.prepare(&compiled.component) {
-                Ok(app) => {
-                    report.from_cache += 1;
-                    self.plane.metrics().compiled_cache.with_label_values(&["hit"]).inc();
-                    self.apps.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, app);
-                }
-                Err(e) => tracing::error!(%digest, error = %e, "cached code cannot be linked"),
-            }
-        }
-    }
-
-    /// Compiles `digest` from the bytes in the store, off the request path,
-    /// then rebuilds the route table; one compilation per digest at a time.
-    fn compile_in_background(&self, digest: String) {
-        let Some(node) = self.me.get().and_then(std::sync::Weak::upgrade) else {
-            return;
-        };
-        if !self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.clone()) {
-            return; // already under way
-        }
-        tokio::spawn(async move {
-            let result = node.compile_stored(&digest).await;
-            match &result {
-                Ok(()) => tracing::info!(%digest, "compiled in the background; serving it"),
-                Err(e) => {
-                    tracing::error!(%digest, error = %e, "cannot compile a deployed component");
-                    node.failed.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.clone());
-                }
-            }
-            if result.is_ok() {
-                // Pending until the next reconcile publishes its routes:
-                // ready before that, the node would answer them 404.
-                node.dirty.store(true, Ordering::Relaxed);
-                node.wake.notify_one();
-            } else {
-                node.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&digest);
-            }
-        });
-    }
-
-    async fn compile_stored(&self, digest: &str) -> Result<(), UploadError> {
-        let hex = digest_hex(digest)?;
-        let bytes =
-            self.store.component_bytes(digest).await?.ok_or_else(|| {
-                StoreError::Internal(format!("the bytes of {digest} are missing"))
-            })?;
-        let compiled = self.compiler.compile(self.runtime.engine(), hex, &bytes).await?;
-        self.record_compile(&compiled);
-        let app = self.runtime.prepare(&compiled.component)?;
-        self.apps.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.to_string(), app);
-        Ok(())
-    }
-
-    /// Components waiting for the background compiler.
-    pub fn pending_compilations(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Validates, compiles and stores a tenant's upload. The same bytes
-    /// again are not compiled again.
-    pub async fn upload(
+    /// A live route for a deployment whose component is ready, keeping the
+    /// instance pool and tenant slots it had.
+    fn live_route(
         &self,
-        tenant_id: TenantId,
-        name: &str,
-        bytes: Vec<u8>,
-    ) -> Result<Uploaded, UploadError> {
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        if let Some(meta) = self.store.component(tenant_id, &digest).await? {
-            self.plane.metrics().uploads.with_label_values(&["existing"]).inc();
-            return Ok(Uploaded { meta, created: false });
-        }
-        let hex = digest_hex(&digest)?;
-        let started = Instant::now();
-        let compiled = match self.compiler.compile(self.runtime.engine(), hex, &bytes).await {
-            Ok(compiled) => compiled,
-            Err(e) => {
-                self.plane.metrics().uploads.with_label_values(&["refused"]).inc();
-                return Err(e.into());
-            }
-        };
-        self.record_compile(&compiled);
-        let app = match self.runtime.prepare(&compiled.component) {
-            Ok(app) => app,
-            Err(e) => {
-                self.compiler.cache().remove(hex);
-                self.plane.metrics().uploads.with_label_values(&["refused"]).inc();
-                return Err(e.into());
-            }
-        };
-        let compile_ms =
-            if compiled.from_cache { 0 } else { compiled.compile_time.as_millis() as u64 };
-        let meta = ComponentMeta {
-            digest: digest.clone(),
-            name: name.to_string(),
-            size: bytes.len() as u64,
-            world: world_of(&compiled.component, self.runtime.engine()),
-            compile_ms,
-            created_at: now_ms(),
-        };
-        let (meta, created) =
-            self.store.put_component(&NewComponent { tenant_id, meta, bytes }).await?;
-        self.apps.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, app);
-        self.plane.metrics().uploads.with_label_values(&["created"]).inc();
-        tracing::info!(tenant_id, digest = %meta.digest, compile_ms,
-                       total_ms = started.elapsed().as_millis() as u64, "component uploaded");
-        Ok(Uploaded { meta, created })
-    }
-
-    fn record_compile(&self, compiled: &crate::runtime::Compiled) {
-        let metrics = self.plane.metrics();
-        if compiled.from_cache {
-            metrics.compiled_cache.with_label_values(&["hit"]).inc();
-        } else {
-            metrics.compiled_cache.with_label_values(&["miss"]).inc();
-            metrics.compile_duration.observe(compiled.compile_time.as_secs_f64());
-        }
-    }
-
-    /// Refreshes the gauges that are read rather than counted, just before
-    /// a scrape.
-    pub fn refresh_gauges(&self) {
-        let metrics = self.plane.metrics();
-        metrics.instances_in_use.set(self.runtime.instances_in_use() as i64);
-        metrics.instances_idle.set(self.runtime.instances_idle() as i64);
-        metrics.instance_pool_capacity.set(i64::from(self.runtime.pool_size()));
-        metrics.db_connections.set(i64::from(self.store.connections_active()));
-        metrics.store_up.set(i64::from(self.store_ok()));
-        if let Some(quota) = self.plane.quota() {
-            metrics.quota_degraded.set(i64::from(quota.health() == crate::quota::Health::Degraded));
-            catch_up(&metrics.redis_errors, quota.errors());
-            catch_up(&metrics.quota_redis_calls, quota.calls());
-        }
-    }
-
-    /// Watches the store's change counter and rebuilds when it moves, until
-    /// the process ends.
-    pub fn spawn_sync(self: &Arc<Self>) {
-        // Change notifications (PostgreSQL LISTEN) wake the loop at once;
-        // the tick is the safety net for anything a notification missed.
-        self.store.watch_changes(self.wake.clone());
-        let node = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SYNC_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = node.wake.notified() => {}
-                }
-                node.sync_once().await;
-            }
+        served: &mut Served,
+        next: &mut Served,
+        deployment: crate::store::Deployment,
+        tier: Arc<Tier>,
+        pattern: crate::router::RoutePattern,
+        app: crate::runtime::App,
+    ) -> Arc<LiveRoute> {
+        let limits = limits_of(&tier);
+        let outbound =
+            OutboundPolicy::new(&deployment.allowed_outbound_hosts, self.settings.outbound.clone());
+        let label = pattern.to_string();
+        let usage = self.usage.for_tenant(deployment.tenant_id);
+        let mut config = deployment.config;
+        config.extend(deployment.secrets);
+        let capabilities = Arc::new(Capabilities {
+            kv: Some(KvAccess {
+                backend: self.settings.kv.clone(),
+                tenant: deployment.tenant_id,
+                deployment: deployment.id.clone(),
+                limits: KvLimits::of(&tier.limits),
+                usage: Some(usage.clone()),
+            }),
+            config,
         });
+        // What the deployment asks for, within what its tier allows now.
+        let reuse = deployment.max_instance_reuse.min(tier.limits.max_instance_reuse);
+        let instances = (reuse > 1).then(|| {
+            let key = (deployment.id.clone(), deployment.version, reuse);
+            let pool = served
+                .instance_pools
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| self.plane.runtime().instance_pool(reuse));
+            next.instance_pools.insert(key, pool.clone());
+            pool
+        });
+        let slots = served
+            .tenant_slots
+            .get(&deployment.tenant_id)
+            .or_else(|| next.tenant_slots.get(&deployment.tenant_id))
+            .cloned()
+            .unwrap_or_default();
+        next.tenant_slots.insert(deployment.tenant_id, slots.clone());
+        let rates = Rates::of(&tier);
+        Arc::new(LiveRoute {
+            instances,
+            capabilities,
+            metrics: Arc::new(self.plane.metrics().route(&label, &deployment.tenant)),
+            label,
+            outbound,
+            pattern,
+            app,
+            limits,
+            owner: Some(RouteOwner {
+                tenant_id: deployment.tenant_id,
+                tenant: deployment.tenant,
+                deployment_id: deployment.id,
+                version: deployment.version,
+                rate_policy: rates.policy_header(),
+                rates,
+                usage,
+                slots,
+                tier,
+            }),
+        })
+    }
+
+    /// Checks the change counter (and the dirty flag) every
+    /// [`SYNC_INTERVAL`], or when woken, and rebuilds when either moved.
+    async fn sync_loop(&self) {
+        let mut tick = tokio::time::interval(SYNC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.wake.notified() => {}
+            }
+            self.sync_once().await;
+        }
     }
 
     /// One check of the change counter; rebuilds if it moved.
     pub async fn sync_once(&self) {
         match self.store.change_seq().await {
             Ok(seq) => {
-                if !self.store_ok.swap(true, Ordering::Relaxed) {
-                    tracing::info!("the store is reachable again");
-                }
+                self.note_store(None);
                 let dirty = self.dirty.swap(false, Ordering::Relaxed);
                 if (dirty || seq != self.applied_seq.load(Ordering::Relaxed))
-                    && let Err(e) = self.reconcile().await
+                    && let Err(e) = self.sync_now().await
                 {
                     tracing::warn!(error = %e, "rebuilding the route table failed");
                 }
             }
-            Err(e) => {
-                self.plane.metrics().store_errors.inc();
-                if self.store_ok.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "the store is unreachable; serving the routes in memory");
+            Err(e) => self.note_store(Some(&e)),
+        }
+    }
+
+    /// Takes due work from the compile queue, one task per component (the
+    /// compiler bounds how many run at once), until the node shuts down.
+    async fn compile_loop(self: Arc<Self>) {
+        loop {
+            while let Some(digest) = self.queue.take(Instant::now()) {
+                let node = self.clone();
+                self.spawn(async move { node.compile(digest).await });
+            }
+            let retry = self.queue.next_retry();
+            let until_retry = async {
+                match retry {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                () = self.queue.work_added() => {}
+                () = until_retry => {}
             }
         }
     }
+
+    async fn compile(&self, digest: String) {
+        let started = Instant::now();
+        let result = self.components.compile_stored(self.store.as_ref(), &digest).await;
+        match &result {
+            Ok(()) => tracing::info!(%digest, ms = started.elapsed().as_millis() as u64,
+                                     "compiled a deployed component; serving it"),
+            Err(error) => {
+                self.plane.metrics().compile_failures.inc();
+                let attempts = match self.queue.status(&digest) {
+                    Some(Status::Failed { attempts, .. }) => attempts + 1,
+                    _ => 1,
+                };
+                tracing::error!(%digest, %error, attempt = attempts,
+                                "cannot compile a deployed component; will try again");
+            }
+        }
+        self.queue.finished(&digest, result, Instant::now());
+        self.plane.metrics().compilations_pending.set(self.queue.pending() as i64);
+        self.dirty.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    async fn flush_loop(&self) {
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            self.usage.flush(self.store.as_ref()).await;
+        }
+    }
+}
+
+/// Keeps the instance pool and tenant slots of a route served at an
+/// earlier version.
+fn keep_pools(served: &Served, next: &mut Served, route: &LiveRoute) {
+    let Some(owner) = &route.owner else { return };
+    if let Some(instances) = &route.instances {
+        for (key, pool) in &served.instance_pools {
+            if Arc::ptr_eq(pool, instances) {
+                next.instance_pools.insert(key.clone(), pool.clone());
+            }
+        }
+    }
+    next.tenant_slots.entry(owner.tenant_id).or_insert_with(|| owner.slots.clone());
 }
 
 /// The invocation limits a tier sets.
@@ -555,31 +605,5 @@ pub fn limits_of(tier: &Tier) -> Limits {
         memory_bytes: tier.limits.memory_limit_bytes,
         timeout: Duration::from_millis(tier.limits.execution_timeout_ms),
         max_input_bytes: tier.limits.max_input_bytes,
-    }
-}
-
-fn digest_hex(digest: &str) -> Result<&str, StoreError> {
-    digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| StoreError::Invalid(format!("`{digest}` is not a sha256:<hex> digest")))
-}
-
-/// The world a component targets, from its handler export's version.
-fn world_of(component: &wasmtime::component::Component, engine: &wasmtime::Engine) -> String {
-    component
-        .component_type()
-        .exports(engine)
-        .find_map(|(name, _)| name.strip_prefix("wasi:http/incoming-handler@"))
-        .map(|version| format!("wasi:http/proxy@{version}"))
-        .unwrap_or_else(|| "wasi:http/proxy".to_string())
-}
-
-/// Raises `counter` to `total`, a count kept elsewhere (a backend's own
-/// counter): metrics counters only go up by increments.
-fn catch_up(counter: &prometheus::IntCounter, total: u64) {
-    let counted = counter.get();
-    if total > counted {
-        counter.inc_by(total - counted);
     }
 }

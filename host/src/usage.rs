@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::runtime::{ExecutionReport, Outcome};
-use crate::store::{Store, TenantId, UsageCounts};
+use crate::runtime::{ExecutionReport, KvMeter, Outcome};
+use crate::store::{Store, UsageCounts};
+use crate::tenancy::TenantId;
 
 /// How often each node writes what it counted.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
@@ -40,16 +41,6 @@ impl TenantUsage {
         error.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts `n` key-value reads.
-    pub fn kv_read(&self, n: u64) {
-        self.kv_reads.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Counts `n` key-value writes.
-    pub fn kv_write(&self, n: u64) {
-        self.kv_writes.fetch_add(n, Ordering::Relaxed);
-    }
-
     fn counts(&self, take: bool) -> UsageCounts {
         let read = |n: &AtomicU64| {
             if take { n.swap(0, Ordering::Relaxed) } else { n.load(Ordering::Relaxed) }
@@ -75,6 +66,16 @@ impl TenantUsage {
         self.wall_ms.fetch_add(counts.wall_ms, Ordering::Relaxed);
         self.kv_reads.fetch_add(counts.kv_reads, Ordering::Relaxed);
         self.kv_writes.fetch_add(counts.kv_writes, Ordering::Relaxed);
+    }
+}
+
+impl KvMeter for TenantUsage {
+    fn kv_read(&self, n: u64) {
+        self.kv_reads.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn kv_write(&self, n: u64) {
+        self.kv_writes.fetch_add(n, Ordering::Relaxed);
     }
 }
 

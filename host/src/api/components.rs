@@ -10,12 +10,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, require, rfc3339};
+use super::{ApiError, ApiState, require, rfc3339};
 use crate::auth::{Principal, Scope};
-use crate::node::Node;
 use crate::runtime::body::{DISCARD_MAX_BYTES, DISCARD_MAX_TIME, discard};
 use crate::runtime::expects_continue;
-use crate::store::{ComponentDeletion, ComponentMeta};
+use crate::store::ComponentMeta;
 
 /// Query of an upload.
 #[derive(Debug, Deserialize)]
@@ -58,7 +57,7 @@ fn too_large(limit: u64) -> ApiError {
 
 /// `POST /api/v1/components?name=N`: 201 new, 200 already uploaded.
 pub async fn upload(
-    State(node): State<Arc<Node>>,
+    State(state): State<Arc<ApiState>>,
     principal: Principal,
     Query(query): Query<UploadQuery>,
     headers: HeaderMap,
@@ -66,15 +65,9 @@ pub async fn upload(
 ) -> Result<(StatusCode, Json<ComponentJson>), ApiError> {
     require(&principal, Scope::Deploy)?;
     let name = query.name.unwrap_or_else(|| "component".to_string());
-    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("`name` must be 1 to 128 printable characters"));
-    }
     // The bytes are recognised by their magic number, whatever the
     // Content-Type says (curl's --data-binary sends a form type).
-    let tier = node
-        .tier(&principal.tier)
-        .ok_or_else(|| ApiError::internal(&format!("tier {} is not loaded", principal.tier)))?;
-    let limit = tier.limits.max_component_bytes;
+    let limit = state.control.upload_limit(&principal.tier).await?;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -91,7 +84,7 @@ pub async fn upload(
     let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
     let mut body = body;
     loop {
-        let frame = match tokio::time::timeout(node.body_read_timeout, body.frame()).await {
+        let frame = match tokio::time::timeout(state.body_read_timeout, body.frame()).await {
             Err(_) => {
                 return Err(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
@@ -113,35 +106,28 @@ pub async fn upload(
         bytes.extend_from_slice(&chunk);
     }
 
-    let uploaded = node.upload(principal.tenant_id, &name, bytes).await?;
+    let uploaded = state.control.upload(principal.tenant_id, &name, bytes).await?;
     let status = if uploaded.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(uploaded.meta.into())))
 }
 
 /// `GET /api/v1/components`: the tenant's components.
 pub async fn list(
-    State(node): State<Arc<Node>>,
+    State(state): State<Arc<ApiState>>,
     principal: Principal,
 ) -> Result<Json<Vec<ComponentJson>>, ApiError> {
     require(&principal, Scope::Read)?;
-    let components = node.store.components(principal.tenant_id).await?;
+    let components = state.control.components(principal.tenant_id).await?;
     Ok(Json(components.into_iter().map(Into::into).collect()))
 }
 
 /// `DELETE /api/v1/components/{digest}`: 204; 409 while deployed.
 pub async fn remove(
-    State(node): State<Arc<Node>>,
+    State(state): State<Arc<ApiState>>,
     principal: Principal,
     Path(digest): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require(&principal, Scope::Deploy)?;
-    match node.store.delete_component(principal.tenant_id, &digest).await? {
-        ComponentDeletion::Deleted => Ok(StatusCode::NO_CONTENT),
-        ComponentDeletion::NotFound => Err(ApiError::not_found("component")),
-        ComponentDeletion::InUse => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "component_in_use",
-            "a deployment uses this component (or may roll back to it); delete the deployment first",
-        )),
-    }
+    state.control.delete_component(principal.tenant_id, &digest).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

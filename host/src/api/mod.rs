@@ -28,15 +28,30 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
 
-use crate::auth::{AuthError, Principal, Scope};
-use crate::node::{Node, UploadError};
+use crate::auth::{AuthError, Authenticator, Principal, Scope};
+use crate::control::{ControlError, ControlPlane};
+use crate::node::Node;
 use crate::runtime::CompileError;
 use crate::store::StoreError;
 
 pub use docs::OPENAPI;
 
+/// What the handlers share: the control-plane service every change goes
+/// through, the node that serves the changes, and the key checks.
+#[derive(Debug)]
+pub struct ApiState {
+    /// Validates and makes every change.
+    pub control: ControlPlane,
+    /// This node: a change is made live here before it is answered.
+    pub node: Arc<Node>,
+    /// API key checks.
+    pub auth: Authenticator,
+    /// Longest pause inside an upload's body.
+    pub body_read_timeout: Duration,
+}
+
 /// The API's routes (paths as in DESIGN.md).
-pub fn router(node: Arc<Node>) -> Router {
+pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/components", post(components::upload).get(components::list))
         .route("/api/v1/components/{digest}", delete(components::remove))
@@ -61,7 +76,7 @@ pub fn router(node: Arc<Node>) -> Router {
                 "method not allowed here",
             )
         })
-        .with_state(node)
+        .with_state(state)
 }
 
 /// An API error: a status, a stable code and a message for the client.
@@ -166,21 +181,36 @@ impl From<CompileError> for ApiError {
     }
 }
 
-impl From<UploadError> for ApiError {
-    fn from(error: UploadError) -> Self {
+impl From<ControlError> for ApiError {
+    fn from(error: ControlError) -> Self {
         match error {
-            UploadError::Compile(e) => e.into(),
-            UploadError::Store(e) => e.into(),
+            ControlError::Invalid(message) => ApiError::bad_request(message),
+            ControlError::Route(e) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_route", e.to_string())
+            }
+            ControlError::Forbidden(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
+            ControlError::NotFound(what) => ApiError::not_found(what),
+            ControlError::Conflict { code, message } => {
+                ApiError::new(StatusCode::CONFLICT, code, message)
+            }
+            ControlError::Compile(e) => e.into(),
+            ControlError::NoCompiler => ApiError::internal("uploads need a serving node"),
+            ControlError::Store(e) => e.into(),
         }
     }
 }
 
-impl FromRequestParts<Arc<Node>> for Principal {
+impl FromRequestParts<Arc<ApiState>> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Self, ApiError> {
         let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        Ok(node.auth.authenticate(header).await?)
+        Ok(state.auth.authenticate(header).await?)
     }
 }
 
@@ -230,7 +260,7 @@ where
 /// Makes a committed change live on this node before answering. If that
 /// fails the change is still committed, and the sync loop retries.
 pub(crate) async fn publish(node: &Node) {
-    if let Err(e) = node.reconcile().await {
+    if let Err(e) = node.sync_now().await {
         tracing::warn!(error = %e, "the change is stored but not yet live on this node");
     }
 }

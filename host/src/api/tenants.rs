@@ -7,20 +7,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{ApiError, ApiJson, publish, require, rfc3339};
-use crate::auth::{self, Principal, Scope, Scopes};
-use crate::node::Node;
-use crate::store::{ApiKeyRecord, Tenant, Tier, TierLimits, valid_name};
-
-fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
-    if valid_name(name) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "a {what} name is 1 to 63 lower-case letters, digits, `-` or `_`"
-        )))
-    }
-}
+use super::{ApiError, ApiJson, ApiState, publish, require, rfc3339};
+use crate::auth::{Principal, Scope, Scopes};
+use crate::control::{Actor, TierBase};
+use crate::store::{ApiKeyRecord, Tenant};
+use crate::tenancy::{TierLimits, TierPatch};
 
 fn admin_only(principal: &Principal) -> Result<(), ApiError> {
     if principal.is_admin() { Ok(()) } else { Err(ApiError::missing_scope(Scope::Admin)) }
@@ -55,14 +46,12 @@ fn default_tier() -> String {
 
 /// `POST /api/v1/tenants` (admin): 201.
 pub async fn create_tenant(
-    State(node): State<Arc<Node>>,
+    State(state): State<Arc<ApiState>>,
     principal: Principal,
     ApiJson(body): ApiJson<CreateTenant>,
 ) -> Result<(StatusCode, Json<TenantJson>), ApiError> {
     admin_only(&principal)?;
-    check_name("tenant", &body.name)?;
-    let tenant = node.store.create_tenant(&body.name, &body.tier).await?;
-    node.plane.metrics().tenants_created.inc();
+    let tenant = state.control.create_tenant(&body.name, &body.tier).await?;
     Ok((StatusCode::CREATED, Json(tenant.into())))
 }
 
@@ -76,17 +65,14 @@ pub struct UpdateTenant {
 /// `PATCH /api/v1/tenants/{name}` (admin): change of tier, live on every
 /// node within a second.
 pub async fn update_tenant(
-    State(node): State<Arc<Node>>,
+    State(state): State<Arc<ApiState>>,
     principal: Principal,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<UpdateTenant>,
 ) -> Result<Json<TenantJson>, ApiError> {
     admin_only(&principal)?;
-    let tenant = node.store.set_tenant_tier(&name, &body.tier).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound => ApiError::not_found("tenant"),
-        other => other.into(),
-    })?;
-    publish(&node).await;
+    let tenant = state.control.set_tenant_tier(&name, &body.tier).await?;
+    publish(&state.node).await;
     Ok(Json(tenant.into()))
 }
 
@@ -139,7 +125,7 @@ impl From<ApiKeyRecord> for KeyJson {
 /// `POST /api/v1/keys`: a tenant creates keys for itself with at most its
 /// own scopes; an admin creates keys for any tenant.
 pub async fn create_key(
-    State(node): State<Arc<Node>>,
+    State(state): State<Arc<ApiState>>,
     principal: Principal,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<NewKeyJson>), ApiError> {
@@ -151,62 +137,43 @@ pub async fn create_key(
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
     };
     let scopes = match &body.scopes {
-        Some(names) => Scopes::parse(&names.join(",")).map_err(ApiError::bad_request)?,
-        None => Scopes::TENANT_DEFAULT,
+        Some(names) => Some(Scopes::parse(&names.join(",")).map_err(ApiError::bad_request)?),
+        None => None,
     };
-    if !principal.is_admin() && !principal.scopes.covers(scopes) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "a key cannot grant scopes it does not have",
-        ));
-    }
-    let tenant = match body.tenant.as_deref() {
-        None => principal.tenant.clone(),
-        Some(name) if name == principal.tenant => principal.tenant.clone(),
-        Some(_) if !principal.is_admin() => return Err(ApiError::not_found("tenant")),
-        Some(name) => name.to_string(),
-    };
-    let record = node.store.tenant(&tenant).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
-    let (key, stored) =
-        auth::issue_key(node.store.as_ref(), node.auth.salt(), record.id, scopes).await?;
-    node.plane.metrics().keys_created.inc();
+    let issued =
+        state.control.create_key(Actor::Key(&principal), body.tenant.as_deref(), scopes).await?;
     Ok((
         StatusCode::CREATED,
         Json(NewKeyJson {
-            id: stored.id,
-            key,
-            prefix: stored.prefix,
-            scopes: scopes.names(),
-            tenant,
+            id: issued.record.id,
+            key: issued.key,
+            prefix: issued.record.prefix,
+            scopes: issued.scopes.names(),
+            tenant: issued.tenant,
         }),
     ))
 }
 
 /// `GET /api/v1/keys`: the caller's tenant's keys (every key for admins).
 pub async fn list_keys(
-    State(node): State<Arc<Node>>,
+    State(state): State<Arc<ApiState>>,
     principal: Principal,
 ) -> Result<Json<Vec<KeyJson>>, ApiError> {
     require(&principal, Scope::Read)?;
-    let filter = (!principal.is_admin()).then_some(principal.tenant_id);
-    let keys = node.store.keys(filter).await?;
+    let keys = state.control.keys(Actor::Key(&principal)).await?;
     Ok(Json(keys.into_iter().map(Into::into).collect()))
 }
 
 /// `DELETE /api/v1/keys/{id}`: revokes; effective on every node within a
 /// second, at once on this one.
 pub async fn revoke_key(
-    State(node): State<Arc<Node>>,
+    State(state): State<Arc<ApiState>>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require(&principal, Scope::Deploy)?;
-    let filter = (!principal.is_admin()).then_some(principal.tenant_id);
-    if !node.store.revoke_key(&id, filter).await? {
-        return Err(ApiError::not_found("key"));
-    }
-    node.auth.invalidate_all();
+    state.control.revoke_key(Actor::Key(&principal), &id).await?;
+    state.auth.invalidate_all();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -220,21 +187,23 @@ pub struct TierJson {
 
 /// `GET /api/v1/tiers` (any key).
 pub async fn list_tiers(
-    State(node): State<Arc<Node>>,
+    State(state): State<Arc<ApiState>>,
     _principal: Principal,
 ) -> Result<Json<Vec<TierJson>>, ApiError> {
-    let tiers = node.store.tiers().await?;
+    let tiers = state.control.tiers().await?;
     Ok(Json(tiers.into_iter().map(|t| TierJson { name: t.name, limits: t.limits }).collect()))
 }
 
 /// Distinguishes a field that is absent (`None`) from one that is `null`
 /// (`Some(None)`).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
-    Option::<u64>::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Body of `PUT /api/v1/tiers/{name}`: a missing field takes the default,
-/// `null` on a rate means unlimited.
+/// `null` on a rate or on `max_concurrency` means unlimited.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutTier {
@@ -251,44 +220,39 @@ pub struct PutTier {
     kv_max_keys: Option<u64>,
     kv_max_total_bytes: Option<u64>,
     max_instance_reuse: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    max_concurrency: Option<Option<u32>>,
 }
 
-impl PutTier {
-    /// The tier's limits, defaults filled in from `defaults`.
-    pub fn limits(&self, defaults: &TierLimits) -> TierLimits {
-        TierLimits {
-            requests_per_minute: self.requests_per_minute.unwrap_or(defaults.requests_per_minute),
-            requests_per_day: self.requests_per_day.unwrap_or(defaults.requests_per_day),
-            memory_limit_bytes: self.memory_limit_bytes.unwrap_or(defaults.memory_limit_bytes),
-            execution_timeout_ms: self
-                .execution_timeout_ms
-                .unwrap_or(defaults.execution_timeout_ms),
-            max_input_bytes: self.max_input_bytes.unwrap_or(defaults.max_input_bytes),
-            max_component_bytes: self.max_component_bytes.unwrap_or(defaults.max_component_bytes),
-            kv_max_key_bytes: self.kv_max_key_bytes.unwrap_or(defaults.kv_max_key_bytes),
-            kv_max_value_bytes: self.kv_max_value_bytes.unwrap_or(defaults.kv_max_value_bytes),
-            kv_max_keys: self.kv_max_keys.unwrap_or(defaults.kv_max_keys),
-            kv_max_total_bytes: self.kv_max_total_bytes.unwrap_or(defaults.kv_max_total_bytes),
-            max_instance_reuse: self.max_instance_reuse.unwrap_or(defaults.max_instance_reuse),
+impl From<PutTier> for TierPatch {
+    fn from(body: PutTier) -> Self {
+        TierPatch {
+            requests_per_minute: body.requests_per_minute,
+            requests_per_day: body.requests_per_day,
+            memory_limit_bytes: body.memory_limit_bytes,
+            execution_timeout_ms: body.execution_timeout_ms,
+            max_input_bytes: body.max_input_bytes,
+            max_component_bytes: body.max_component_bytes,
+            kv_max_key_bytes: body.kv_max_key_bytes,
+            kv_max_value_bytes: body.kv_max_value_bytes,
+            kv_max_keys: body.kv_max_keys,
+            kv_max_total_bytes: body.kv_max_total_bytes,
+            max_instance_reuse: body.max_instance_reuse,
+            max_concurrency: body.max_concurrency,
         }
     }
 }
 
 /// `PUT /api/v1/tiers/{name}` (admin): 201 created, 200 replaced.
 pub async fn put_tier(
-    State(node): State<Arc<Node>>,
+    State(state): State<Arc<ApiState>>,
     principal: Principal,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<PutTier>,
 ) -> Result<(StatusCode, Json<TierJson>), ApiError> {
     admin_only(&principal)?;
-    check_name("tier", &name)?;
-    let limits = body.limits(&node.tier_defaults);
-    limits.check().map_err(ApiError::bad_request)?;
-    let existed = node.store.tiers().await?.iter().any(|t| t.name == name);
-    let tier = Tier { name, limits };
-    node.store.put_tier(&tier).await?;
-    publish(&node).await;
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    let (tier, created) = state.control.put_tier(&name, &body.into(), TierBase::Defaults).await?;
+    publish(&state.node).await;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(TierJson { name: tier.name, limits: tier.limits })))
 }

@@ -6,9 +6,8 @@ use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
 
-use super::{ApiError, require};
+use super::{ApiError, ApiState, require};
 use crate::auth::{Principal, Scope};
-use crate::node::Node;
 use crate::quota::{DAY, Rates, Window, unix_now};
 use crate::store::UsageCounts;
 
@@ -91,18 +90,17 @@ pub struct KvJson {
 
 /// `GET /api/v1/usage`.
 pub async fn usage(
-    State(node): State<Arc<Node>>,
+    State(state): State<Arc<ApiState>>,
     principal: Principal,
 ) -> Result<Json<UsageJson>, ApiError> {
     require(&principal, Scope::Read)?;
-    let tier = node
-        .tier(&principal.tier)
-        .ok_or_else(|| ApiError::internal(&format!("tier {} is not loaded", principal.tier)))?;
+    let node = &state.node;
+    let tier = state.control.tier(&principal.tier).await?;
     let rates = Rates::of(&tier);
     let day = (unix_now() / DAY) as i64;
-    let (total, today) = node.store.usage(principal.tenant_id, day).await?;
-    let pending = node.usage.pending(principal.tenant_id);
-    let (minute, day_window, degraded) = match node.plane.quota() {
+    let (total, today) = node.store().usage(principal.tenant_id, day).await?;
+    let pending = node.usage().pending(principal.tenant_id);
+    let (minute, day_window, degraded) = match node.plane().quota() {
         Some(quota) => {
             let peek = quota.peek(principal.tenant_id, rates).await;
             (peek.minute, peek.day, peek.degraded)
@@ -113,7 +111,7 @@ pub async fn usage(
             (none(minute_reset), none(day_reset), false)
         }
     };
-    let kv = node.kv.totals(principal.tenant_id).await.ok().map(|t| KvJson {
+    let kv = node.kv().totals(principal.tenant_id).await.ok().map(|t| KvJson {
         keys: t.keys,
         bytes: t.bytes,
         max_keys: tier.limits.kv_max_keys,

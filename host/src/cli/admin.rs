@@ -1,13 +1,14 @@
 //! `wasmwiz admin ...` and `wasmwiz migrate`: bootstrap and maintain a store
 //! without the API, against the same configuration as `serve`.
 
-use anyhow::{Context as _, bail};
 use clap::Subcommand;
 
 use super::serve::open_store;
-use crate::auth::{self, Scope, Scopes};
-use crate::config::{LogArgs, StoreArgs, TierDefaultArgs, bytes_for, duration_for};
-use crate::store::{StoreError, Tier, valid_name};
+use crate::auth::{Scope, Scopes};
+use crate::config::{Cap, LogArgs, StoreArgs, TierDefaultArgs, bytes_for, cap_for, duration_for};
+use crate::control::{Actor, ControlPlane, TierBase};
+use crate::metrics::Metrics;
+use crate::tenancy::{TierLimits, TierPatch};
 
 /// Arguments shared by every admin command.
 #[derive(clap::Args, Debug)]
@@ -147,6 +148,10 @@ pub enum TierCommand {
         /// for with `max_instance_reuse` (1: always a fresh instance).
         #[arg(long, value_name = "N")]
         max_instance_reuse: Option<u32>,
+        /// Invocations one tenant may run at once on one node, or
+        /// `unlimited` (then only the instance pool's fair share limits it).
+        #[arg(long, value_name = "N", value_parser = cap_for("--max-concurrency"))]
+        max_concurrency: Option<Cap>,
     },
     /// Lists the tiers.
     List,
@@ -169,22 +174,23 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
     args.tiers.validate()?;
     let (store, salt) = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
+    let control = ControlPlane::new(
+        store,
+        &salt,
+        args.tiers.defaults_for_new_tiers(),
+        Vec::new(),
+        Metrics::new(),
+    );
     match args.command {
         AdminCommand::Tenant { command: TenantCommand::Create { name, tier } } => {
-            if !valid_name(&name) {
-                bail!("a tenant name is 1 to 63 lower-case letters, digits, `-` or `_`");
-            }
-            let tenant = store.create_tenant(&name, &tier).await.map_err(sentence)?;
+            let tenant = control.create_tenant(&name, &tier).await?;
             say(&format!("tenant {} created on tier {}", tenant.name, tenant.tier));
         }
         AdminCommand::Tenant { command: TenantCommand::SetTier { name, tier } } => {
-            let tenant = store.set_tenant_tier(&name, &tier).await.map_err(sentence)?;
+            let tenant = control.set_tenant_tier(&name, &tier).await?;
             say(&format!("tenant {} is now on tier {}", tenant.name, tenant.tier));
         }
         AdminCommand::Key { command: KeyCommand::Create { tenant, admin, scopes } } => {
-            let tenant = store.tenant(&tenant).await?.with_context(|| {
-                format!("there is no tenant named `{tenant}` (wasmwiz admin tenant create)")
-            })?;
             let mut scopes = match scopes {
                 Some(text) => Scopes::parse(&text).map_err(anyhow::Error::msg)?,
                 None => Scopes::TENANT_DEFAULT,
@@ -192,14 +198,25 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
             if admin {
                 scopes = scopes.with(Scope::Admin);
             }
-            let (key, _) = auth::issue_key(store.as_ref(), &salt, tenant.id, scopes).await?;
+            let issued = control
+                .create_key(Actor::Operator, Some(&tenant), Some(scopes))
+                .await
+                .map_err(|e| match e {
+                    crate::control::ControlError::NotFound(_) => anyhow::anyhow!(
+                        "there is no tenant named `{tenant}` (wasmwiz admin tenant create)"
+                    ),
+                    other => other.into(),
+                })?;
             // The key alone on its line, so `KEY=$(wasmwiz admin key create t)` works.
-            say(&key);
+            say(&issued.key);
         }
         AdminCommand::Key { command: KeyCommand::Revoke { id } } => {
-            if !store.revoke_key(&id, None).await? {
-                bail!("there is no key with id `{id}`");
-            }
+            control.revoke_key(Actor::Operator, &id).await.map_err(|e| match e {
+                crate::control::ControlError::NotFound(_) => {
+                    anyhow::anyhow!("there is no key with id `{id}`")
+                }
+                other => other.into(),
+            })?;
             say(&format!("key {id} revoked"));
         }
         AdminCommand::Tier {
@@ -216,51 +233,29 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
                     kv_max_keys,
                     kv_max_total,
                     max_instance_reuse,
+                    max_concurrency,
                 },
         } => {
-            if !valid_name(&name) {
-                bail!("a tier name is 1 to 63 lower-case letters, digits, `-` or `_`");
-            }
-            let current = store.tiers().await?.into_iter().find(|t| t.name == name);
-            let mut limits =
-                current.map_or_else(|| args.tiers.defaults_for_new_tiers(), |t| t.limits);
-            if let Some(Rate(rate)) = per_minute {
-                limits.requests_per_minute = rate;
-            }
-            if let Some(Rate(rate)) = per_day {
-                limits.requests_per_day = rate;
-            }
-            if let Some(memory) = memory {
-                limits.memory_limit_bytes = memory;
-            }
-            if let Some(timeout) = timeout {
-                limits.execution_timeout_ms =
-                    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-            }
-            if let Some(max_input) = max_input {
-                limits.max_input_bytes = max_input;
-            }
-            if let Some(max_component) = max_component {
-                limits.max_component_bytes = max_component;
-            }
-            if let Some(n) = kv_max_value {
-                limits.kv_max_value_bytes = n;
-            }
-            if let Some(n) = kv_max_keys {
-                limits.kv_max_keys = n;
-            }
-            if let Some(n) = kv_max_total {
-                limits.kv_max_total_bytes = n;
-            }
-            if let Some(n) = max_instance_reuse {
-                limits.max_instance_reuse = n;
-            }
-            limits.check().map_err(anyhow::Error::msg)?;
-            store.put_tier(&Tier { name: name.clone(), limits: limits.clone() }).await?;
-            say(&format!("tier {name}: {}", describe(&limits)));
+            let patch = TierPatch {
+                requests_per_minute: per_minute.map(|Rate(rate)| rate),
+                requests_per_day: per_day.map(|Rate(rate)| rate),
+                memory_limit_bytes: memory,
+                execution_timeout_ms: timeout
+                    .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                max_input_bytes: max_input,
+                max_component_bytes: max_component,
+                kv_max_value_bytes: kv_max_value,
+                kv_max_keys,
+                kv_max_total_bytes: kv_max_total,
+                max_instance_reuse,
+                max_concurrency: max_concurrency.map(|Cap(cap)| cap),
+                ..TierPatch::default()
+            };
+            let (tier, _) = control.put_tier(&name, &patch, TierBase::Current).await?;
+            say(&format!("tier {name}: {}", describe(&tier.limits)));
         }
         AdminCommand::Tier { command: TierCommand::List } => {
-            for tier in store.tiers().await? {
+            for tier in control.tiers().await? {
                 say(&format!("{}: {}", tier.name, describe(&tier.limits)));
             }
         }
@@ -268,11 +263,12 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn describe(limits: &crate::store::TierLimits) -> String {
+fn describe(limits: &TierLimits) -> String {
     let rate = |r: Option<u64>| r.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
     format!(
         "{}/minute, {}/day, memory {} bytes, timeout {} ms, input {} bytes, component {} bytes, \
-         key-value {} keys / {} bytes, values up to {} bytes, instance reuse up to {}",
+         key-value {} keys / {} bytes, values up to {} bytes, instance reuse up to {}, \
+         {} concurrent invocations per node",
         rate(limits.requests_per_minute),
         rate(limits.requests_per_day),
         limits.memory_limit_bytes,
@@ -282,13 +278,7 @@ fn describe(limits: &crate::store::TierLimits) -> String {
         limits.kv_max_keys,
         limits.kv_max_total_bytes,
         limits.kv_max_value_bytes,
-        limits.max_instance_reuse
+        limits.max_instance_reuse,
+        Cap(limits.max_concurrency)
     )
-}
-
-fn sentence(error: StoreError) -> anyhow::Error {
-    match error {
-        StoreError::NotFound => anyhow::anyhow!("no such tenant"),
-        other => anyhow::Error::new(other),
-    }
 }

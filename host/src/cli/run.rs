@@ -7,15 +7,14 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 
 use crate::config::{HttpArgs, LimitArgs, ListenArgs, LogArgs, OutboundArgs, RuntimeArgs};
-use crate::dataplane::{DataPlane, DataPlaneSettings, LiveRoute, Routes};
+use crate::dataplane::{DataPlane, DataPlaneSettings, LiveRoute, RouteTarget, Routes};
 use crate::kv::memory::MemoryKv;
 use crate::kv::{KvBackend, KvLimits};
 use crate::metrics::Metrics;
 use crate::router::RoutePattern;
-use crate::runtime::{
-    Capabilities, KvAccess, Limits, MAX_INSTANCE_REUSE, OutboundPolicy, Runtime, compile,
-};
+use crate::runtime::{Capabilities, KvAccess, Limits, OutboundPolicy, Runtime, compile};
 use crate::server::{self, HttpOptions, tls};
+use crate::tenancy::MAX_INSTANCE_REUSE;
 
 /// Arguments of `wasmwiz run`.
 #[derive(clap::Args, Debug)]
@@ -104,7 +103,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime::new(&args.runtime.runtime_config())?);
     let limits = Limits {
         memory_bytes: args.limits.memory_limit,
-        timeout: args.limits.execution_timeout,
+        timeout: args.limits.execution_timeout(),
         max_input_bytes: args.limits.max_input_size,
     };
     let outbound = OutboundPolicy::new(&args.allow_outbound, Arc::new(args.outbound.settings()));
@@ -150,13 +149,15 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
             instances: (args.max_instance_reuse > 1)
                 .then(|| runtime.instance_pool(args.max_instance_reuse)),
         });
-        routes.insert(&route.pattern, route.clone());
+        routes.insert(&route.pattern, RouteTarget::Live(route.clone()));
     }
     let plane = Arc::new(DataPlane::new(
         runtime,
         DataPlaneSettings {
             quota: None,
             body_read_timeout: args.http.body_read_timeout,
+            // Every route is compiled before `run` listens.
+            compile_wait: std::time::Duration::ZERO,
             metrics: metrics.clone(),
             server_timing: false,
         },
@@ -169,7 +170,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
     let local = listener.local_addr();
     let acceptor = match tls {
         Some(cert) => {
-            cert.clone().watch();
+            // Reloads until the process ends.
+            tokio::spawn(cert.clone().watch());
             Some(tls::acceptor(cert)?)
         }
         None => None,

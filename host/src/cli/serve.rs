@@ -9,15 +9,19 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tower::ServiceExt as _;
 
-use crate::api;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState};
 use crate::auth::{Authenticator, MIN_SALT_LEN};
 use crate::config::{
     CompileArgs, HttpArgs, ListenArgs, LogArgs, MetricsArgs, OutboundArgs, QuotaArgs, RuntimeArgs,
     StoreArgs, TierDefaultArgs,
 };
+use crate::control::{CompiledComponents, ControlPlane};
 use crate::dataplane::{DataPlane, DataPlaneSettings};
+use crate::kv::KvBackend;
 use crate::kv::redis::RedisKv;
-use crate::kv::{KvBackend, StoreKv};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeSettings};
 use crate::quota::QuotaBackend;
@@ -25,8 +29,8 @@ use crate::quota::local::LocalQuota;
 use crate::quota::redis::RedisQuota;
 use crate::response::{BoxError, ResponseBody, full};
 use crate::runtime::{Compiler, Runtime};
-use crate::server::{self, ConnInfo, Handler, HttpOptions, tls};
-use crate::store::{self, Store};
+use crate::server::{self, ConnInfo, Handler, HttpOptions, Listeners, tls};
+use crate::store::{self, Store, StoreKv};
 
 /// Shortest timeout of a key-value call to Redis (a quota check waits
 /// less: it has a local fallback, a guest's read has none).
@@ -124,155 +128,220 @@ async fn warn_about_changed_rates(store: &dyn Store, tiers: &TierDefaultArgs) {
     }
 }
 
-/// Opens the store, loads every deployment, binds, prints `listening on`,
-/// serves until SIGINT or SIGTERM.
-pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
-    args.tiers.validate()?;
-    args.http.validate()?;
-    args.metrics.validate()?;
-    let addr = args.listen.socket_addr()?;
-    let tls = match (&args.http.tls_cert_path, &args.http.tls_key_path) {
-        (Some(cert), Some(key)) => Some(tls::ReloadingCert::load(cert, key)?),
-        _ => None,
-    };
-    let (store, salt) = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
+/// A node built from its configuration, bound and ready to serve.
+pub struct Serve {
+    node: Arc<Node>,
+    handler: Arc<ServeHandler>,
+    listener: Listeners,
+    acceptor: Option<tls::TlsAcceptor>,
+    options: HttpOptions,
+    /// The metrics listener, when metrics have an address of their own.
+    metrics_listener: Option<(Listeners, Arc<MetricsHandler>)>,
+    /// The TLS certificate, reloaded while the node serves.
+    cert: Option<Arc<tls::ReloadingCert>>,
+}
 
-    let runtime = Arc::new(Runtime::new(&args.runtime.runtime_config())?);
-    let compiler = Compiler::new(
-        &runtime,
-        &args.store.data_dir.join("cache"),
-        args.compile.compile_timeout,
-        args.compile.compile_memory_limit,
-    )
-    .context("WASMWIZ_DATA_DIR: cannot create the compiled-code cache")?;
-    let quota: Option<Arc<dyn QuotaBackend>> =
-        match (&args.quota.redis_url, args.quota.quotas_enabled) {
-            (_, false) => {
-                tracing::warn!("QUOTAS_ENABLED=false: tier quotas are not enforced");
-                None
-            }
-            (Some(url), true) => Some(RedisQuota::connect(
+impl std::fmt::Debug for Serve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serve").field("addr", &self.local_addr()).finish_non_exhaustive()
+    }
+}
+
+impl Serve {
+    /// Opens the store, loads every deployment, binds, and prints
+    /// `listening on`. Nothing is answered until [`Serve::run`].
+    pub async fn build(args: ServeArgs) -> anyhow::Result<Self> {
+        args.tiers.validate()?;
+        args.http.validate()?;
+        args.metrics.validate()?;
+        let addr = args.listen.socket_addr()?;
+        let cert = match (&args.http.tls_cert_path, &args.http.tls_key_path) {
+            (Some(cert), Some(key)) => Some(tls::ReloadingCert::load(cert, key)?),
+            _ => None,
+        };
+        let (store, salt) = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
+
+        let runtime = Arc::new(Runtime::new(&args.runtime.runtime_config())?);
+        let compiler = Compiler::new(
+            &runtime,
+            &args.store.data_dir.join("cache"),
+            args.compile.compile_timeout,
+            args.compile.compile_memory_limit,
+        )
+        .context("WASMWIZ_DATA_DIR: cannot create the compiled-code cache")?;
+        let quota: Option<Arc<dyn QuotaBackend>> =
+            match (&args.quota.redis_url, args.quota.quotas_enabled) {
+                (_, false) => {
+                    tracing::warn!("QUOTAS_ENABLED=false: tier quotas are not enforced");
+                    None
+                }
+                (Some(url), true) => Some(RedisQuota::connect(
+                    url,
+                    &args.quota.redis_key_prefix,
+                    args.quota.redis_timeout,
+                )?),
+                (None, true) => Some(Arc::new(LocalQuota::new())),
+            };
+        // Key-value data: in Redis when there is one (exact across nodes at
+        // Redis speed), else in the store.
+        let kv: Arc<dyn KvBackend> = match &args.quota.redis_url {
+            Some(url) => Arc::new(RedisKv::connect(
                 url,
                 &args.quota.redis_key_prefix,
-                args.quota.redis_timeout,
+                args.quota.redis_timeout.max(KV_REDIS_TIMEOUT),
             )?),
-            (None, true) => Some(Arc::new(LocalQuota::new())),
+            None => Arc::new(StoreKv::new(store.clone())),
         };
-    // Key-value data: in Redis when there is one (exact across nodes at
-    // Redis speed), else in the store.
-    let kv: Arc<dyn KvBackend> = match &args.quota.redis_url {
-        Some(url) => Arc::new(RedisKv::connect(
-            url,
-            &args.quota.redis_key_prefix,
-            args.quota.redis_timeout.max(KV_REDIS_TIMEOUT),
-        )?),
-        None => Arc::new(StoreKv::new(store.clone())),
-    };
-    tracing::info!(backend = kv.name(), "key-value data");
-    let metrics = Metrics::new();
-    let plane = Arc::new(DataPlane::new(
-        runtime.clone(),
-        DataPlaneSettings {
-            quota,
-            body_read_timeout: args.http.body_read_timeout,
-            metrics: metrics.clone(),
-            server_timing: args.metrics.server_timing,
-        },
-    ));
-    let node = Node::into_arc(Node::new(
-        store.clone(),
-        runtime,
-        plane,
-        Authenticator::new(store.clone(), salt),
-        compiler,
-        NodeSettings {
-            extra_reserved: if args.metrics.metrics_endpoint == "/metrics" {
-                Vec::new()
-            } else {
-                vec![args.metrics.metrics_endpoint.clone()]
+        tracing::info!(backend = kv.name(), "key-value data");
+        let metrics = Metrics::new();
+        let plane = Arc::new(DataPlane::new(
+            runtime.clone(),
+            DataPlaneSettings {
+                quota,
+                body_read_timeout: args.http.body_read_timeout,
+                compile_wait: args.compile.compile_wait,
+                metrics: metrics.clone(),
+                server_timing: args.metrics.server_timing,
             },
-            tier_defaults: args.tiers.defaults_for_new_tiers(),
-            outbound: Arc::new(args.outbound.settings()),
-            body_read_timeout: args.http.body_read_timeout,
-            kv,
-        },
-    ));
-    match node.reconcile().await {
-        Ok(report) => tracing::info!(
-            routes = report.routes,
-            from_cache = report.from_cache,
-            compiled = report.compiled,
-            failed = report.failed,
-            store = store.backend(),
-            "deployments loaded ({} from the compiled-code cache, {} compiled)",
-            report.from_cache,
-            report.compiled
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot load deployments yet; retrying in the background")
+        ));
+        let components = Arc::new(CompiledComponents::new(runtime, compiler, metrics.clone()));
+        let node = Node::new(
+            store.clone(),
+            plane,
+            components.clone(),
+            NodeSettings { outbound: Arc::new(args.outbound.settings()), kv },
+        );
+        match node.start().await {
+            Ok(report) => tracing::info!(
+                routes = report.routes,
+                from_cache = report.from_cache,
+                compiling = report.queued,
+                failed = report.failed,
+                store = store.backend(),
+                "deployments loaded ({} from the compiled-code cache, {} to compile)",
+                report.from_cache,
+                report.queued
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load deployments yet; retrying in the background")
+            }
         }
-    }
-    node.spawn_sync();
-    node.usage.spawn_flusher(store.clone());
+        let reserved = if args.metrics.metrics_endpoint == "/metrics" {
+            Vec::new()
+        } else {
+            vec![args.metrics.metrics_endpoint.clone()]
+        };
+        let control = ControlPlane::new(
+            store.clone(),
+            &salt,
+            args.tiers.defaults_for_new_tiers(),
+            reserved,
+            metrics.clone(),
+        )
+        .with_components(components);
+        let auth = Authenticator::new(store, salt, node.rebuilds());
 
-    // Metrics on the main listener, on their own address, or not at all.
-    let metrics_path = match (args.metrics.prometheus_enabled, args.metrics.metrics_addr) {
-        (false, _) => None,
-        (true, Some(addr)) => {
-            // A scrape now and then: one accept loop on the shared runtime.
-            let options = HttpOptions { threads: 0, ..HttpOptions::from(&args.http) };
-            let listener = server::bind(addr, &options)
-                .with_context(|| format!("METRICS_ADDR: cannot listen on {addr}"))?;
-            eprintln!(
-                "metrics on http://{}{}",
-                listener.local_addr(),
-                args.metrics.metrics_endpoint
-            );
-            let metrics_handler = Arc::new(MetricsHandler {
+        // Metrics on the main listener, on their own address, or not at all.
+        let (metrics_path, metrics_listener) =
+            match (args.metrics.prometheus_enabled, args.metrics.metrics_addr) {
+                (false, _) => (None, None),
+                (true, Some(addr)) => {
+                    // A scrape now and then: one accept loop on the shared runtime.
+                    let options = HttpOptions { threads: 0, ..HttpOptions::from(&args.http) };
+                    let listener = server::bind(addr, &options)
+                        .with_context(|| format!("METRICS_ADDR: cannot listen on {addr}"))?;
+                    eprintln!(
+                        "metrics on http://{}{}",
+                        listener.local_addr(),
+                        args.metrics.metrics_endpoint
+                    );
+                    let handler = Arc::new(MetricsHandler {
+                        node: node.clone(),
+                        path: args.metrics.metrics_endpoint.clone(),
+                    });
+                    (None, Some((listener, handler)))
+                }
+                (true, None) => (Some(args.metrics.metrics_endpoint.clone()), None),
+            };
+        let options = HttpOptions::from(&args.http);
+        let listener =
+            server::bind(addr, &options).with_context(|| format!("cannot listen on {addr}"))?;
+        let acceptor = match &cert {
+            Some(cert) => Some(tls::acceptor(cert.clone())?),
+            None => None,
+        };
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        eprintln!("listening on {scheme}://{}", listener.local_addr());
+        let handler = Arc::new(ServeHandler {
+            api: api::router(Arc::new(ApiState {
+                control,
                 node: node.clone(),
-                path: args.metrics.metrics_endpoint.clone(),
+                auth,
+                body_read_timeout: args.http.body_read_timeout,
+            })),
+            api_metrics: metrics.route("/api", "-"),
+            node: node.clone(),
+            metrics_path,
+        });
+        Ok(Self { node, handler, listener, acceptor, options, metrics_listener, cert })
+    }
+
+    /// Where the node listens.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// The node behind the listener.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Serves until `shutdown` resolves; then refuses new connections,
+    /// lets in-flight requests finish (up to `SHUTDOWN_TIMEOUT`), ends
+    /// every task it started and writes the last usage counts.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self { node, handler, listener, acceptor, options, metrics_listener, cert } = self;
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        if let Some(cert) = cert {
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = cert.watch() => {}
+                }
             });
-            tokio::spawn(async move {
-                let never = std::future::pending::<()>();
-                if let Err(e) = server::serve(listener, None, metrics_handler, options, never).await
-                {
+        }
+        if let Some((listener, handler)) = metrics_listener {
+            let options = HttpOptions { threads: 0, ..options.clone() };
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let stopped = stop.cancelled_owned();
+                if let Err(e) = server::serve(listener, None, handler, options, stopped).await {
                     tracing::error!(error = %format!("{e:#}"), "the metrics listener failed");
                 }
             });
-            None
         }
-        (true, None) => Some(args.metrics.metrics_endpoint.clone()),
-    };
-    let options = HttpOptions::from(&args.http);
-    let listener =
-        server::bind(addr, &options).with_context(|| format!("cannot listen on {addr}"))?;
-    let local = listener.local_addr();
-    let acceptor = match tls {
-        Some(cert) => {
-            cert.clone().watch();
-            Some(tls::acceptor(cert)?)
-        }
-        None => None,
-    };
-    let scheme = if acceptor.is_some() { "https" } else { "http" };
-    eprintln!("listening on {scheme}://{local}");
-    let handler = Arc::new(ServeHandler {
-        api: api::router(node.clone()),
-        api_metrics: metrics.route("/api", "-"),
-        node: node.clone(),
-        metrics_path,
-    });
-    let shutdown = {
-        let node = node.clone();
-        async move {
-            server::shutdown_signal().await;
-            node.start_draining();
-        }
-    };
-    let served = server::serve(listener, acceptor, handler, options, shutdown).await;
-    // What was counted since the last flush is written before exiting.
-    node.usage.flush(node.store.as_ref()).await;
-    served
+        let draining = {
+            let node = node.clone();
+            async move {
+                shutdown.await;
+                node.start_draining();
+            }
+        };
+        let served = server::serve(listener, acceptor, handler, options, draining).await;
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        node.shutdown().await;
+        served
+    }
+}
+
+/// Opens the store, loads every deployment, binds, prints `listening on`,
+/// serves until SIGINT or SIGTERM.
+pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
+    Serve::build(args).await?.run(server::shutdown_signal()).await
 }
 
 /// Dispatches a request to the API, health, readiness, or the routes.
@@ -285,10 +354,22 @@ struct ServeHandler {
     metrics_path: Option<String>,
 }
 
-/// Renders the metrics (refreshing the gauges that are read, not counted).
+/// Renders the metrics, refreshing first the gauges that are read rather
+/// than counted.
 fn metrics_response(node: &Node) -> Response<ResponseBody> {
-    node.refresh_gauges();
-    let mut response = Response::new(full(node.plane.metrics().render()));
+    let metrics = node.plane().metrics();
+    let runtime = node.plane().runtime();
+    metrics.instances_in_use.set(runtime.instances_in_use() as i64);
+    metrics.instances_idle.set(runtime.instances_idle() as i64);
+    metrics.instance_pool_capacity.set(i64::from(runtime.pool_size()));
+    metrics.db_connections.set(i64::from(node.store().connections_active()));
+    metrics.store_up.set(i64::from(node.readiness().store_ok));
+    if let Some(quota) = node.plane().quota() {
+        metrics.quota_degraded.set(i64::from(quota.health() == crate::quota::Health::Degraded));
+        catch_up(&metrics.redis_errors, quota.errors());
+        catch_up(&metrics.quota_redis_calls, quota.calls());
+    }
+    let mut response = Response::new(full(metrics.render()));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -322,11 +403,15 @@ impl ServeHandler {
         response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
     }
 
+    /// `503` only while starting (until the first route table with every
+    /// known deployment servable is published) and while draining; a
+    /// running node compiling what was deployed meanwhile stays `200`.
     fn ready(&self) -> Response<ResponseBody> {
-        let store = if self.node.store_ok() { "ok" } else { "down" };
-        let (status, state) = if self.node.draining() {
+        let readiness = self.node.readiness();
+        let store = if readiness.store_ok { "ok" } else { "down" };
+        let (status, state) = if readiness.draining {
             (StatusCode::SERVICE_UNAVAILABLE, "draining")
-        } else if !self.node.loaded() {
+        } else if !readiness.loaded {
             (StatusCode::SERVICE_UNAVAILABLE, "loading")
         } else if store != "ok" {
             // A shared dependency blinking must not take every node out of
@@ -335,10 +420,10 @@ impl ServeHandler {
         } else {
             (StatusCode::OK, "ready")
         };
-        let quota = self.node.plane.quota().map_or("off", |q| q.health().as_str());
+        let quota = self.node.plane().quota().map_or("off", |q| q.health().as_str());
         let state = if state == "ready" && quota == "degraded" { "degraded" } else { state };
         let mut body = serde_json::json!({ "status": state, "store": store, "quota": quota });
-        let pending = self.node.pending_compilations();
+        let pending = readiness.pending_compilations;
         if pending > 0 {
             body["pending_compilations"] = serde_json::json!(pending);
         }
@@ -376,7 +461,16 @@ impl Handler for ServeHandler {
             ),
             "/health" => json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
             "/ready" => self.ready(),
-            _ => self.node.plane.handle(request, conn).await,
+            _ => self.node.plane().handle(request, conn).await,
         }
+    }
+}
+
+/// Raises `counter` to `total`, a count kept elsewhere (a backend's own
+/// counter): metrics counters only go up by increments.
+fn catch_up(counter: &prometheus::IntCounter, total: u64) {
+    let counted = counter.get();
+    if total > counted {
+        counter.inc_by(total - counted);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use super::{Bucket, Change, KvBackend, KvError, KvLimits, Totals, page_at, plan};
-use crate::store::TenantId;
+use crate::tenancy::TenantId;
 
 /// Buckets and per-tenant totals under one lock.
 #[derive(Debug, Default)]

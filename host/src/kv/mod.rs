@@ -7,7 +7,7 @@
 //! deployments.
 //!
 //! Backends: Redis when `REDIS_URL` is set ([`redis::RedisKv`]), the store
-//! otherwise ([`StoreKv`]: SQLite embedded, PostgreSQL), and process memory
+//! otherwise (`store::StoreKv`: SQLite embedded, PostgreSQL), and process memory
 //! for `wasmwiz run` ([`memory::MemoryKv`]). Every backend checks the tier's
 //! totals ([`KvLimits`]) atomically with the write that would break them,
 //! so they hold across nodes, and `increment` is exact across nodes.
@@ -15,25 +15,17 @@
 pub mod memory;
 pub mod redis;
 
-use std::sync::Arc;
-
 use serde::Serialize;
 
-use crate::store::{Store, StoreError, TenantId, TierLimits};
+use crate::tenancy::{
+    DEFAULT_KV_MAX_KEY_BYTES, DEFAULT_KV_MAX_KEYS, DEFAULT_KV_MAX_TOTAL_BYTES,
+    DEFAULT_KV_MAX_VALUE_BYTES, TenantId, TierLimits,
+};
 
 /// Longest bucket name a guest may open.
 pub const MAX_BUCKET_NAME: usize = 64;
 /// Keys one `list-keys` call returns at most.
 pub const LIST_PAGE: usize = 100;
-
-/// Defaults of a tier's key-value limits.
-pub const DEFAULT_MAX_KEY_BYTES: u64 = 256;
-/// See [`DEFAULT_MAX_KEY_BYTES`].
-pub const DEFAULT_MAX_VALUE_BYTES: u64 = 1 << 20;
-/// See [`DEFAULT_MAX_KEY_BYTES`].
-pub const DEFAULT_MAX_KEYS: u64 = 10_000;
-/// See [`DEFAULT_MAX_KEY_BYTES`].
-pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 64 << 20;
 
 /// A tenant's key-value limits (from its tier).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,10 +55,10 @@ impl KvLimits {
 impl Default for KvLimits {
     fn default() -> Self {
         Self {
-            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
-            max_keys: DEFAULT_MAX_KEYS,
-            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
+            max_key_bytes: DEFAULT_KV_MAX_KEY_BYTES,
+            max_value_bytes: DEFAULT_KV_MAX_VALUE_BYTES,
+            max_keys: DEFAULT_KV_MAX_KEYS,
+            max_total_bytes: DEFAULT_KV_MAX_TOTAL_BYTES,
         }
     }
 }
@@ -118,13 +110,6 @@ pub enum KvError {
     /// The backend did not answer in time or failed.
     #[error("key-value store unavailable: {0}")]
     Unavailable(String),
-}
-
-impl From<StoreError> for KvError {
-    fn from(error: StoreError) -> Self {
-        tracing::warn!(%error, "key-value operation on the store failed");
-        KvError::Unavailable("the store did not answer".into())
-    }
 }
 
 /// A write to one key.
@@ -260,72 +245,6 @@ pub trait KvBackend: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<u64, KvError>;
     /// What `tenant` holds.
     async fn totals(&self, tenant: TenantId) -> Result<Totals, KvError>;
-}
-
-/// Key-value operations on the store at once, per node: at most half of a
-/// node's database connections, so guests can never starve the control
-/// plane (API, change notifications, usage) of connections.
-pub const STORE_KV_CONCURRENCY: usize = 8;
-
-/// Key-value data in the store (SQLite embedded, PostgreSQL without Redis).
-#[derive(Debug, Clone)]
-pub struct StoreKv {
-    store: Arc<dyn Store>,
-    permits: Arc<tokio::sync::Semaphore>,
-}
-
-impl StoreKv {
-    /// Keeps key-value data in `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, permits: Arc::new(tokio::sync::Semaphore::new(STORE_KV_CONCURRENCY)) }
-    }
-
-    async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.permits.acquire().await.expect("the semaphore is never closed")
-    }
-}
-
-#[async_trait::async_trait]
-impl KvBackend for StoreKv {
-    fn name(&self) -> &'static str {
-        "store"
-    }
-
-    async fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let _permit = self.permit().await;
-        Ok(self.store.kv_get(bucket, key).await?)
-    }
-
-    async fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool, KvError> {
-        let _permit = self.permit().await;
-        Ok(self.store.kv_exists(bucket, key).await?)
-    }
-
-    async fn list(
-        &self,
-        bucket: &Bucket,
-        cursor: u64,
-    ) -> Result<(Vec<String>, Option<u64>), KvError> {
-        let _permit = self.permit().await;
-        let keys = self.store.kv_list(bucket, cursor, LIST_PAGE as u64 + 1).await?;
-        Ok(page(keys, cursor))
-    }
-
-    async fn write(
-        &self,
-        bucket: &Bucket,
-        key: &str,
-        change: Change,
-        limits: &KvLimits,
-    ) -> Result<u64, KvError> {
-        let _permit = self.permit().await;
-        self.store.kv_write(bucket, key, change, limits).await?
-    }
-
-    async fn totals(&self, tenant: TenantId) -> Result<Totals, KvError> {
-        let _permit = self.permit().await;
-        Ok(self.store.kv_totals(tenant).await?)
-    }
 }
 
 /// The page at `cursor` of all the keys of a bucket, in key order, and the

@@ -12,7 +12,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 use super::{Bucket, Change, KvBackend, KvError, KvLimits, Totals, page_at};
-use crate::store::TenantId;
+use crate::tenancy::TenantId;
 
 /// KEYS: bucket hash, totals hash. ARGV: op (`set`, `del`, `incr`), key,
 /// value or delta, max keys, max bytes. Returns `{status, value}`.

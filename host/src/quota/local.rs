@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::{Admission, Health, QuotaBackend, Rates, Window, unix_now, windows_at};
-use crate::store::TenantId;
+use crate::tenancy::TenantId;
 
 /// Shards of the counter map: requests of different tenants rarely wait on
 /// one another's lock.

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::store::{TenantId, Tier};
+use crate::tenancy::{TenantId, Tier};
 
 /// Seconds in a minute window.
 pub const MINUTE: u64 = 60;

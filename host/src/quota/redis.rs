@@ -31,7 +31,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::local::LocalQuota;
 use super::{Admission, Health, QuotaBackend, Rates, Window, unix_now};
-use crate::store::TenantId;
+use crate::tenancy::TenantId;
 
 /// How often a degraded node checks whether Redis is back.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);

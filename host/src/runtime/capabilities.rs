@@ -13,8 +13,7 @@ use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::kv::{Bucket, Change, KvBackend, KvError, KvLimits, check_item};
-use crate::store::TenantId;
-use crate::usage::TenantUsage;
+use crate::tenancy::TenantId;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -65,7 +64,15 @@ pub struct KvAccess {
     /// The tenant's limits.
     pub limits: KvLimits,
     /// Where operations are counted.
-    pub usage: Option<Arc<TenantUsage>>,
+    pub usage: Option<Arc<dyn KvMeter>>,
+}
+
+/// Counts a tenant's key-value operations (its usage counters).
+pub trait KvMeter: Send + Sync + std::fmt::Debug {
+    /// `n` reads (get, exists, list; each key of a batch).
+    fn kv_read(&self, n: u64);
+    /// `n` writes (set, delete, increment; each key of a batch).
+    fn kv_write(&self, n: u64);
 }
 
 impl KvAccess {

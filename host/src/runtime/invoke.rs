@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::BodyExt as _;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 use wasmtime::{Store, Trap};
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
@@ -34,6 +34,7 @@ use super::body::{
     drain_finished, read_capped,
 };
 use super::reuse::{InstancePool, Reused};
+use super::slots::{Refusal, Slot, TenantSlots};
 use super::state::InvocationState;
 use super::{App, Runtime};
 use crate::response::{ResponseBody, error_response, retry_later};
@@ -273,15 +274,16 @@ pub struct ExecutionReport {
     pub reused: bool,
 }
 
-/// A reserved place in the instance pool; dropping it frees the place.
-#[derive(Debug)]
-pub struct Slot(#[expect(dead_code, reason = "held for its Drop")] OwnedSemaphorePermit);
-
 impl Runtime {
-    /// Reserves a place in the instance pool, or `None` at once when the pool
-    /// is full (the caller answers 503).
-    pub fn try_reserve(&self) -> Option<Slot> {
-        self.slots.clone().try_acquire_owned().ok().map(Slot)
+    /// Reserves a place in the instance pool for `tenant`, within its
+    /// tier's `cap` and its fair share of the pool, or says at once why
+    /// not (the caller answers with [`refusal_response`]).
+    pub fn try_reserve(
+        &self,
+        tenant: Option<&Arc<TenantSlots>>,
+        cap: Option<u32>,
+    ) -> Result<Slot, Refusal> {
+        self.slots.try_take(tenant, cap)
     }
 
     /// Runs `request` through a fresh instance of `app`.
@@ -643,12 +645,34 @@ fn empty_body() -> HyperIncomingBody {
     http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-/// The answer when the instance pool is full: 503 at once, retry in 1 s.
-pub fn pool_full_response() -> Response<ResponseBody> {
-    retry_later(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "instance_pool_full",
-        "every instance slot on this node is busy; retry shortly",
-        1,
-    )
+/// The answer to a request that got no place in the instance pool, at
+/// once: `429` for a tenant at its tier's cap, `503` for a full pool or a
+/// tenant over its share of a busy one; retry in 1 s.
+pub fn refusal_response(refusal: Refusal) -> Response<ResponseBody> {
+    match refusal {
+        Refusal::PoolFull => retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "instance_pool_full",
+            "every instance slot on this node is busy; retry shortly",
+            1,
+        ),
+        Refusal::TenantCap { cap } => retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            "concurrency_limit",
+            &format!(
+                "this tenant already runs {cap} invocations on this node, its tier's \
+                 max_concurrency; retry shortly"
+            ),
+            1,
+        ),
+        Refusal::FairShare { share } => retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "fair_share_exceeded",
+            &format!(
+                "this node's instance pool is nearly full and this tenant holds its fair \
+                 share ({share} instances); retry shortly"
+            ),
+            1,
+        ),
+    }
 }

@@ -18,6 +18,7 @@
 //! - `output`: guest stdout/stderr, captured per invocation.
 //! - `body`: request body limits and the guest's response body.
 //! - `reuse`: the idle instances of deployments that opted in to reuse.
+//! - `slots`: admission to the instance pool, per tenant and fair.
 
 pub mod body;
 pub mod capabilities;
@@ -27,6 +28,7 @@ mod outbound;
 mod output;
 mod phases;
 mod reuse;
+mod slots;
 mod state;
 mod worker;
 
@@ -37,20 +39,19 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
 };
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::config::MAX_MEMORY_LIMIT;
+use crate::tenancy::MAX_MEMORY_LIMIT_BYTES;
 
-pub use capabilities::{Capabilities, KvAccess};
+pub use capabilities::{Capabilities, KvAccess, KvMeter};
 pub use compile::{CodeCache, CompileError, Compiled, compile};
 pub use invoke::{
-    ExecutionReport, InvocationTiming, InvokeOptions, Limits, Outcome, Slot, expects_continue,
-    pool_full_response, read_request,
+    ExecutionReport, InvocationTiming, InvokeOptions, Limits, Outcome, expects_continue,
+    read_request, refusal_response,
 };
 pub use outbound::defaults as outbound_defaults;
 pub use outbound::{
@@ -58,7 +59,8 @@ pub use outbound::{
 };
 pub use output::MAX_CAPTURED_OUTPUT;
 pub use phases::Phases;
-pub use reuse::{InstancePool, MAX_INSTANCE_REUSE};
+pub use reuse::InstancePool;
+pub use slots::{Refusal, Slot, SlotPool, TenantSlots};
 pub use state::InvocationState;
 pub use worker::{Compiler, worker_main};
 
@@ -127,9 +129,10 @@ impl RuntimeConfig {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<InvocationState>,
-    /// One permit per pool slot: an invocation takes one before it
-    /// instantiates, so a full pool answers 503 at once instead of queueing.
-    slots: Arc<Semaphore>,
+    /// Admission to the pool: an invocation takes a slot before it
+    /// instantiates, so a full pool answers at once instead of queueing,
+    /// and no tenant takes another's share.
+    slots: Arc<SlotPool>,
     pool_size: u32,
     fingerprint: String,
     /// Instances kept idle for reuse, against the most the node may keep.
@@ -204,7 +207,7 @@ impl Runtime {
         Ok(Self {
             engine,
             linker,
-            slots: Arc::new(Semaphore::new(config.pool_size as usize)),
+            slots: SlotPool::new(config.pool_size),
             pool_size: config.pool_size,
             fingerprint,
             // The allocator has `pool_size + warm_slots` slots and at most
@@ -237,7 +240,7 @@ impl Runtime {
 
     /// Instances running now.
     pub fn instances_in_use(&self) -> usize {
-        self.pool_size as usize - self.slots.available_permits()
+        self.slots.in_use() as usize
     }
 
     /// Instances kept idle for reuse now.
@@ -299,7 +302,7 @@ pub(crate) fn engine_config(config: &RuntimeConfig) -> Config {
         // component whose initial memory is over its limit fails when it is
         // instantiated (500), not when it is compiled. The address space is
         // reserved per slot anyway (4 GiB + guard), so this costs nothing.
-        .max_memory_size(MAX_MEMORY_LIMIT as usize)
+        .max_memory_size(MAX_MEMORY_LIMIT_BYTES as usize)
         // A slot remembers the component that last used it; the next
         // instance of that component reuses its memory image as it is. With
         // many components served round-robin, every idle slot kept warm

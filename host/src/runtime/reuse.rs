@@ -43,9 +43,6 @@ use super::state::InvocationState;
 /// Most idle instances one deployment keeps.
 const MAX_IDLE_PER_DEPLOYMENT: usize = 32;
 
-/// Largest `max_instance_reuse` a deployment may ask for.
-pub const MAX_INSTANCE_REUSE: u32 = 10_000;
-
 /// How many instances are idle on this node and how much linear memory
 /// they hold, against the most the node may keep.
 #[derive(Debug)]
@@ -167,7 +164,10 @@ impl InstancePool {
             return;
         }
         let Some(claim) = self.count.claim(kept.store.data().memory_peak()) else { return };
+        let served = kept.served;
         idle.push(IdleInstance { kept, since: Instant::now(), _claim: claim });
+        drop(idle);
+        tracing::debug!(served, "instance kept for reuse");
     }
 
     /// Drops the instances idle for longer than `timeout`.
@@ -179,6 +179,12 @@ impl InstancePool {
             let n = keep_from.unwrap_or(idle.len());
             idle.drain(..n).collect()
         };
+        if !expired.is_empty() {
+            tracing::debug!(
+                dropped = expired.len(),
+                "idle instances dropped after REUSE_IDLE_TIMEOUT"
+            );
+        }
         drop(expired);
     }
 }

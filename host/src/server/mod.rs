@@ -27,6 +27,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::HttpArgs;
 use crate::response::{ResponseBody, error_response};
@@ -155,6 +157,8 @@ where
     S: Future<Output = ()>,
 {
     let (draining, _) = watch::channel(false);
+    let tasks = TaskTracker::new();
+    let stop = CancellationToken::new();
     let shared = Arc::new(Shared {
         builder: connection_builder(&options),
         // One permit per open connection, over all threads: at the cap the
@@ -163,13 +167,15 @@ where
         connections: Arc::new(Semaphore::new(options.max_connections)),
         graceful: Mutex::new(Some(GracefulShutdown::new())),
         draining: draining.clone(),
+        tasks: tasks.clone(),
+        stop: stop.clone(),
         options,
     });
 
     if shared.options.threads == 0 {
         let mut sockets = listeners.sockets;
         let listener = TcpListener::from_std(sockets.remove(0))?;
-        tokio::spawn(accept_loop(listener, tls, handler, shared.clone()));
+        tasks.spawn(accept_loop(listener, tls, handler, shared.clone()));
     } else {
         start_threads(listeners, tls.as_ref(), &handler, &shared)?;
     }
@@ -189,6 +195,11 @@ where
             }
         }
     }
+    // Connections still open past the timeout are closed; every task this
+    // server started has ended when it returns.
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
     Ok(())
 }
 
@@ -200,6 +211,11 @@ struct Shared {
     graceful: Mutex<Option<GracefulShutdown>>,
     /// Becomes `true` when the listeners are to close.
     draining: watch::Sender<bool>,
+    /// The accept loop (on the shared runtime) and every connection's task,
+    /// so [`serve`] returns only when they have ended.
+    tasks: TaskTracker,
+    /// Cancelled past the shutdown timeout: connections still open close.
+    stop: CancellationToken,
     options: HttpOptions,
 }
 
@@ -298,8 +314,13 @@ async fn accept_loop<H: Handler>(
             }
         };
         let (handler, tls, shared) = (handler.clone(), tls.clone(), shared.clone());
-        tokio::spawn(async move {
-            serve_connection(stream, remote, tls, &shared, handler, watcher).await;
+        let tasks = shared.tasks.clone();
+        tasks.spawn(async move {
+            let stop = shared.stop.clone();
+            tokio::select! {
+                () = serve_connection(stream, remote, tls, &shared, handler, watcher) => {}
+                () = stop.cancelled() => {}
+            }
             drop(permit);
         });
     }

@@ -67,42 +67,39 @@ impl ReloadingCert {
     }
 
     /// Reloads on SIGHUP and whenever either file's modification time
-    /// changes; runs until the process ends.
-    pub fn watch(self: Arc<Self>) {
-        tokio::spawn(async move {
-            let mut hangup = match tokio::signal::unix::signal(
-                tokio::signal::unix::SignalKind::hangup(),
-            ) {
-                Ok(signal) => Some(signal),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no SIGHUP handler; reloading on file changes only");
-                    None
+    /// changes, for as long as the returned task runs.
+    pub async fn watch(self: Arc<Self>) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler; reloading on file changes only");
+                None
+            }
+        };
+        let mut last = self.modified();
+        let mut tick = tokio::time::interval(RELOAD_CHECK_INTERVAL);
+        loop {
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
                 }
             };
-            let mut last = self.modified();
-            let mut tick = tokio::time::interval(RELOAD_CHECK_INTERVAL);
-            loop {
-                let hup = async {
-                    match hangup.as_mut() {
-                        Some(signal) => signal.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = hup => {
+            tokio::select! {
+                _ = hup => {
+                    self.reload();
+                    last = self.modified();
+                }
+                _ = tick.tick() => {
+                    let now = self.modified();
+                    if now.is_some() && now != last {
                         self.reload();
-                        last = self.modified();
-                    }
-                    _ = tick.tick() => {
-                        let now = self.modified();
-                        if now.is_some() && now != last {
-                            self.reload();
-                            last = now;
-                        }
+                        last = now;
                     }
                 }
             }
-        });
+        }
     }
 }
 

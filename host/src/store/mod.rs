@@ -10,20 +10,21 @@
 //! Every mutation that nodes must see bumps one change counter in the same
 //! transaction; nodes reload when it moves.
 
+mod kv;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
+
+pub use kv::StoreKv;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use crate::kv::{Bucket, Change, KvError, KvLimits, Totals};
-
-/// Primary key of a tenant.
-pub type TenantId = i64;
+use crate::tenancy::{TenantId, Tier};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,129 +88,8 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The limits of a tier.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TierLimits {
-    /// Invocations per UTC minute; `None` is unlimited.
-    pub requests_per_minute: Option<u64>,
-    /// Invocations per UTC day; `None` is unlimited.
-    pub requests_per_day: Option<u64>,
-    /// Linear memory per instance.
-    pub memory_limit_bytes: u64,
-    /// Wall-clock time per invocation.
-    pub execution_timeout_ms: u64,
-    /// Request body per invocation.
-    pub max_input_bytes: u64,
-    /// Size of an uploaded component.
-    pub max_component_bytes: u64,
-    /// Longest key-value key.
-    #[serde(default = "kv_default_key")]
-    pub kv_max_key_bytes: u64,
-    /// Longest key-value value.
-    #[serde(default = "kv_default_value")]
-    pub kv_max_value_bytes: u64,
-    /// Key-value keys per tenant.
-    #[serde(default = "kv_default_keys")]
-    pub kv_max_keys: u64,
-    /// Key-value bytes (keys plus values) per tenant.
-    #[serde(default = "kv_default_total")]
-    pub kv_max_total_bytes: u64,
-    /// The most `max_instance_reuse` a deployment of this tier may ask for
-    /// (1: every request on a fresh instance, whatever the deployment asks).
-    #[serde(default = "reuse_default")]
-    pub max_instance_reuse: u32,
-}
-
-impl Default for TierLimits {
-    /// The built-in defaults (as `MEMORY_LIMIT` and friends default).
-    fn default() -> Self {
-        Self {
-            requests_per_minute: None,
-            requests_per_day: None,
-            memory_limit_bytes: 128 << 20,
-            execution_timeout_ms: 5_000,
-            max_input_bytes: 1 << 20,
-            max_component_bytes: 10 << 20,
-            kv_max_key_bytes: kv_default_key(),
-            kv_max_value_bytes: kv_default_value(),
-            kv_max_keys: kv_default_keys(),
-            kv_max_total_bytes: kv_default_total(),
-            max_instance_reuse: reuse_default(),
-        }
-    }
-}
-
-fn kv_default_key() -> u64 {
-    crate::kv::DEFAULT_MAX_KEY_BYTES
-}
-fn kv_default_value() -> u64 {
-    crate::kv::DEFAULT_MAX_VALUE_BYTES
-}
-fn kv_default_keys() -> u64 {
-    crate::kv::DEFAULT_MAX_KEYS
-}
-fn kv_default_total() -> u64 {
-    crate::kv::DEFAULT_MAX_TOTAL_BYTES
-}
-fn reuse_default() -> u32 {
-    crate::runtime::MAX_INSTANCE_REUSE
-}
-
-impl TierLimits {
-    /// Checks the limits are usable.
-    pub fn check(&self) -> Result<(), String> {
-        if self.memory_limit_bytes < 1 << 20
-            || self.memory_limit_bytes > crate::config::MAX_MEMORY_LIMIT
-        {
-            return Err("memory_limit_bytes must be between 1 MiB and 4 GiB".into());
-        }
-        if self.execution_timeout_ms == 0 || self.execution_timeout_ms > 3_600_000 {
-            return Err("execution_timeout_ms must be between 1 and 3600000".into());
-        }
-        if self.max_input_bytes > 1 << 30 {
-            return Err("max_input_bytes must be at most 1 GiB".into());
-        }
-        if self.max_component_bytes == 0 || self.max_component_bytes > 1 << 30 {
-            return Err("max_component_bytes must be between 1 byte and 1 GiB".into());
-        }
-        if self.kv_max_key_bytes == 0 || self.kv_max_key_bytes > 64 << 10 {
-            return Err("kv_max_key_bytes must be between 1 byte and 64 KiB".into());
-        }
-        if self.kv_max_value_bytes > 64 << 20 {
-            return Err("kv_max_value_bytes must be at most 64 MiB".into());
-        }
-        if self.kv_max_keys > i64::MAX as u64 || self.kv_max_total_bytes > i64::MAX as u64 {
-            return Err("kv_max_keys and kv_max_total_bytes must fit in 63 bits".into());
-        }
-        if !(1..=crate::runtime::MAX_INSTANCE_REUSE).contains(&self.max_instance_reuse) {
-            return Err(format!(
-                "max_instance_reuse must be between 1 and {}",
-                crate::runtime::MAX_INSTANCE_REUSE
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Whether `name` can name a tenant or a tier: lower-case letters, digits,
-/// `-` and `_`, starting with a letter or digit, at most 63 characters.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
-/// A named tier.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tier {
-    /// Its name (`free`, `basic`, `pro`, or one an operator added).
-    pub name: String,
-    /// Its limits.
-    pub limits: TierLimits,
-}
+/// A task listening for other nodes' changes; it ends when dropped.
+pub type Watcher = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// A tenant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -499,13 +379,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn kv_totals(&self, tenant: TenantId) -> StoreResult<Totals>;
 
     async fn change_seq(&self) -> StoreResult<i64>;
-    /// Calls `wake.notify_one()` whenever another node may have changed
-    /// something (and whenever notifications may have been missed), until
-    /// the process ends. The default does nothing: the embedded store is
-    /// single-node, and nodes poll the change counter anyway.
-    fn watch_changes(&self, wake: Arc<tokio::sync::Notify>) {
-        let _ = wake;
-    }
+    /// A task that calls `wake.notify_one()` whenever another node may
+    /// have changed something (and whenever notifications may have been
+    /// missed), for as long as the caller runs it; `None` when there is
+    /// nothing to listen to (the embedded store is single-node, and nodes
+    /// poll the change counter anyway).
+    fn watch_changes(&self, wake: Arc<tokio::sync::Notify>) -> Option<Watcher>;
     /// A shared setting.
     async fn setting(&self, name: &str) -> StoreResult<Option<String>>;
     /// Sets a shared setting if it is not set yet, and returns its value.

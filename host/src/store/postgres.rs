@@ -16,9 +16,10 @@ use super::sql::{
 };
 use super::{
     ApiKeyRecord, Bucket, Change, ComponentDeletion, ComponentMeta, Deployment, KvError, KvLimits,
-    NewApiKey, NewComponent, NewDeployment, Store, StoreError, StoreResult, Tenant, TenantId, Tier,
-    TierLimits, Totals, UsageCounts, new_id, now_ms,
+    NewApiKey, NewComponent, NewDeployment, Store, StoreError, StoreResult, Tenant, Totals,
+    UsageCounts, new_id, now_ms,
 };
+use crate::tenancy::{TenantId, Tier, TierLimits};
 
 /// The migrations in `migrations/postgres`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -102,10 +103,11 @@ impl PgStore {
 impl PgStore {
     /// Listens on [`CHANGES_CHANNEL`], waking `wake` for every notification
     /// and after every (re)connection, when notifications may have been
-    /// missed. Reconnects by itself after PostgreSQL restarts.
-    fn watch(&self, wake: Arc<Notify>) {
+    /// missed. Reconnects by itself after PostgreSQL restarts; ends when
+    /// the returned task is dropped.
+    fn watch(&self, wake: Arc<Notify>) -> Option<super::Watcher> {
         let pool = self.pool.clone();
-        tokio::spawn(async move {
+        Some(Box::pin(async move {
             loop {
                 let mut listener = match PgListener::connect_with(&pool).await {
                     Ok(listener) => listener,
@@ -134,7 +136,7 @@ impl PgStore {
                     }
                 }
             }
-        });
+        }))
     }
 }
 

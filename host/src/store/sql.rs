@@ -63,7 +63,8 @@ pub(super) fn check_route_ownership(
 
 pub(super) const TIER_COLUMNS: &str = "name, requests_per_minute, requests_per_day, \
      memory_limit_bytes, execution_timeout_ms, max_input_bytes, max_component_bytes, \
-     kv_max_key_bytes, kv_max_value_bytes, kv_max_keys, kv_max_total_bytes, max_instance_reuse";
+     kv_max_key_bytes, kv_max_value_bytes, kv_max_keys, kv_max_total_bytes, max_instance_reuse, \
+     max_concurrency";
 
 pub(super) const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.tenant_id, t.name AS tenant, \
      t.tier AS tier, d.route, d.host, v.version, v.component, v.config, v.secrets, \
@@ -101,6 +102,9 @@ macro_rules! sql_store {
                         )
                         .unwrap_or(1)
                         .max(1),
+                        max_concurrency: row
+                            .try_get::<Option<i64>, _>("max_concurrency")?
+                            .map(|n| u32::try_from(n).unwrap_or(u32::MAX).max(1)),
                     },
                 })
             }
@@ -227,7 +231,7 @@ macro_rules! sql_store {
                 for tier in tiers {
                     let query = format!(
                         "INSERT INTO tiers ({TIER_COLUMNS}, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
                          ON CONFLICT (name) DO NOTHING"
                     );
                     inserted += bind_tier(sqlx::query(sqlx::AssertSqlSafe(query)), tier)
@@ -247,7 +251,7 @@ macro_rules! sql_store {
                 let mut tx = self.begin_write().await?;
                 let query = format!(
                     "INSERT INTO tiers ({TIER_COLUMNS}, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
                      ON CONFLICT (name) DO UPDATE SET \
                      requests_per_minute = excluded.requests_per_minute, \
                      requests_per_day = excluded.requests_per_day, \
@@ -260,6 +264,7 @@ macro_rules! sql_store {
                      kv_max_keys = excluded.kv_max_keys, \
                      kv_max_total_bytes = excluded.kv_max_total_bytes, \
                      max_instance_reuse = excluded.max_instance_reuse, \
+                     max_concurrency = excluded.max_concurrency, \
                      updated_at = excluded.updated_at"
                 );
                 bind_tier(sqlx::query(sqlx::AssertSqlSafe(query)), tier)
@@ -735,8 +740,8 @@ macro_rules! sql_store {
                 Ok((total, today))
             }
 
-            fn watch_changes(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
-                self.watch(wake);
+            fn watch_changes(&self, wake: std::sync::Arc<tokio::sync::Notify>) -> Option<super::Watcher> {
+                self.watch(wake)
             }
 
             async fn kv_get(&self, bucket: &Bucket, key: &str) -> StoreResult<Option<Vec<u8>>> {
@@ -917,6 +922,7 @@ macro_rules! sql_store {
                 .bind(big(limits.kv_max_keys))
                 .bind(big(limits.kv_max_total_bytes))
                 .bind(i64::from(limits.max_instance_reuse))
+                .bind(limits.max_concurrency.map(i64::from))
         }
     };
 }

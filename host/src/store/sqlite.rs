@@ -14,9 +14,10 @@ use super::sql::{
 };
 use super::{
     ApiKeyRecord, Bucket, Change, ComponentDeletion, ComponentMeta, Deployment, KvError, KvLimits,
-    NewApiKey, NewComponent, NewDeployment, Store, StoreError, StoreResult, Tenant, TenantId, Tier,
-    TierLimits, Totals, UsageCounts, new_id, now_ms,
+    NewApiKey, NewComponent, NewDeployment, Store, StoreError, StoreResult, Tenant, Totals,
+    UsageCounts, new_id, now_ms,
 };
+use crate::tenancy::{TenantId, Tier, TierLimits};
 
 /// The migrations in `migrations/sqlite`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -61,7 +62,10 @@ impl SqliteStore {
     }
 
     /// Single node: nothing to listen to (the change counter is polled).
-    fn watch(&self, _wake: std::sync::Arc<tokio::sync::Notify>) {}
+    /// The embedded store is single-node: nothing to listen to.
+    fn watch(&self, _wake: std::sync::Arc<tokio::sync::Notify>) -> Option<super::Watcher> {
+        None
+    }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
         // IMMEDIATE takes the write lock up front: two writers queue instead

@@ -463,7 +463,7 @@ async fn a_restart_serves_every_deployment_without_recompiling(env: ServeEnv) {
     restarted.wait_for_log("deployments loaded", Duration::from_secs(10));
     let logs = restarted.logs();
     assert!(
-        logs.contains("(2 from the compiled-code cache, 0 compiled)"),
+        logs.contains("(2 from the compiled-code cache, 0 to compile)"),
         "the restart recompiled:\n{logs}"
     );
     let api = Api::anonymous(&restarted);
@@ -656,9 +656,16 @@ fn admin_commands_bootstrap_a_fresh_store() {
         assert!(out.contains("unlimited/minute, unlimited/day"), "{out}");
         let out = env.admin(&["tier", "set", "free", "--per-minute", "20"]);
         assert!(out.contains("20/minute, 500/day"), "{out}");
-        assert!(out.trim_end().ends_with("instance reuse up to 10000"), "the default: {out}");
+        assert!(out.contains("instance reuse up to 10000,"), "the default: {out}");
+        assert!(out.trim_end().ends_with("100 concurrent invocations per node"), "{out}");
         let out = env.admin(&["tier", "set", "free", "--max-instance-reuse", "1"]);
-        assert!(out.contains("20/minute") && out.trim_end().ends_with("reuse up to 1"), "{out}");
+        assert!(out.contains("20/minute") && out.contains("reuse up to 1,"), "{out}");
+        let out = env.admin(&["tier", "set", "free", "--max-concurrency", "unlimited"]);
+        assert!(out.contains("reuse up to 1,"), "the earlier change is kept: {out}");
+        assert!(out.trim_end().ends_with("unlimited concurrent invocations per node"), "{out}");
+        let (status, _, stderr) =
+            env.command(&["admin", "tier", "set", "free", "--max-concurrency", "0"]);
+        assert!(!status.success() && stderr.contains("--max-concurrency"), "{stderr}");
         let (status, _, stderr) = env.command(&["admin", "key", "create", "nobody"]);
         assert!(!status.success() && stderr.contains("no tenant named `nobody`"), "{stderr}");
     }

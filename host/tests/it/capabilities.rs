@@ -136,10 +136,21 @@ async fn tenants_and_deployments_cannot_see_each_others_keys(kv: Kv) {
 
 async fn increments_are_exact_under_concurrency_on_two_nodes(kv: Kv) {
     let env = kv.env();
-    // Quotas are not what this test is about: a burst of 200 requests on a
-    // debug build may push quota calls past their short Redis timeout, and
-    // a degraded node counts against a per-node share of the limit.
-    env.admin(&["tier", "set", "unlimited", "--per-minute", "unlimited", "--per-day", "unlimited"]);
+    // Quotas and concurrency caps are not what this test is about: a burst
+    // of 200 requests on a debug build may push quota calls past their
+    // short Redis timeout (a degraded node counts against a per-node share
+    // of the limit), and may hold more than the default cap of instances.
+    env.admin(&[
+        "tier",
+        "set",
+        "unlimited",
+        "--per-minute",
+        "unlimited",
+        "--per-day",
+        "unlimited",
+        "--max-concurrency",
+        "unlimited",
+    ]);
     let first = env.serve();
     let key = env.tenant("counter", "unlimited", false);
     let api = Api::new(&first, &key);

@@ -504,7 +504,7 @@ async fn a_starting_node_is_ready_only_when_it_can_serve_every_deployment() {
 
     // The same node restarted has everything cached.
     let c = env_b.serve();
-    c.wait_for_log("(4 from the compiled-code cache, 0 compiled)", Duration::from_secs(10));
+    c.wait_for_log("(4 from the compiled-code cache, 0 to compile)", Duration::from_secs(10));
     let started = Instant::now();
     while Api::anonymous(&c).get_text("/ready").await.0 != 200 {
         assert!(started.elapsed() < Duration::from_secs(60), "never became ready");

@@ -7,30 +7,25 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-/// Variables of the developer's environment that would change what a test
-/// server does; every test starts from none of them.
-const SCRUBBED_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "REDIS_URL",
-    "API_SALT",
-    "ENVIRONMENT",
-    "SERVER_HOST",
-    "SERVER_PORT",
-    "LOG_LEVEL",
-    "MAX_WASM_SIZE",
-    "MAX_INPUT_SIZE",
-    "EXECUTION_TIMEOUT",
-    "MEMORY_LIMIT",
-    "TLS_CERT_PATH",
-    "TLS_KEY_PATH",
-    "PROMETHEUS_ENABLED",
-    "METRICS_ENDPOINT",
-    "METRICS_ADDR",
-    "WASMWIZ_DATA_DIR",
-    "WASMWIZ_URL",
-    "WASMWIZ_API_KEY",
-    "INSTANCE_POOL_SIZE",
-];
+/// Variables a test's `wasmwiz` keeps from the environment of the test run:
+/// what a process needs to run at all. Everything else (every WasmWiz
+/// setting a developer may have exported, `QUOTAS_ENABLED`,
+/// `SERVER_THREADS`, `DATABASE_URL` ...) is cleared, so each test starts from
+/// the defaults and sets only what it means to.
+const KEPT_VARS: &[&str] = &["PATH", "HOME", "TMPDIR", "LANG", "RUST_BACKTRACE"];
+
+/// A command running `program` with the environment cleared but for
+/// [`KEPT_VARS`].
+pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    command.env_clear();
+    for var in KEPT_VARS {
+        if let Some(value) = std::env::var_os(var) {
+            command.env(var, value);
+        }
+    }
+    command
+}
 
 /// A compiled example or test component, built by `scripts/build-examples.sh`.
 pub fn component(name: &str) -> PathBuf {
@@ -53,6 +48,8 @@ pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// Set once the process's stderr is closed and every line is in `log`.
+    log_ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Server {
@@ -64,10 +61,7 @@ impl Server {
     /// Starts `PROGRAM ARGS` (which must end up running wasmwiz) and waits
     /// for `listening on`.
     pub fn start_command(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(program);
-        for var in SCRUBBED_VARS {
-            command.env_remove(var);
-        }
+        let mut command = clean_command(program);
         command
             .args(args)
             .env("SERVER_HOST", "127.0.0.1")
@@ -79,9 +73,11 @@ impl Server {
         let mut child = command.spawn().expect("starting wasmwiz");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(String::new()));
+        let log_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         {
             let log = log.clone();
+            let log_ended = log_ended.clone();
             std::thread::spawn(move || {
                 let mut tx = Some(tx);
                 for line in BufReader::new(stderr).lines() {
@@ -101,6 +97,7 @@ impl Server {
                         let _ = tx.send(addr.parse::<SocketAddr>().expect("listening address"));
                     }
                 }
+                log_ended.store(true, std::sync::atomic::Ordering::Release);
             });
         }
         let addr = match rx.recv_timeout(Duration::from_secs(120)) {
@@ -110,7 +107,7 @@ impl Server {
                 panic!("wasmwiz did not start listening:\n{}", log.lock().unwrap());
             }
         };
-        Server { child, addr, log }
+        Server { child, addr, log, log_ended }
     }
 
     /// The process id.
@@ -138,6 +135,46 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("the log never showed `{needle}`:\n{}", self.logs());
+    }
+
+    /// Waits until `needle` is in the log at least `times` times, or panics
+    /// after `timeout`.
+    pub fn wait_for_log_count(&self, needle: &str, times: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.logs().matches(needle).count() >= times {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the log never showed `{needle}` {times} times:\n{}", self.logs());
+    }
+
+    /// [`Self::wait_for_log_count`] for async tests: other tasks of a
+    /// current-thread runtime go on while it waits.
+    pub async fn logged(&self, needle: &str, times: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.logs().matches(needle).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "the log never showed `{needle}` {times} times:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the process with SIGTERM and returns everything it logged, to
+    /// its last line.
+    pub fn stop_and_read_log(&mut self) -> String {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(30)).expect("exits on SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.log_ended.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "stderr stayed open after the exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.logs()
     }
 
     /// Sends a signal to the process.
@@ -172,11 +209,7 @@ impl Drop for Server {
 
 /// Runs `wasmwiz ARGS` to completion and returns its status and stderr.
 pub fn run_to_exit(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmwiz"));
-    for var in SCRUBBED_VARS {
-        command.env_remove(var);
-    }
-    let output = command
+    let output = clean_command(env!("CARGO_BIN_EXE_wasmwiz"))
         .args(args)
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
@@ -316,11 +349,7 @@ impl ServeEnv {
 
     /// Runs a `wasmwiz` command against this store to completion.
     pub fn command(&self, args: &[&str]) -> (ExitStatus, String, String) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmwiz"));
-        for var in SCRUBBED_VARS {
-            command.env_remove(var);
-        }
-        let output = command
+        let output = clean_command(env!("CARGO_BIN_EXE_wasmwiz"))
             .args(args)
             .envs(self.env_refs())
             .stdin(Stdio::null())

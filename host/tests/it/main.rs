@@ -4,8 +4,10 @@
 mod api;
 mod capabilities;
 mod cluster;
+mod control;
 mod helpers;
 mod hostile;
+mod inprocess;
 mod ops;
 mod protocol;
 mod quota;

@@ -46,6 +46,13 @@ async fn counts(base: &str, path: &str, n: usize) -> Vec<String> {
     answers
 }
 
+/// Logs what instance reuse does, for tests that wait for it.
+const DEBUG_REUSE: &str = "info,wasmwiz::runtime=debug";
+/// Logged when an instance is kept for a later request.
+const KEPT: &str = "instance kept for reuse";
+/// Logged when idle instances are dropped.
+const SWEPT: &str = "idle instances dropped after REUSE_IDLE_TIMEOUT";
+
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -97,7 +104,7 @@ async fn an_instance_that_failed_or_kept_a_resource_is_never_reused() {
 
 #[tokio::test]
 async fn an_instance_that_streamed_its_body_after_its_head_is_reused() {
-    let server = server(&[("MAX_INSTANCE_REUSE", "100")]);
+    let server = server(&[("MAX_INSTANCE_REUSE", "100"), ("LOG_LEVEL", DEBUG_REUSE)]);
     let base = server.url("");
     assert_eq!(counts(&base, "/h/count", 1).await, strings(&["1"]));
     // 2 MiB through the bounded body channel: the guest waits for the
@@ -106,7 +113,7 @@ async fn an_instance_that_streamed_its_body_after_its_head_is_reused() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.bytes().await.unwrap().len(), 2 << 20);
     // That task gives the instance back just after the last byte is sent.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.wait_for_log_count(KEPT, 2, Duration::from_secs(5));
     assert_eq!(counts(&base, "/h/count", 1).await, strings(&["2"]));
 
     // Streamed bodies stay whole and in order, request after request.
@@ -122,11 +129,15 @@ async fn an_instance_that_streamed_its_body_after_its_head_is_reused() {
 
 #[tokio::test]
 async fn an_idle_instance_is_dropped_after_its_idle_timeout() {
-    let server = server(&[("MAX_INSTANCE_REUSE", "100"), ("REUSE_IDLE_TIMEOUT", "1")]);
+    let server = server(&[
+        ("MAX_INSTANCE_REUSE", "100"),
+        ("REUSE_IDLE_TIMEOUT", "1"),
+        ("LOG_LEVEL", DEBUG_REUSE),
+    ]);
     let base = server.url("");
     assert_eq!(counts(&base, "/h/count", 2).await, strings(&["1", "2"]));
     // Swept four times per timeout: gone within 1.25 s.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    server.wait_for_log(SWEPT, Duration::from_secs(5));
     assert_eq!(counts(&base, "/h/count", 2).await, strings(&["1", "2"]));
 }
 

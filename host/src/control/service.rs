@@ -1,0 +1,512 @@
+//! The control-plane service: every change to tenants, keys, tiers,
+//! components and deployments, with its validation written once. The API
+//! handlers and `wasmwiz admin` both call it; neither writes to the store
+//! on its own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use super::compiled::CompiledComponents;
+use crate::auth::{self, Principal, Scopes};
+use crate::metrics::Metrics;
+use crate::router::{RouteError, RoutePattern};
+use crate::runtime::{CompileError, OutboundPolicy};
+use crate::store::{
+    ApiKeyRecord, ComponentDeletion, ComponentMeta, Deployment, NewComponent, NewDeployment, Store,
+    StoreError, Tenant, now_ms,
+};
+use crate::tenancy::{
+    MAX_INSTANCE_REUSE, NAME_RULE, TenantId, Tier, TierLimits, TierPatch, valid_name,
+};
+
+/// Most entries in `config` plus `secrets`.
+pub const MAX_CONFIG_ENTRIES: usize = 256;
+/// Longest configuration name.
+pub const MAX_CONFIG_NAME: usize = 256;
+/// Longest configuration value.
+pub const MAX_CONFIG_VALUE: usize = 64 << 10;
+/// Most entries in `allowed_outbound_hosts`.
+pub const MAX_OUTBOUND_HOSTS: usize = 64;
+/// Longest component name.
+pub const MAX_COMPONENT_NAME: usize = 128;
+
+/// Why a change was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The request is malformed or out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// The route is malformed or reserved.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such object (or another tenant's).
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// The change conflicts with what exists.
+    #[error("{message}")]
+    Conflict {
+        /// A stable code (`conflict`, `component_in_use`).
+        code: &'static str,
+        /// What conflicts.
+        message: String,
+    },
+    /// The upload is not a servable component.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// This process cannot compile (an admin command has no runtime).
+    #[error("uploads need a serving node")]
+    NoCompiler,
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ControlError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Invalid(message) => ControlError::Invalid(message),
+            StoreError::Conflict(message) => ControlError::Conflict { code: "conflict", message },
+            other => ControlError::Store(other),
+        }
+    }
+}
+
+/// Result of a control-plane operation.
+pub type ControlResult<T> = Result<T, ControlError>;
+
+/// Who asks: the operator at the command line (`wasmwiz admin`), or the
+/// holder of an API key.
+#[derive(Clone, Copy, Debug)]
+pub enum Actor<'a> {
+    /// `wasmwiz admin`: every right.
+    Operator,
+    /// A key's holder: its tenant and scopes.
+    Key(&'a Principal),
+}
+
+impl Actor<'_> {
+    fn is_admin(&self) -> bool {
+        match self {
+            Actor::Operator => true,
+            Actor::Key(principal) => principal.is_admin(),
+        }
+    }
+}
+
+/// How [`ControlPlane::put_tier`] fills in what a patch leaves out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TierBase {
+    /// From the defaults for new tiers (`PUT`: the body replaces the tier).
+    Defaults,
+    /// From the tier's current limits, or the defaults for a new tier
+    /// (`wasmwiz admin tier set`).
+    Current,
+}
+
+/// A deployment to make: `POST /api/v1/deployments`'s body.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    /// The route, Spin syntax.
+    pub route: String,
+    /// The component's digest (one of the tenant's).
+    pub component: String,
+    /// The host the route is bound to, if any.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Configuration the guest reads.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Secret configuration: readable by the guest, never returned.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Hosts the guest may send HTTP requests to.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Requests one instance may serve: 1 (the default) gives every
+    /// request a fresh instance; more keeps an instance that ended well
+    /// for later requests of this deployment (faster, but requests see
+    /// what earlier ones left in the guest's memory).
+    #[serde(default = "one")]
+    pub max_instance_reuse: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The result of an upload.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// What is stored.
+    pub meta: ComponentMeta,
+    /// Whether the tenant did not have these bytes before.
+    pub created: bool,
+}
+
+/// A new API key: the secret, shown once, and what is stored.
+#[derive(Debug)]
+pub struct IssuedKey {
+    /// The key itself.
+    pub key: String,
+    /// Its stored record (no secret).
+    pub record: ApiKeyRecord,
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// Its scopes.
+    pub scopes: Scopes,
+}
+
+/// The control-plane service of one process.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    store: Arc<dyn Store>,
+    salt: Arc<[u8]>,
+    tier_defaults: TierLimits,
+    reserved: Arc<[String]>,
+    components: Option<Arc<CompiledComponents>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ControlPlane {
+    /// A service over `store`, hashing keys with `salt`, filling missing
+    /// tier limits from `tier_defaults`, refusing the `reserved` paths
+    /// (beyond the built-in ones) as routes.
+    pub fn new(
+        store: Arc<dyn Store>,
+        salt: &[u8],
+        tier_defaults: TierLimits,
+        reserved: Vec<String>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            salt: salt.into(),
+            tier_defaults,
+            reserved: reserved.into(),
+            components: None,
+            metrics,
+        }
+    }
+
+    /// The same, compiling uploads into `components` (a serving node).
+    pub fn with_components(mut self, components: Arc<CompiledComponents>) -> Self {
+        self.components = Some(components);
+        self
+    }
+
+    /// The store it writes to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The salt keys are hashed with.
+    pub fn salt(&self) -> &[u8] {
+        &self.salt
+    }
+
+    // --- tenants ---------------------------------------------------------
+
+    /// Creates a tenant on `tier`.
+    pub async fn create_tenant(&self, name: &str, tier: &str) -> ControlResult<Tenant> {
+        check_name("tenant", name)?;
+        let tenant = self.store.create_tenant(name, tier).await?;
+        self.metrics.tenants_created.inc();
+        tracing::info!(tenant = %tenant.name, tier = %tenant.tier, "tenant created");
+        Ok(tenant)
+    }
+
+    /// Moves a tenant to another tier.
+    pub async fn set_tenant_tier(&self, name: &str, tier: &str) -> ControlResult<Tenant> {
+        self.store.set_tenant_tier(name, tier).await.map_err(|e| match e {
+            StoreError::NotFound => ControlError::NotFound("tenant"),
+            other => other.into(),
+        })
+    }
+
+    // --- keys ------------------------------------------------------------
+
+    /// Issues a key for `tenant` (default: the caller's own) with `scopes`
+    /// (default: deploy and read). A tenant's key can only make keys for
+    /// its own tenant, with at most its own scopes.
+    pub async fn create_key(
+        &self,
+        actor: Actor<'_>,
+        tenant: Option<&str>,
+        scopes: Option<Scopes>,
+    ) -> ControlResult<IssuedKey> {
+        let scopes = scopes.unwrap_or(Scopes::TENANT_DEFAULT);
+        if let Actor::Key(principal) = actor
+            && !principal.is_admin()
+            && !principal.scopes.covers(scopes)
+        {
+            return Err(ControlError::Forbidden(
+                "a key cannot grant scopes it does not have".into(),
+            ));
+        }
+        let name = match (tenant, actor) {
+            (Some(name), Actor::Key(principal))
+                if name != principal.tenant && !actor.is_admin() =>
+            {
+                return Err(ControlError::NotFound("tenant"));
+            }
+            (Some(name), _) => name.to_string(),
+            (None, Actor::Key(principal)) => principal.tenant.clone(),
+            (None, Actor::Operator) => return Err(ControlError::Invalid("name the tenant".into())),
+        };
+        let record = self.store.tenant(&name).await?.ok_or(ControlError::NotFound("tenant"))?;
+        let (key, stored) =
+            auth::issue_key(self.store.as_ref(), &self.salt, record.id, scopes).await?;
+        self.metrics.keys_created.inc();
+        Ok(IssuedKey { key, record: stored, tenant: name, scopes })
+    }
+
+    /// The caller's tenant's keys; every key for an admin.
+    pub async fn keys(&self, actor: Actor<'_>) -> ControlResult<Vec<ApiKeyRecord>> {
+        Ok(self.store.keys(tenant_filter(actor)).await?)
+    }
+
+    /// Revokes a key (one of the caller's tenant's, unless an admin asks).
+    pub async fn revoke_key(&self, actor: Actor<'_>, id: &str) -> ControlResult<()> {
+        if self.store.revoke_key(id, tenant_filter(actor)).await? {
+            Ok(())
+        } else {
+            Err(ControlError::NotFound("key"))
+        }
+    }
+
+    // --- tiers -------------------------------------------------------------
+
+    /// Every tier.
+    pub async fn tiers(&self) -> ControlResult<Vec<Tier>> {
+        Ok(self.store.tiers().await?)
+    }
+
+    /// One tier.
+    pub async fn tier(&self, name: &str) -> ControlResult<Tier> {
+        self.tiers()
+            .await?
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or(ControlError::NotFound("tier"))
+    }
+
+    /// Creates or changes a tier; returns it and whether it is new.
+    pub async fn put_tier(
+        &self,
+        name: &str,
+        patch: &TierPatch,
+        base: TierBase,
+    ) -> ControlResult<(Tier, bool)> {
+        check_name("tier", name)?;
+        let current = self.store.tiers().await?.into_iter().find(|t| t.name == name);
+        let created = current.is_none();
+        let base = match (base, current) {
+            (TierBase::Current, Some(current)) => current.limits,
+            _ => self.tier_defaults.clone(),
+        };
+        let limits = patch.apply(&base);
+        limits.check().map_err(ControlError::Invalid)?;
+        let tier = Tier { name: name.to_string(), limits };
+        self.store.put_tier(&tier).await?;
+        Ok((tier, created))
+    }
+
+    // --- components ----------------------------------------------------------
+
+    /// The largest upload the tenant's tier accepts.
+    pub async fn upload_limit(&self, tier: &str) -> ControlResult<u64> {
+        Ok(self.tier(tier).await?.limits.max_component_bytes)
+    }
+
+    /// Validates, compiles and stores a tenant's upload. The same bytes
+    /// again are not compiled again.
+    pub async fn upload(
+        &self,
+        tenant_id: TenantId,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> ControlResult<Uploaded> {
+        if name.is_empty() || name.len() > MAX_COMPONENT_NAME || name.chars().any(char::is_control)
+        {
+            return Err(ControlError::Invalid(format!(
+                "`name` must be 1 to {MAX_COMPONENT_NAME} printable characters"
+            )));
+        }
+        let components = self.components.as_ref().ok_or(ControlError::NoCompiler)?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        if let Some(meta) = self.store.component(tenant_id, &digest).await? {
+            self.metrics.uploads.with_label_values(&["existing"]).inc();
+            return Ok(Uploaded { meta, created: false });
+        }
+        let compiled = match components.compile_upload(&digest, &bytes).await {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                self.metrics.uploads.with_label_values(&["refused"]).inc();
+                return Err(e.into());
+            }
+        };
+        let compile_ms = u64::try_from(compiled.compile_time.as_millis()).unwrap_or(u64::MAX);
+        let meta = ComponentMeta {
+            digest,
+            name: name.to_string(),
+            size: bytes.len() as u64,
+            world: compiled.world,
+            compile_ms,
+            created_at: now_ms(),
+        };
+        let (meta, created) =
+            self.store.put_component(&NewComponent { tenant_id, meta, bytes }).await?;
+        self.metrics.uploads.with_label_values(&["created"]).inc();
+        tracing::info!(tenant_id, digest = %meta.digest, compile_ms, "component uploaded");
+        Ok(Uploaded { meta, created })
+    }
+
+    /// A tenant's components.
+    pub async fn components(&self, tenant_id: TenantId) -> ControlResult<Vec<ComponentMeta>> {
+        Ok(self.store.components(tenant_id).await?)
+    }
+
+    /// Deletes a tenant's component unless a deployment uses it.
+    pub async fn delete_component(&self, tenant_id: TenantId, digest: &str) -> ControlResult<()> {
+        match self.store.delete_component(tenant_id, digest).await? {
+            ComponentDeletion::Deleted => Ok(()),
+            ComponentDeletion::NotFound => Err(ControlError::NotFound("component")),
+            ComponentDeletion::InUse => Err(ControlError::Conflict {
+                code: "component_in_use",
+                message: "a deployment uses this component (or may roll back to it); delete \
+                          the deployment first"
+                    .into(),
+            }),
+        }
+    }
+
+    // --- deployments -----------------------------------------------------------
+
+    /// Checks a route as a deployment would have it, without deploying.
+    pub fn check_route(&self, route: &str, host: Option<&str>) -> ControlResult<RoutePattern> {
+        let reserved: Vec<&str> = self.reserved.iter().map(String::as_str).collect();
+        Ok(RoutePattern::parse(route, host, &reserved)?)
+    }
+
+    /// Deploys `spec` for a tenant on `tier`: version 1 of a new route, or
+    /// version n+1 of one the tenant has.
+    pub async fn deploy(
+        &self,
+        tenant_id: TenantId,
+        tier: &str,
+        spec: DeploySpec,
+    ) -> ControlResult<Deployment> {
+        let pattern = self.check_route(&spec.route, spec.host.as_deref())?;
+        check_config(&spec.config, &spec.secrets)?;
+        check_outbound_hosts(&spec.allowed_outbound_hosts)?;
+        if !(1..=MAX_INSTANCE_REUSE).contains(&spec.max_instance_reuse) {
+            return Err(ControlError::Invalid(format!(
+                "max_instance_reuse must be 1 (a fresh instance for every request) to \
+                 {MAX_INSTANCE_REUSE}"
+            )));
+        }
+        let allowed = self.tier(tier).await?.limits.max_instance_reuse;
+        if spec.max_instance_reuse > allowed {
+            return Err(ControlError::Invalid(format!(
+                "the {tier} tier allows max_instance_reuse up to {allowed}"
+            )));
+        }
+        let deployment = self
+            .store
+            .deploy(&NewDeployment {
+                tenant_id,
+                route: pattern.to_string(),
+                host: pattern.host().map(str::to_string),
+                component: spec.component,
+                config: spec.config,
+                secrets: spec.secrets,
+                allowed_outbound_hosts: spec.allowed_outbound_hosts,
+                max_instance_reuse: spec.max_instance_reuse,
+            })
+            .await?;
+        tracing::info!(tenant_id, deployment = %deployment.id, route = %deployment.route,
+                       version = deployment.version, "deployed");
+        Ok(deployment)
+    }
+
+    /// A tenant's live deployments.
+    pub async fn deployments(&self, tenant_id: TenantId) -> ControlResult<Vec<Deployment>> {
+        Ok(self.store.deployments(Some(tenant_id)).await?)
+    }
+
+    /// Switches a deployment back to its previous version.
+    pub async fn rollback(&self, tenant_id: TenantId, id: &str) -> ControlResult<Deployment> {
+        self.store.rollback(tenant_id, id).await.map_err(|e| match e {
+            StoreError::NotFound => ControlError::NotFound("deployment"),
+            other => other.into(),
+        })
+    }
+
+    /// Deletes a deployment; its route answers 404 from then on.
+    pub async fn delete_deployment(&self, tenant_id: TenantId, id: &str) -> ControlResult<()> {
+        if self.store.delete_deployment(tenant_id, id).await? {
+            Ok(())
+        } else {
+            Err(ControlError::NotFound("deployment"))
+        }
+    }
+}
+
+fn tenant_filter(actor: Actor<'_>) -> Option<TenantId> {
+    match actor {
+        Actor::Key(principal) if !principal.is_admin() => Some(principal.tenant_id),
+        _ => None,
+    }
+}
+
+fn check_name(what: &str, name: &str) -> ControlResult<()> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(format!("a {what} name is {NAME_RULE}")))
+    }
+}
+
+/// Checks configuration and secrets: counts, names, sizes, no name in both.
+pub fn check_config(
+    config: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, String>,
+) -> ControlResult<()> {
+    if config.len() + secrets.len() > MAX_CONFIG_ENTRIES {
+        return Err(ControlError::Invalid(format!(
+            "at most {MAX_CONFIG_ENTRIES} config and secret entries"
+        )));
+    }
+    for (name, value) in config.iter().chain(secrets) {
+        if name.is_empty() || name.len() > MAX_CONFIG_NAME || name.chars().any(char::is_control) {
+            return Err(ControlError::Invalid(format!(
+                "config names must be 1 to {MAX_CONFIG_NAME} printable characters"
+            )));
+        }
+        if value.len() > MAX_CONFIG_VALUE {
+            return Err(ControlError::Invalid(format!("the value of `{name}` is over 64 KiB")));
+        }
+    }
+    if let Some(both) = config.keys().find(|k| secrets.contains_key(*k)) {
+        return Err(ControlError::Invalid(format!("`{both}` is both config and a secret")));
+    }
+    Ok(())
+}
+
+/// Checks the outbound host patterns of a deployment.
+pub fn check_outbound_hosts(hosts: &[String]) -> ControlResult<()> {
+    if hosts.len() > MAX_OUTBOUND_HOSTS {
+        return Err(ControlError::Invalid(format!("at most {MAX_OUTBOUND_HOSTS} outbound hosts")));
+    }
+    for host in hosts {
+        OutboundPolicy::check_pattern(host).map_err(ControlError::Invalid)?;
+    }
+    Ok(())
+}
