@@ -2,8 +2,8 @@
 # The quickest way to see WasmWiz work: builds the release binary and the
 # example components, starts `wasmwiz serve` on the embedded default (a
 # SQLite file under .wasmwiz/, in-process quotas, nothing else to install),
-# creates a tenant and a key, deploys `hello`, prints a curl line that works,
-# and keeps serving until Ctrl-C.
+# creates a tenant, grants it /hello/..., makes a key, deploys `hello`,
+# prints a curl line that works, and keeps serving until Ctrl-C.
 set -euo pipefail
 
 usage() {
@@ -33,7 +33,10 @@ scripts/build-examples.sh 2>/dev/null
 bin=$root/target/release/wasmwiz
 
 # A tenant named demo on the pro tier (kept if it exists), and a fresh key.
+# It may deploy under /demo/... without asking; as the operator, grant it
+# /hello/... too, so the example answers on http://ADDR/hello.
 "$bin" admin tenant create demo --tier pro >/dev/null 2>&1 || true
+"$bin" admin tenant grant demo --route '/hello/...' >/dev/null 2>&1 || true
 key=$("$bin" admin key create demo 2>/dev/null)
 
 "$bin" serve --addr "$addr" &

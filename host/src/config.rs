@@ -261,6 +261,22 @@ pub struct StoreArgs {
     /// ENVIRONMENT=production). Changing it invalidates every key.
     #[arg(long, env = "API_SALT", hide_env_values = true)]
     pub api_salt: Option<String>,
+
+    /// A domain under which each tenant may deploy on its own host,
+    /// `<tenant>.<domain>` (every path on it), beside its default route
+    /// prefix `/<tenant>/...`. Every node and admin command of an
+    /// installation must agree on it.
+    #[arg(long, env = "WASMWIZ_BASE_DOMAIN", value_name = "DOMAIN",
+          value_parser = base_domain)]
+    pub base_domain: Option<String>,
+}
+
+/// Parses `WASMWIZ_BASE_DOMAIN`: a DNS name, lower-cased.
+fn base_domain(text: &str) -> Result<String, String> {
+    match crate::router::Grant::host(text) {
+        Ok(crate::router::Grant::Host(host)) if host.contains('.') => Ok(host),
+        _ => Err(format!("WASMWIZ_BASE_DOMAIN: `{text}` is not a domain such as edge.example.com")),
+    }
 }
 
 impl std::fmt::Debug for StoreArgs {
@@ -270,6 +286,7 @@ impl std::fmt::Debug for StoreArgs {
             .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
             .field("data_dir", &self.data_dir)
             .field("api_salt", &self.api_salt.as_ref().map(|_| "<set>"))
+            .field("base_domain", &self.base_domain)
             .finish()
     }
 }

@@ -13,7 +13,11 @@ use std::collections::HashMap;
 use std::fmt;
 
 /// Paths the host answers itself; no deployment may claim them.
-pub const RESERVED_PATHS: &[&str] = &["/api", "/health", "/ready", "/metrics"];
+pub const RESERVED_PATHS: &[&str] = &["/api", "/health", "/ready", "/metrics", "/console"];
+
+/// Spin's route syntax, for messages.
+pub const ROUTE_SYNTAX: &str =
+    "Spin's route syntax: `/path` for that path only, `/path/...` for it and everything below";
 
 /// Longest route pattern accepted.
 const MAX_ROUTE_LENGTH: usize = 1024;
@@ -37,8 +41,28 @@ pub enum RouteError {
     #[error("a route may not contain an empty segment (`//`)")]
     EmptySegment,
     /// The pattern overlaps a path the host answers itself.
-    #[error("`{0}` is reserved for the host (/api/, /health, /ready, /metrics)")]
+    #[error("`{0}` is reserved for the host (/api/, /health, /ready, /metrics, /console)")]
     Reserved(String),
+    /// A `*`, which Spin's syntax gives no meaning.
+    #[error(
+        "`*` has no meaning in a route: `{0}/...` serves {0} and everything below it ({ROUTE_SYNTAX})"
+    )]
+    Glob(String),
+    /// A `:name` segment (a route parameter), which WasmWiz does not match.
+    #[error(
+        "route parameters such as `{0}` are not supported: deploy the prefix (`/x/...`) and read \
+         the path in the component ({ROUTE_SYNTAX})"
+    )]
+    Parameter(String),
+    /// A `.` or `..` segment, which clients resolve before sending.
+    #[error("a route may not contain `.` or `..` segments ({ROUTE_SYNTAX})")]
+    DotSegment,
+    /// A character that has no place in a path, or a bad `%` escape.
+    #[error("a route may not contain `{0}` ({ROUTE_SYNTAX}; other characters percent-encoded)")]
+    Unsupported(char),
+    /// A grant that would take every route (`/...`), or one bound to a host.
+    #[error("{0}")]
+    NotGrantable(String),
     /// The host name is not a valid DNS name.
     #[error("`{0}` is not a valid host name")]
     BadHost(String),
@@ -55,15 +79,16 @@ pub struct RoutePattern {
 }
 
 impl RoutePattern {
-    /// Parses `route` (Spin syntax) and an optional host, refusing the
-    /// reserved paths in [`RESERVED_PATHS`] and any in `extra_reserved`
-    /// (such as a custom metrics path).
+    /// Parses a new route (Spin syntax) and an optional host, refusing
+    /// characters the syntax gives no meaning, the reserved paths in
+    /// [`RESERVED_PATHS`] and any in `extra_reserved` (such as a custom
+    /// metrics path).
     pub fn parse(
         route: &str,
         host: Option<&str>,
         extra_reserved: &[&str],
     ) -> Result<Self, RouteError> {
-        let pattern = Self::parse_any(route, host)?;
+        let pattern = Self::parse_unreserved(route, host)?;
         for reserved in RESERVED_PATHS.iter().chain(extra_reserved) {
             if pattern.claims(reserved) {
                 return Err(RouteError::Reserved(route.to_string()));
@@ -72,9 +97,18 @@ impl RoutePattern {
         Ok(pattern)
     }
 
-    /// Parses `route` and an optional host without refusing reserved paths
-    /// (for `wasmwiz run`, which has no API of its own to protect).
-    pub fn parse_any(route: &str, host: Option<&str>) -> Result<Self, RouteError> {
+    /// Parses a new route like [`Self::parse`], without refusing reserved
+    /// paths (for `wasmwiz run`, which has no API of its own to protect).
+    pub fn parse_unreserved(route: &str, host: Option<&str>) -> Result<Self, RouteError> {
+        let pattern = Self::parse_stored(route, host)?;
+        check_syntax(&pattern.path)?;
+        Ok(pattern)
+    }
+
+    /// Parses a route as the store holds it: one accepted before the
+    /// syntax was checked as strictly (`/x/*`, a literal path then) is
+    /// still served as it was.
+    pub fn parse_stored(route: &str, host: Option<&str>) -> Result<Self, RouteError> {
         if !route.starts_with('/') {
             return Err(RouteError::NoLeadingSlash(route.to_string()));
         }
@@ -151,6 +185,129 @@ impl fmt::Display for RoutePattern {
     /// The route in Spin syntax, as a user wrote it (`/hello/...`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.wildcard { write!(f, "{}/...", self.path) } else { f.write_str(&self.path) }
+    }
+}
+
+/// Refuses what Spin's syntax gives no meaning in a route's path (the part
+/// before any `/...`): `*`, `:name` segments, `.` and `..` segments, and
+/// characters that have no place in a URL path unencoded.
+fn check_syntax(path: &str) -> Result<(), RouteError> {
+    for segment in path.split('/').skip(1) {
+        if segment == "." || segment == ".." {
+            return Err(RouteError::DotSegment);
+        }
+        if segment.starts_with(':') {
+            return Err(RouteError::Parameter(segment.to_string()));
+        }
+        let bytes = segment.as_bytes();
+        for (i, c) in segment.char_indices() {
+            let allowed = c.is_ascii_alphanumeric()
+                || matches!(c, '-' | '.' | '_' | '~' | '!' | '$' | '&' | '\'' | '(' | ')')
+                || matches!(c, '+' | ',' | ';' | '=' | ':' | '@');
+            match c {
+                '*' => {
+                    let prefix = path.split('*').next().unwrap_or("").trim_end_matches('/');
+                    return Err(RouteError::Glob(prefix.to_string()));
+                }
+                '%' => {
+                    let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
+                    if !(hex(i + 1) && hex(i + 2)) {
+                        return Err(RouteError::Unsupported('%'));
+                    }
+                }
+                _ if !allowed => return Err(RouteError::Unsupported(c)),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a tenant may deploy inside.
+///
+/// Every tenant is granted `/<tenant-name>/...` (and, with a base domain,
+/// the host `<tenant-name>.<base-domain>`) without asking; an operator
+/// grants more. Grants of two tenants never overlap, so no tenant can
+/// deploy a route that takes another's requests.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Grant {
+    /// Host-less routes at or below this pattern: `/shop/...` grants
+    /// `/shop`, `/shop/cart` and `/shop/cart/...`; an exact `/about` grants
+    /// that route alone.
+    Path(RoutePattern),
+    /// Every route bound to this host, whatever its path.
+    Host(String),
+}
+
+impl Grant {
+    /// A path grant: a host-less route, neither the root wildcard nor a
+    /// reserved path.
+    pub fn path(route: &str, extra_reserved: &[&str]) -> Result<Self, RouteError> {
+        let pattern = RoutePattern::parse(route, None, extra_reserved)?;
+        if pattern.wildcard && pattern.path.is_empty() {
+            return Err(RouteError::NotGrantable(
+                "`/...` takes every path of every tenant and is granted to no one".into(),
+            ));
+        }
+        Ok(Grant::Path(pattern))
+    }
+
+    /// A host grant.
+    pub fn host(host: &str) -> Result<Self, RouteError> {
+        normalize_host(host).map(Grant::Host)
+    }
+
+    /// What every tenant may use without asking: `/<tenant>/...`, and
+    /// `<tenant>.<base_domain>` when there is a base domain.
+    pub fn defaults(tenant: &str, base_domain: Option<&str>) -> Vec<Grant> {
+        let mut defaults = vec![Grant::Path(RoutePattern {
+            host: None,
+            path: format!("/{tenant}"),
+            wildcard: true,
+        })];
+        if let Some(base) = base_domain {
+            defaults.push(Grant::Host(format!("{tenant}.{base}")));
+        }
+        defaults
+    }
+
+    /// Whether `route` is inside this grant.
+    pub fn covers(&self, route: &RoutePattern) -> bool {
+        match self {
+            Grant::Host(host) => route.host.as_deref() == Some(host.as_str()),
+            Grant::Path(grant) => route.host.is_none() && grant.contains(route),
+        }
+    }
+
+    /// Whether a route could be inside both grants (they may not belong to
+    /// two tenants).
+    pub fn overlaps(&self, other: &Grant) -> bool {
+        match (self, other) {
+            (Grant::Host(a), Grant::Host(b)) => a == b,
+            (Grant::Path(a), Grant::Path(b)) => a.contains(b) || b.contains(a),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Grant::Path(pattern) => write!(f, "{pattern}"),
+            Grant::Host(host) => write!(f, "host {host}"),
+        }
+    }
+}
+
+impl RoutePattern {
+    /// Whether every path `other` serves is one this pattern serves (the
+    /// host aside).
+    fn contains(&self, other: &RoutePattern) -> bool {
+        if self.wildcard {
+            self.matches_path(&other.path)
+        } else {
+            !other.wildcard && self.path == other.path
+        }
     }
 }
 
@@ -403,6 +560,79 @@ mod tests {
             RoutePattern::parse("/a", Some("bad host"), &[]),
             Err(RouteError::BadHost(_))
         ));
+    }
+
+    #[test]
+    fn characters_spin_gives_no_meaning_are_refused_with_the_syntax() {
+        let err = RoutePattern::parse("/visits2/*", None, &[]).unwrap_err();
+        assert_eq!(err, RouteError::Glob("/visits2".into()));
+        assert!(err.to_string().contains("`/visits2/...` serves /visits2"), "{err}");
+        assert!(matches!(
+            RoutePattern::parse("/users/:id", None, &[]),
+            Err(RouteError::Parameter(p)) if p == ":id"
+        ));
+        assert_eq!(RoutePattern::parse("/a/../b", None, &[]), Err(RouteError::DotSegment));
+        assert_eq!(RoutePattern::parse("/a/./b", None, &[]), Err(RouteError::DotSegment));
+        for bad in ["/a{b}", "/a<b", "/a|b", "/a^b", "/a\"b", "/é", "/a[0]"] {
+            assert!(
+                matches!(RoutePattern::parse(bad, None, &[]), Err(RouteError::Unsupported(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(RoutePattern::parse("/a%2", None, &[]), Err(RouteError::Unsupported('%')));
+        for good in ["/a-b_c.d~e", "/v1.2/...", "/a%20b", "/x@y:z/...", "/a=b;c,d+e!f$g&h'(i)"] {
+            assert!(RoutePattern::parse(good, None, &[]).is_ok(), "{good}");
+        }
+        // A route stored before these checks is still served as it was.
+        assert!(RoutePattern::parse_stored("/visits2/*", None).is_ok());
+    }
+
+    fn grant(route: &str) -> Grant {
+        Grant::path(route, &[]).unwrap()
+    }
+
+    #[test]
+    fn a_grant_covers_the_routes_at_and_below_it() {
+        let shop = grant("/shop/...");
+        for inside in ["/shop", "/shop/...", "/shop/cart", "/shop/cart/..."] {
+            assert!(shop.covers(&pattern(inside)), "{inside}");
+        }
+        for outside in ["/shopping", "/...", "/sho", "/other/shop"] {
+            assert!(!shop.covers(&pattern(outside)), "{outside}");
+        }
+        let hosted = RoutePattern::parse("/shop", Some("x.example.com"), &[]).unwrap();
+        assert!(!shop.covers(&hosted), "a path grant covers host-less routes only");
+        let exact = grant("/about");
+        assert!(exact.covers(&pattern("/about")));
+        assert!(!exact.covers(&pattern("/about/...")));
+        assert!(!exact.covers(&pattern("/about/x")));
+        let host = Grant::host("Shop.Example.com").unwrap();
+        assert!(host.covers(&RoutePattern::parse("/...", Some("shop.example.com"), &[]).unwrap()));
+        assert!(!host.covers(&pattern("/x")));
+        assert_eq!(host.to_string(), "host shop.example.com");
+    }
+
+    #[test]
+    fn grants_overlap_when_a_route_could_be_inside_both() {
+        assert!(grant("/shop/...").overlaps(&grant("/shop/cart")));
+        assert!(grant("/shop/cart/...").overlaps(&grant("/shop/...")));
+        assert!(grant("/shop").overlaps(&grant("/shop/...")));
+        assert!(grant("/a").overlaps(&grant("/a")));
+        assert!(!grant("/a").overlaps(&grant("/a/b")), "two exact routes own a path each");
+        assert!(!grant("/shop/...").overlaps(&grant("/shopping/...")));
+        assert!(!grant("/shop/...").overlaps(&Grant::host("shop.example.com").unwrap()));
+        let defaults = Grant::defaults("acme", Some("edge.example.com"));
+        assert_eq!(defaults[0].to_string(), "/acme/...");
+        assert_eq!(defaults[1].to_string(), "host acme.edge.example.com");
+        assert!(defaults[0].overlaps(&grant("/acme/shop")));
+    }
+
+    #[test]
+    fn the_root_and_reserved_paths_are_granted_to_no_one() {
+        assert!(matches!(Grant::path("/...", &[]), Err(RouteError::NotGrantable(_))));
+        assert!(matches!(Grant::path("/api/...", &[]), Err(RouteError::Reserved(_))));
+        assert!(matches!(Grant::path("/console", &[]), Err(RouteError::Reserved(_))));
+        assert!(matches!(Grant::host("not a host"), Err(RouteError::BadHost(_))));
     }
 
     #[test]

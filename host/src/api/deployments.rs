@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiState, publish, require, rfc3339};
 use crate::auth::{Principal, Scope};
@@ -119,16 +119,84 @@ pub async fn list(
     Ok(Json(deployments.into_iter().map(|d| DeploymentJson::on(&state.node, d)).collect()))
 }
 
-/// `POST /api/v1/deployments/{id}/rollback`: back to the previous version.
+/// Body of `POST /api/v1/deployments/{id}/rollback` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The version to switch to; default: the one live before the current.
+    #[serde(default)]
+    version: Option<i64>,
+}
+
+/// `POST /api/v1/deployments/{id}/rollback`: back to the version that was
+/// live before the current one, or to `{"version": N}`.
 pub async fn rollback(
     State(state): State<Arc<ApiState>>,
     principal: Principal,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Json<DeploymentJson>, ApiError> {
     require(&principal, Scope::Deploy)?;
-    let deployment = state.control.rollback(principal.tenant_id, &id).await?;
+    // No body (as before) means "the previous version".
+    let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
+    };
+    let deployment = state.control.rollback(principal.tenant_id, &id, request.version).await?;
     publish(&state.node).await;
     Ok(Json(DeploymentJson::on(&state.node, deployment)))
+}
+
+/// A version as the API lists it.
+#[derive(Debug, Serialize)]
+pub struct VersionJson {
+    version: i64,
+    component: String,
+    created_at: String,
+    live: bool,
+    /// When it was live, oldest first (`until` absent: live now).
+    live_periods: Vec<PeriodJson>,
+}
+
+/// A stretch of time a version was live, and what made it live.
+#[derive(Debug, Serialize)]
+pub struct PeriodJson {
+    from: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<String>,
+    reason: String,
+}
+
+/// `GET /api/v1/deployments/{id}/versions`: every version, newest first.
+pub async fn versions(
+    State(state): State<Arc<ApiState>>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<VersionJson>>, ApiError> {
+    require(&principal, Scope::Read)?;
+    let versions = state.control.versions(principal.tenant_id, &id).await?;
+    Ok(Json(
+        versions
+            .into_iter()
+            .rev()
+            .map(|v| VersionJson {
+                version: v.version,
+                component: v.component,
+                created_at: rfc3339(v.created_at),
+                live: v.live,
+                live_periods: v
+                    .periods
+                    .into_iter()
+                    .map(|p| PeriodJson {
+                        from: rfc3339(p.from),
+                        until: p.until.map(rfc3339),
+                        reason: p.reason,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    ))
 }
 
 /// `DELETE /api/v1/deployments/{id}`: 204; the route then answers 404.

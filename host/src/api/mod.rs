@@ -8,12 +8,14 @@
 //! - `components`: uploads, listing, deletion.
 //! - `deployments`: deploy, list, roll back, delete.
 //! - `tenants`: tenants, tiers and keys (the admin side).
+//! - `grants`: the routes and hosts a tenant may deploy inside.
 //! - `usage`: the caller's quota windows and usage totals.
 //! - `docs`: the OpenAPI document at `/api/docs`.
 
 mod components;
 mod deployments;
 mod docs;
+mod grants;
 mod tenants;
 mod usage;
 
@@ -57,9 +59,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/components/{digest}", delete(components::remove))
         .route("/api/v1/deployments", post(deployments::create).get(deployments::list))
         .route("/api/v1/deployments/{id}/rollback", post(deployments::rollback))
+        .route("/api/v1/deployments/{id}/versions", get(deployments::versions))
         .route("/api/v1/deployments/{id}", delete(deployments::remove))
-        .route("/api/v1/tenants", post(tenants::create_tenant))
+        .route("/api/v1/tenants", post(tenants::create_tenant).get(tenants::list_tenants))
         .route("/api/v1/tenants/{name}", patch(tenants::update_tenant))
+        .route("/api/v1/tenants/{name}/grants", get(grants::list).post(grants::create))
+        .route("/api/v1/tenants/{name}/grants/{id}", delete(grants::remove))
         .route("/api/v1/keys", post(tenants::create_key).get(tenants::list_keys))
         .route("/api/v1/keys/{id}", delete(tenants::revoke_key))
         .route("/api/v1/tiers", get(tenants::list_tiers))
@@ -145,6 +150,9 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
             StoreError::Invalid(message) => ApiError::bad_request(message),
+            StoreError::NotGranted(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "route_not_granted", message)
+            }
             StoreError::Unavailable(detail) => {
                 tracing::warn!(detail, "the store is unavailable");
                 ApiError::new(
@@ -187,6 +195,9 @@ impl From<ControlError> for ApiError {
             ControlError::Invalid(message) => ApiError::bad_request(message),
             ControlError::Route(e) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_route", e.to_string())
+            }
+            ControlError::NotGranted(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "route_not_granted", message)
             }
             ControlError::Forbidden(message) => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)

@@ -55,6 +55,16 @@ pub async fn create_tenant(
     Ok((StatusCode::CREATED, Json(tenant.into())))
 }
 
+/// `GET /api/v1/tenants` (admin): every tenant.
+pub async fn list_tenants(
+    State(state): State<Arc<ApiState>>,
+    principal: Principal,
+) -> Result<Json<Vec<TenantJson>>, ApiError> {
+    admin_only(&principal)?;
+    let tenants = state.control.tenants().await?;
+    Ok(Json(tenants.into_iter().map(Into::into).collect()))
+}
+
 /// Body of `PATCH /api/v1/tenants/{name}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -3,10 +3,10 @@
 
 use clap::Subcommand;
 
-use super::serve::open_store;
+use super::store::open_store;
 use crate::auth::{Scope, Scopes};
 use crate::config::{Cap, LogArgs, StoreArgs, TierDefaultArgs, bytes_for, cap_for, duration_for};
-use crate::control::{Actor, ControlPlane, TierBase};
+use crate::control::{Actor, ControlPlane, ControlSettings, GrantSpec, TierBase};
 use crate::metrics::Metrics;
 use crate::tenancy::{TierLimits, TierPatch};
 
@@ -72,6 +72,34 @@ pub enum TenantCommand {
         name: String,
         /// The new tier.
         tier: String,
+    },
+    /// Lists the tenants.
+    List,
+    /// Grants a tenant a route prefix (`--route '/shop/...'`: every route at
+    /// or below it) or a host (`--host shop.example.com`: every route on
+    /// it), beside its default `/<tenant>/...`.
+    Grant {
+        /// The tenant's name.
+        name: String,
+        /// A route in Spin syntax: `/path/...` or an exact `/path`.
+        #[arg(long, conflicts_with = "host", required_unless_present = "host")]
+        route: Option<String>,
+        /// A host name.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Revokes a grant (by id, from `grants`); refused while one of the
+    /// tenant's deployments needs it.
+    Revoke {
+        /// The tenant's name.
+        name: String,
+        /// The grant's id (`grt_...`).
+        id: String,
+    },
+    /// Lists what a tenant may deploy inside.
+    Grants {
+        /// The tenant's name.
+        name: String,
     },
 }
 
@@ -157,6 +185,11 @@ pub enum TierCommand {
     List,
 }
 
+/// Prints to stderr: what a person reads, beside the output for scripts.
+fn tell(line: &str) {
+    eprintln!("{line}");
+}
+
 /// Prints to stdout: the output of admin commands is meant for scripts.
 #[expect(clippy::print_stdout, reason = "admin commands answer on stdout")]
 fn say(line: &str) {
@@ -174,11 +207,16 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
     args.tiers.validate()?;
     let (store, salt) = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
+    // A key made against one store fails against another: say which this is.
+    tell(&format!("store: {} ({})", store.location(), store.backend()));
     let control = ControlPlane::new(
         store,
         &salt,
-        args.tiers.defaults_for_new_tiers(),
-        Vec::new(),
+        ControlSettings {
+            tier_defaults: args.tiers.defaults_for_new_tiers(),
+            reserved: Vec::new(),
+            base_domain: args.store.base_domain.clone(),
+        },
         Metrics::new(),
     );
     match args.command {
@@ -189,6 +227,33 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Tenant { command: TenantCommand::SetTier { name, tier } } => {
             let tenant = control.set_tenant_tier(&name, &tier).await?;
             say(&format!("tenant {} is now on tier {}", tenant.name, tenant.tier));
+        }
+        AdminCommand::Tenant { command: TenantCommand::List } => {
+            for tenant in control.tenants().await? {
+                say(&format!("{}\t{}", tenant.name, tenant.tier));
+            }
+        }
+        AdminCommand::Tenant { command: TenantCommand::Grant { name, route, host } } => {
+            let spec = match (route, host) {
+                (Some(route), None) => GrantSpec::Route(route),
+                (None, Some(host)) => GrantSpec::Host(host),
+                _ => unreachable!("clap requires exactly one of --route and --host"),
+            };
+            let record = control.grant(&name, &spec).await?;
+            say(&format!("granted {} to tenant {} ({})", record.grant, record.tenant, record.id));
+        }
+        AdminCommand::Tenant { command: TenantCommand::Revoke { name, id } } => {
+            control.revoke_grant(&name, &id).await?;
+            say(&format!("grant {id} of tenant {name} revoked"));
+        }
+        AdminCommand::Tenant { command: TenantCommand::Grants { name } } => {
+            let (defaults, grants) = control.grants(&name).await?;
+            for grant in defaults {
+                say(&format!("default\t{grant}"));
+            }
+            for record in grants {
+                say(&format!("{}\t{}", record.id, record.grant));
+            }
         }
         AdminCommand::Key { command: KeyCommand::Create { tenant, admin, scopes } } => {
             let mut scopes = match scopes {

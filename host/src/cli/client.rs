@@ -1,5 +1,5 @@
-//! `wasmwiz deploy`, `wasmwiz deployments`, `wasmwiz rollback`: clients of
-//! the REST API, for tenant developers.
+//! `wasmwiz deploy`, `deployments`, `rollback` and `delete`: clients of the
+//! REST API, for tenant developers.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +8,8 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
+
+use crate::router::RoutePattern;
 
 /// Where the API is and which key to use.
 #[derive(clap::Args, Debug)]
@@ -58,11 +60,48 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{text}` is not NAME=VALUE"))
 }
 
+/// Which deployment a command means: its id, or its route.
+#[derive(clap::Args, Debug)]
+pub struct Target {
+    /// The deployment's id (`dep_...`) or its route (`/hello/...`).
+    #[arg(value_name = "ID|ROUTE")]
+    pub deployment: String,
+    /// The host of the route, when the same route is deployed on several.
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
 /// Arguments of `wasmwiz rollback`.
 #[derive(clap::Args, Debug)]
 pub struct RollbackArgs {
-    /// The deployment's id (`dep_...`).
-    pub id: String,
+    #[command(flatten)]
+    pub target: Target,
+    /// Switch to this version instead of the one live before the current.
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<i64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Arguments of `wasmwiz delete`.
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Arguments of `wasmwiz deployments`.
+#[derive(clap::Args, Debug)]
+pub struct DeploymentsArgs {
+    /// Show the versions of one deployment (id or route) and when each was
+    /// live, instead of the list.
+    #[arg(long, value_name = "ID|ROUTE")]
+    pub history: Option<String>,
+    /// The host of `--history`'s route, when it is deployed on several.
+    #[arg(long, requires = "history")]
+    pub host: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -118,6 +157,9 @@ fn say(line: &str) {
 
 /// Uploads a component and deploys it on a route.
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    // A route the server would refuse is refused before the upload.
+    RoutePattern::parse(&args.route, args.host.as_deref(), &[])
+        .with_context(|| format!("--route `{}`", args.route))?;
     let api = Api::new(&args.client)?;
     let bytes = tokio::fs::read(&args.file)
         .await
@@ -199,60 +241,219 @@ fn invoke_url(base: &str, route: &str, host: Option<&str>) -> String {
     }
 }
 
-/// Lists the tenant's live deployments.
-pub async fn deployments(args: ClientArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args)?;
+/// The id of the deployment `target` names: an id as it is, a route
+/// looked up among the tenant's deployments.
+async fn resolve(api: &Api, target: &Target) -> anyhow::Result<String> {
+    if !target.deployment.starts_with('/') {
+        return Ok(target.deployment.clone());
+    }
+    let wanted = RoutePattern::parse_stored(&target.deployment, target.host.as_deref())
+        .with_context(|| format!("`{}`", target.deployment))?;
+    let list = api.send(api.request(reqwest::Method::GET, "/api/v1/deployments")).await?;
+    let matches: Vec<&Value> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| {
+            d["route"].as_str() == Some(wanted.to_string().as_str())
+                && (target.host.is_none() || d["host"].as_str() == wanted.host())
+        })
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one["id"].as_str().unwrap_or_default().to_string()),
+        [] => bail!("you have no deployment on {wanted} (wasmwiz deployments lists them)"),
+        several => {
+            let hosts: Vec<&str> =
+                several.iter().map(|d| d["host"].as_str().unwrap_or("(any host)")).collect();
+            bail!("{wanted} is deployed on several hosts ({}): add --host", hosts.join(", "))
+        }
+    }
+}
+
+/// Names of the tenant's components, by digest.
+async fn component_names(api: &Api) -> std::collections::HashMap<String, String> {
+    let list = api.send(api.request(reqwest::Method::GET, "/api/v1/components")).await;
+    list.ok()
+        .and_then(|l| l.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| Some((c["digest"].as_str()?.to_string(), c["name"].as_str()?.to_string())))
+        .collect()
+}
+
+/// A component as a person reads it: its name and a short digest.
+fn component_label(digest: &str, names: &std::collections::HashMap<String, String>) -> String {
+    let short = digest.strip_prefix("sha256:").unwrap_or(digest).get(..12).unwrap_or(digest);
+    match names.get(digest) {
+        Some(name) => format!("{name} ({short})"),
+        None => short.to_string(),
+    }
+}
+
+/// Rows under a header, each column as wide as its widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len() - 1;
+        cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| if i == last { c } else { format!("{c:<w$}", w = widths[i]) })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    std::iter::once(line(header.iter().map(|h| h.to_string()).collect()))
+        .chain(rows.iter().map(|r| line(r.clone())))
+        .collect()
+}
+
+/// Lists the tenant's live deployments, or one deployment's versions.
+pub async fn deployments(args: DeploymentsArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.client)?;
+    if let Some(deployment) = args.history {
+        let target = Target { deployment, host: args.host };
+        return history(&api, &target).await;
+    }
     let list = api.send(api.request(reqwest::Method::GET, "/api/v1/deployments")).await?;
     let list = list.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
         say("no deployments");
         return Ok(());
     }
-    say(&format!("{:<26} {:<30} {:>7}  {}", "ID", "ROUTE", "VERSION", "COMPONENT"));
-    for d in list {
+    let names = component_names(&api).await;
+    let mut rows = Vec::new();
+    let mut settings = Vec::new();
+    for d in &list {
         let route = match d["host"].as_str() {
             Some(host) => format!("{host}{}", d["route"].as_str().unwrap_or("")),
             None => d["route"].as_str().unwrap_or("").to_string(),
         };
-        say(&format!(
-            "{:<26} {:<30} {:>7}  {}",
-            d["id"].as_str().unwrap_or(""),
+        let status = match d["status"]["state"].as_str() {
+            Some("serving") | None => String::new(),
+            Some(state) => format!(" ({state})"),
+        };
+        rows.push(vec![
+            d["id"].as_str().unwrap_or("").to_string(),
             route,
-            d["version"],
-            d["component"].as_str().unwrap_or("")
-        ));
+            format!("{}{status}", d["version"]),
+            component_label(d["component"].as_str().unwrap_or(""), &names),
+        ]);
         let config = d["config"].as_object().map(|c| {
             c.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>()
         });
         let secrets = d["secrets"].as_array().map(|s| {
             s.iter().map(|k| format!("{}=<secret>", k.as_str().unwrap_or(""))).collect::<Vec<_>>()
         });
-        let settings: Vec<String> =
-            config.into_iter().flatten().chain(secrets.into_iter().flatten()).collect();
+        settings.push(
+            config.into_iter().flatten().chain(secrets.into_iter().flatten()).collect::<Vec<_>>(),
+        );
+    }
+    let lines = table(&["ID", "ROUTE", "VERSION", "COMPONENT"], &rows);
+    say(&lines[0]);
+    let indent = rows.iter().map(|r| r[0].len()).max().unwrap_or(0).max(2);
+    for (line, settings) in lines[1..].iter().zip(settings) {
+        say(line);
         if !settings.is_empty() {
-            say(&format!("{:<26} config: {}", "", settings.join(" ")));
+            say(&format!("{:indent$}  config: {}", "", settings.join(" ")));
         }
     }
     Ok(())
 }
 
-/// Switches a deployment back to its previous version.
+/// Prints one deployment's versions, newest first, and when each was live.
+async fn history(api: &Api, target: &Target) -> anyhow::Result<()> {
+    let id = resolve(api, target).await?;
+    let path = format!("/api/v1/deployments/{id}/versions");
+    let versions = api.send(api.request(reqwest::Method::GET, &path)).await?;
+    let names = component_names(api).await;
+    let rows: Vec<Vec<String>> = versions
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|v| {
+            let periods: Vec<String> = v["live_periods"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    let from = p["from"].as_str().unwrap_or("");
+                    let until = p["until"].as_str().unwrap_or("now");
+                    format!("{from} to {until} ({})", p["reason"].as_str().unwrap_or(""))
+                })
+                .collect();
+            vec![
+                format!("{}{}", v["version"], if v["live"] == true { " *" } else { "" }),
+                component_label(v["component"].as_str().unwrap_or(""), &names),
+                v["created_at"].as_str().unwrap_or("").to_string(),
+                if periods.is_empty() { "never".to_string() } else { periods.join("; ") },
+            ]
+        })
+        .collect();
+    for line in table(&["VERSION", "COMPONENT", "DEPLOYED", "LIVE"], &rows) {
+        say(&line);
+    }
+    Ok(())
+}
+
+/// Switches a deployment back to the version live before the current one,
+/// or to `--to VERSION`.
 pub async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.client)?;
-    let path = format!("/api/v1/deployments/{}/rollback", args.id);
-    let d = api.send(api.request(reqwest::Method::POST, &path)).await?;
+    let id = resolve(&api, &args.target).await?;
+    let path = format!("/api/v1/deployments/{id}/rollback");
+    let mut request = api.request(reqwest::Method::POST, &path);
+    if let Some(version) = args.to {
+        request = request.json(&serde_json::json!({ "version": version }));
+    }
+    let d = api.send(request).await?;
+    let names = component_names(&api).await;
     say(&format!(
-        "{} is back on version {} ({})",
-        d["route"].as_str().unwrap_or(&args.id),
+        "{} is on version {} ({})",
+        d["route"].as_str().unwrap_or(&id),
         d["version"],
-        d["component"].as_str().unwrap_or("")
+        component_label(d["component"].as_str().unwrap_or(""), &names)
     ));
+    Ok(())
+}
+
+/// Deletes a deployment: its route answers 404 from then on.
+pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.client)?;
+    let id = resolve(&api, &args.target).await?;
+    api.send(api.request(reqwest::Method::DELETE, &format!("/api/v1/deployments/{id}"))).await?;
+    say(&format!("deleted {id} ({})", args.target.deployment));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_align_every_column_to_its_widest_cell() {
+        let rows = vec![
+            vec!["dep_a".to_string(), "/hello/...".to_string(), "12".to_string(), "x".to_string()],
+            vec![
+                "dep_bb".to_string(),
+                "/h".to_string(),
+                "3 (compiling)".to_string(),
+                "y".to_string(),
+            ],
+        ];
+        let lines = table(&["ID", "ROUTE", "VERSION", "COMPONENT"], &rows);
+        assert_eq!(lines[0], "ID      ROUTE       VERSION        COMPONENT");
+        assert_eq!(lines[1], "dep_a   /hello/...  12             x");
+        assert_eq!(lines[2], "dep_bb  /h          3 (compiling)  y");
+    }
 
     #[test]
     fn invoke_urls_strip_the_wildcard_and_keep_the_port() {

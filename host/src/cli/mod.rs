@@ -5,6 +5,7 @@ pub mod admin;
 pub mod client;
 mod run;
 pub mod serve;
+mod store;
 
 use std::path::PathBuf;
 
@@ -40,10 +41,13 @@ pub enum Command {
     Migrate(admin::MigrateArgs),
     /// Upload a component and deploy it on a route (API client).
     Deploy(client::DeployArgs),
-    /// List your live deployments (API client).
-    Deployments(client::ClientArgs),
-    /// Switch a deployment back to its previous version (API client).
+    /// List your live deployments, or one's versions (API client).
+    Deployments(client::DeploymentsArgs),
+    /// Switch a deployment back to the version live before the current one,
+    /// or to a chosen one (API client).
     Rollback(client::RollbackArgs),
+    /// Delete a deployment: its route answers 404 from then on (API client).
+    Delete(client::DeleteArgs),
     /// Internal: compile one component read from stdin into the cache.
     #[command(hide = true)]
     CompileWorker {
@@ -73,6 +77,7 @@ impl Cli {
             Command::Deploy(_)
             | Command::Deployments(_)
             | Command::Rollback(_)
+            | Command::Delete(_)
             | Command::CompileWorker { .. } => None,
         }
     }
@@ -87,6 +92,7 @@ impl Cli {
             Command::Deploy(args) => client::deploy(args).await?,
             Command::Deployments(args) => client::deployments(args).await?,
             Command::Rollback(args) => client::rollback(args).await?,
+            Command::Delete(args) => client::delete(args).await?,
             Command::CompileWorker { cache_dir, digest, instance_pool_size, memory_limit } => {
                 let code = tokio::task::spawn_blocking(move || {
                     crate::runtime::worker_main(

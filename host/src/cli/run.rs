@@ -77,8 +77,8 @@ fn parse_mount(arg: &str) -> anyhow::Result<Mount> {
         Some((route, file)) if route.starts_with('/') => (route, file),
         _ => ("/...", arg),
     };
-    let route =
-        RoutePattern::parse_any(route, None).with_context(|| format!("`{arg}`: invalid route"))?;
+    let route = RoutePattern::parse_unreserved(route, None)
+        .with_context(|| format!("`{arg}`: invalid route"))?;
     Ok(Mount { route, file: PathBuf::from(file) })
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -12,13 +12,14 @@ use tower::ServiceExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::store::open_store;
 use crate::api::{self, ApiState};
-use crate::auth::{Authenticator, MIN_SALT_LEN};
+use crate::auth::Authenticator;
 use crate::config::{
     CompileArgs, HttpArgs, ListenArgs, LogArgs, MetricsArgs, OutboundArgs, QuotaArgs, RuntimeArgs,
     StoreArgs, TierDefaultArgs,
 };
-use crate::control::{CompiledComponents, ControlPlane};
+use crate::control::{CompiledComponents, ControlPlane, ControlSettings};
 use crate::dataplane::{DataPlane, DataPlaneSettings};
 use crate::kv::KvBackend;
 use crate::kv::redis::RedisKv;
@@ -30,7 +31,7 @@ use crate::quota::redis::RedisQuota;
 use crate::response::{BoxError, ResponseBody, full};
 use crate::runtime::{Compiler, Runtime};
 use crate::server::{self, ConnInfo, Handler, HttpOptions, Listeners, tls};
-use crate::store::{self, Store, StoreKv};
+use crate::store::StoreKv;
 
 /// Shortest timeout of a key-value call to Redis (a quota check waits
 /// less: it has a local fallback, a guest's read has none).
@@ -59,73 +60,6 @@ pub struct ServeArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub log: LogArgs,
-}
-
-/// Opens the configured store (applying migrations), seeds the default
-/// tiers and settles the key salt: what every command that touches the
-/// store does first.
-pub async fn open_store(
-    store_args: &StoreArgs,
-    tiers: &TierDefaultArgs,
-    production: bool,
-) -> anyhow::Result<(Arc<dyn Store>, Vec<u8>)> {
-    if production && store_args.api_salt.as_deref().is_none_or(|s| s.len() < MIN_SALT_LEN) {
-        bail!(
-            "API_SALT must be set to at least {MIN_SALT_LEN} characters when ENVIRONMENT=production \
-             (scripts/generate_secrets.sh makes one)"
-        );
-    }
-    let store = store::open(store_args.database_url.as_deref(), &store_args.data_dir).await?;
-    store.seed_tiers(&tiers.default_tiers()).await.context("seeding the default tiers")?;
-    warn_about_changed_rates(store.as_ref(), tiers).await;
-    let salt = match &store_args.api_salt {
-        Some(salt) => {
-            if salt.len() < MIN_SALT_LEN {
-                tracing::warn!(
-                    "API_SALT is shorter than {MIN_SALT_LEN} characters: acceptable for development only"
-                );
-            }
-            salt.as_bytes().to_vec()
-        }
-        None => {
-            // Development without API_SALT: a random salt kept in the store,
-            // so every node and every restart hash keys the same way.
-            let fresh = hex::encode(rand::random::<[u8; 32]>());
-            let salt = store
-                .setting_or_insert("development_api_salt", &fresh)
-                .await
-                .context("storing the development API salt")?;
-            tracing::warn!(
-                "API_SALT is not set: using a generated salt kept in the store (development only)"
-            );
-            salt.into_bytes()
-        }
-    };
-    Ok((store, salt))
-}
-
-/// Tiers are seeded once; later changes to the *_TIER_RATE_* variables do
-/// not overwrite what an operator set. Say so when they differ.
-async fn warn_about_changed_rates(store: &dyn Store, tiers: &TierDefaultArgs) {
-    let Ok(stored) = store.tiers().await else {
-        return;
-    };
-    for wanted in tiers.default_tiers() {
-        if let Some(have) = stored.iter().find(|t| t.name == wanted.name) {
-            let (w, h) = (&wanted.limits, &have.limits);
-            if w.requests_per_minute != h.requests_per_minute
-                || w.requests_per_day != h.requests_per_day
-            {
-                tracing::warn!(
-                    tier = %wanted.name,
-                    stored_per_minute = ?h.requests_per_minute,
-                    stored_per_day = ?h.requests_per_day,
-                    "the stored tier's rates differ from the *_TIER_RATE_* variables, which only seed \
-                     new stores; change it with `wasmwiz admin tier set`"
-                );
-            }
-        }
-    }
 }
 
 /// A node built from its configuration, bound and ready to serve.
@@ -234,8 +168,11 @@ impl Serve {
         let control = ControlPlane::new(
             store.clone(),
             &salt,
-            args.tiers.defaults_for_new_tiers(),
-            reserved,
+            ControlSettings {
+                tier_defaults: args.tiers.defaults_for_new_tiers(),
+                reserved,
+                base_domain: args.store.base_domain.clone(),
+            },
             metrics.clone(),
         )
         .with_components(components);

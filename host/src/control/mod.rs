@@ -22,5 +22,6 @@ pub mod service;
 pub use compile_queue::CompileQueue;
 pub use compiled::CompiledComponents;
 pub use service::{
-    Actor, ControlError, ControlPlane, ControlResult, DeploySpec, IssuedKey, TierBase, Uploaded,
+    Actor, ControlError, ControlPlane, ControlResult, ControlSettings, DeploySpec, GrantSpec,
+    IssuedKey, TierBase, Uploaded,
 };

@@ -114,13 +114,14 @@ pub fn build<A>(
             plan.invalid.push((deployment.id, format!("unknown tier {}", deployment.tier)));
             continue;
         };
-        let pattern = match RoutePattern::parse_any(&deployment.route, deployment.host.as_deref()) {
-            Ok(pattern) => pattern,
-            Err(e) => {
-                plan.invalid.push((deployment.id, format!("stored route is invalid: {e}")));
-                continue;
-            }
-        };
+        let pattern =
+            match RoutePattern::parse_stored(&deployment.route, deployment.host.as_deref()) {
+                Ok(pattern) => pattern,
+                Err(e) => {
+                    plan.invalid.push((deployment.id, format!("stored route is invalid: {e}")));
+                    continue;
+                }
+            };
         plan.needed.insert(deployment.component.clone());
         let earlier = served.get(&deployment.id).copied().filter(|v| *v != deployment.version);
         let target = match (compiled(&deployment.component), earlier) {

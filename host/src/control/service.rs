@@ -12,11 +12,11 @@ use sha2::{Digest as _, Sha256};
 use super::compiled::CompiledComponents;
 use crate::auth::{self, Principal, Scopes};
 use crate::metrics::Metrics;
-use crate::router::{RouteError, RoutePattern};
+use crate::router::{Grant, RouteError, RoutePattern};
 use crate::runtime::{CompileError, OutboundPolicy};
 use crate::store::{
-    ApiKeyRecord, ComponentDeletion, ComponentMeta, Deployment, NewComponent, NewDeployment, Store,
-    StoreError, Tenant, now_ms,
+    ApiKeyRecord, ComponentDeletion, ComponentMeta, Deployment, GrantRecord, NewComponent,
+    NewDeployment, Store, StoreError, Tenant, VersionRecord, now_ms,
 };
 use crate::tenancy::{
     MAX_INSTANCE_REUSE, NAME_RULE, TenantId, Tier, TierLimits, TierPatch, valid_name,
@@ -42,6 +42,9 @@ pub enum ControlError {
     /// The route is malformed or reserved.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// The route is outside what the tenant is granted.
+    #[error("{0}")]
+    NotGranted(String),
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
@@ -71,6 +74,7 @@ impl From<StoreError> for ControlError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Invalid(message) => ControlError::Invalid(message),
+            StoreError::NotGranted(message) => ControlError::NotGranted(message),
             StoreError::Conflict(message) => ControlError::Conflict { code: "conflict", message },
             other => ControlError::Store(other),
         }
@@ -141,6 +145,15 @@ fn one() -> u32 {
     1
 }
 
+/// A grant to make: `{"route": "/shop/..."}` or `{"host": "shop.example.com"}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantSpec {
+    /// Host-less routes at or below a route pattern.
+    Route(String),
+    /// Every route on a host.
+    Host(String),
+}
+
 /// The result of an upload.
 #[derive(Debug, Clone)]
 pub struct Uploaded {
@@ -163,36 +176,37 @@ pub struct IssuedKey {
     pub scopes: Scopes,
 }
 
+/// What the service takes from the installation's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ControlSettings {
+    /// Limits a tier gets for the fields a change leaves out.
+    pub tier_defaults: TierLimits,
+    /// Paths no route may claim beyond the built-in ones (a custom metrics
+    /// path).
+    pub reserved: Vec<String>,
+    /// `WASMWIZ_BASE_DOMAIN`: each tenant may use `<tenant>.<base>`.
+    pub base_domain: Option<String>,
+}
+
 /// The control-plane service of one process.
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
     store: Arc<dyn Store>,
     salt: Arc<[u8]>,
-    tier_defaults: TierLimits,
-    reserved: Arc<[String]>,
+    settings: Arc<ControlSettings>,
     components: Option<Arc<CompiledComponents>>,
     metrics: Arc<Metrics>,
 }
 
 impl ControlPlane {
-    /// A service over `store`, hashing keys with `salt`, filling missing
-    /// tier limits from `tier_defaults`, refusing the `reserved` paths
-    /// (beyond the built-in ones) as routes.
+    /// A service over `store`, hashing keys with `salt`.
     pub fn new(
         store: Arc<dyn Store>,
         salt: &[u8],
-        tier_defaults: TierLimits,
-        reserved: Vec<String>,
+        settings: ControlSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self {
-            store,
-            salt: salt.into(),
-            tier_defaults,
-            reserved: reserved.into(),
-            components: None,
-            metrics,
-        }
+        Self { store, salt: salt.into(), settings: Arc::new(settings), components: None, metrics }
     }
 
     /// The same, compiling uploads into `components` (a serving node).
@@ -213,13 +227,48 @@ impl ControlPlane {
 
     // --- tenants ---------------------------------------------------------
 
-    /// Creates a tenant on `tier`.
+    fn reserved(&self) -> Vec<&str> {
+        self.settings.reserved.iter().map(String::as_str).collect()
+    }
+
+    /// Creates a tenant on `tier`. Its name becomes its default route
+    /// prefix (`/<name>/...`) and, with a base domain, its host: neither
+    /// may be reserved or granted to another tenant.
     pub async fn create_tenant(&self, name: &str, tier: &str) -> ControlResult<Tenant> {
         check_name("tenant", name)?;
+        let defaults = Grant::defaults(name, self.settings.base_domain.as_deref());
+        if let Grant::Path(prefix) = &defaults[0]
+            && let Err(RouteError::Reserved(_)) =
+                RoutePattern::parse(&prefix.to_string(), None, &self.reserved())
+        {
+            return Err(ControlError::Invalid(format!(
+                "`{name}` cannot name a tenant: /{name}/ is reserved for the host"
+            )));
+        }
+        if let Some(taken) = self
+            .store
+            .grants(None)
+            .await?
+            .into_iter()
+            .find(|g| defaults.iter().any(|d| d.overlaps(&g.grant)))
+        {
+            return Err(ControlError::Conflict {
+                code: "conflict",
+                message: format!(
+                    "a tenant named `{name}` would deploy in {}, which is granted to tenant {}",
+                    taken.grant, taken.tenant
+                ),
+            });
+        }
         let tenant = self.store.create_tenant(name, tier).await?;
         self.metrics.tenants_created.inc();
         tracing::info!(tenant = %tenant.name, tier = %tenant.tier, "tenant created");
         Ok(tenant)
+    }
+
+    /// Every tenant.
+    pub async fn tenants(&self) -> ControlResult<Vec<Tenant>> {
+        Ok(self.store.tenants().await?)
     }
 
     /// Moves a tenant to another tier.
@@ -281,6 +330,62 @@ impl ControlPlane {
         }
     }
 
+    // --- grants ------------------------------------------------------------
+
+    async fn tenant_named(&self, name: &str) -> ControlResult<Tenant> {
+        self.store.tenant(name).await?.ok_or(ControlError::NotFound("tenant"))
+    }
+
+    /// What a tenant may deploy inside: its defaults (not stored, so not
+    /// revocable) and the grants an operator gave it.
+    pub async fn grants(&self, tenant: &str) -> ControlResult<(Vec<Grant>, Vec<GrantRecord>)> {
+        let tenant = self.tenant_named(tenant).await?;
+        let defaults = Grant::defaults(&tenant.name, self.settings.base_domain.as_deref());
+        Ok((defaults, self.store.grants(Some(tenant.id)).await?))
+    }
+
+    /// Grants a tenant a route prefix or a host; refused when it overlaps
+    /// what another tenant holds or deploys in by default.
+    pub async fn grant(&self, tenant: &str, grant: &GrantSpec) -> ControlResult<GrantRecord> {
+        let tenant = self.tenant_named(tenant).await?;
+        let grant = match grant {
+            GrantSpec::Route(route) => Grant::path(route, &self.reserved())?,
+            GrantSpec::Host(host) => Grant::host(host)?,
+        };
+        // Another tenant's default host (`<name>.<base>`) is not stored:
+        // the store cannot see it.
+        if let (Grant::Host(host), Some(base)) = (&grant, &self.settings.base_domain)
+            && let Some(owner) = host.strip_suffix(&format!(".{base}"))
+            && owner != tenant.name
+            && self.store.tenant(owner).await?.is_some()
+        {
+            return Err(ControlError::Conflict {
+                code: "conflict",
+                message: format!("host {host} is tenant {owner}'s by default"),
+            });
+        }
+        let record = self.store.add_grant(tenant.id, &grant).await?;
+        tracing::info!(tenant = %tenant.name, grant = %record.grant, id = %record.id, "granted");
+        Ok(record)
+    }
+
+    /// Revokes one of a tenant's grants; refused while a deployment of the
+    /// tenant is inside it and in none of its other grants.
+    pub async fn revoke_grant(&self, tenant: &str, id: &str) -> ControlResult<()> {
+        let tenant = self.tenant_named(tenant).await?;
+        match self.store.revoke_grant(tenant.id, id, self.settings.base_domain.as_deref()).await {
+            Ok(true) => {
+                tracing::info!(tenant = %tenant.name, id, "grant revoked");
+                Ok(())
+            }
+            Ok(false) => Err(ControlError::NotFound("grant")),
+            Err(StoreError::Conflict(message)) => {
+                Err(ControlError::Conflict { code: "grant_in_use", message })
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
     // --- tiers -------------------------------------------------------------
 
     /// Every tier.
@@ -309,7 +414,7 @@ impl ControlPlane {
         let created = current.is_none();
         let base = match (base, current) {
             (TierBase::Current, Some(current)) => current.limits,
-            _ => self.tier_defaults.clone(),
+            _ => self.settings.tier_defaults.clone(),
         };
         let limits = patch.apply(&base);
         limits.check().map_err(ControlError::Invalid)?;
@@ -391,8 +496,7 @@ impl ControlPlane {
 
     /// Checks a route as a deployment would have it, without deploying.
     pub fn check_route(&self, route: &str, host: Option<&str>) -> ControlResult<RoutePattern> {
-        let reserved: Vec<&str> = self.reserved.iter().map(String::as_str).collect();
-        Ok(RoutePattern::parse(route, host, &reserved)?)
+        Ok(RoutePattern::parse(route, host, &self.reserved())?)
     }
 
     /// Deploys `spec` for a tenant on `tier`: version 1 of a new route, or
@@ -429,6 +533,7 @@ impl ControlPlane {
                 secrets: spec.secrets,
                 allowed_outbound_hosts: spec.allowed_outbound_hosts,
                 max_instance_reuse: spec.max_instance_reuse,
+                base_domain: self.settings.base_domain.clone(),
             })
             .await?;
         tracing::info!(tenant_id, deployment = %deployment.id, route = %deployment.route,
@@ -441,9 +546,31 @@ impl ControlPlane {
         Ok(self.store.deployments(Some(tenant_id)).await?)
     }
 
-    /// Switches a deployment back to its previous version.
-    pub async fn rollback(&self, tenant_id: TenantId, id: &str) -> ControlResult<Deployment> {
-        self.store.rollback(tenant_id, id).await.map_err(|e| match e {
+    /// Switches a deployment back to the version that was live before the
+    /// current one (repeatable: it walks back through the switches), or to
+    /// the version `to`.
+    pub async fn rollback(
+        &self,
+        tenant_id: TenantId,
+        id: &str,
+        to: Option<i64>,
+    ) -> ControlResult<Deployment> {
+        let deployment = self.store.rollback(tenant_id, id, to).await.map_err(|e| match e {
+            StoreError::NotFound => ControlError::NotFound("deployment"),
+            other => other.into(),
+        })?;
+        tracing::info!(tenant_id, deployment = %deployment.id, version = deployment.version,
+                       "rolled back");
+        Ok(deployment)
+    }
+
+    /// Every version of a deployment and when each was live.
+    pub async fn versions(
+        &self,
+        tenant_id: TenantId,
+        id: &str,
+    ) -> ControlResult<Vec<VersionRecord>> {
+        self.store.versions(tenant_id, id).await.map_err(|e| match e {
             StoreError::NotFound => ControlError::NotFound("deployment"),
             other => other.into(),
         })

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use crate::kv::{Bucket, Change, KvError, KvLimits, Totals};
+use crate::router::{Grant, RoutePattern};
 use crate::tenancy::{TenantId, Tier};
 
 /// Why a store operation failed.
@@ -38,6 +39,9 @@ pub enum StoreError {
     /// The request names something that does not exist or is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// The route is outside what the tenant is granted.
+    #[error("{0}")]
+    NotGranted(String),
     /// The database cannot be reached right now.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
@@ -181,6 +185,47 @@ pub enum ComponentDeletion {
     InUse,
 }
 
+/// A route grant as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// Public identifier (`grt_...`).
+    pub id: String,
+    /// The tenant it is granted to.
+    pub tenant_id: TenantId,
+    /// That tenant's name.
+    pub tenant: String,
+    /// What it grants.
+    pub grant: Grant,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// One version of a deployment, and when it was live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionRecord {
+    /// The version number.
+    pub version: i64,
+    /// Its component's digest.
+    pub component: String,
+    /// When it was deployed, Unix milliseconds.
+    pub created_at: i64,
+    /// Whether it is live now.
+    pub live: bool,
+    /// Every stretch of time it was live, oldest first.
+    pub periods: Vec<LivePeriod>,
+}
+
+/// A stretch of time a version was live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LivePeriod {
+    /// When it became live, Unix milliseconds.
+    pub from: i64,
+    /// When another version replaced it (`None`: live now).
+    pub until: Option<i64>,
+    /// What made it live: `deploy`, `rollback` or `rollback_to`.
+    pub reason: String,
+}
+
 /// A deployment request.
 #[derive(Clone, Debug, Default)]
 pub struct NewDeployment {
@@ -201,6 +246,8 @@ pub struct NewDeployment {
     /// Requests one instance may serve (1: a fresh instance each; 0 is
     /// taken as 1).
     pub max_instance_reuse: u32,
+    /// `WASMWIZ_BASE_DOMAIN`: the tenant may use `<tenant>.<base>`.
+    pub base_domain: Option<String>,
 }
 
 /// A live deployment at its live version.
@@ -281,6 +328,9 @@ impl UsageCounts {
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `postgres` or `sqlite`.
     fn backend(&self) -> &'static str;
+    /// Where the data is, for messages: the SQLite file, or PostgreSQL's
+    /// `host:port/database` (never a password).
+    fn location(&self) -> String;
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;
     /// Whether the database answers.
@@ -304,6 +354,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn tenant(&self, name: &str) -> StoreResult<Option<Tenant>>;
     /// A tenant by id.
     async fn tenant_by_id(&self, id: TenantId) -> StoreResult<Option<Tenant>>;
+    /// Every tenant, by name.
+    async fn tenants(&self) -> StoreResult<Vec<Tenant>>;
+
+    /// The explicit grants of one tenant, or of every tenant (defaults are
+    /// not stored).
+    async fn grants(&self, tenant_id: Option<TenantId>) -> StoreResult<Vec<GrantRecord>>;
+    /// Grants `grant` to a tenant; `Conflict` when it overlaps another
+    /// tenant's grant or default path.
+    async fn add_grant(&self, tenant_id: TenantId, grant: &Grant) -> StoreResult<GrantRecord>;
+    /// Revokes one of a tenant's grants; `Conflict` while a live deployment
+    /// of the tenant is inside it and in none of its other grants; false if
+    /// there is no such grant.
+    async fn revoke_grant(
+        &self,
+        tenant_id: TenantId,
+        id: &str,
+        base_domain: Option<&str>,
+    ) -> StoreResult<bool>;
 
     /// Stores a new API key.
     async fn create_key(&self, key: &NewApiKey) -> StoreResult<ApiKeyRecord>;
@@ -335,11 +403,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<ComponentDeletion>;
 
     /// Deploys: version 1 of a new route, or version n+1 of the tenant's
-    /// existing one. `Conflict` when another tenant holds the route or a
-    /// wildcard above it; `Invalid` for an unknown component.
+    /// existing one. `NotGranted` outside the tenant's grants (a route the
+    /// tenant already holds may always get a new version); `Conflict` when
+    /// another tenant holds the route; `Invalid` for an unknown component.
     async fn deploy(&self, deployment: &NewDeployment) -> StoreResult<Deployment>;
-    /// Switches a deployment back to its previous version.
-    async fn rollback(&self, tenant_id: TenantId, id: &str) -> StoreResult<Deployment>;
+    /// Switches a deployment back to the version that was live before the
+    /// current one (walking back through the switches), or to `to`.
+    async fn rollback(
+        &self,
+        tenant_id: TenantId,
+        id: &str,
+        to: Option<i64>,
+    ) -> StoreResult<Deployment>;
+    /// Every version of a tenant's deployment, and when each was live.
+    async fn versions(&self, tenant_id: TenantId, id: &str) -> StoreResult<Vec<VersionRecord>>;
     /// Deletes a deployment; its route is free again.
     async fn delete_deployment(&self, tenant_id: TenantId, id: &str) -> StoreResult<bool>;
     /// Live deployments of one tenant, or of everyone.
@@ -400,6 +477,48 @@ pub async fn open(database_url: Option<&str>, data_dir: &Path) -> anyhow::Result
     };
     store.migrate().await?;
     Ok(store)
+}
+
+/// Grants each tenant, once per store, the routes it served before grants
+/// existed (outside its default `/<tenant>/...`), where they overlap no
+/// other tenant's, oldest deployment first: upgrading breaks nobody. A
+/// route that cannot be granted (`/...`, or one overlapping an earlier
+/// tenant's) keeps serving and may still get new versions; it only cannot
+/// be taken by the tenant's other deployments. Returns what it granted.
+pub async fn backfill_grants(store: &dyn Store) -> StoreResult<Vec<GrantRecord>> {
+    const DONE: &str = "grants_backfilled";
+    if store.setting(DONE).await?.is_some() {
+        return Ok(Vec::new());
+    }
+    let mut granted = Vec::new();
+    for deployment in store.deployments(None).await? {
+        let Ok(pattern) = RoutePattern::parse_stored(&deployment.route, deployment.host.as_deref())
+        else {
+            continue;
+        };
+        if Grant::defaults(&deployment.tenant, None).iter().any(|g| g.covers(&pattern)) {
+            continue;
+        }
+        let grant = match pattern.host() {
+            Some(host) => Grant::Host(host.to_string()),
+            None if pattern.is_wildcard() && pattern.to_string() == "/..." => continue,
+            None => Grant::Path(pattern.clone()),
+        };
+        match store.add_grant(deployment.tenant_id, &grant).await {
+            Ok(record) => {
+                tracing::info!(tenant = %record.tenant, grant = %record.grant,
+                               "granted a route the tenant served before grants existed");
+                granted.push(record);
+            }
+            Err(StoreError::Conflict(why)) => {
+                tracing::warn!(tenant = %deployment.tenant, route = %pattern, %why,
+                               "a route served before grants existed is not granted; it keeps serving");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    store.setting_or_insert(DONE, "1").await?;
+    Ok(granted)
 }
 
 /// Now, in Unix milliseconds.

@@ -10,15 +10,17 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 use tokio::sync::Notify;
 
-use super::sql::check_route_ownership;
 use super::sql::{
-    DEPLOYMENT_SELECT, KEY_SELECT, TIER_COLUMNS, json_list, json_map, sql_store, to_json,
+    DEPLOYMENT_SELECT, GRANT_SELECT, KEY_SELECT, TIER_COLUMNS, json_list, json_map, sql_store,
+    to_json,
 };
+use super::sql::{check_grant_free, check_granted, grant_of};
 use super::{
-    ApiKeyRecord, Bucket, Change, ComponentDeletion, ComponentMeta, Deployment, KvError, KvLimits,
-    NewApiKey, NewComponent, NewDeployment, Store, StoreError, StoreResult, Tenant, Totals,
-    UsageCounts, new_id, now_ms,
+    ApiKeyRecord, Bucket, Change, ComponentDeletion, ComponentMeta, Deployment, GrantRecord,
+    KvError, KvLimits, LivePeriod, NewApiKey, NewComponent, NewDeployment, Store, StoreError,
+    StoreResult, Tenant, Totals, UsageCounts, VersionRecord, new_id, now_ms,
 };
+use crate::router::{Grant, RoutePattern};
 use crate::tenancy::{TenantId, Tier, TierLimits};
 
 /// The migrations in `migrations/postgres`, compiled into the binary.
@@ -52,6 +54,9 @@ impl PgStore {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let options: PgConnectOptions =
             url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
+        // Notices (`relation "_sqlx_migrations" already exists, skipping`
+        // at every start) are not for operators.
+        let options = options.options([("client_min_messages", "warning")]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -70,6 +75,17 @@ impl PgStore {
     /// The URL it connected with.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// `host:port/database`, for messages (never the password).
+    fn place(&self) -> String {
+        let options = self.pool.connect_options();
+        format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("postgres")
+        )
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use super::StoreError;
-use crate::router::RoutePattern;
+use crate::router::{Grant, RoutePattern};
 
 /// Decodes a JSON map column.
 pub(super) fn json_map(text: &str) -> Result<BTreeMap<String, String>, StoreError> {
@@ -32,33 +32,62 @@ pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("maps and lists of strings serialize")
 }
 
-/// Refuses a route that would take requests from another tenant's route:
-/// the same route, or one inside another tenant's wildcard.
-pub(super) fn check_route_ownership(
-    route: &str,
-    host: &str,
-    others: &[(String, String)],
+/// A grant as stored: a route (`route` set) or a host (`host` set).
+pub(super) fn grant_of(route: &str, host: &str) -> Result<Grant, StoreError> {
+    let grant = if host.is_empty() {
+        RoutePattern::parse_stored(route, None).map(Grant::Path)
+    } else {
+        Grant::host(host)
+    };
+    grant.map_err(|e| StoreError::Internal(format!("a stored grant is invalid: {e}")))
+}
+
+/// Refuses `grant` for a tenant when it overlaps another tenant's: one of
+/// `others` (explicit grants, with their tenants' names) or the default
+/// path grant of a tenant named in `other_tenants`.
+pub(super) fn check_grant_free(
+    grant: &Grant,
+    others: &[(String, Grant)],
+    other_tenants: &[String],
 ) -> Result<(), StoreError> {
-    let host_opt = (!host.is_empty()).then_some(host);
-    let new =
-        RoutePattern::parse_any(route, host_opt).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    for (other_route, other_host) in others {
-        let other_host = (!other_host.is_empty()).then_some(other_host.as_str());
-        let Ok(existing) = RoutePattern::parse_any(other_route, other_host) else {
-            continue;
-        };
-        if existing == new {
-            return Err(StoreError::Conflict(format!(
-                "the route {route} belongs to another tenant"
-            )));
-        }
-        if new.would_take_from(&existing) {
-            return Err(StoreError::Conflict(format!(
-                "the route {route} is inside {existing}, which belongs to another tenant"
-            )));
-        }
+    if let Some((tenant, taken)) = others.iter().find(|(_, g)| g.overlaps(grant)) {
+        return Err(StoreError::Conflict(format!(
+            "{grant} overlaps {taken}, which is granted to tenant {tenant}"
+        )));
+    }
+    if let Grant::Path(_) = grant
+        && let Some(tenant) =
+            other_tenants.iter().find(|t| Grant::defaults(t, None)[0].overlaps(grant))
+    {
+        return Err(StoreError::Conflict(format!(
+            "{grant} overlaps /{tenant}/..., where tenant {tenant} deploys by default"
+        )));
     }
     Ok(())
+}
+
+/// Whether tenant `name`, holding `grants` (beside its defaults), may
+/// deploy `route`; the refusal names what it may use.
+pub(super) fn check_granted(
+    name: &str,
+    grants: &[Grant],
+    base_domain: Option<&str>,
+    route: &RoutePattern,
+) -> Result<(), StoreError> {
+    let all: Vec<Grant> =
+        Grant::defaults(name, base_domain).into_iter().chain(grants.iter().cloned()).collect();
+    if all.iter().any(|g| g.covers(route)) {
+        return Ok(());
+    }
+    let list = all.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let place = match route.host() {
+        Some(host) => format!("{route} on host {host}"),
+        None => route.to_string(),
+    };
+    Err(StoreError::NotGranted(format!(
+        "tenant {name} may deploy only inside what it is granted ({list}); {place} is not \
+         (an operator grants more with `wasmwiz admin tenant grant`)"
+    )))
 }
 
 pub(super) const TIER_COLUMNS: &str = "name, requests_per_minute, requests_per_day, \
@@ -73,6 +102,9 @@ pub(super) const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.tenant_id, t.name AS 
      JOIN tenants t ON t.id = d.tenant_id \
      JOIN deployment_versions v ON v.deployment_id = d.id AND v.version = d.live_version \
      WHERE d.deleted_at IS NULL";
+
+pub(super) const GRANT_SELECT: &str = "SELECT g.id, g.tenant_id, t.name AS tenant, g.route, \
+     g.host, g.created_at FROM route_grants g JOIN tenants t ON t.id = g.tenant_id";
 
 pub(super) const KEY_SELECT: &str = "SELECT k.id, k.tenant_id, t.name AS tenant, t.tier AS tier, k.prefix, \
      k.scopes, k.key_hash, k.created_at, k.revoked_at FROM api_keys k JOIN tenants t ON t.id = k.tenant_id";
@@ -176,6 +208,77 @@ macro_rules! sql_store {
                 })
             }
 
+            fn grant_from_row(row: &<$db as sqlx::Database>::Row) -> Result<GrantRecord, StoreError> {
+                use sqlx::Row as _;
+                let route: String = row.try_get("route")?;
+                let host: String = row.try_get("host")?;
+                Ok(GrantRecord {
+                    id: row.try_get("id")?,
+                    tenant_id: row.try_get("tenant_id")?,
+                    tenant: row.try_get("tenant")?,
+                    grant: grant_of(&route, &host)?,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+
+            async fn grants_in<'c>(
+                tx: &mut sqlx::Transaction<'c, $db>,
+            ) -> Result<Vec<GrantRecord>, StoreError> {
+                let query = format!("{GRANT_SELECT} ORDER BY g.created_at, g.id");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(query)).fetch_all(&mut **tx).await?;
+                rows.iter().map(Self::grant_from_row).collect()
+            }
+
+            /// Records a switch of `id`'s live version to `version`.
+            async fn switch_to<'c>(
+                tx: &mut sqlx::Transaction<'c, $db>,
+                id: &str,
+                version: i64,
+                parent: Option<i64>,
+                reason: &str,
+                at: i64,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO deployment_switches (deployment_id, seq, version, parent, reason, at) \
+                     SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 \
+                     FROM deployment_switches WHERE deployment_id = $1",
+                )
+                .bind(id)
+                .bind(version)
+                .bind(parent)
+                .bind(reason)
+                .bind(at)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query("UPDATE deployments SET live_version = $1, updated_at = $2 WHERE id = $3")
+                    .bind(version)
+                    .bind(at)
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            /// The current switch of `id`: its sequence number, version and
+            /// parent.
+            async fn current_switch<'c>(
+                tx: &mut sqlx::Transaction<'c, $db>,
+                id: &str,
+            ) -> Result<Option<(i64, i64, Option<i64>)>, StoreError> {
+                use sqlx::Row as _;
+                let row = sqlx::query(
+                    "SELECT seq, version, parent FROM deployment_switches WHERE deployment_id = $1 \
+                     ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                Ok(match row {
+                    Some(r) => Some((r.try_get("seq")?, r.try_get("version")?, r.try_get("parent")?)),
+                    None => None,
+                })
+            }
+
             async fn deployment_in<'c>(
                 tx: &mut sqlx::Transaction<'c, $db>,
                 id: &str,
@@ -207,6 +310,10 @@ macro_rules! sql_store {
         impl Store for $store {
             fn backend(&self) -> &'static str {
                 Self::BACKEND
+            }
+
+            fn location(&self) -> String {
+                self.place()
             }
 
             async fn migrate(&self) -> StoreResult<()> {
@@ -334,6 +441,120 @@ macro_rules! sql_store {
                     .fetch_optional(&self.pool)
                     .await?;
                 row.as_ref().map(Self::tenant_from_row).transpose()
+            }
+
+            async fn tenants(&self) -> StoreResult<Vec<Tenant>> {
+                let rows = sqlx::query("SELECT id, name, tier, created_at FROM tenants ORDER BY name")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::tenant_from_row).collect()
+            }
+
+            async fn grants(&self, tenant_id: Option<TenantId>) -> StoreResult<Vec<GrantRecord>> {
+                let rows = match tenant_id {
+                    Some(id) => {
+                        let query =
+                            format!("{GRANT_SELECT} WHERE g.tenant_id = $1 ORDER BY g.created_at, g.id");
+                        sqlx::query(sqlx::AssertSqlSafe(query)).bind(id).fetch_all(&self.pool).await?
+                    }
+                    None => {
+                        let query = format!("{GRANT_SELECT} ORDER BY g.created_at, g.id");
+                        sqlx::query(sqlx::AssertSqlSafe(query)).fetch_all(&self.pool).await?
+                    }
+                };
+                rows.iter().map(Self::grant_from_row).collect()
+            }
+
+            async fn add_grant(&self, tenant_id: TenantId, grant: &Grant) -> StoreResult<GrantRecord> {
+                use sqlx::Row as _;
+                let mut tx = self.begin_write().await?;
+                let all = Self::grants_in(&mut tx).await?;
+                if let Some(own) = all.iter().find(|g| g.tenant_id == tenant_id && g.grant == *grant) {
+                    return Err(StoreError::Conflict(format!(
+                        "{grant} is already granted to tenant {} ({})",
+                        own.tenant, own.id
+                    )));
+                }
+                let others: Vec<(String, Grant)> = all
+                    .into_iter()
+                    .filter(|g| g.tenant_id != tenant_id)
+                    .map(|g| (g.tenant, g.grant))
+                    .collect();
+                let other_tenants: Vec<String> = sqlx::query("SELECT name FROM tenants WHERE id <> $1")
+                    .bind(tenant_id)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get("name"))
+                    .collect::<Result<_, sqlx::Error>>()?;
+                check_grant_free(grant, &others, &other_tenants)?;
+                let (route, host) = match grant {
+                    Grant::Path(pattern) => (pattern.to_string(), String::new()),
+                    Grant::Host(host) => (String::new(), host.clone()),
+                };
+                let id = new_id("grt_");
+                sqlx::query(
+                    "INSERT INTO route_grants (id, tenant_id, route, host, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&id)
+                .bind(tenant_id)
+                .bind(&route)
+                .bind(&host)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+                let query = format!("{GRANT_SELECT} WHERE g.id = $1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(query)).bind(&id).fetch_one(&mut *tx).await?;
+                let record = Self::grant_from_row(&row)?;
+                tx.commit().await?;
+                Ok(record)
+            }
+
+            async fn revoke_grant(
+                &self,
+                tenant_id: TenantId,
+                id: &str,
+                base_domain: Option<&str>,
+            ) -> StoreResult<bool> {
+                use sqlx::Row as _;
+                let mut tx = self.begin_write().await?;
+                let own: Vec<GrantRecord> = Self::grants_in(&mut tx)
+                    .await?
+                    .into_iter()
+                    .filter(|g| g.tenant_id == tenant_id)
+                    .collect();
+                let Some(revoked) = own.iter().find(|g| g.id == id) else {
+                    return Ok(false);
+                };
+                let rest: Vec<Grant> =
+                    own.iter().filter(|g| g.id != id).map(|g| g.grant.clone()).collect();
+                let routes = sqlx::query(
+                    "SELECT route, host FROM deployments WHERE tenant_id = $1 AND deleted_at IS NULL",
+                )
+                .bind(tenant_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                for row in routes {
+                    let route: String = row.try_get("route")?;
+                    let host: String = row.try_get("host")?;
+                    let Ok(pattern) =
+                        RoutePattern::parse_stored(&route, (!host.is_empty()).then_some(host.as_str()))
+                    else {
+                        continue;
+                    };
+                    if revoked.grant.covers(&pattern)
+                        && check_granted(&revoked.tenant, &rest, base_domain, &pattern).is_err()
+                    {
+                        return Err(StoreError::Conflict(format!(
+                            "tenant {} has a deployment on {pattern} inside {}; delete it first",
+                            revoked.tenant, revoked.grant
+                        )));
+                    }
+                }
+                sqlx::query("DELETE FROM route_grants WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(true)
             }
 
             async fn create_key(&self, key: &NewApiKey) -> StoreResult<ApiKeyRecord> {
@@ -515,19 +736,6 @@ macro_rules! sql_store {
                         new.component
                     )));
                 }
-                let others: Vec<(String, String)> = sqlx::query(
-                    "SELECT route, host FROM deployments \
-                     WHERE deleted_at IS NULL AND tenant_id <> $1 AND host = $2",
-                )
-                .bind(new.tenant_id)
-                .bind(&host)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("route")?, r.try_get("host")?)))
-                .collect::<Result<_, sqlx::Error>>()?;
-                check_route_ownership(&new.route, &host, &others)?;
-
                 let existing = sqlx::query(
                     "SELECT id FROM deployments WHERE host = $1 AND route = $2 AND tenant_id = $3 \
                      AND deleted_at IS NULL",
@@ -537,6 +745,41 @@ macro_rules! sql_store {
                 .bind(new.tenant_id)
                 .fetch_optional(&mut *tx)
                 .await?;
+                // A route the tenant holds may always get a new version (it
+                // may predate grants); a new one must be inside its grants.
+                if existing.is_none() {
+                    let name: String = sqlx::query("SELECT name FROM tenants WHERE id = $1")
+                        .bind(new.tenant_id)
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get("name")?;
+                    let grants: Vec<Grant> = Self::grants_in(&mut tx)
+                        .await?
+                        .into_iter()
+                        .filter(|g| g.tenant_id == new.tenant_id)
+                        .map(|g| g.grant)
+                        .collect();
+                    let pattern =
+                        RoutePattern::parse_stored(&new.route, (!host.is_empty()).then_some(host.as_str()))
+                            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                    check_granted(&name, &grants, new.base_domain.as_deref(), &pattern)?;
+                }
+                let taken = sqlx::query(
+                    "SELECT 1 FROM deployments WHERE deleted_at IS NULL AND tenant_id <> $1 \
+                     AND host = $2 AND route = $3",
+                )
+                .bind(new.tenant_id)
+                .bind(&host)
+                .bind(&new.route)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if taken.is_some() {
+                    return Err(StoreError::Conflict(format!(
+                        "the route {} belongs to another tenant",
+                        new.route
+                    )));
+                }
+
                 let (id, version) = match existing {
                     Some(row) => {
                         let id: String = row.try_get("id")?;
@@ -581,19 +824,20 @@ macro_rules! sql_store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("UPDATE deployments SET live_version = $1, updated_at = $2 WHERE id = $3")
-                    .bind(version)
-                    .bind(now)
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
+                let current = Self::current_switch(&mut tx, &id).await?.map(|(seq, _, _)| seq);
+                Self::switch_to(&mut tx, &id, version, current, "deploy", now).await?;
                 Self::bump(&mut tx).await?;
                 let deployment = Self::deployment_in(&mut tx, &id).await?;
                 tx.commit().await?;
                 Ok(deployment)
             }
 
-            async fn rollback(&self, tenant_id: TenantId, id: &str) -> StoreResult<Deployment> {
+            async fn rollback(
+                &self,
+                tenant_id: TenantId,
+                id: &str,
+                to: Option<i64>,
+            ) -> StoreResult<Deployment> {
                 use sqlx::Row as _;
                 let mut tx = self.begin_write().await?;
                 let live: i64 = sqlx::query(
@@ -606,30 +850,99 @@ macro_rules! sql_store {
                 .await?
                 .ok_or(StoreError::NotFound)?
                 .try_get("live_version")?;
-                let previous: Option<i64> = sqlx::query(
-                    "SELECT MAX(version) AS v FROM deployment_versions \
-                     WHERE deployment_id = $1 AND version < $2",
-                )
-                .bind(id)
-                .bind(live)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("v")?;
-                let Some(previous) = previous else {
-                    return Err(StoreError::Conflict(format!(
-                        "version {live} is the first: there is nothing to roll back to"
-                    )));
+                let current = Self::current_switch(&mut tx, id).await?;
+                let (version, parent, reason) = match to {
+                    None => {
+                        let Some(parent) = current.and_then(|(_, _, parent)| parent) else {
+                            return Err(StoreError::Conflict(format!(
+                                "version {live} was the first to be live: there is nothing to roll \
+                                 back to (rollback --to VERSION picks any version)"
+                            )));
+                        };
+                        let row = sqlx::query(
+                            "SELECT version, parent FROM deployment_switches \
+                             WHERE deployment_id = $1 AND seq = $2",
+                        )
+                        .bind(id)
+                        .bind(parent)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        (row.try_get::<i64, _>("version")?, row.try_get("parent")?, "rollback")
+                    }
+                    Some(version) => {
+                        let exists = sqlx::query(
+                            "SELECT 1 FROM deployment_versions WHERE deployment_id = $1 AND version = $2",
+                        )
+                        .bind(id)
+                        .bind(version)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if exists.is_none() {
+                            return Err(StoreError::Invalid(format!(
+                                "the deployment has no version {version}"
+                            )));
+                        }
+                        if version == live {
+                            return Err(StoreError::Conflict(format!("version {version} is live already")));
+                        }
+                        (version, current.map(|(seq, _, _)| seq), "rollback_to")
+                    }
                 };
-                sqlx::query("UPDATE deployments SET live_version = $1, updated_at = $2 WHERE id = $3")
-                    .bind(previous)
-                    .bind(now_ms())
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                Self::switch_to(&mut tx, id, version, parent, reason, now_ms()).await?;
                 Self::bump(&mut tx).await?;
                 let deployment = Self::deployment_in(&mut tx, id).await?;
                 tx.commit().await?;
                 Ok(deployment)
+            }
+
+            async fn versions(&self, tenant_id: TenantId, id: &str) -> StoreResult<Vec<VersionRecord>> {
+                use sqlx::Row as _;
+                let live: i64 = sqlx::query(
+                    "SELECT live_version FROM deployments WHERE id = $1 AND tenant_id = $2 \
+                     AND deleted_at IS NULL",
+                )
+                .bind(id)
+                .bind(tenant_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound)?
+                .try_get("live_version")?;
+                let mut versions: Vec<VersionRecord> = sqlx::query(
+                    "SELECT version, component, created_at FROM deployment_versions \
+                     WHERE deployment_id = $1 ORDER BY version",
+                )
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    let version: i64 = r.try_get("version")?;
+                    Ok(VersionRecord {
+                        version,
+                        component: r.try_get("component")?,
+                        created_at: r.try_get("created_at")?,
+                        live: version == live,
+                        periods: Vec::new(),
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()?;
+                let switches: Vec<(i64, String, i64)> = sqlx::query(
+                    "SELECT version, reason, at FROM deployment_switches WHERE deployment_id = $1 \
+                     ORDER BY seq",
+                )
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("version")?, r.try_get("reason")?, r.try_get("at")?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+                for (i, (version, reason, from)) in switches.iter().enumerate() {
+                    let until = switches.get(i + 1).map(|(_, _, at)| *at);
+                    if let Some(v) = versions.iter_mut().find(|v| v.version == *version) {
+                        v.periods.push(LivePeriod { from: *from, until, reason: reason.clone() });
+                    }
+                }
+                Ok(versions)
             }
 
             async fn delete_deployment(&self, tenant_id: TenantId, id: &str) -> StoreResult<bool> {
@@ -933,17 +1246,41 @@ pub(super) use sql_store;
 mod tests {
     use super::*;
 
-    fn others(routes: &[&str]) -> Vec<(String, String)> {
-        routes.iter().map(|r| (r.to_string(), String::new())).collect()
+    fn grant(route: &str) -> Grant {
+        Grant::path(route, &[]).unwrap()
     }
 
     #[test]
-    fn another_tenants_route_or_wildcard_above_is_a_conflict() {
-        assert!(check_route_ownership("/a", "", &others(&["/a"])).is_err());
-        assert!(check_route_ownership("/a/b", "", &others(&["/a/..."])).is_err());
-        assert!(check_route_ownership("/a/...", "", &others(&["/a/..."])).is_err());
-        assert!(check_route_ownership("/b", "", &others(&["/a/...", "/c"])).is_ok());
-        assert!(check_route_ownership("/...", "", &others(&["/a/..."])).is_ok());
-        assert!(check_route_ownership("/a/b", "h.example", &others(&["/a/..."])).is_ok());
+    fn a_grant_that_overlaps_another_tenants_grant_or_default_is_a_conflict() {
+        let others = vec![("bob".to_string(), grant("/shop/..."))];
+        let tenants = vec!["bob".to_string(), "carol".to_string()];
+        let err = check_grant_free(&grant("/shop/cart"), &others, &tenants).unwrap_err();
+        assert!(err.to_string().contains("granted to tenant bob"), "{err}");
+        let err = check_grant_free(&grant("/carol/x"), &others, &tenants).unwrap_err();
+        assert!(err.to_string().contains("where tenant carol deploys by default"), "{err}");
+        assert!(check_grant_free(&grant("/shopping/..."), &others, &tenants).is_ok());
+        let host = Grant::host("bob.example.com").unwrap();
+        assert!(check_grant_free(&host, &others, &tenants).is_ok());
+    }
+
+    #[test]
+    fn a_route_outside_the_tenants_grants_is_refused_with_what_it_may_use() {
+        let route = |r: &str, h: Option<&str>| RoutePattern::parse(r, h, &[]).unwrap();
+        let grants = vec![grant("/shop/..."), Grant::host("shop.example.com").unwrap()];
+        assert!(check_granted("acme", &grants, None, &route("/acme/x", None)).is_ok());
+        assert!(check_granted("acme", &grants, None, &route("/shop", None)).is_ok());
+        assert!(
+            check_granted("acme", &grants, None, &route("/...", Some("shop.example.com"))).is_ok()
+        );
+        assert!(
+            check_granted("acme", &[], Some("edge.test"), &route("/x", Some("acme.edge.test")))
+                .is_ok()
+        );
+        let err = check_granted("acme", &grants, None, &route("/...", None)).unwrap_err();
+        assert!(matches!(err, StoreError::NotGranted(_)));
+        assert!(
+            err.to_string().contains("(/acme/..., /shop/..., host shop.example.com); /... is not"),
+            "{err}"
+        );
     }
 }

@@ -8,15 +8,17 @@ use anyhow::Context as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
-use super::sql::check_route_ownership;
 use super::sql::{
-    DEPLOYMENT_SELECT, KEY_SELECT, TIER_COLUMNS, json_list, json_map, sql_store, to_json,
+    DEPLOYMENT_SELECT, GRANT_SELECT, KEY_SELECT, TIER_COLUMNS, json_list, json_map, sql_store,
+    to_json,
 };
+use super::sql::{check_grant_free, check_granted, grant_of};
 use super::{
-    ApiKeyRecord, Bucket, Change, ComponentDeletion, ComponentMeta, Deployment, KvError, KvLimits,
-    NewApiKey, NewComponent, NewDeployment, Store, StoreError, StoreResult, Tenant, Totals,
-    UsageCounts, new_id, now_ms,
+    ApiKeyRecord, Bucket, Change, ComponentDeletion, ComponentMeta, Deployment, GrantRecord,
+    KvError, KvLimits, LivePeriod, NewApiKey, NewComponent, NewDeployment, Store, StoreError,
+    StoreResult, Tenant, Totals, UsageCounts, VersionRecord, new_id, now_ms,
 };
+use crate::router::{Grant, RoutePattern};
 use crate::tenancy::{TenantId, Tier, TierLimits};
 
 /// The migrations in `migrations/sqlite`, compiled into the binary.
@@ -29,6 +31,8 @@ pub const DATABASE_FILE: &str = "wasmwiz.db";
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The database file, absolute, for messages.
+    file: std::path::PathBuf,
 }
 
 impl SqliteStore {
@@ -41,8 +45,11 @@ impl SqliteStore {
     pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("WASMWIZ_DATA_DIR: cannot create {}", data_dir.display()))?;
+        let file = std::path::absolute(data_dir.join(DATABASE_FILE)).with_context(|| {
+            format!("WASMWIZ_DATA_DIR: {} has no absolute path", data_dir.display())
+        })?;
         let options = SqliteConnectOptions::new()
-            .filename(data_dir.join(DATABASE_FILE))
+            .filename(&file)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -53,7 +60,12 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, file })
+    }
+
+    /// The database file, for messages.
+    fn place(&self) -> String {
+        self.file.display().to_string()
     }
 
     /// The pool (for tests that reach under the store).

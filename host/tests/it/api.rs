@@ -30,6 +30,7 @@ on_both_stores!(
 fn setup(env: &ServeEnv) -> (crate::helpers::Server, Api, Api) {
     let admin_key = env.tenant("ops", "pro", true);
     let tenant_key = env.tenant("acme", "pro", false);
+    env.grant("acme", &["/hello", "/app/...", "/shop/...", "/echo/..."]);
     let server = env.serve();
     let admin = Api::new(&server, &admin_key);
     let acme = Api::new(&server, &tenant_key);
@@ -203,11 +204,13 @@ async fn routes_are_owned_by_one_tenant(env: ServeEnv) {
     let deployment = acme.deploy_component("hello", "/shop/...").await;
     let digest = globex.upload_component("echo").await;
 
+    // Inside acme's grant: not globex's to take.
     for route in ["/shop/...", "/shop", "/shop/cart", "/shop/cart/..."] {
         let (status, body) = globex.deploy(json!({ "route": route, "component": digest })).await;
-        assert_eq!((status, code(&body)), (409, "conflict"), "{route}: {body}");
+        assert_eq!((status, code(&body)), (403, "route_not_granted"), "{route}: {body}");
     }
-    // A sibling path and a host-bound route are someone else's business.
+    // A sibling path and a host granted to globex are its own.
+    env.grant("globex", &["/shopping", "globex.example"]);
     let (status, body) = globex.deploy(json!({ "route": "/shopping", "component": digest })).await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = globex
@@ -475,6 +478,7 @@ async fn eight_clients_see_only_200_while_a_route_is_redeployed(env: ServeEnv) {
     // A tenant without a request quota: the clients send thousands.
     env.admin(&["tier", "set", "unlimited", "--per-minute", "unlimited", "--per-day", "unlimited"]);
     let key = env.tenant("flipper", "unlimited", false);
+    env.grant("flipper", &["/flip"]);
     let server = env.serve();
     let acme = Api::new(&server, &key);
     let hello = acme.upload_component("hello").await;

@@ -97,6 +97,7 @@ async fn tenants_and_deployments_cannot_see_each_others_keys(kv: Kv) {
     server.wait_for_log(kv.log_name(), Duration::from_secs(10));
     let alice = tenant_with_probe(&env, &server, "alice", "/alice/...").await;
     tenant_with_probe(&env, &server, "bob", "/bob/...").await;
+    env.grant("alice", &["/alice2/..."]);
     // A second deployment of alice's: same tenant, another default bucket.
     let digest = alice.upload_component("kv_probe").await;
     let (status, body) =
@@ -153,6 +154,7 @@ async fn increments_are_exact_under_concurrency_on_two_nodes(kv: Kv) {
     ]);
     let first = env.serve();
     let key = env.tenant("counter", "unlimited", false);
+    env.grant("counter", &["/count/..."]);
     let api = Api::new(&first, &key);
     api.deploy_component("kv_counter", "/count/...").await;
     // The embedded store is one node; PostgreSQL and Redis are shared by two.
@@ -221,6 +223,7 @@ async fn limits_give_the_guest_an_error_and_the_next_request_succeeds(kv: Kv) {
     ]);
     let server = env.serve();
     let key = env.tenant("small", "tiny", false);
+    env.grant("small", &["/kv/..."]);
     let api = Api::new(&server, &key);
     api.deploy_component("kv_probe", "/kv/...").await;
 
@@ -266,6 +269,7 @@ async fn configuration_reaches_the_guest_and_secrets_stay_hidden(kv: Kv) {
     let env = kv.env();
     let server = env.serve();
     let key = env.tenant("greeter", "pro", false);
+    env.grant("greeter", &["/greet"]);
     let api = Api::new(&server, &key);
     let digest = api.upload_component("config_greeting").await;
     let (status, body) = api
@@ -319,6 +323,7 @@ async fn key_value_operations_cover_the_interfaces(kv: Kv) {
     let env = kv.env();
     let server = env.serve();
     let key = env.tenant("ops", "pro", false);
+    env.grant("ops", &["/kv/..."]);
     let api = Api::new(&server, &key);
     api.deploy_component("kv_probe", "/kv/...").await;
     assert_eq!(get(&server, "/kv/?op=exists&key=x").await, (200, "false".into()));
@@ -359,6 +364,7 @@ async fn redis_down_is_an_error_value_not_a_failure() {
     env.set("REDIS_URL", &redis.url()).set("REDIS_KEY_PREFIX", &unique_prefix());
     let server = env.serve();
     let key = env.tenant("fragile", "pro", false);
+    env.grant("fragile", &["/count/...", "/hello"]);
     let api = Api::new(&server, &key);
     api.deploy_component("kv_counter", "/count/...").await;
     api.deploy_component("hello", "/hello").await;

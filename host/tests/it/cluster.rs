@@ -254,6 +254,7 @@ async fn three_nodes_behind_nginx_survive_a_node_kill_and_restarts_of_postgres_a
     env.admin(&["tier", "set", "big", "--per-minute", "unlimited", "--per-day", "unlimited"]);
     let key = env.tenant("acme", "big", false);
     let limited_key = env.tenant("limited", "ten", false);
+    env.grant("acme", &["/hello", "/flip", "/after-restart"]);
     let nodes: Vec<Server> = (0..3).map(|_| env.other_node().serve()).collect();
     let ports: Vec<u16> = nodes.iter().map(|n| n.addr.port()).collect();
     let nginx = Nginx::start(&ports);
@@ -414,6 +415,7 @@ async fn every_change_through_one_node_reaches_another_within_a_second() {
     let env = ServeEnv::postgres();
     let admin_key = env.tenant("ops", "pro", true);
     let key = env.tenant("acme", "pro", false);
+    env.grant("acme", &["/app"]);
     let a = env.serve();
     let b = env.other_node().serve();
     let on_a = Api::new(&a, &key);
@@ -477,6 +479,7 @@ async fn every_change_through_one_node_reaches_another_within_a_second() {
 async fn a_starting_node_is_ready_only_when_it_can_serve_every_deployment() {
     let env = ServeEnv::postgres();
     let key = env.tenant("acme", "pro", false);
+    env.grant("acme", &["/hello", "/echo", "/stream", "/h/..."]);
     let a = env.serve();
     let api = Api::new(&a, &key);
     for (name, route) in

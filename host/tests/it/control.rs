@@ -48,6 +48,7 @@ async fn metric(server: &Server, prefix: &str) -> f64 {
 async fn a_node_stays_ready_while_it_compiles_what_another_node_deployed() {
     let env = ServeEnv::postgres();
     let key = env.tenant("acme", "pro", false);
+    env.grant("acme", &["/heavy", "/app"]);
     let a = env.serve();
     let env_b = env.other_node();
     let b = env_b.serve();
@@ -110,6 +111,7 @@ async fn a_node_stays_ready_while_it_compiles_what_another_node_deployed() {
 async fn a_redeployed_route_keeps_its_previous_version_on_a_node_compiling_the_new_one() {
     let env = ServeEnv::postgres();
     let key = env.tenant("acme", "pro", false);
+    env.grant("acme", &["/heavy", "/app"]);
     let a = env.serve();
     let env_b = env.other_node();
     let b = env_b.serve();
@@ -138,6 +140,7 @@ async fn a_redeployed_route_keeps_its_previous_version_on_a_node_compiling_the_n
 async fn a_component_that_fails_to_compile_on_a_node_is_retried_with_back_off_and_shown() {
     let env = ServeEnv::postgres();
     let key = env.tenant("acme", "pro", false);
+    env.grant("acme", &["/heavy", "/app"]);
     let a = env.serve();
     // Node b cannot compile the heavy component within its time limit.
     let mut env_b = env.other_node();
@@ -167,7 +170,7 @@ async fn a_component_that_fails_to_compile_on_a_node_is_retried_with_back_off_an
     // again; the back-off does: a second attempt 2 s after the first (which
     // a slow machine may reach during the ten), a third 4 s after that.
     for i in 0..10 {
-        on_a.deploy_component("hello", &format!("/other{i}")).await;
+        on_a.deploy_component("hello", &format!("/acme/other{i}")).await;
     }
     let attempts = || b.logs().matches("cannot compile a deployed component").count();
     assert!(attempts() <= 2, "{} attempts for ten rebuilds:\n{}", attempts(), b.logs());
@@ -203,7 +206,7 @@ async fn one_tenant_cannot_take_the_instance_pool_from_another() {
     let quiet = env.tenant("quiet", "unlimited", false);
     let server = env.serve();
     Api::new(&server, &noisy).deploy_component("hostile", "/noisy/...").await;
-    Api::new(&server, &quiet).deploy_component("hello", "/quiet").await;
+    Api::new(&server, &quiet).deploy_component("hello", "/quiet/...").await;
 
     // 24 requests of the noisy tenant that sleep past the timeout.
     let slow: Vec<_> =
@@ -237,6 +240,7 @@ async fn a_tenant_over_its_tiers_concurrency_cap_gets_429() {
     let env = ServeEnv::sqlite();
     env.admin(&["tier", "set", "capped", "--per-minute", "1000", "--max-concurrency", "2"]);
     let key = env.tenant("acme", "capped", false);
+    env.grant("acme", &["/h/..."]);
     let server = env.serve();
     Api::new(&server, &key).deploy_component("hostile", "/h/...").await;
     let slow: Vec<_> = (0..2).map(|_| tokio::spawn(get(server.url("/h/sleep?ms=1500")))).collect();

@@ -316,6 +316,11 @@ impl ServeEnv {
         ServeEnv { backend, _data_dir: data_dir, envs }
     }
 
+    /// The data folder (the SQLite store's file is `wasmwiz.db` in it).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data_dir.path()
+    }
+
     /// Sets a variable for every process started from now on.
     pub fn set(&mut self, var: &str, value: &str) -> &mut Self {
         self.envs.retain(|(v, _)| v != var);
@@ -379,6 +384,15 @@ impl ServeEnv {
             args.push("--admin");
         }
         self.admin(&args).trim().to_string()
+    }
+
+    /// Grants `tenant` each of `grants` as an operator would: a route
+    /// (`/shop/...`) or, without a leading `/`, a host.
+    pub fn grant(&self, tenant: &str, grants: &[&str]) {
+        for grant in grants {
+            let flag = if grant.starts_with('/') { "--route" } else { "--host" };
+            self.admin(&["tenant", "grant", tenant, flag, grant]);
+        }
     }
 
     /// Starts `wasmwiz serve` on 127.0.0.1:0.

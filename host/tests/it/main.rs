@@ -5,6 +5,7 @@ mod api;
 mod capabilities;
 mod cluster;
 mod control;
+mod grants;
 mod helpers;
 mod hostile;
 mod inprocess;

@@ -24,6 +24,7 @@ async fn text(url: &str) -> (u16, String) {
 /// after a few requests of every kind.
 async fn busy_server(env: &ServeEnv) -> Server {
     let key = env.tenant("acme", "pro", false);
+    env.grant("acme", &["/hello/...", "/h/..."]);
     let server = env.serve();
     let acme = Api::new(&server, &key);
     acme.deploy_component("hello", "/hello/...").await;
@@ -142,6 +143,7 @@ async fn readiness_names_each_dependency() {
     assert_eq!(text(&server.url("/health")).await, (200, r#"{"status":"ok"}"#.to_string()));
     // The quota backend learns Redis is away at the first admission.
     let key = env.tenant("acme", "pro", false);
+    env.grant("acme", &["/hello"]);
     Api::new(&server, &key).deploy_component("hello", "/hello").await;
     let _ = client().get(server.url("/hello")).send().await.unwrap();
     let (status, ready) = text(&server.url("/ready")).await;
@@ -186,6 +188,7 @@ async fn server_timing_breaks_an_answer_down_when_enabled() {
     let mut env = ServeEnv::sqlite();
     env.set("SERVER_TIMING", "true");
     let key = env.tenant("acme", "pro", false);
+    env.grant("acme", &["/hello"]);
     let server = env.serve();
     Api::new(&server, &key).deploy_component("hello", "/hello").await;
     let response = client().get(server.url("/hello")).send().await.unwrap();
@@ -264,6 +267,7 @@ async fn load_test_and_collect_logs_work_against_a_node() {
     let mut env = ServeEnv::sqlite();
     env.set("API_SALT", "a-secret-salt-of-at-least-32-characters!!");
     let key = env.tenant("acme", "pro", false);
+    env.grant("acme", &["/hello"]);
     let server = env.serve();
     Api::new(&server, &key).deploy_component("hello", "/hello").await;
 
@@ -344,6 +348,7 @@ async fn backup_drop_restore_drill_brings_every_route_back() {
     let url = db.url.clone();
     let admin_key = env.tenant("ops", "pro", true);
     let acme_key = env.tenant("acme", "pro", false);
+    env.grant("acme", &["/hello", "/echo/...", "/stream"]);
     let server = env.serve();
     let acme = Api::new(&server, &acme_key);
     acme.deploy_component("hello", "/hello").await;

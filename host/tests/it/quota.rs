@@ -58,6 +58,7 @@ async fn metered(env: &ServeEnv, per_minute: &str, per_day: &str) -> (Server, Ap
     env.admin(&["tier", "set", "metered", "--per-minute", per_minute, "--per-day", per_day]);
     let admin_key = env.tenant("ops", "pro", true);
     let key = env.tenant("acme", "metered", false);
+    env.grant("acme", &["/hello", "/hostile/...", "/echo"]);
     let server = env.serve();
     let acme = Api::new(&server, &key);
     acme.deploy_component("hello", "/hello").await;
@@ -186,6 +187,7 @@ async fn tier_limits_apply_to_each_invocation(env: ServeEnv) {
         "16MiB",
     ]);
     let key = env.tenant("tiny", "small", false);
+    env.grant("tiny", &["/h/...", "/e"]);
     let server = env.serve();
     let tiny = Api::new(&server, &key);
     tiny.deploy_component("hostile", "/h/...").await;
@@ -289,6 +291,7 @@ async fn thirty_concurrent_requests_over_three_nodes_admit_exactly_ten() {
     let env = redis();
     env.admin(&["tier", "set", "ten", "--per-minute", "10", "--per-day", "1000"]);
     let key = env.tenant("acme", "ten", false);
+    env.grant("acme", &["/hello"]);
     let a = env.serve();
     let b = env.other_node().serve();
     let c = env.other_node().serve();
@@ -376,6 +379,7 @@ async fn redis_stopped_or_stalled_under_load_degrades_then_recovers() {
     env.set("REDIS_URL", &redis.url()).set("REDIS_KEY_PREFIX", &unique_prefix());
     env.admin(&["tier", "set", "big", "--per-minute", "1000000", "--per-day", "100000000"]);
     let key = env.tenant("acme", "big", false);
+    env.grant("acme", &["/hello"]);
     let server = env.serve();
     Api::new(&server, &key).deploy_component("hello", "/hello").await;
 

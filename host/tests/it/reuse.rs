@@ -229,6 +229,7 @@ async fn concurrent_requests_share_a_few_instances() {
 async fn max_instance_reuse_is_validated_stored_and_kept_per_version(env: ServeEnv) {
     let admin_key = env.tenant("ops", "pro", true);
     let key = env.tenant("acme", "pro", false);
+    env.grant("acme", &["/r/...", "/plain/..."]);
     let server = env.serve();
     let api = Api::new(&server, &key);
     let hostile = api.upload_component("hostile").await;
@@ -312,6 +313,7 @@ async fn an_instance_grown_past_a_lowered_memory_limit_is_not_reused() {
     let env = ServeEnv::sqlite();
     let admin = env.tenant("ops", "pro", true);
     let key = env.tenant("acme", "pro", false);
+    env.grant("acme", &["/m/..."]);
     let server = env.serve();
     let (admin, api) = (Api::new(&server, &admin), Api::new(&server, &key));
     let hostile = api.upload_component("hostile").await;
