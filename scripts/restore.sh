@@ -38,8 +38,12 @@ fi
 : "${DATABASE_URL:?DATABASE_URL is not set}"
 
 if [ "$target" = latest ]; then
+    if [ ! -d "$dir" ]; then
+        echo "no backup folder at $dir: pass -d DIR or set BACKUP_DIR to where backup.sh wrote" >&2
+        exit 1
+    fi
     target=$(find "$dir" -maxdepth 1 -type f -name 'wasmwiz-*.dump' | sort | tail -n 1)
-    [ -n "$target" ] || { echo "no backup in $dir" >&2; exit 1; }
+    [ -n "$target" ] || { echo "no backup in $dir (backup.sh names them wasmwiz-*.dump)" >&2; exit 1; }
 fi
 [ -f "$target" ] || { echo "no such backup: $target" >&2; exit 1; }
 [ -f "$target.sha256" ] || { echo "no checksum beside $target ($target.sha256)" >&2; exit 1; }
@@ -67,11 +71,33 @@ echo "restoring into $database (one transaction)" >&2
 pg_restore --single-transaction --clean --if-exists --no-owner --exit-on-error \
     --dbname="$DATABASE_URL" "$target"
 
+# Whether GET URL answers 200: with curl, or (in a database image without
+# curl, such as the Compose backup service's) over bash's /dev/tcp.
+answers_200() {
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsS "$1" >/dev/null 2>&1
+        return
+    fi
+    local rest=${1#http://} hostport path host port
+    hostport=${rest%%/*}
+    path=/${rest#*/}
+    host=${hostport%:*}
+    port=${hostport##*:}
+    [ "$port" != "$hostport" ] || port=80
+    # In a subshell: a connection refused ends it, not the script.
+    (
+        exec 3<>"/dev/tcp/$host/$port" || exit 1
+        printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$path" "$hostport" >&3
+        read -r _ status _ <&3 || exit 1
+        [ "$status" = 200 ]
+    ) 2>/dev/null
+}
+
 if [ "$check_ready" = true ]; then
     url=${WASMWIZ_URL:-http://localhost:8080}
     echo "waiting for $url/ready" >&2
     for _ in $(seq 1 60); do
-        if curl -fsS "$url/ready" >/dev/null 2>&1; then
+        if answers_200 "$url/ready"; then
             echo "restored; $url is ready" >&2
             exit 0
         fi

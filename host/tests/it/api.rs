@@ -672,5 +672,21 @@ fn admin_commands_bootstrap_a_fresh_store() {
         assert!(!status.success() && stderr.contains("--max-concurrency"), "{stderr}");
         let (status, _, stderr) = env.command(&["admin", "key", "create", "nobody"]);
         assert!(!status.success() && stderr.contains("no tenant named `nobody`"), "{stderr}");
+        // Every admin command says which store it used, and nothing else
+        // of the store's own chatter.
+        let (status, stdout, stderr) = env.command(&["admin", "tenant", "list"]);
+        assert!(status.success(), "{stderr}");
+        assert!(stdout.contains("t1\tpro"), "{stdout}");
+        let expected = match &env.backend {
+            crate::helpers::Backend::Sqlite => {
+                format!("store: {}/wasmwiz.db (sqlite)", env.data_dir().display())
+            }
+            crate::helpers::Backend::Postgres(db) => {
+                format!("store: 127.0.0.1:5432/{} (postgres)", db.url.rsplit('/').next().unwrap())
+            }
+        };
+        assert!(stderr.contains(&expected), "{stderr}");
+        assert!(!stderr.contains("already exists, skipping"), "{stderr}");
+        assert!(!stderr.contains("wasmwiz::cli::serve"), "{stderr}");
     }
 }

@@ -265,11 +265,15 @@ fn generated_secrets_are_private_and_never_overwritten_unless_asked() {
 #[tokio::test]
 async fn load_test_and_collect_logs_work_against_a_node() {
     let mut env = ServeEnv::sqlite();
-    env.set("API_SALT", "a-secret-salt-of-at-least-32-characters!!");
+    env.set("API_SALT", "a-secret-salt-of-at-least-32-characters!!")
+        .set("WASMWIZ_URL", "http://someone:hunter2@example.test");
+    env.admin(&["tier", "set", "thirty", "--per-minute", "30", "--per-day", "1000"]);
     let key = env.tenant("acme", "pro", false);
+    let limited = env.tenant("limited", "thirty", false);
     env.grant("acme", &["/hello"]);
     let server = env.serve();
     Api::new(&server, &key).deploy_component("hello", "/hello").await;
+    Api::new(&server, &limited).deploy_component("hello", "/limited/hello").await;
 
     let url = server.url("");
     let (ok, stdout, stderr) = script("load_test.sh", &["-u", &url, "-c", "4", "-n", "200"], &[]);
@@ -278,39 +282,89 @@ async fn load_test_and_collect_logs_work_against_a_node() {
         stdout.contains("/health: 200 requests") && stdout.contains("/hello: 200 requests"),
         "{stdout}"
     );
-    assert_eq!(stdout.matches("200 succeeded, 0 failed").count(), 2, "{stdout}");
-    assert_eq!(stdout.matches("status codes: 200 2xx").count(), 2, "{stdout}");
+    assert_eq!(
+        stdout
+            .matches("answers: 200 2xx, 0 429 (quota refusals), 0 other 4xx, 0 5xx, 0 failed")
+            .count(),
+        2,
+        "{stdout}"
+    );
+
+    // Quota refusals are told apart, and the exit status says so.
+    let output = Command::new(repo().join("scripts/load_test.sh"))
+        .args(["-u", &url, "-c", "4", "-n", "100", "-p", "/limited/hello"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains("429 (quota refusals)") && stdout.contains("quota was used up"),
+        "{stdout}"
+    );
+    let refused: u64 = stdout
+        .lines()
+        .filter(|l| l.starts_with("answers:"))
+        .nth(1)
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|part| part.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(refused >= 70, "{stdout}");
+    let output = Command::new(repo().join("scripts/load_test.sh"))
+        .args(["-u", &url, "-c", "2", "-n", "10", "-p", "/nowhere"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "a 404 is an error");
+    // Without its tool it says what to install.
+    let empty = tempfile::tempdir().unwrap();
+    let missing_tool = Command::new("/bin/bash")
+        .arg(repo().join("scripts/load_test.sh"))
+        .args(["-u", &url, "-n", "10"])
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing_tool.stderr);
+    assert_eq!(missing_tool.status.code(), Some(1));
+    assert!(stderr.contains("apt-get install nghttp2-client"), "{stderr}");
 
     let log = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(log.path(), format!("a line mentioning {key}\n")).unwrap();
+    std::fs::write(
+        log.path(),
+        format!(
+            "2001-01-01T00:00:00.000000Z  INFO an old line\n{} INFO a line mentioning {key}\n  and its continuation\n",
+            humantime::format_rfc3339_micros(std::time::SystemTime::now())
+        ),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let tarball = dir.path().join("debug.tar.gz");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "{} -u {url} -l {} > {}",
-            repo().join("scripts/collect-logs.sh").display(),
-            log.path().display(),
-            tarball.display()
-        ))
-        .env("API_SALT", "a-secret-salt-of-at-least-32-characters!!")
-        .env("DATABASE_URL", "postgresql://wasmwiz:hunter2@db:5432/wasmwiz")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let unpacked = dir.path().join("out");
-    std::fs::create_dir(&unpacked).unwrap();
-    assert!(
-        Command::new("tar")
-            .args(["-xzf", tarball.to_str().unwrap(), "-C", unpacked.to_str().unwrap()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let root = unpacked.join("wasmwiz-debug");
+    let collect = |args: &str, name: &str| {
+        let tarball = dir.path().join(format!("{name}.tar.gz"));
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{} -u {url} {args} > {}",
+                repo().join("scripts/collect-logs.sh").display(),
+                tarball.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let unpacked = dir.path().join(name);
+        std::fs::create_dir(&unpacked).unwrap();
+        assert!(
+            Command::new("tar")
+                .args(["-xzf", tarball.to_str().unwrap(), "-C", unpacked.to_str().unwrap()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        (unpacked.join("wasmwiz-debug"), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (root, stderr) =
+        collect(&format!("-p {} -l {} -s 1h", server.pid(), log.path().display()), "with-log");
     let config = std::fs::read_to_string(root.join("config.txt")).unwrap();
-    assert!(config.contains("API_SALT=<redacted>"), "{config}");
-    assert!(config.contains("wasmwiz:<redacted>@db"), "{config}");
+    assert!(config.contains("API_SALT=<redacted>"), "the node's own environment: {config}");
+    assert!(config.contains("someone:<redacted>@example.test"), "{config}");
     assert!(!config.contains("hunter2") && !config.contains("a-secret-salt"), "{config}");
     let metrics = std::fs::read_to_string(root.join("metrics.txt")).unwrap();
     assert!(metrics.contains("wasmwiz_http_requests_total"));
@@ -321,7 +375,20 @@ async fn load_test_and_collect_logs_work_against_a_node() {
         .map(|p| std::fs::read_to_string(p).unwrap())
         .collect();
     assert!(logs.contains("ww_<redacted>") && !logs.contains(&key), "{logs}");
+    assert!(logs.contains("and its continuation"), "{logs}");
+    assert!(!logs.contains("an old line"), "-s applies to log files: {logs}");
+    assert!(stderr.contains("2 lines since"), "{stderr}");
     assert!(std::fs::read_to_string(root.join("versions.txt")).unwrap().contains("host:"));
+
+    // With no log source, it says so instead of writing an empty journal.
+    let (root, stderr) = collect(&format!("-p {}", server.pid()), "no-log");
+    let summary = std::fs::read_to_string(root.join("summary.txt")).unwrap();
+    assert!(
+        summary.contains("log: none found") || summary.contains("log: journalctl"),
+        "{summary}"
+    );
+    assert!(stderr.contains("collect-logs: "), "{stderr}");
+    assert!(!root.join("journal.log").exists() || summary.contains("log: journalctl"));
 }
 
 /// sha256 of every stored component, as the database computes it.
@@ -425,4 +492,189 @@ async fn backup_drop_restore_drill_brings_every_route_back() {
     let (status, tenants) = admin.call(admin.request(Method::GET, "/api/v1/keys")).await;
     assert_eq!(status, 200);
     assert_eq!(tenants.as_array().unwrap().len(), 2);
+}
+
+/// The Compose file, as data (parsed by Python's YAML module, which CI
+/// installs with kubernetes-validate).
+fn compose_file() -> serde_json::Value {
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+            repo().join("deploy/docker-compose.production.yml").to_str().unwrap(),
+        ])
+        .output()
+        .expect("python3 with PyYAML");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Runs a `docker-compose -f deploy/docker-compose.production.yml run --rm
+/// [--entrypoint E] SERVICE ARGS...` line as Compose would run it, on this
+/// machine: the service's entrypoint, environment, secrets and volumes, with
+/// each path inside the container mapped to where it is here, the secrets
+/// to `secrets`, and the stack's host names to `hosts`.
+fn compose_run(
+    line: &str,
+    secrets: &std::collections::HashMap<&str, String>,
+    volumes: &std::collections::HashMap<&str, String>,
+    hosts: &[(&str, String)],
+) -> (bool, String, String) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let prefix = ["docker-compose", "-f", "deploy/docker-compose.production.yml", "run", "--rm"];
+    assert_eq!(words[..prefix.len()], prefix, "{line}");
+    let mut rest = &words[prefix.len()..];
+    let mut entrypoint = None;
+    if rest[0] == "--entrypoint" {
+        entrypoint = Some(vec![rest[1].to_string()]);
+        rest = &rest[2..];
+    }
+    let compose = compose_file();
+    let service = &compose["services"][rest[0]];
+    assert!(service.is_object(), "no service {} in the compose file", rest[0]);
+    // Container path -> host path, for every mount and secret.
+    let mut mounts: Vec<(String, String)> = service["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let parts: Vec<&str> = v.as_str().unwrap().split(':').collect();
+            let here =
+                volumes.get(parts[0]).unwrap_or_else(|| panic!("no mapping for {}", parts[0]));
+            (parts[1].to_string(), here.clone())
+        })
+        .collect();
+    for name in service["secrets"].as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        mounts.push((format!("/run/secrets/{name}"), secrets[name].clone()));
+    }
+    let translate = |value: &str| {
+        let mut value = value.to_string();
+        for (inside, here) in &mounts {
+            if value == *inside || value.starts_with(&format!("{inside}/")) {
+                value = value.replacen(inside.as_str(), here, 1);
+            }
+        }
+        for (host, address) in hosts {
+            value = value.replace(&format!("//{host}"), &format!("//{address}"));
+        }
+        value
+    };
+    let entrypoint: Vec<String> = entrypoint.unwrap_or_else(|| {
+        service["entrypoint"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect()
+    });
+    let mut command = Command::new(translate(&entrypoint[0]));
+    command.args(entrypoint[1..].iter().map(|a| translate(a)));
+    command.args(rest[1..].iter().map(|a| translate(a)));
+    command.env_clear().env("PATH", std::env::var_os("PATH").unwrap());
+    for (name, value) in service["environment"].as_object().unwrap() {
+        command.env(name, translate(value.as_str().unwrap()));
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_compose_backup_and_restore_commands_of_operations_md_run_as_written() {
+    // The backup service dumps with the database's own major version.
+    let compose = compose_file();
+    let services = &compose["services"];
+    assert_eq!(services["backup"]["image"], services["postgres"]["image"], "pg_dump's version");
+    assert_eq!(services["backup"]["profiles"], json!(["tools"]), "not started by `up`");
+
+    // The commands, as OPERATIONS.md shows them for the Compose stack.
+    let guide = std::fs::read_to_string(repo().join("OPERATIONS.md")).unwrap();
+    let lines: Vec<&str> = guide
+        .lines()
+        .filter(|l| l.starts_with("docker-compose -f deploy/docker-compose.production.yml run"))
+        .collect();
+    let backup = *lines.iter().find(|l| l.ends_with("run --rm backup")).expect("a backup line");
+    let restore = *lines.iter().find(|l| l.contains("restore.sh")).expect("a restore line");
+    assert!(
+        guide.contains(&format!("cd /opt/wasmwiz && {backup}")),
+        "the daily cron line runs the same command"
+    );
+
+    // PostgreSQL on loopback stands in for the Compose service, a node for
+    // the wasmwiz service.
+    let env = ServeEnv::postgres();
+    let Backend::Postgres(db) = &env.backend else { unreachable!() };
+    let key = env.tenant("acme", "pro", false);
+    let server = env.serve();
+    Api::new(&server, &key).deploy_component("hello", "/acme/hello").await;
+    let before = stored_digests(&db.url);
+
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let database_url = secrets_dir.path().join("database_url");
+    std::fs::write(&database_url, format!("{}\n", db.url)).unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let secrets =
+        std::collections::HashMap::from([("database_url", database_url.display().to_string())]);
+    let volumes = std::collections::HashMap::from([
+        ("../scripts", repo().join("scripts").display().to_string()),
+        ("../backups", backups.path().display().to_string()),
+    ]);
+    let hosts = [("wasmwiz:8080", server.addr.to_string())];
+
+    let (ok, stdout, stderr) = compose_run(backup, &secrets, &volumes, &hosts);
+    assert!(ok, "{backup}: {stderr}");
+    assert!(stdout.trim().starts_with(&backups.path().display().to_string()), "{stdout}");
+
+    let name = db.url.rsplit('/').next().unwrap();
+    let dropped = Command::new("psql")
+        .args([
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "-qAt",
+            "-c",
+            &format!("DROP DATABASE {name} WITH (FORCE)"),
+        ])
+        .status()
+        .unwrap();
+    assert!(dropped.success());
+
+    let (ok, _, stderr) = compose_run(restore, &secrets, &volumes, &hosts);
+    assert!(ok, "{restore}: {stderr}");
+    assert!(stderr.contains("is ready"), "it waited for the node: {stderr}");
+    assert_eq!(stored_digests(&db.url), before);
+
+    // Without curl (the postgres image has none) the readiness check still
+    // works, over bash's /dev/tcp.
+    let bin = tempfile::tempdir().unwrap();
+    for tool in [
+        "bash",
+        "psql",
+        "pg_restore",
+        "sha256sum",
+        "find",
+        "sort",
+        "tail",
+        "dirname",
+        "basename",
+        "cat",
+        "seq",
+        "sleep",
+    ] {
+        let path = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap();
+        let path = String::from_utf8_lossy(&path.stdout).trim().to_string();
+        std::os::unix::fs::symlink(path, bin.path().join(tool)).unwrap();
+    }
+    let output = Command::new(repo().join("scripts/restore.sh"))
+        .args(["latest", "-d", backups.path().to_str().unwrap()])
+        .env_clear()
+        .env("PATH", bin.path())
+        .env("DATABASE_URL", &db.url)
+        .env("WASMWIZ_URL", server.url(""))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stderr.contains("is ready"), "{stderr}");
 }
