@@ -39,14 +39,14 @@ for i in 0 1; do
             QUOTAS_ENABLED=false "$bin" serve --addr "127.0.0.1:${ports[$i]}"
     fi
     bench_wait_ready "http://127.0.0.1:${ports[$i]}/health"
-    bench_deploy "http://127.0.0.1:${ports[$i]}" "$key" "$hello" "/hello"
-    bench_wait_ready "http://127.0.0.1:${ports[$i]}/hello"
+    bench_deploy "http://127.0.0.1:${ports[$i]}" "$key" "$hello" "/bench/hello"
+    bench_wait_ready "http://127.0.0.1:${ports[$i]}/bench/hello"
 done
 
 declare -A rps p50 p99 med med99
 bench_rounds "$rounds" "$threads" "$connections" "$duration" "$results" \
-    "${names[0]}" "http://127.0.0.1:${ports[0]}/hello" \
-    "${names[1]}" "http://127.0.0.1:${ports[1]}/hello"
+    "${names[0]}" "http://127.0.0.1:${ports[0]}/bench/hello" \
+    "${names[1]}" "http://127.0.0.1:${ports[1]}/bench/hello"
 
 echo
 echo "wrk -t$threads -c$connections -d${duration}s, $rounds rounds, median ($(nproc) cores, loopback)"

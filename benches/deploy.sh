@@ -45,10 +45,10 @@ for i in $(seq 1 "$count"); do
         "$url/api/v1/components?name=hello-$i" | sed -n 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p')
     uploaded=$(bench_now_ms)
     curl -fsS -o /dev/null -H "Authorization: Bearer $key" -H 'content-type: application/json' \
-        -d "{\"route\":\"/d$i/...\",\"component\":\"$digest\"}" "$url/api/v1/deployments"
+        -d "{\"route\":\"/bench/d$i/...\",\"component\":\"$digest\"}" "$url/api/v1/deployments"
     deployed=$(bench_now_ms)
-    until [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/d$i/")" = 200 ]; do
-        [ $(($(bench_now_ms) - start)) -lt 10000 ] || { echo "/d$i/ never answered 200" >&2; exit 1; }
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/bench/d$i/")" = 200 ]; do
+        [ $(($(bench_now_ms) - start)) -lt 10000 ] || { echo "/bench/d$i/ never answered 200" >&2; exit 1; }
     done
     done_at=$(bench_now_ms)
     totals+=("$((done_at - start))")

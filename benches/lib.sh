@@ -195,19 +195,20 @@ bench_deploy() {
         -d "{\"route\":\"$route\",\"component\":\"$digest\"}" "$url/api/v1/deployments"
 }
 
-# Deploys FILE on COUNT routes (/r0001/... to /rCOUNT/...) of the node at URL
+# Deploys FILE on COUNT routes (/bench/r0001/... to /bench/rCOUNT/..., inside
+# the bench tenant's own prefix) of the node at URL
 # with KEY: one upload, then the deployments four at a time. Waits until the
 # middle route answers, checks the node counts COUNT live deployments, and
 # prints the middle route's /hello path.
 bench_deploy_routes() {
     local url=$1 key=$2 file=$3 count=$4 digest target live
-    bench_deploy "$url" "$key" "$file" /r0001/...
+    bench_deploy "$url" "$key" "$file" /bench/r0001/...
     digest=$(curl -fsS -H "Authorization: Bearer $key" "$url/api/v1/components" |
         sed -n 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p' | head -1)
     seq -f '%04g' 2 "$count" | xargs -P4 -I{} curl -fsS -o /dev/null \
         -H "Authorization: Bearer $key" -H 'content-type: application/json' \
-        -d "{\"route\":\"/r{}/...\",\"component\":\"$digest\"}" "$url/api/v1/deployments"
-    target=$(printf '/r%04d/hello' $(((count + 1) / 2)))
+        -d "{\"route\":\"/bench/r{}/...\",\"component\":\"$digest\"}" "$url/api/v1/deployments"
+    target=$(printf '/bench/r%04d/hello' $(((count + 1) / 2)))
     bench_wait_ready "$url$target"
     live=$(curl -fsS "$url/metrics" | awk '/^wasmwiz_deployments_live / {print $2}')
     if [ "$live" != "$count" ]; then

@@ -63,7 +63,7 @@ deploy_one() {
     digest=$(curl -fsS -H "Authorization: Bearer $key" --data-binary "@$file" \
         "$url/api/v1/components?name=c$i" | sed -n 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p')
     curl -fsS -o /dev/null -H "Authorization: Bearer $key" -H 'content-type: application/json' \
-        -d "{\"route\":\"/c$i/...\",\"component\":\"$digest\"}" "$url/api/v1/deployments"
+        -d "{\"route\":\"/bench/c$i/...\",\"component\":\"$digest\"}" "$url/api/v1/deployments"
     rm -f "$file"
 }
 export -f deploy_one bench_variant
@@ -106,8 +106,8 @@ function request()
 end
 LUA
 }
-write_lua "$work/round-robin.lua" "/c%04d/hello"
-write_lua "$work/one-route.lua" "/c0001/hello"
+write_lua "$work/round-robin.lua" "/bench/c%04d/hello"
+write_lua "$work/one-route.lua" "/bench/c0001/hello"
 
 declare -A rps p99
 modes=(one-route round-robin)

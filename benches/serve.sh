@@ -73,13 +73,13 @@ if [ "$reuse" -gt 1 ]; then
     digest=$(curl -fsS -H "Authorization: Bearer $key" "$url/api/v1/components" |
         sed -n 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p' | head -1)
     curl -fsS -o /dev/null -H "Authorization: Bearer $key" -H 'content-type: application/json' \
-        -d "{\"route\":\"/reuse/...\",\"component\":\"$digest\",\"max_instance_reuse\":$reuse}" \
+        -d "{\"route\":\"/bench/reuse/...\",\"component\":\"$digest\",\"max_instance_reuse\":$reuse}" \
         "$url/api/v1/deployments"
     bench_pid_of[wasmwiz-serve-reuse]=${bench_pid_of[wasmwiz-serve]}
     bench_start wasmtime-serve-reuse "$results/wasmtime-reuse.log" \
         "$wasmtime" serve -Scli --max-instance-reuse-count "$reuse" \
         --addr "127.0.0.1:${ports[4]}" "$hello"
-    paths+=(/reuse/hello /hello)
+    paths+=(/bench/reuse/hello /hello)
     contenders+=(wasmwiz-serve-reuse wasmtime-serve-reuse)
     names+=(wasmwiz-serve-reuse wasmtime-serve-reuse)
 fi

@@ -147,6 +147,32 @@ pub struct RuntimeArgs {
     #[arg(long, env = "REUSE_IDLE_TIMEOUT", default_value = "10", value_name = "DURATION",
           value_parser = duration_for("REUSE_IDLE_TIMEOUT"))]
     pub reuse_idle_timeout: Duration,
+
+    /// Core module instances one component may hold (Rust 3, JavaScript 6,
+    /// Python 14 and more with native extensions); counted, not reserved.
+    #[arg(long, env = "POOL_CORE_INSTANCES", value_name = "N",
+          default_value_t = crate::runtime::DEFAULT_CORE_INSTANCES_PER_COMPONENT,
+          value_parser = number_for::<u32>("POOL_CORE_INSTANCES"))]
+    pub pool_core_instances: u32,
+
+    /// Linear memories one component may hold (each reserves address space,
+    /// not memory, in every pool slot).
+    #[arg(long, env = "POOL_MEMORIES", value_name = "N",
+          default_value_t = crate::runtime::DEFAULT_MEMORIES_PER_COMPONENT,
+          value_parser = number_for::<u32>("POOL_MEMORIES"))]
+    pub pool_memories: u32,
+
+    /// Tables one component may hold.
+    #[arg(long, env = "POOL_TABLES", value_name = "N",
+          default_value_t = crate::runtime::DEFAULT_TABLES_PER_COMPONENT,
+          value_parser = number_for::<u32>("POOL_TABLES"))]
+    pub pool_tables: u32,
+
+    /// Elements one table may hold.
+    #[arg(long, env = "POOL_TABLE_ELEMENTS", value_name = "N",
+          default_value_t = crate::runtime::DEFAULT_TABLE_ELEMENTS,
+          value_parser = number_for::<u32>("POOL_TABLE_ELEMENTS"))]
+    pub pool_table_elements: u32,
 }
 
 impl RuntimeArgs {
@@ -158,6 +184,12 @@ impl RuntimeArgs {
             keep_resident_bytes: self.pool_keep_resident,
             reuse_idle_memory: self.reuse_idle_memory,
             reuse_idle_timeout: self.reuse_idle_timeout,
+            shape: crate::runtime::ComponentShape {
+                core_instances: self.pool_core_instances.max(1),
+                memories: self.pool_memories.max(1),
+                tables: self.pool_tables.max(1),
+                table_elements: self.pool_table_elements.max(1),
+            },
         }
     }
 }
@@ -360,10 +392,21 @@ pub struct TierDefaultArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub rates: TierRateArgs,
-    /// Largest component accepted for upload.
+    /// Largest component accepted for upload: the free tier's, and that of
+    /// tiers created without saying.
     #[arg(long, env = "MAX_WASM_SIZE", default_value_t = tenancy::DEFAULT_MAX_COMPONENT_BYTES,
           value_name = "BYTES", value_parser = bytes_for("MAX_WASM_SIZE"))]
     pub max_wasm_size: u64,
+    /// Largest component of the basic tier (room for Python and JavaScript).
+    #[arg(long, env = "BASIC_TIER_MAX_WASM_SIZE",
+          default_value_t = tenancy::DEFAULT_BASIC_MAX_COMPONENT_BYTES,
+          value_name = "BYTES", value_parser = bytes_for("BASIC_TIER_MAX_WASM_SIZE"))]
+    pub basic_tier_max_wasm_size: u64,
+    /// Largest component of the pro tier.
+    #[arg(long, env = "PRO_TIER_MAX_WASM_SIZE",
+          default_value_t = tenancy::DEFAULT_PRO_MAX_COMPONENT_BYTES,
+          value_name = "BYTES", value_parser = bytes_for("PRO_TIER_MAX_WASM_SIZE"))]
+    pub pro_tier_max_wasm_size: u64,
     /// Invocations one tenant may run at once on one node, or `unlimited`
     /// (then only the instance pool's fair share limits it).
     #[arg(long, env = "MAX_CONCURRENCY", value_name = "N",
@@ -376,8 +419,14 @@ impl TierDefaultArgs {
     /// Checks ranges that a parser alone cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.limits.validate()?;
-        if !(1..=tenancy::MAX_MAX_COMPONENT_BYTES).contains(&self.max_wasm_size) {
-            bail!("MAX_WASM_SIZE must be between 1 byte and 1GiB");
+        for (var, size) in [
+            ("MAX_WASM_SIZE", self.max_wasm_size),
+            ("BASIC_TIER_MAX_WASM_SIZE", self.basic_tier_max_wasm_size),
+            ("PRO_TIER_MAX_WASM_SIZE", self.pro_tier_max_wasm_size),
+        ] {
+            if !(1..=tenancy::MAX_MAX_COMPONENT_BYTES).contains(&size) {
+                bail!("{var} must be between 1 byte and 1GiB");
+            }
         }
         if self.max_concurrency.0.is_some_and(|n| n > tenancy::MAX_MAX_CONCURRENCY) {
             bail!("MAX_CONCURRENCY must be at most {}", tenancy::MAX_MAX_CONCURRENCY);
@@ -405,14 +454,22 @@ impl TierDefaultArgs {
     pub fn default_tiers(&self) -> Vec<Tier> {
         let r = &self.rates;
         [
-            ("free", r.free_tier_rate_minute, r.free_tier_rate_day),
-            ("basic", r.basic_tier_rate_minute, r.basic_tier_rate_day),
-            ("pro", r.pro_tier_rate_minute, r.pro_tier_rate_day),
+            ("free", r.free_tier_rate_minute, r.free_tier_rate_day, self.max_wasm_size),
+            (
+                "basic",
+                r.basic_tier_rate_minute,
+                r.basic_tier_rate_day,
+                self.basic_tier_max_wasm_size,
+            ),
+            ("pro", r.pro_tier_rate_minute, r.pro_tier_rate_day, self.pro_tier_max_wasm_size),
         ]
         .into_iter()
-        .map(|(name, minute, day)| Tier {
+        .map(|(name, minute, day, component)| Tier {
             name: name.to_string(),
-            limits: self.tier_limits(Some(minute), Some(day)),
+            limits: TierLimits {
+                max_component_bytes: component,
+                ..self.tier_limits(Some(minute), Some(day))
+            },
         })
         .collect()
     }
@@ -473,6 +530,12 @@ pub struct CompileArgs {
     #[arg(long, env = "COMPILE_MEMORY_LIMIT", default_value = "4GiB", value_name = "BYTES",
           value_parser = bytes_for("COMPILE_MEMORY_LIMIT"))]
     pub compile_memory_limit: u64,
+
+    /// Where compiled code is cached, by component digest and engine
+    /// fingerprint (safe to share between nodes of one build on one
+    /// machine) [default: WASMWIZ_DATA_DIR/cache]
+    #[arg(long, env = "COMPILE_CACHE_DIR", value_name = "DIR")]
+    pub compile_cache_dir: Option<PathBuf>,
 
     /// How long a request waits for a route deployed a moment ago (through
     /// any node) whose component this node is still compiling; past it,

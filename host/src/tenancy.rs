@@ -29,6 +29,12 @@ pub const MAX_MAX_INPUT_BYTES: u64 = 1 << 30;
 
 /// Default size of an uploaded component (`MAX_WASM_SIZE`).
 pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 10 << 20;
+/// Default component size of the basic tier (`BASIC_TIER_MAX_WASM_SIZE`):
+/// room for a JavaScript (13 MB) or Python (18 MB) component.
+pub const DEFAULT_BASIC_MAX_COMPONENT_BYTES: u64 = 32 << 20;
+/// Default component size of the pro tier (`PRO_TIER_MAX_WASM_SIZE`): room
+/// for a Python component with its libraries.
+pub const DEFAULT_PRO_MAX_COMPONENT_BYTES: u64 = 64 << 20;
 /// Largest component a tier may allow.
 pub const MAX_MAX_COMPONENT_BYTES: u64 = 1 << 30;
 

@@ -168,40 +168,60 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         args.file.file_stem().map_or("component".into(), |s| s.to_string_lossy().into_owned())
     });
 
-    let bar = ProgressBar::new(bytes.len() as u64);
+    // Large components (Python and JavaScript ones are 13 to 20 MB) go
+    // gzipped: a third to a quarter of the bytes on the wire.
+    let size = bytes.len();
+    let (sent, encoding) = if size > GZIP_ABOVE {
+        let compressed = tokio::task::spawn_blocking(move || gzip(&bytes)).await??;
+        (compressed, Some("gzip"))
+    } else {
+        (bytes, None)
+    };
+    let bar = ProgressBar::new(sent.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes}")
             .expect("a valid template")
             .progress_chars("=> "),
     );
     bar.set_message("uploading");
+    let length = sent.len();
     let chunks: Vec<bytes::Bytes> =
-        bytes.chunks(64 << 10).map(bytes::Bytes::copy_from_slice).collect();
+        sent.chunks(64 << 10).map(bytes::Bytes::copy_from_slice).collect();
     let progress = bar.clone();
     let stream = futures::stream::iter(chunks).map(move |chunk| {
         progress.inc(chunk.len() as u64);
         if progress.position() >= progress.length().unwrap_or(0) {
+            // The server validates and compiles before it answers: seconds
+            // for a Python or JavaScript component.
             progress.set_style(
-                ProgressStyle::with_template("{spinner} {msg}").expect("a valid template"),
+                ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .expect("a valid template"),
             );
-            progress.set_message("compiling");
+            progress.set_message(format!("compiling {size} bytes"));
             progress.enable_steady_tick(Duration::from_millis(100));
         }
         Ok::<_, std::io::Error>(chunk)
     });
-    let upload = api
+    let mut upload = api
         .request(reqwest::Method::POST, "/api/v1/components")
         .query(&[("name", name.as_str())])
         .header("content-type", "application/wasm")
-        .header("content-length", bytes.len())
-        .body(reqwest::Body::wrap_stream(stream));
+        .header("content-length", length);
+    if let Some(encoding) = encoding {
+        upload = upload.header("content-encoding", encoding);
+    }
+    let upload = upload.body(reqwest::Body::wrap_stream(stream));
     let component = api.send(upload).await;
+    let took = bar.elapsed();
     bar.finish_and_clear();
     let component = component?;
     let digest = component["digest"].as_str().context("the server did not say the digest")?;
     say(&format!(
-        "uploaded {} ({} bytes, compiled in {} ms)",
-        digest, component["size"], component["compile_ms"]
+        "uploaded {} ({} bytes, compiled in {} ms; {:.1} s in all)",
+        digest,
+        component["size"],
+        component["compile_ms"],
+        took.as_secs_f64()
     ));
 
     let body = serde_json::json!({
@@ -223,6 +243,17 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     ));
     say(&format!("invoke: {}", invoke_url(&api.base, &args.route, args.host.as_deref())));
     Ok(())
+}
+
+/// Components larger than this are sent gzipped.
+const GZIP_ABOVE: usize = 256 << 10;
+
+/// `bytes`, gzipped quickly (most of the gain, a fraction of the time).
+fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes)?;
+    encoder.finish()
 }
 
 /// The URL that reaches `route` on the server at `base`.

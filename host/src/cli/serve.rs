@@ -96,13 +96,16 @@ impl Serve {
         let (store, salt) = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
 
         let runtime = Arc::new(Runtime::new(&args.runtime.runtime_config())?);
+        let cache = args.compile.compile_cache_dir.clone();
         let compiler = Compiler::new(
             &runtime,
-            &args.store.data_dir.join("cache"),
+            &cache.unwrap_or_else(|| args.store.data_dir.join("cache")),
             args.compile.compile_timeout,
             args.compile.compile_memory_limit,
         )
-        .context("WASMWIZ_DATA_DIR: cannot create the compiled-code cache")?;
+        .context(
+            "cannot create the compiled-code cache (COMPILE_CACHE_DIR, or WASMWIZ_DATA_DIR/cache)",
+        )?;
         let quota: Option<Arc<dyn QuotaBackend>> =
             match (&args.quota.redis_url, args.quota.quotas_enabled) {
                 (_, false) => {

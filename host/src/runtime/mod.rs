@@ -61,6 +61,7 @@ pub use output::MAX_CAPTURED_OUTPUT;
 pub use phases::Phases;
 pub use reuse::InstancePool;
 pub use slots::{Refusal, Slot, SlotPool, TenantSlots};
+
 pub use state::InvocationState;
 pub use worker::{Compiler, worker_main};
 
@@ -87,12 +88,20 @@ pub const DEFAULT_REUSE_IDLE_MEMORY: u64 = 1 << 30;
 /// Default for `REUSE_IDLE_TIMEOUT`.
 pub const DEFAULT_REUSE_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Core instances, memories and tables a component may use, per component
-/// instance, when sizing the pool. A Rust wasm32-wasip2 component uses three
-/// core instances, one memory and two tables.
-const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
-const MEMORIES_PER_COMPONENT: u32 = 2;
-const TABLES_PER_COMPONENT: u32 = 4;
+/// Default for `POOL_CORE_INSTANCES`: core module instances one component
+/// may hold. A Rust wasm32-wasip2 component has 3, a JavaScript one from
+/// componentize-js 6, a Python one from componentize-py 14 (and more with
+/// native extensions). Only counted against, never reserved memory.
+pub const DEFAULT_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+/// Default for `POOL_MEMORIES`: linear memories one component may hold
+/// (Rust, Python and JavaScript components have 1). Each reserves address
+/// space in every slot of the pool (not resident memory).
+pub const DEFAULT_MEMORIES_PER_COMPONENT: u32 = 2;
+/// Default for `POOL_TABLES`: tables one component may hold (Rust 2,
+/// Python 2, JavaScript 1).
+pub const DEFAULT_TABLES_PER_COMPONENT: u32 = 4;
+/// Default for `POOL_TABLE_ELEMENTS`: elements one table may hold.
+pub const DEFAULT_TABLE_ELEMENTS: u32 = 20_000;
 
 /// Settings of the per-process runtime.
 #[derive(Clone, Debug)]
@@ -109,6 +118,33 @@ pub struct RuntimeConfig {
     pub reuse_idle_memory: u64,
     /// Longest time an instance is kept idle for reuse.
     pub reuse_idle_timeout: Duration,
+    /// What one component may hold at most: the shape of a pool slot.
+    pub shape: ComponentShape,
+}
+
+/// The most one component may hold, which sizes each slot of the pool: a
+/// component over any of these is refused at upload (422, naming it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ComponentShape {
+    /// Core module instances.
+    pub core_instances: u32,
+    /// Linear memories.
+    pub memories: u32,
+    /// Tables.
+    pub tables: u32,
+    /// Elements of one table.
+    pub table_elements: u32,
+}
+
+impl Default for ComponentShape {
+    fn default() -> Self {
+        Self {
+            core_instances: DEFAULT_CORE_INSTANCES_PER_COMPONENT,
+            memories: DEFAULT_MEMORIES_PER_COMPONENT,
+            tables: DEFAULT_TABLES_PER_COMPONENT,
+            table_elements: DEFAULT_TABLE_ELEMENTS,
+        }
+    }
 }
 
 impl RuntimeConfig {
@@ -121,6 +157,7 @@ impl RuntimeConfig {
             keep_resident_bytes: DEFAULT_KEEP_RESIDENT_BYTES,
             reuse_idle_memory: DEFAULT_REUSE_IDLE_MEMORY,
             reuse_idle_timeout: DEFAULT_REUSE_IDLE_TIMEOUT,
+            shape: ComponentShape::default(),
         }
     }
 }
@@ -289,14 +326,16 @@ pub(crate) fn engine_config(config: &RuntimeConfig) -> Config {
     // warm slots in a cascade, each steal re-mapping a memory image (page
     // faults: a third of the throughput, measured with 1,000 components).
     let n = config.pool_size.saturating_add(config.warm_slots);
+    let shape = config.shape;
     pool.total_component_instances(n)
-        .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
-        .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
-        .total_tables(n.saturating_mul(TABLES_PER_COMPONENT))
+        .total_core_instances(n.saturating_mul(shape.core_instances))
+        .total_memories(n.saturating_mul(shape.memories))
+        .total_tables(n.saturating_mul(shape.tables))
         .total_stacks(n)
-        .max_memories_per_component(MEMORIES_PER_COMPONENT)
-        .max_tables_per_component(TABLES_PER_COMPONENT)
-        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(shape.memories)
+        .max_tables_per_component(shape.tables)
+        .max_core_instances_per_component(shape.core_instances)
+        .table_elements(shape.table_elements as usize)
         // Every slot can hold the largest memory WebAssembly 32-bit allows;
         // each invocation's own (tier) limit is enforced by its limiter, so a
         // component whose initial memory is over its limit fails when it is

@@ -75,7 +75,7 @@ async fn uploads_are_validated_compiled_and_deduplicated(env: ServeEnv) {
 }
 
 async fn an_upload_over_the_size_limit_gets_413(mut env: ServeEnv) {
-    env.set("MAX_WASM_SIZE", "50000");
+    env.set("PRO_TIER_MAX_WASM_SIZE", "50000");
     let (_server, _admin, acme) = setup(&env);
     let hello = std::fs::read(component("hello")).unwrap();
     assert!(hello.len() > 50_000);

@@ -321,6 +321,15 @@ impl ServeEnv {
         self._data_dir.path()
     }
 
+    /// Shares one compiled-code cache (content-addressed, so safe to share)
+    /// with every test that asks for it, and gives compilations more time:
+    /// for tests of what large components do once compiled (Python and
+    /// JavaScript take seconds each to compile), not of compiling them.
+    pub fn share_compiled_code(&mut self) -> &mut Self {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("compiled-code");
+        self.set("COMPILE_CACHE_DIR", dir.to_str().unwrap()).set("COMPILE_TIMEOUT", "300")
+    }
+
     /// Sets a variable for every process started from now on.
     pub fn set(&mut self, var: &str, value: &str) -> &mut Self {
         self.envs.retain(|(v, _)| v != var);

@@ -9,6 +9,7 @@ mod grants;
 mod helpers;
 mod hostile;
 mod inprocess;
+mod languages;
 mod ops;
 mod protocol;
 mod quota;
