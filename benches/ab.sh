@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A/B of one setting: `hello` through two `wasmwiz run` processes, one with
-# the default configuration and one with NAME=VALUE in its environment, wrk
+# A/B of one setting: `hello` through two `wasmwiz run` processes (or, with
+# -s, two `wasmwiz serve` nodes as the headline runs them), one with the
+# default configuration and one with NAME=VALUE in its environment, wrk
 # alternating between them, median of the rounds. For measuring a knob
 # (POOL_KEEP_RESIDENT, POOL_WARM_SLOTS, ...) without rebuilding, a build
 # profile (-B), or a code change (-b: B runs a binary saved before it).
@@ -9,7 +10,7 @@ set -euo pipefail
 usage() {
     cat <<USAGE
 Usage: benches/ab.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS]
-                    [-B PROFILE | -b BINARY] [-l LOOPS] [NAME=VALUE...]
+                    [-B PROFILE | -b BINARY] [-l LOOPS] [-s] [-n ROUTES] [NAME=VALUE...]
 
   -r ROUNDS       rounds, each runs wrk once against both servers (default 3)
   -d SECONDS      wrk duration per run (default 10)
@@ -23,26 +24,34 @@ Usage: benches/ab.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS]
                   clients keep a guest computing in a loop on it (the
                   hostile test guest, stopped by a 1 s EXECUTION_TIMEOUT on
                   both servers), one request after another
+  -s              compare two wasmwiz serve nodes instead, each on a fresh
+                  embedded store of its own with hello on ROUTES routes of
+                  the bench tenant and its quota counted in Redis
+                  (127.0.0.1:6379 or \$REDIS_URL), as serve.sh runs it
+  -n ROUTES       routes deployed on each node with -s (default 1000)
 
 Examples: benches/ab.sh POOL_KEEP_RESIDENT=0
           benches/ab.sh -B profiling   (what fat LTO buys over thin LTO)
           cp target/release/wasmwiz /tmp/before; (change, then)
           benches/ab.sh -b /tmp/before (what the change buys: A is the new build)
           benches/ab.sh -l 4 SERVER_THREADS=2 (hello beside 4 CPU-bound guests)
+          benches/ab.sh -s -b /tmp/before (a change on the serve path)
 USAGE
 }
 
-rounds=3 duration=10 connections=64 threads=2 profile_b='' binary_b='' loops=0
+rounds=3 duration=10 connections=64 threads=2 profile_b='' binary_b='' loops=0 serve=false
+count=1000
 bench_option() {
     case $1 in
         B) profile_b=$2 ;;
         b) binary_b=$2 ;;
         l) loops=$2 ;;
+        s) serve=true ;;
     esac
 }
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-bench_options "r:d:c:t:B:b:l:" "$@"
+bench_options "r:d:c:t:B:b:l:sn:" "$@"
 shift "$bench_shift"
 [ $# -gt 0 ] || [ -n "$profile_b$binary_b" ] || { usage >&2; exit 2; }
 [[ $loops =~ ^[0-9]+$ ]] || { echo "-l needs a number" >&2; exit 2; }
@@ -89,18 +98,43 @@ fi
 build_b=${profile_b:+$profile_b build}${binary_b:+$(basename "$binary_b")}
 label_b="$build_b${build_b:+${*:+, }}$*"
 names=("$bench_profile build" "$label_b")
-bench_start "${names[0]}" "$results/a.log" "$bench_bin" run --addr "127.0.0.1:${ports[0]}" \
-    "${serving[@]}"
-bench_start "$label_b" "$results/b.log" env "$@" "$bin_b" run --addr "127.0.0.1:${ports[1]}" \
-    "${serving[@]}"
-for port in "${ports[@]}"; do
-    bench_wait_ready "http://127.0.0.1:$port/hello"
-done
+paths=(/hello /hello)
+if [ "$serve" = true ]; then
+    [ "$loops" -eq 0 ] || { echo "-l and -s exclude each other" >&2; exit 2; }
+    export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379} LOG_LEVEL=info PROMETHEUS_ENABLED=true
+    a_bin=$bench_bin
+    for side in a b; do
+        # Each binary sets up its own store: an older one may not know a
+        # newer one's migrations.
+        if [ $side = a ]; then bench_bin=$a_bin; i=0; else bench_bin=$bin_b; i=1; fi
+        key=$(bench_serve_setup "$work/$side")
+        if [ $side = a ]; then
+            bench_start "${names[0]}" "$results/a.log" env WASMWIZ_DATA_DIR="$work/a" \
+                REDIS_KEY_PREFIX="wwab$$a" \
+                "$bench_bin" serve --addr "127.0.0.1:${ports[0]}"
+        else
+            bench_start "$label_b" "$results/b.log" env WASMWIZ_DATA_DIR="$work/b" \
+                REDIS_KEY_PREFIX="wwab$$b" "$@" \
+                "$bench_bin" serve --addr "127.0.0.1:${ports[1]}"
+        fi
+        bench_wait_ready "http://127.0.0.1:${ports[$i]}/health"
+        paths[i]=$(bench_deploy_routes "http://127.0.0.1:${ports[$i]}" "$key" "$hello" "$count")
+    done
+    bench_bin=$a_bin
+else
+    bench_start "${names[0]}" "$results/a.log" "$bench_bin" run --addr "127.0.0.1:${ports[0]}" \
+        "${serving[@]}"
+    bench_start "$label_b" "$results/b.log" env "$@" "$bin_b" run --addr "127.0.0.1:${ports[1]}" \
+        "${serving[@]}"
+    for port in "${ports[@]}"; do
+        bench_wait_ready "http://127.0.0.1:$port/hello"
+    done
+fi
 
 declare -A rps p50 p99 med med99
 bench_rounds "$rounds" "$threads" "$connections" "$duration" "$results" \
-    "${names[0]}" "http://127.0.0.1:${ports[0]}/hello" \
-    "${names[1]}" "http://127.0.0.1:${ports[1]}/hello"
+    "${names[0]}" "http://127.0.0.1:${ports[0]}${paths[0]}" \
+    "${names[1]}" "http://127.0.0.1:${ports[1]}${paths[1]}"
 
 echo
 noisy=''

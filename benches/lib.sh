@@ -36,7 +36,7 @@ bench_options() {
             h) usage; exit 0 ;;
             -) [ "$OPTARG" = help ] && { usage; exit 0; }; usage >&2; exit 2 ;;
             '?' | :) usage >&2; exit 2 ;;
-            *) bench_option "$opt" "$OPTARG" ;;
+            *) bench_option "$opt" "${OPTARG:-}" ;;
         esac
     done
     bench_shift=$((OPTIND - 1))
@@ -175,13 +175,17 @@ bench_ratio() {
 
 # Prepares a fresh store in DIR (env DATABASE_URL / REDIS_URL honoured by the
 # caller's environment) with tenant bench on tier unlimited (rates huge but
-# finite, so every request is counted), and prints the tenant's key.
+# finite, so every request is counted; no concurrency cap), and prints the
+# tenant's key. The tenant deploys inside its own prefix, /bench/....
 bench_serve_setup() {
     local dir=$1
     local bin=$bench_bin
     export WASMWIZ_DATA_DIR=$dir
+    # (A binary from before per-tier concurrency caps has no such flag.)
     "$bin" admin tier set unlimited --per-minute 1000000000 --per-day 1000000000000 \
-        --max-concurrency unlimited >/dev/null 2>&1
+        --max-concurrency unlimited >/dev/null 2>&1 ||
+        "$bin" admin tier set unlimited --per-minute 1000000000 --per-day 1000000000000 \
+            >/dev/null 2>&1
     "$bin" admin tenant create bench --tier unlimited >/dev/null 2>&1 || true
     "$bin" admin key create bench 2>/dev/null
 }

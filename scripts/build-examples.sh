@@ -67,11 +67,21 @@ if ! cmp -s "$pins/package-lock.json" "$js/package-lock.json" 2>/dev/null; then
     (cd "$js" && npm ci --silent --no-audit --no-fund)
 fi
 
+# Whether $1 (a built component) is newer than the sources $2..., the WIT
+# and the toolchain pins: then it is not built again.
+fresh() {
+    local built=$1
+    shift
+    [ -f "$built" ] || return 1
+    [ -z "$(find "$@" "$root/wit" "$pins" -newer "$built" -print -quit 2>/dev/null)" ]
+}
+
 # Each in a copy of its folder, so builds leave nothing in the sources.
 build=$root/target/guests/languages
 for app in "$root"/examples/python-*/app.py "$root"/tests/guests/python-*/app.py; do
     dir=$(dirname "$app")
     name=$(basename "$dir" | tr - _)
+    fresh "$out/$name.wasm" "$dir" && continue
     echo "building $name (Python)" >&2
     rm -rf "${build:?}/$name" && mkdir -p "$build/$name" && cp -r "$dir"/. "$build/$name/"
     (cd "$build/$name" &&
@@ -81,6 +91,7 @@ done
 for app in "$root"/examples/js-*/app.js "$root"/tests/guests/js-*/app.js; do
     dir=$(dirname "$app")
     name=$(basename "$dir" | tr - _)
+    fresh "$out/$name.wasm" "$dir" && continue
     echo "building $name (JavaScript)" >&2
     "$js/node_modules/.bin/componentize-js" --wit "$root/wit/js" \
         --world-name wasmwiz:platform/platform -o "$out/$name.wasm" "$app" >/dev/null

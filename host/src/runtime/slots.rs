@@ -106,26 +106,17 @@ impl SlotPool {
             self.take_slot(None)?;
             return Ok(Slot { pool: self.clone(), tenant: None });
         };
-        // The tenant's count first, exact against its cap.
-        let mut held = tenant.held.load(Ordering::Relaxed);
-        loop {
-            if let Some(cap) = cap
-                && held >= cap
-            {
-                return Err(Refusal::TenantCap { cap });
-            }
-            match tenant.held.compare_exchange_weak(
-                held,
-                held + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => held = now,
-            }
-        }
+        // The tenant's count first, exact against its cap: one atomic add
+        // on the fast path, taken back when the cap is passed.
+        let held = tenant.held.fetch_add(1, Ordering::AcqRel);
         if held == 0 {
             self.busy_tenants.fetch_add(1, Ordering::AcqRel);
+        }
+        if let Some(cap) = cap
+            && held >= cap
+        {
+            self.release_tenant(tenant);
+            return Err(Refusal::TenantCap { cap });
         }
         match self.take_slot(Some(held)) {
             Ok(()) => Ok(Slot { pool: self.clone(), tenant: Some(tenant.clone()) }),
@@ -137,32 +128,28 @@ impl SlotPool {
     }
 
     /// Takes one of the pool's slots; `held` is what the tenant held before
-    /// this request (`None`: no tenant).
+    /// this request (`None`: no tenant). One atomic add on the fast path,
+    /// taken back when the pool (or the tenant's share of it) is passed.
     fn take_slot(&self, held: Option<u32>) -> Result<(), Refusal> {
-        let mut used = self.in_use.load(Ordering::Relaxed);
-        loop {
-            if used >= self.size {
-                return Err(Refusal::PoolFull);
-            }
-            if let Some(held) = held
-                && self.size - used <= self.reserve
-            {
-                // This tenant is among the busy ones now; the share keeps
-                // room for one more.
-                let busy = self.busy_tenants.load(Ordering::Acquire).max(1);
-                let share = (self.size / (busy + 1)).max(1);
-                if held >= share {
-                    return Err(Refusal::FairShare { share });
-                }
-            }
-            match self.in_use.compare_exchange_weak(
-                used,
-                used + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(now) => used = now,
+        let used = self.in_use.fetch_add(1, Ordering::AcqRel);
+        let refusal = if used >= self.size {
+            Some(Refusal::PoolFull)
+        } else if let Some(held) = held
+            && self.size - used <= self.reserve
+        {
+            // This tenant is among the busy ones now; the share keeps room
+            // for one more.
+            let busy = self.busy_tenants.load(Ordering::Acquire).max(1);
+            let share = (self.size / (busy + 1)).max(1);
+            (held >= share).then_some(Refusal::FairShare { share })
+        } else {
+            None
+        };
+        match refusal {
+            None => Ok(()),
+            Some(refusal) => {
+                self.in_use.fetch_sub(1, Ordering::AcqRel);
+                Err(refusal)
             }
         }
     }

@@ -14,6 +14,7 @@
 
 pub mod tls;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,7 +28,6 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::HttpArgs;
@@ -158,7 +158,7 @@ where
 {
     let (draining, _) = watch::channel(false);
     let tasks = TaskTracker::new();
-    let stop = CancellationToken::new();
+    let open = Arc::new(OpenConnections::default());
     let shared = Arc::new(Shared {
         builder: connection_builder(&options),
         // One permit per open connection, over all threads: at the cap the
@@ -168,7 +168,7 @@ where
         graceful: Mutex::new(Some(GracefulShutdown::new())),
         draining: draining.clone(),
         tasks: tasks.clone(),
-        stop: stop.clone(),
+        open: open.clone(),
         options,
     });
 
@@ -197,10 +197,44 @@ where
     }
     // Connections still open past the timeout are closed; every task this
     // server started has ended when it returns.
-    stop.cancel();
+    open.abort_all();
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// The abort handles of the open connections' tasks.
+#[derive(Default)]
+struct OpenConnections {
+    next: std::sync::atomic::AtomicU64,
+    tasks: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+}
+
+impl OpenConnections {
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, tokio::task::AbortHandle>> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Spawns a connection's task and registers it, under the lock: the
+    /// task's own `remove` cannot come before.
+    fn spawn(&self, id: u64, task: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.lock();
+        tasks.insert(id, tokio::spawn(task).abort_handle());
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn abort_all(&self) {
+        for (_, task) in self.lock().drain() {
+            task.abort();
+        }
+    }
 }
 
 /// What every accept loop and connection of one [`serve`] shares.
@@ -214,8 +248,8 @@ struct Shared {
     /// The accept loop (on the shared runtime) and every connection's task,
     /// so [`serve`] returns only when they have ended.
     tasks: TaskTracker,
-    /// Cancelled past the shutdown timeout: connections still open close.
-    stop: CancellationToken,
+    /// Each open connection's task, aborted past the shutdown timeout.
+    open: Arc<OpenConnections>,
     options: HttpOptions,
 }
 
@@ -314,15 +348,17 @@ async fn accept_loop<H: Handler>(
             }
         };
         let (handler, tls, shared) = (handler.clone(), tls.clone(), shared.clone());
+        // Tracked (an add and a sub per connection, nothing per request) and
+        // abortable past the shutdown timeout.
+        let open = shared.open.clone();
+        let id = open.next_id();
         let tasks = shared.tasks.clone();
-        tasks.spawn(async move {
-            let stop = shared.stop.clone();
-            tokio::select! {
-                () = serve_connection(stream, remote, tls, &shared, handler, watcher) => {}
-                () = stop.cancelled() => {}
-            }
+        let task = tasks.track_future(async move {
+            serve_connection(stream, remote, tls, &shared, handler, watcher).await;
+            shared.open.remove(id);
             drop(permit);
         });
+        open.spawn(id, task);
     }
 }
 
