@@ -678,3 +678,16 @@ async fn the_compose_backup_and_restore_commands_of_operations_md_run_as_written
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && stderr.contains("is ready"), "{stderr}");
 }
+
+#[test]
+fn restore_says_clearly_when_there_is_no_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-folder");
+    let url = [("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/unused")];
+    let (ok, _, stderr) = script("restore.sh", &["latest", "-d", missing.to_str().unwrap()], &url);
+    assert!(!ok);
+    assert!(stderr.contains("no backup folder at") && stderr.contains("-d DIR"), "{stderr}");
+    let (ok, _, stderr) =
+        script("restore.sh", &["latest", "-d", dir.path().to_str().unwrap()], &url);
+    assert!(!ok && stderr.contains("no backup in"), "{stderr}");
+}

@@ -11,6 +11,8 @@
 //!
 //! Every task the node starts is tracked, and [`Node::shutdown`] ends them
 //! all, so a node can be started and stopped inside a test.
+//!
+//! `routes` turns a plan into the live route table.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -22,59 +24,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::control::compile_queue::Status;
-use crate::control::plan::{self, Compilation, Snapshot, Target};
+use crate::control::plan::{self, Compilation, Snapshot};
 use crate::control::{CompileQueue, CompiledComponents};
-use crate::dataplane::{DataPlane, LiveRoute, RouteOwner, RouteTarget, Routes};
-use crate::kv::{KvBackend, KvLimits};
-use crate::quota::Rates;
-use crate::runtime::{
-    Capabilities, InstancePool, KvAccess, Limits, OutboundPolicy, OutboundSettings, TenantSlots,
-};
+use crate::dataplane::DataPlane;
+use crate::kv::KvBackend;
+use crate::runtime::OutboundSettings;
 use crate::store::{Store, StoreError};
-use crate::tenancy::{TenantId, Tier};
+use crate::tenancy::Tier;
 use crate::usage::{FLUSH_INTERVAL, UsageRecorder};
+
+mod routes;
+
+use routes::Served;
+pub use routes::{DeploymentState, limits_of};
 
 /// How often a node checks the store's change counter.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Where one deployment stands on this node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DeploymentState {
-    /// Its live version is served.
-    Serving,
-    /// Its live version's component is being compiled here; `serving` is
-    /// the earlier version served meanwhile, if any.
-    Compiling {
-        /// The version served meanwhile.
-        serving: Option<i64>,
-    },
-    /// Its live version's component failed to compile here.
-    Failed {
-        /// The version served meanwhile, if any.
-        serving: Option<i64>,
-        /// Why.
-        error: String,
-        /// Attempts so far.
-        attempts: u32,
-        /// Seconds to the next attempt.
-        retry_in_s: u64,
-    },
-}
-
-/// What a node serves now, kept from one rebuild to the next.
-#[derive(Default)]
-struct Served {
-    /// Live routes by deployment id (a route kept at an earlier version
-    /// while its new one compiles included).
-    routes: HashMap<String, Arc<LiveRoute>>,
-    /// Idle instances of the deployments that reuse them, by deployment,
-    /// version and requests per instance: dropped with the version (a new
-    /// version may run another component) or when the tier's cap changes
-    /// what the version gets.
-    instance_pools: HashMap<(String, i64, u32), Arc<InstancePool>>,
-    /// Each tenant's hold on the instance pool.
-    tenant_slots: HashMap<TenantId, Arc<TenantSlots>>,
-}
 
 /// What a node's readiness probe reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -349,69 +314,8 @@ impl Node {
             ..SyncReport::default()
         };
         let now = Instant::now();
-        let mut routes = Routes::new();
-        let mut states = HashMap::with_capacity(plan.routes.len());
-        let mut next = Served::default();
-        {
-            let mut served = self.served();
-            for planned in plan.routes {
-                let id = planned.deployment.id.clone();
-                let failure = |digest: &str| match self.queue.status(digest) {
-                    Some(Status::Failed { error, attempts, retry_at, .. }) => {
-                        (error, attempts, retry_at.saturating_duration_since(now).as_secs())
-                    }
-                    _ => (String::new(), 0, 0),
-                };
-                let (target, state) = match planned.target {
-                    Target::Serve(app) => {
-                        let route = self.live_route(
-                            &mut served,
-                            &mut next,
-                            planned.deployment,
-                            planned.tier,
-                            planned.pattern.clone(),
-                            app,
-                        );
-                        next.routes.insert(id.clone(), route.clone());
-                        (RouteTarget::Live(route), DeploymentState::Serving)
-                    }
-                    Target::KeepServing { version, failed } => {
-                        let route = served.routes.get(&id).cloned().expect("the builder saw it");
-                        next.routes.insert(id.clone(), route.clone());
-                        keep_pools(&served, &mut next, &route);
-                        let state = match failed {
-                            None => DeploymentState::Compiling { serving: Some(version) },
-                            Some(_) => {
-                                report.failed += 1;
-                                let (error, attempts, retry_in_s) =
-                                    failure(&planned.deployment.component);
-                                DeploymentState::Failed {
-                                    serving: Some(version),
-                                    error,
-                                    attempts,
-                                    retry_in_s,
-                                }
-                            }
-                        };
-                        (RouteTarget::Live(route), state)
-                    }
-                    Target::Wait => {
-                        (RouteTarget::Compiling, DeploymentState::Compiling { serving: None })
-                    }
-                    Target::Unavailable(_) => {
-                        report.failed += 1;
-                        let (error, attempts, retry_in_s) = failure(&planned.deployment.component);
-                        (
-                            RouteTarget::Unavailable { retry_after_s: retry_in_s.max(1) },
-                            DeploymentState::Failed { serving: None, error, attempts, retry_in_s },
-                        )
-                    }
-                };
-                routes.insert(&planned.pattern, target);
-                states.insert(id, state);
-            }
-            *served = next;
-        }
+        let (routes, states, failed) = self.materialize(plan.routes, now);
+        report.failed = failed;
         report.routes = routes.len();
         self.plane.metrics().deployments_live.set(routes.len() as i64);
         self.plane.publish(routes);
@@ -427,77 +331,6 @@ impl Node {
             tracing::info!(routes = report.routes, "every deployment is servable: ready");
         }
         Ok(report)
-    }
-
-    /// A live route for a deployment whose component is ready, keeping the
-    /// instance pool and tenant slots it had.
-    fn live_route(
-        &self,
-        served: &mut Served,
-        next: &mut Served,
-        deployment: crate::store::Deployment,
-        tier: Arc<Tier>,
-        pattern: crate::router::RoutePattern,
-        app: crate::runtime::App,
-    ) -> Arc<LiveRoute> {
-        let limits = limits_of(&tier);
-        let outbound =
-            OutboundPolicy::new(&deployment.allowed_outbound_hosts, self.settings.outbound.clone());
-        let label = pattern.to_string();
-        let usage = self.usage.for_tenant(deployment.tenant_id);
-        let mut config = deployment.config;
-        config.extend(deployment.secrets);
-        let capabilities = Arc::new(Capabilities {
-            kv: Some(KvAccess {
-                backend: self.settings.kv.clone(),
-                tenant: deployment.tenant_id,
-                deployment: deployment.id.clone(),
-                limits: KvLimits::of(&tier.limits),
-                usage: Some(usage.clone()),
-            }),
-            config,
-        });
-        // What the deployment asks for, within what its tier allows now.
-        let reuse = deployment.max_instance_reuse.min(tier.limits.max_instance_reuse);
-        let instances = (reuse > 1).then(|| {
-            let key = (deployment.id.clone(), deployment.version, reuse);
-            let pool = served
-                .instance_pools
-                .get(&key)
-                .cloned()
-                .unwrap_or_else(|| self.plane.runtime().instance_pool(reuse));
-            next.instance_pools.insert(key, pool.clone());
-            pool
-        });
-        let slots = served
-            .tenant_slots
-            .get(&deployment.tenant_id)
-            .or_else(|| next.tenant_slots.get(&deployment.tenant_id))
-            .cloned()
-            .unwrap_or_default();
-        next.tenant_slots.insert(deployment.tenant_id, slots.clone());
-        let rates = Rates::of(&tier);
-        Arc::new(LiveRoute {
-            instances,
-            capabilities,
-            metrics: Arc::new(self.plane.metrics().route(&label, &deployment.tenant)),
-            label,
-            outbound,
-            pattern,
-            app,
-            limits,
-            owner: Some(RouteOwner {
-                tenant_id: deployment.tenant_id,
-                tenant: deployment.tenant,
-                deployment_id: deployment.id,
-                version: deployment.version,
-                rate_policy: rates.policy_header(),
-                rates,
-                usage,
-                slots,
-                tier,
-            }),
-        })
     }
 
     /// Checks the change counter (and the dirty flag) every
@@ -582,28 +415,5 @@ impl Node {
             tick.tick().await;
             self.usage.flush(self.store.as_ref()).await;
         }
-    }
-}
-
-/// Keeps the instance pool and tenant slots of a route served at an
-/// earlier version.
-fn keep_pools(served: &Served, next: &mut Served, route: &LiveRoute) {
-    let Some(owner) = &route.owner else { return };
-    if let Some(instances) = &route.instances {
-        for (key, pool) in &served.instance_pools {
-            if Arc::ptr_eq(pool, instances) {
-                next.instance_pools.insert(key.clone(), pool.clone());
-            }
-        }
-    }
-    next.tenant_slots.entry(owner.tenant_id).or_insert_with(|| owner.slots.clone());
-}
-
-/// The invocation limits a tier sets.
-pub fn limits_of(tier: &Tier) -> Limits {
-    Limits {
-        memory_bytes: tier.limits.memory_limit_bytes,
-        timeout: Duration::from_millis(tier.limits.execution_timeout_ms),
-        max_input_bytes: tier.limits.max_input_bytes,
     }
 }

@@ -1,0 +1,229 @@
+//! Turning the builder's plan into the live route table: a live route (its
+//! limits, capabilities, metrics, instance pool and tenant slots) for each
+//! deployment this node serves, kept from one table to the next where they
+//! still apply, and where each deployment stands on this node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Node;
+use crate::control::compile_queue::Status;
+use crate::control::plan::{PlannedRoute, Target};
+use crate::dataplane::{LiveRoute, RouteOwner, RouteTarget, Routes};
+use crate::kv::KvLimits;
+use crate::quota::Rates;
+use crate::router::RoutePattern;
+use crate::runtime::{
+    App, Capabilities, InstancePool, KvAccess, Limits, OutboundPolicy, TenantSlots,
+};
+use crate::store::Deployment;
+use crate::tenancy::{TenantId, Tier};
+
+/// Where one deployment stands on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeploymentState {
+    /// Its live version is served.
+    Serving,
+    /// Its live version's component is being compiled here; `serving` is
+    /// the earlier version served meanwhile, if any.
+    Compiling {
+        /// The version served meanwhile.
+        serving: Option<i64>,
+    },
+    /// Its live version's component failed to compile here.
+    Failed {
+        /// The version served meanwhile, if any.
+        serving: Option<i64>,
+        /// Why.
+        error: String,
+        /// Attempts so far.
+        attempts: u32,
+        /// Seconds to the next attempt.
+        retry_in_s: u64,
+    },
+}
+
+/// What a node serves now, kept from one rebuild to the next.
+#[derive(Default)]
+pub(super) struct Served {
+    /// Live routes by deployment id (a route kept at an earlier version
+    /// while its new one compiles included).
+    pub(super) routes: HashMap<String, Arc<LiveRoute>>,
+    /// Idle instances of the deployments that reuse them, by deployment,
+    /// version and requests per instance: dropped with the version (a new
+    /// version may run another component) or when the tier's cap changes
+    /// what the version gets.
+    instance_pools: HashMap<(String, i64, u32), Arc<InstancePool>>,
+    /// Each tenant's hold on the instance pool.
+    tenant_slots: HashMap<TenantId, Arc<TenantSlots>>,
+}
+
+impl Node {
+    /// The live table of `planned`, where each deployment stands, and how
+    /// many routes failed to compile here; remembers what it serves for
+    /// the next rebuild.
+    pub(super) fn materialize(
+        &self,
+        planned: Vec<PlannedRoute<App>>,
+        now: Instant,
+    ) -> (Routes, HashMap<String, DeploymentState>, usize) {
+        let mut routes = Routes::new();
+        let mut states = HashMap::with_capacity(planned.len());
+        let mut failed = 0;
+        let mut next = Served::default();
+        let mut served = self.served();
+        let failure = |digest: &str| match self.queue.status(digest) {
+            Some(Status::Failed { error, attempts, retry_at, .. }) => {
+                (error, attempts, retry_at.saturating_duration_since(now).as_secs())
+            }
+            _ => (String::new(), 0, 0),
+        };
+        for planned in planned {
+            let id = planned.deployment.id.clone();
+            let (target, state) = match planned.target {
+                Target::Serve(app) => {
+                    let route = self.live_route(
+                        &served,
+                        &mut next,
+                        planned.deployment,
+                        planned.tier,
+                        planned.pattern.clone(),
+                        app,
+                    );
+                    next.routes.insert(id.clone(), route.clone());
+                    (RouteTarget::Live(route), DeploymentState::Serving)
+                }
+                Target::KeepServing { version, failed: why } => {
+                    let route = served.routes.get(&id).cloned().expect("the builder saw it");
+                    next.routes.insert(id.clone(), route.clone());
+                    keep_pools(&served, &mut next, &route);
+                    let state = match why {
+                        None => DeploymentState::Compiling { serving: Some(version) },
+                        Some(_) => {
+                            failed += 1;
+                            let (error, attempts, retry_in_s) =
+                                failure(&planned.deployment.component);
+                            DeploymentState::Failed {
+                                serving: Some(version),
+                                error,
+                                attempts,
+                                retry_in_s,
+                            }
+                        }
+                    };
+                    (RouteTarget::Live(route), state)
+                }
+                Target::Wait => {
+                    (RouteTarget::Compiling, DeploymentState::Compiling { serving: None })
+                }
+                Target::Unavailable(_) => {
+                    failed += 1;
+                    let (error, attempts, retry_in_s) = failure(&planned.deployment.component);
+                    (
+                        RouteTarget::Unavailable { retry_after_s: retry_in_s.max(1) },
+                        DeploymentState::Failed { serving: None, error, attempts, retry_in_s },
+                    )
+                }
+            };
+            routes.insert(&planned.pattern, target);
+            states.insert(id, state);
+        }
+        *served = next;
+        (routes, states, failed)
+    }
+
+    /// A live route for a deployment whose component is ready, keeping the
+    /// instance pool and tenant slots it had.
+    fn live_route(
+        &self,
+        served: &Served,
+        next: &mut Served,
+        deployment: Deployment,
+        tier: Arc<Tier>,
+        pattern: RoutePattern,
+        app: App,
+    ) -> Arc<LiveRoute> {
+        let limits = limits_of(&tier);
+        let outbound =
+            OutboundPolicy::new(&deployment.allowed_outbound_hosts, self.settings.outbound.clone());
+        let label = pattern.to_string();
+        let usage = self.usage.for_tenant(deployment.tenant_id);
+        let mut config = deployment.config;
+        config.extend(deployment.secrets);
+        let capabilities = Arc::new(Capabilities {
+            kv: Some(KvAccess {
+                backend: self.settings.kv.clone(),
+                tenant: deployment.tenant_id,
+                deployment: deployment.id.clone(),
+                limits: KvLimits::of(&tier.limits),
+                usage: Some(usage.clone()),
+            }),
+            config,
+        });
+        // What the deployment asks for, within what its tier allows now.
+        let reuse = deployment.max_instance_reuse.min(tier.limits.max_instance_reuse);
+        let instances = (reuse > 1).then(|| {
+            let key = (deployment.id.clone(), deployment.version, reuse);
+            let pool = served
+                .instance_pools
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| self.plane.runtime().instance_pool(reuse));
+            next.instance_pools.insert(key, pool.clone());
+            pool
+        });
+        let slots = served
+            .tenant_slots
+            .get(&deployment.tenant_id)
+            .or_else(|| next.tenant_slots.get(&deployment.tenant_id))
+            .cloned()
+            .unwrap_or_default();
+        next.tenant_slots.insert(deployment.tenant_id, slots.clone());
+        let rates = Rates::of(&tier);
+        Arc::new(LiveRoute {
+            instances,
+            capabilities,
+            metrics: Arc::new(self.plane.metrics().route(&label, &deployment.tenant)),
+            label,
+            outbound,
+            pattern,
+            app,
+            limits,
+            owner: Some(RouteOwner {
+                tenant_id: deployment.tenant_id,
+                tenant: deployment.tenant,
+                deployment_id: deployment.id,
+                version: deployment.version,
+                rate_policy: rates.policy_header(),
+                rates,
+                usage,
+                slots,
+                tier,
+            }),
+        })
+    }
+}
+
+/// Keeps the instance pool and tenant slots of a route served at an
+/// earlier version.
+fn keep_pools(served: &Served, next: &mut Served, route: &LiveRoute) {
+    let Some(owner) = &route.owner else { return };
+    if let Some(instances) = &route.instances {
+        for (key, pool) in &served.instance_pools {
+            if Arc::ptr_eq(pool, instances) {
+                next.instance_pools.insert(key.clone(), pool.clone());
+            }
+        }
+    }
+    next.tenant_slots.entry(owner.tenant_id).or_insert_with(|| owner.slots.clone());
+}
+
+/// The invocation limits a tier sets.
+pub fn limits_of(tier: &Tier) -> Limits {
+    Limits {
+        memory_bytes: tier.limits.memory_limit_bytes,
+        timeout: Duration::from_millis(tier.limits.execution_timeout_ms),
+        max_input_bytes: tier.limits.max_input_bytes,
+    }
+}
