@@ -110,10 +110,10 @@ bench_start() {
     echo "started $name (pid $!)" >&2
 }
 
-# Waits until URL answers 200.
+# Waits until URL answers 200, for up to SECONDS (default 30): bench_wait_ready URL [SECONDS].
 bench_wait_ready() {
-    local url=$1
-    for _ in $(seq 1 300); do
+    local url=$1 seconds=${2:-30}
+    for _ in $(seq 1 $((seconds * 10))); do
         if [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ]; then
             return 0
         fi
@@ -183,9 +183,9 @@ bench_serve_setup() {
     export WASMWIZ_DATA_DIR=$dir
     # (A binary from before per-tier concurrency caps has no such flag.)
     "$bin" admin tier set unlimited --per-minute 1000000000 --per-day 1000000000000 \
-        --max-concurrency unlimited >/dev/null 2>&1 ||
+        --max-component 64MiB --max-concurrency unlimited >/dev/null 2>&1 ||
         "$bin" admin tier set unlimited --per-minute 1000000000 --per-day 1000000000000 \
-            >/dev/null 2>&1
+            --max-component 64MiB >/dev/null 2>&1
     "$bin" admin tenant create bench --tier unlimited >/dev/null 2>&1 || true
     "$bin" admin key create bench 2>/dev/null
 }

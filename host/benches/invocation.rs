@@ -13,6 +13,10 @@
 //!   deployment with `max_instance_reuse` above 1 runs it (one instance
 //!   serves every request).
 //!
+//! `... -- languages` prints the same phases, and whole invocations fresh
+//! and reused, for `hello` in each language `scripts/build-examples.sh`
+//! builds (Rust, Python, JavaScript), one column each.
+//!
 //! `... -- precompile OUT` writes hello's compiled code to OUT, and
 //! `... -- invocations CODE N [reused]` loads it and runs N invocations
 //! (on fresh instances, or on one reused instance) and nothing else:
@@ -156,16 +160,35 @@ fn access_log() {
     println!();
 }
 
-async fn phases(runtime: &Runtime, app: &App) {
-    const N: u32 = 5_000;
+/// Mean microseconds per invocation of each phase, and of whole
+/// invocations on fresh and on reused instances (`None` where the
+/// component cannot serve two requests on one instance).
+struct PhaseFigures {
+    phases: [f64; 6],
+    whole: f64,
+    reused: Option<f64>,
+}
+
+const PHASE_NAMES: [&str; 6] = [
+    "sandbox: store, WASI and HTTP contexts",
+    "instantiate (pool slot, memory image)",
+    "guest handler (host calls included)",
+    "response body",
+    "teardown (store dropped, slot reset)",
+    "sum",
+];
+
+/// Measures `app` (whose answer is `Hello, world!\n`) `n` times per row,
+/// after `n / 10` invocations to warm up.
+async fn measure(runtime: &Runtime, app: &App, n: u32, reusable: bool) -> PhaseFigures {
     let mut sum = wasmwiz::runtime::Phases::default();
-    for i in 0..(N + 500) {
+    for i in 0..(n + n / 10) {
         let (p, status, body) = runtime
             .invoke_phased(app, request(), LIMITS.memory_bytes, outbound())
             .await
             .expect("hello answers");
         assert_eq!((status.as_u16(), &body[..]), (200, &b"Hello, world!\n"[..]));
-        if i >= 500 {
+        if i >= n / 10 {
             sum.context += p.context;
             sum.instantiate += p.instantiate;
             sum.guest += p.guest;
@@ -173,43 +196,96 @@ async fn phases(runtime: &Runtime, app: &App) {
             sum.teardown += p.teardown;
         }
     }
-    let us = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e6 / f64::from(N));
-    println!("phases of one invocation of hello (mean of {N}, after 500 to warm up):");
-    println!("| phase | µs |");
-    println!("| --- | ---: |");
-    println!("| sandbox: store, WASI and HTTP contexts | {} |", us(sum.context));
-    println!("| instantiate (pool slot, memory image) | {} |", us(sum.instantiate));
-    println!("| guest handler (host calls included) | {} |", us(sum.guest));
-    println!("| response body | {} |", us(sum.response));
-    println!("| teardown (store dropped, slot reset) | {} |", us(sum.teardown));
-    println!("| sum | {} |", us(sum.total()));
+    let us = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(n);
+    let phases = [
+        us(sum.context),
+        us(sum.instantiate),
+        us(sum.guest),
+        us(sum.response),
+        us(sum.teardown),
+        us(sum.total()),
+    ];
 
-    let n = N;
     let started = Instant::now();
     for _ in 0..n {
         invoke_once(runtime, app, None).await;
     }
-    let t = started.elapsed() / n;
-    println!(
-        "| whole `Runtime::invoke` (own task, timeout, body streamed) | {:.1} |",
-        t.as_secs_f64() * 1e6
-    );
+    let whole = us(started.elapsed());
 
     // A deployment that opted in to instance reuse: after the first
     // request, every one runs on the instance the one before gave back.
-    let pool = runtime.instance_pool(MAX_INSTANCE_REUSE);
-    invoke_once(runtime, app, Some(&pool)).await;
-    let started = Instant::now();
-    for _ in 0..n {
-        let reused = invoke_once(runtime, app, Some(&pool)).await;
-        assert!(reused, "a request ran on a new instance although one was idle");
+    let reused = if reusable {
+        let pool = runtime.instance_pool("/...", MAX_INSTANCE_REUSE);
+        invoke_once(runtime, app, Some(&pool)).await;
+        let started = Instant::now();
+        for _ in 0..n {
+            let reused = invoke_once(runtime, app, Some(&pool)).await;
+            assert!(reused, "a request ran on a new instance although one was idle");
+        }
+        Some(us(started.elapsed()))
+    } else {
+        None
+    };
+    PhaseFigures { phases, whole, reused }
+}
+
+fn print_figures(columns: &[(&str, u32, PhaseFigures)]) {
+    let head: Vec<&str> = columns.iter().map(|(name, ..)| *name).collect();
+    println!("| phase, µs | {} |", head.join(" | "));
+    println!("| --- |{}", " ---: |".repeat(columns.len()));
+    let row = |label: &str, value: &dyn Fn(&PhaseFigures) -> String| {
+        let cells: Vec<String> = columns.iter().map(|(_, _, f)| value(f)).collect();
+        println!("| {label} | {} |", cells.join(" | "));
+    };
+    for (i, name) in PHASE_NAMES.iter().enumerate() {
+        row(name, &|f| format!("{:.1}", f.phases[i]));
     }
-    let t = started.elapsed() / n;
+    row("whole `Runtime::invoke` (own task, timeout, body streamed)", &|f| {
+        format!("{:.1}", f.whole)
+    });
+    row("whole `Runtime::invoke`, instance reused (`max_instance_reuse` > 1)", &|f| {
+        f.reused.map_or("cannot be reused".into(), |t| format!("{t:.1}"))
+    });
+    let counts: Vec<String> = columns.iter().map(|(name, n, _)| format!("{name} {n}")).collect();
     println!(
-        "| whole `Runtime::invoke`, instance reused (`max_instance_reuse` > 1) | {:.1} |",
-        t.as_secs_f64() * 1e6
+        "(mean of each row's invocations: {}, after a tenth as many to warm up)",
+        counts.join(", ")
     );
     println!();
+}
+
+async fn phases(runtime: &Runtime, app: &App) {
+    const N: u32 = 5_000;
+    println!("phases of one invocation of hello:");
+    print_figures(&[("hello", N, measure(runtime, app, N, true).await)]);
+}
+
+/// `hello` in every language built, one column each. A JavaScript
+/// component answering through StarlingMonkey's `fetch` event cannot serve
+/// a second request on one instance, so its reuse row is empty;
+/// `js-handler` (the same answer through `wasi:http`'s incoming handler)
+/// shows what reuse does for JavaScript.
+async fn languages(runtime: &Runtime) {
+    let components = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/components");
+    let mut columns = Vec::new();
+    for (name, file, n, reusable) in [
+        ("Rust", "hello.wasm", 5_000, true),
+        ("Python", "python_hello.wasm", 1_000, true),
+        ("JavaScript", "js_hello.wasm", 2_000, false),
+        ("JavaScript (js-handler)", "js_handler.wasm", 2_000, true),
+    ] {
+        let Ok(bytes) = std::fs::read(components.join(file)) else {
+            eprintln!("{file}: not built (scripts/build-examples.sh), left out");
+            continue;
+        };
+        let started = Instant::now();
+        let compiled = wasmwiz::runtime::compile(runtime.engine(), &bytes).expect("it compiles");
+        eprintln!("{file}: compiled in {:.1} s", started.elapsed().as_secs_f64());
+        let app = runtime.prepare(&compiled.component).expect("it links");
+        columns.push((name, n, measure(runtime, &app, n, reusable).await));
+    }
+    println!("phases of one invocation of hello, by language:");
+    print_figures(&columns);
 }
 
 /// One request through `Runtime::invoke`, checked; whether it ran on an
@@ -274,7 +350,7 @@ fn main() {
             tokio.block_on(async {
                 let runtime = one_slot_runtime();
                 let app = load(&runtime, Some(Path::new(&args[1])));
-                let pool = reuse.then(|| runtime.instance_pool(MAX_INSTANCE_REUSE));
+                let pool = reuse.then(|| runtime.instance_pool("/...", MAX_INSTANCE_REUSE));
                 if let Some(pool) = &pool {
                     invoke_once(&runtime, &app, Some(pool)).await;
                 }
@@ -284,6 +360,7 @@ fn main() {
                 }
             });
         }
+        Some("languages") => tokio.block_on(languages(&runtime())),
         _ => {
             route_lookup();
             access_log();

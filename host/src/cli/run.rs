@@ -137,6 +137,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
             }),
             config: config.clone(),
         });
+        let instances = (args.max_instance_reuse > 1)
+            .then(|| runtime.instance_pool(&label, args.max_instance_reuse));
         let route = Arc::new(LiveRoute {
             capabilities,
             metrics: Arc::new(metrics.route(&label, "-")),
@@ -146,8 +148,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
             label,
             outbound: outbound.clone(),
             owner: None,
-            instances: (args.max_instance_reuse > 1)
-                .then(|| runtime.instance_pool(args.max_instance_reuse)),
+            instances,
         });
         routes.insert(&route.pattern, RouteTarget::Live(route.clone()));
     }

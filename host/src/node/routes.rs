@@ -169,7 +169,7 @@ impl Node {
                 .instance_pools
                 .get(&key)
                 .cloned()
-                .unwrap_or_else(|| self.plane.runtime().instance_pool(reuse));
+                .unwrap_or_else(|| self.plane.runtime().instance_pool(&label, reuse));
             next.instance_pools.insert(key, pool.clone());
             pool
         });

@@ -128,9 +128,26 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Compiled, CompileError> 
         .map_err(|e| CompileError::Invalid(e.to_string()))?;
 
     let started = Instant::now();
-    let component =
-        Component::new(engine, bytes).map_err(|e| CompileError::Unrunnable(format!("{e:#}")))?;
+    let component = Component::new(engine, bytes)
+        .map_err(|e| CompileError::Unrunnable(with_setting(format!("{e:#}"))))?;
     Ok(Compiled { component, compile_time: started.elapsed(), from_cache: false })
+}
+
+/// `message` (wasmtime's refusal of a component) with the setting that
+/// raises the limit it names, when it names one of the pool's.
+fn with_setting(message: String) -> String {
+    let setting = if message.contains("core module instances") {
+        "POOL_CORE_INSTANCES"
+    } else if message.contains("linear memories") {
+        "POOL_MEMORIES"
+    } else if message.contains("minimum element size") {
+        "POOL_TABLE_ELEMENTS"
+    } else if message.contains("tables") && message.contains("exceeds") {
+        "POOL_TABLES"
+    } else {
+        return message;
+    };
+    format!("{message} (the node's {setting} setting)")
 }
 
 /// Refuses a component without the handler export or with an import outside

@@ -518,6 +518,9 @@ impl GuestRun {
             );
         }
         head.finish(outcome);
+        if let (true, Some(pool)) = (reused, &reuse) {
+            pool.reused_instance_ended(outcome == Outcome::Ok);
+        }
         let data = store.data();
         data.stdout.log(&request_id, "stdout");
         data.stderr.log(&request_id, "stderr");

@@ -286,11 +286,11 @@ impl Runtime {
     }
 
     /// An empty pool of idle instances for one deployment that opted in to
-    /// reuse, each instance serving at most `max_uses` requests. Its idle
-    /// instances are dropped after the idle timeout (`REUSE_IDLE_TIMEOUT`),
-    /// and all of them with the pool.
-    pub fn instance_pool(&self, max_uses: u32) -> Arc<InstancePool> {
-        let pool = Arc::new(InstancePool::new(max_uses, self.idle.clone()));
+    /// reuse (`name`, its route, in warnings), each instance serving at
+    /// most `max_uses` requests. Its idle instances are dropped after the
+    /// idle timeout (`REUSE_IDLE_TIMEOUT`), and all of them with the pool.
+    pub fn instance_pool(&self, name: &str, max_uses: u32) -> Arc<InstancePool> {
+        let pool = Arc::new(InstancePool::new(name.to_owned(), max_uses, self.idle.clone()));
         self.pools.register(&pool);
         pool
     }

@@ -24,6 +24,14 @@
 //!   included, stays within `REUSE_IDLE_MEMORY` (a kept instance keeps its
 //!   heap resident, where a warm slot is reset).
 //!
+//! A deployment whose instances fail on their second request every time
+//! (a JavaScript component answering through StarlingMonkey's `fetch`
+//! event: its event cannot be answered twice) stops reusing them on this
+//! node after [`FAILURES_BEFORE_GIVING_UP`] such failures, with a warning:
+//! its requests then run on fresh instances, as without reuse, until the
+//! deployment changes. Once a reused instance has answered well, failures
+//! are the guest's own and reuse stays on.
+//!
 //! An idle instance is dropped after `REUSE_IDLE_TIMEOUT` (by a thread of
 //! its own, so the drops never delay the epoch ticks), or when
 //! its memory has grown past the memory limit the deployment's tier has
@@ -31,7 +39,7 @@
 //! limits, capabilities and outbound policy, and its own outbound and
 //! key-value counts.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -42,6 +50,10 @@ use super::state::InvocationState;
 
 /// Most idle instances one deployment keeps.
 const MAX_IDLE_PER_DEPLOYMENT: usize = 32;
+
+/// Failed requests on reused instances, none having answered well, after
+/// which a deployment's instances are no longer reused on this node.
+pub const FAILURES_BEFORE_GIVING_UP: u32 = 2;
 
 /// How many instances are idle on this node and how much linear memory
 /// they hold, against the most the node may keep.
@@ -109,14 +121,24 @@ struct IdleInstance {
 
 /// The idle instances of one deployment.
 pub struct InstancePool {
+    /// What the warnings call the deployment (its route).
+    name: String,
     max_uses: u32,
     idle: Mutex<Vec<IdleInstance>>,
     count: Arc<IdleCount>,
+    /// Whether a request on a reused instance has ever ended well.
+    reuse_worked: AtomicBool,
+    /// Requests on reused instances that failed while none had ended well.
+    reuse_failed: AtomicU32,
+    /// Set when reuse has failed [`FAILURES_BEFORE_GIVING_UP`] times and
+    /// never worked: nothing is kept any more.
+    given_up: AtomicBool,
 }
 
 impl std::fmt::Debug for InstancePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InstancePool")
+            .field("name", &self.name)
             .field("max_uses", &self.max_uses)
             .field("idle", &self.lock().len())
             .finish()
@@ -124,8 +146,49 @@ impl std::fmt::Debug for InstancePool {
 }
 
 impl InstancePool {
-    pub(super) fn new(max_uses: u32, count: Arc<IdleCount>) -> Self {
-        Self { max_uses, idle: Mutex::new(Vec::new()), count }
+    pub(super) fn new(name: String, max_uses: u32, count: Arc<IdleCount>) -> Self {
+        Self {
+            name,
+            max_uses,
+            idle: Mutex::new(Vec::new()),
+            count,
+            reuse_worked: AtomicBool::new(false),
+            reuse_failed: AtomicU32::new(0),
+            given_up: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether this deployment's instances are still reused (not given up
+    /// on after failing on every reuse).
+    pub fn reusing(&self) -> bool {
+        !self.given_up.load(Ordering::Relaxed)
+    }
+
+    /// Notes how a request on a reused instance ended: a deployment whose
+    /// reused instances have only ever failed is given up on after
+    /// [`FAILURES_BEFORE_GIVING_UP`] of them.
+    pub(super) fn reused_instance_ended(&self, ok: bool) {
+        if ok {
+            self.reuse_worked.store(true, Ordering::Relaxed);
+            return;
+        }
+        if self.reuse_worked.load(Ordering::Relaxed) {
+            return;
+        }
+        let failed = self.reuse_failed.fetch_add(1, Ordering::Relaxed) + 1;
+        if failed == FAILURES_BEFORE_GIVING_UP {
+            self.given_up.store(true, Ordering::Relaxed);
+            let idle = std::mem::take(&mut *self.lock());
+            drop(idle);
+            tracing::warn!(
+                route = %self.name,
+                failed,
+                "instance reuse turned off for this deployment on this node: every request on \
+                 a reused instance failed (a JavaScript component answering through the fetch \
+                 event cannot serve two requests); its requests run on fresh instances until \
+                 it is deployed again"
+            );
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<IdleInstance>> {
@@ -135,6 +198,9 @@ impl InstancePool {
     /// The most recently used idle instance whose memory fits in
     /// `memory_limit` (its pages and caches are the warmest), if any.
     pub(super) fn take(&self, memory_limit: u64) -> Option<Reused> {
+        if !self.reusing() {
+            return None;
+        }
         let mut grown = Vec::new();
         let taken = {
             let mut idle = self.lock();
@@ -156,7 +222,10 @@ impl InstancePool {
     /// Keeps an instance that has just served a request that ended well
     /// (`served` counts it), if it may serve another; drops it otherwise.
     pub(super) fn give_back(&self, mut kept: Reused) {
-        if kept.served >= self.max_uses || !kept.store.data_mut().holds_nothing() {
+        if kept.served >= self.max_uses
+            || !self.reusing()
+            || !kept.store.data_mut().ready_for_another()
+        {
             return;
         }
         let mut idle = self.lock();

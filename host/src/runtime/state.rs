@@ -11,6 +11,13 @@ use super::capabilities::{Capabilities, CapabilitiesView};
 use super::outbound::OutboundPolicy;
 use super::output::GuestOutput;
 use super::{MAX_RANDOM_BYTES, MAX_RESOURCES};
+use wasmtime_wasi_http::FieldMap;
+use wasmtime_wasi_http::p2::types::HostIncomingRequest;
+
+/// Answered requests (and header fields) a guest may keep and still have
+/// its instance reused: a guest keeping more leaks them, and gets fresh
+/// instances instead.
+pub const MAX_KEPT_REQUESTS: usize = 64;
 
 /// Everything one invocation's store holds. Created for one request and
 /// dropped with it, so nothing a guest does can outlive its request, unless
@@ -84,29 +91,49 @@ impl InvocationState {
         self.limiter.memory_exceeded = false;
     }
 
-    /// Whether the guest let go of every resource of its request (request,
-    /// body, stream, outgoing request, ...): only then may the store serve
-    /// another request.
+    /// Whether the store may serve another request: the guest let go of
+    /// every resource of its request that still does anything (a body, a
+    /// stream, an outgoing request, the response being sent), and keeps at
+    /// most [`MAX_KEPT_REQUESTS`] inert ones.
     ///
-    /// Its own stdio may stay: stdout and stderr streams (Rust's standard
-    /// library keeps them, and a pollable of each, from the first print on;
-    /// counted by their handles, so a body's output stream is not taken for
-    /// one) and input streams (the WASIp1 adapter keeps stdin, which is
-    /// closed). So may pollables. Neither can hide a resource of the
-    /// request: a body's stream, or a pollable of one, is a child of that
-    /// resource, which cannot be dropped before it and so is still here.
-    pub(super) fn holds_nothing(&mut self) -> bool {
+    /// Inert: an incoming request, and header fields, that the guest still
+    /// holds after answering. StarlingMonkey (componentize-js) keeps the
+    /// last request until its garbage collector runs. The host drops such a
+    /// request's body itself, here, so what is kept is its method, path and
+    /// headers: what a guest that opted in to reuse could have copied into
+    /// its memory anyway. The handle stays valid, so the guest's own drop
+    /// later succeeds.
+    ///
+    /// Its own stdio may stay too: stdout and stderr streams (Rust's
+    /// standard library keeps them, and a pollable of each, from the first
+    /// print on; counted by their handles, so a body's output stream is not
+    /// taken for one) and input streams (the WASIp1 adapter keeps stdin,
+    /// which is closed). So may pollables. Neither can hide a resource of
+    /// the request: a body's stream, or a pollable of one, is a child of
+    /// that resource, which cannot be dropped before it and so is still
+    /// here.
+    pub(super) fn ready_for_another(&mut self) -> bool {
         let stdio =
             (self.stdout.handles() + self.stderr.handles()).saturating_sub(self.stdio_handles);
-        let mut outputs = 0;
+        let (mut outputs, mut kept) = (0, 0);
         for entry in self.table.iter_mut() {
             if entry.is::<wasmtime_wasi::p2::DynOutputStream>() {
                 outputs += 1;
+            } else if let Some(request) = entry.downcast_mut::<HostIncomingRequest>() {
+                request.body = None;
+                kept += 1;
+            } else if entry.is::<FieldMap>() {
+                kept += 1;
             } else if !entry.is::<wasmtime_wasi::p2::DynPollable>()
                 && !entry.is::<wasmtime_wasi::p2::DynInputStream>()
             {
+                tracing::debug!("not reused: the guest holds a resource of its request");
                 return false;
             }
+        }
+        if kept > MAX_KEPT_REQUESTS {
+            tracing::debug!(kept, "not reused: the guest holds too many old requests");
+            return false;
         }
         outputs == stdio
     }

@@ -170,3 +170,69 @@ fn wit_js_is_wit_at_the_version_starlingmonkey_exports() {
         "regenerate wit/js from wit (see wit/js/README.md)"
     );
 }
+
+/// A JavaScript component answering through StarlingMonkey's `fetch` event
+/// fails on a reused instance (its event cannot be answered twice): a
+/// deployment that opted in to reuse stops reusing after two such failures,
+/// and every later request is answered. One answering through `wasi:http`'s
+/// incoming handler (js-handler) is reused and stays so.
+#[tokio::test]
+async fn javascript_reuse_works_with_the_incoming_handler_and_falls_back_with_the_fetch_event() {
+    let mut env = ServeEnv::sqlite();
+    env.share_compiled_code().set("LOG_LEVEL", "info,wasmwiz::runtime=debug");
+    let key = env.tenant("acme", "pro", false);
+    let server = env.serve();
+    let api = Api::new(&server, &key);
+    for (name, route) in [("js_handler", "/acme/handler/..."), ("js_hello", "/acme/fetch/...")] {
+        let digest = api.upload_component(name).await;
+        let (status, body) = api
+            .deploy(serde_json::json!({
+                "route": route, "component": digest, "max_instance_reuse": 100
+            }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    const KEPT: &str = "instance kept for reuse";
+    const GIVEN_UP: &str = "instance reuse turned off for this deployment";
+
+    for _ in 0..5 {
+        assert_eq!(get(&server, "/acme/handler/").await, (200, "Hello, world!\n".to_string()));
+    }
+    // Kept after each of the five: the first ran on a fresh instance, the
+    // other four on that one.
+    server.logged(KEPT, 5, Duration::from_secs(5)).await;
+
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(get(&server, "/acme/fetch/").await.0);
+    }
+    let failed = statuses.iter().filter(|&&s| s == 500).count();
+    assert_eq!(failed, 2, "two failures on reused instances, then fresh ones: {statuses:?}");
+    assert!(statuses[4..].iter().all(|&s| s == 200), "{statuses:?}");
+    server.logged(GIVEN_UP, 1, Duration::from_secs(5)).await;
+    let logs = server.logs();
+    let warning = logs.lines().find(|l| l.contains(GIVEN_UP)).unwrap();
+    assert!(warning.contains("/acme/fetch/..."), "names the route: {warning}");
+    assert_eq!(logs.matches(GIVEN_UP).count(), 1, "once");
+
+    // The handler component is still reused.
+    assert_eq!(get(&server, "/acme/handler/").await.0, 200);
+    let kept_before = server.logs().matches(KEPT).count();
+    assert_eq!(get(&server, "/acme/handler/").await.0, 200);
+    server.logged(KEPT, kept_before + 1, Duration::from_secs(5)).await;
+}
+
+/// Python's 14 core module instances past a lowered `POOL_CORE_INSTANCES`:
+/// refused with wasmtime's count and the setting that raises the limit.
+#[test]
+fn a_component_past_the_pools_shape_is_refused_naming_the_setting() {
+    let file = crate::helpers::component("python_hello");
+    let route = format!("/py/...={}", file.display());
+    let (status, stderr) = crate::helpers::run_to_exit(
+        &["run", "--addr", "127.0.0.1:0", &route],
+        &[("POOL_CORE_INSTANCES", "8")],
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("14 core module instances"), "{stderr}");
+    assert!(stderr.contains("POOL_CORE_INSTANCES"), "{stderr}");
+}

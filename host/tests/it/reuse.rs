@@ -103,6 +103,26 @@ async fn an_instance_that_failed_or_kept_a_resource_is_never_reused() {
 }
 
 #[tokio::test]
+async fn an_instance_whose_guest_keeps_its_answered_request_is_reused_up_to_a_cap() {
+    let server = server(&[("MAX_INSTANCE_REUSE", "1000")]);
+    let base = server.url("");
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["1"]));
+    // As StarlingMonkey does: the request kept after answering it (with a
+    // body the guest never read, which the host drops).
+    let response =
+        client().post(format!("{base}/h/keep-request")).body(vec![7u8; 64 << 10]).send().await;
+    assert_eq!(response.unwrap().status(), 200);
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["2"]), "reused all the same");
+    // Up to 64 kept requests; past them, a fresh instance.
+    for _ in 0..63 {
+        assert_eq!(fetch(&base, "/h/keep-request").await.0, 200);
+    }
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["3"]), "64 kept: still reused");
+    assert_eq!(fetch(&base, "/h/keep-request").await.0, 200);
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["1"]), "65 kept: a fresh one");
+}
+
+#[tokio::test]
 async fn an_instance_that_streamed_its_body_after_its_head_is_reused() {
     let server = server(&[("MAX_INSTANCE_REUSE", "100"), ("LOG_LEVEL", DEBUG_REUSE)]);
     let base = server.url("");

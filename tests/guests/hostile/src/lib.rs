@@ -149,10 +149,20 @@ impl wasi::exports::http::incoming_handler::Guest for Hostile {
                 respond(out, 200, b"kept the body stream");
             }
             "keep-resource" => {
-                // A resource the guest never drops: it stays in the host's
-                // table after the request, so the instance must not be reused.
-                std::mem::forget(Fields::new());
+                // A live resource the guest never drops (an outgoing request
+                // it never sent): it stays in the host's table after the
+                // request, so the instance must not be reused.
+                std::mem::forget(OutgoingRequest::new(Fields::new()));
                 respond(out, 200, b"kept");
+            }
+            "keep-request" => {
+                // The request itself, kept after answering it, as
+                // StarlingMonkey does until its garbage collector runs:
+                // inert once the host has dropped its body, so the instance
+                // may still be reused.
+                respond(out, 200, b"kept the request");
+                std::mem::forget(request);
+                return;
             }
             "trap" => panic!("the guest trapped on purpose"),
             "no-response" => drop(out),
