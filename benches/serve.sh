@@ -9,7 +9,7 @@ set -euo pipefail
 usage() {
     cat <<USAGE
 Usage: benches/serve.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS] [-n ROUTES]
-                        [-R REUSE]
+                        [-R REUSE] [-L]
 
   -r ROUNDS       rounds, each runs wrk once against every server (default 3)
   -d SECONDS      wrk duration per run (default 20)
@@ -19,6 +19,11 @@ Usage: benches/serve.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS] [
   -R REUSE        also measure instance reuse: one more route on the same
                   node deployed with max_instance_reuse REUSE, and a second
                   wasmtime serve with --max-instance-reuse-count REUSE
+  -L              also measure the tenant log stream: two more wasmwiz
+                  nodes with the same routes, one with TENANT_LOGS=false
+                  and one logging every event (LOG_EVENTS_PER_SECOND far
+                  above the request rate); the first node logs with the
+                  shipped default (100 events a second per tenant)
 
 Needs Redis on 127.0.0.1:6379 (or \$REDIS_URL). Builds the release binary,
 the components, the native baseline and (once) wasmtime-cli 48.0.8. The
@@ -27,15 +32,16 @@ the raw wrk output and the final usage and metrics go to benches/results/.
 USAGE
 }
 
-rounds=3 duration=20 connections=64 threads=2 count=1000 reuse=0
+rounds=3 duration=20 connections=64 threads=2 count=1000 reuse=0 logs=0
 bench_option() {
     case $1 in
         R) reuse=$2 ;;
+        L) logs=1 ;;
     esac
 }
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-bench_options "r:d:c:t:n:R:" "$@"
+bench_options "r:d:c:t:n:R:L" "$@"
 [[ $reuse =~ ^[0-9]+$ ]] || { echo "-R needs a number" >&2; exit 2; }
 
 bench_setup serve wrk
@@ -83,6 +89,27 @@ if [ "$reuse" -gt 1 ]; then
     contenders+=(wasmwiz-serve-reuse wasmtime-serve-reuse)
     names+=(wasmwiz-serve-reuse wasmtime-serve-reuse)
 fi
+if [ "$logs" = 1 ]; then
+    # Two more nodes, each on a store of its own with the same routes.
+    for variant in nologs:18195:TENANT_LOGS=false alllogs:18196:LOG_EVENTS_PER_SECOND=100000000; do
+        IFS=: read -r name port setting <<<"$variant"
+        (
+            export WASMWIZ_DATA_DIR=$work/data-$name
+            other_key=$(bench_serve_setup "$WASMWIZ_DATA_DIR")
+            env "$setting" "$bench_bin" serve --addr "127.0.0.1:$port" \
+                >"$results/wasmwiz-$name.log" 2>&1 &
+            echo $! >"$work/pid-$name"
+            bench_wait_ready "http://127.0.0.1:$port/health"
+            bench_deploy_routes "http://127.0.0.1:$port" "$other_key" "$hello" "$count" >/dev/null
+        )
+        bench_pids+=("$(cat "$work/pid-$name")")
+        bench_pid_of[wasmwiz-serve-$name]=$(cat "$work/pid-$name")
+        ports[${#contenders[@]}]=$port
+        paths+=("$target")
+        contenders+=("wasmwiz-serve-$name")
+        names+=("wasmwiz-serve-$name")
+    done
+fi
 for i in "${!contenders[@]}"; do
     bench_wait_ready "http://127.0.0.1:${ports[$i]}${paths[$i]}"
 done
@@ -116,4 +143,10 @@ if [ "$reuse" -gt 1 ]; then
     echo "wasmwiz-serve-reuse / wasmtime-serve:       $(bench_ratio "${med[wasmwiz-serve-reuse]}" "${med[wasmtime-serve]}")"
     echo "wasmwiz-serve-reuse / native:               $(bench_ratio "${med[wasmwiz-serve-reuse]}" "${med[native]}")"
     echo "reused instances (wasmwiz metrics): $(awk '/^wasmwiz_instances_reused_total / {print $2}' "$results/metrics.txt")"
+fi
+if [ "$logs" = 1 ]; then
+    echo "tenant log stream (in Redis), against the node with it off:"
+    echo "wasmwiz-serve (100 events/s logged) / wasmwiz-serve-nologs: $(bench_ratio "${med[wasmwiz-serve]}" "${med[wasmwiz-serve-nologs]}")"
+    echo "wasmwiz-serve-alllogs (every event) / wasmwiz-serve-nologs: $(bench_ratio "${med[wasmwiz-serve-alllogs]}" "${med[wasmwiz-serve-nologs]}")"
+    echo "events in the bench tenant's stream: $(redis-cli -u "$redis_url" --scan --pattern "$prefix:logs:*" | head -1 | xargs -r redis-cli -u "$redis_url" XLEN)"
 fi

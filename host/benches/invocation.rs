@@ -300,6 +300,7 @@ async fn invoke_once(runtime: &Runtime, app: &App, pool: Option<&Arc<InstancePoo
         timing: false,
         capabilities: Arc::new(Capabilities::default()),
         reuse: pool.cloned(),
+        trace: (tracing::Span::none(), wasmwiz::telemetry::TraceParent::root()),
     };
     let reused = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let report = reused.clone();

@@ -637,6 +637,15 @@ pub struct LogArgs {
     /// strong API_SALT).
     #[arg(long, env = "ENVIRONMENT", default_value = "development")]
     pub environment: String,
+
+    /// OTLP/HTTP endpoint to export request traces to (spans go to
+    /// `ENDPOINT/v1/traces`, protobuf, in batches); unset: none exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otel_endpoint: Option<String>,
+
+    /// The `service.name` of the exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "wasmwiz")]
+    pub otel_service_name: String,
 }
 
 impl LogArgs {
@@ -779,5 +788,42 @@ mod tests {
         assert_eq!(args.socket_addr().unwrap(), "127.0.0.1:0".parse().unwrap());
         let args = ListenArgs { addr: None, server_host: "::1".into(), server_port: 1 };
         assert_eq!(args.socket_addr().unwrap(), "[::1]:1".parse().unwrap());
+    }
+}
+
+/// Tenants' log streams (`GET /api/v1/logs`, `wasmwiz logs`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct TenantLogArgs {
+    /// `false` turns the tenants' log streams off on this node.
+    #[arg(long, env = "TENANT_LOGS", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub tenant_logs: bool,
+
+    /// Events kept per tenant (in Redis, shared by the nodes; else on
+    /// each node).
+    #[arg(long, env = "LOG_EVENTS_KEPT", value_name = "N",
+          default_value_t = crate::logs::DEFAULT_EVENTS_KEPT as u32,
+          value_parser = number_for::<u32>("LOG_EVENTS_KEPT"))]
+    pub log_events_kept: u32,
+
+    /// Events one tenant may log per second on one node (bursts of twice
+    /// as many); the rest are counted in a `dropped` notice.
+    #[arg(long, env = "LOG_EVENTS_PER_SECOND", value_name = "N",
+          default_value_t = crate::logs::DEFAULT_EVENTS_PER_SECOND,
+          value_parser = number_for::<u32>("LOG_EVENTS_PER_SECOND"))]
+    pub log_events_per_second: u32,
+
+    /// This node's name in log events [default: HOSTNAME:PORT]
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+}
+
+impl TenantLogArgs {
+    /// The bounds of the streams.
+    pub fn settings(&self) -> crate::logs::LogSettings {
+        crate::logs::LogSettings {
+            kept: self.log_events_kept.max(1) as usize,
+            per_second: self.log_events_per_second.max(1),
+        }
     }
 }

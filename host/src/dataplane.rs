@@ -12,16 +12,19 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use wasmtime_wasi_http::p2::body::HyperIncomingBody;
 
+use crate::logs::{self, LogEvent, LogHub, MAX_EVENT_OUTPUT, TenantLog};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::quota::{QuotaBackend, Rates};
 use crate::response::{ResponseBody, error_response, retry_later};
 use crate::router::{RoutePattern, RouteTable, request_host};
 use crate::runtime::{
-    App, InstancePool, InvocationTiming, InvokeOptions, Limits, OutboundPolicy, Refusal, Runtime,
-    TenantSlots, read_request, refusal_response,
+    App, ExecutionReport, InstancePool, InvocationTiming, InvokeOptions, Limits, OutboundPolicy,
+    Refusal, Runtime, TenantSlots, read_request, refusal_response,
 };
 use crate::server::ConnInfo;
+use crate::telemetry::{self, RequestTrace, TraceParent};
 use crate::tenancy::Tier;
 use crate::usage::TenantUsage;
 
@@ -69,6 +72,8 @@ pub struct RouteOwner {
     pub usage: Arc<TenantUsage>,
     /// The tenant's hold on this node's instance pool.
     pub slots: Arc<TenantSlots>,
+    /// The tenant's log stream on this node (`None` with the stream off).
+    pub log: Option<Arc<TenantLog>>,
 }
 
 /// What a route of the table does on this node.
@@ -131,6 +136,8 @@ pub struct DataPlane {
     unrouted: RouteMetrics,
     /// Whether answers carry a `Server-Timing` header.
     server_timing: bool,
+    /// Where tenants' invocation events go.
+    logs: Option<Arc<LogHub>>,
 }
 
 /// What a data plane is built from.
@@ -147,6 +154,8 @@ pub struct DataPlaneSettings {
     pub metrics: Arc<Metrics>,
     /// Whether answers carry a `Server-Timing` header.
     pub server_timing: bool,
+    /// Where tenants' invocation events go (`None`: nowhere).
+    pub logs: Option<Arc<LogHub>>,
 }
 
 impl DataPlane {
@@ -163,7 +172,13 @@ impl DataPlane {
             unrouted: settings.metrics.route("-", "-"),
             metrics: settings.metrics,
             server_timing: settings.server_timing,
+            logs: settings.logs,
         }
+    }
+
+    /// The tenant log streams, when they are on.
+    pub fn logs(&self) -> Option<&Arc<LogHub>> {
+        self.logs.as_ref()
     }
 
     /// The metrics this data plane records.
@@ -234,6 +249,21 @@ impl DataPlane {
         let started = Instant::now();
         let request_id = self.ids.next();
         let method = request.method().clone();
+        let trace = RequestTrace::start(
+            request.headers().get("traceparent"),
+            tracing::trace_span!(
+                target: telemetry::TARGET,
+                "request",
+                otel.kind = "server",
+                http.request.method = %method,
+                url.path = request.uri().path(),
+                http.route = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+                request_id = %request_id,
+            ),
+        );
+        let lookup =
+            tracing::trace_span!(target: telemetry::TARGET, parent: &trace.span, "route_lookup");
         let host = request
             .uri()
             .authority()
@@ -248,11 +278,14 @@ impl DataPlane {
             Some(RouteTarget::Unavailable { retry_after_s }) => Err(unavailable(retry_after_s)),
             None => Err(not_found()),
         };
+        drop(lookup);
 
         let (response, label) = match route {
             Err(refusal) => (refusal, None),
             Ok(route) => {
-                let response = self.invoke(&route, request, conn, request_id.clone()).await;
+                trace.span.record("http.route", route.label.as_str());
+                let response =
+                    self.invoke(&route, request, conn, request_id.clone(), started, &trace).await;
                 (response, Some(route))
             }
         };
@@ -274,15 +307,31 @@ impl DataPlane {
             status,
             elapsed,
         );
-        response
+        if trace.span.is_disabled() {
+            return response;
+        }
+        // The request's span, and a `response` span under it, end when the
+        // body has been sent.
+        trace.span.record("http.response.status_code", status);
+        let sending =
+            tracing::trace_span!(target: telemetry::TARGET, parent: &trace.span, "response");
+        let spans = (trace.span, sending);
+        let (parts, body) = response.into_parts();
+        let body = http_body_util::BodyExt::map_frame(body, move |frame| {
+            let _ = &spans;
+            frame
+        });
+        Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(body))
     }
 
     async fn invoke(
         &self,
-        route: &LiveRoute,
+        route: &Arc<LiveRoute>,
         request: Request<Incoming>,
         conn: ConnInfo,
         request_id: String,
+        started: Instant,
+        trace: &RequestTrace,
     ) -> Response<ResponseBody> {
         let request =
             match read_request(request, route.limits.max_input_bytes, self.body_read_timeout).await
@@ -290,6 +339,8 @@ impl DataPlane {
                 Ok(request) => request,
                 Err(refusal) => return refusal,
             };
+        let admission_span =
+            tracing::trace_span!(target: telemetry::TARGET, parent: &trace.span, "admission");
         let (tenant_slots, cap) = match &route.owner {
             Some(owner) => (Some(&owner.slots), owner.tier.limits.max_concurrency),
             None => (None, None),
@@ -329,6 +380,8 @@ impl DataPlane {
             _ => None,
         };
         let admit_time = admit_started.elapsed();
+        drop(admission_span);
+        let event = self.event_maker(route, &request, &request_id, started, trace.context);
         let options = InvokeOptions {
             limits: route.limits,
             request_id,
@@ -337,6 +390,7 @@ impl DataPlane {
             timing: self.server_timing,
             capabilities: route.capabilities.clone(),
             reuse: route.instances.clone(),
+            trace: (trace.span.clone(), trace.context),
         };
         let usage = route.owner.as_ref().map(|owner| owner.usage.clone());
         let metrics = route.metrics.clone();
@@ -347,6 +401,9 @@ impl DataPlane {
                 if let Some(usage) = usage {
                     usage.record(&report);
                 }
+                if let Some(event) = event {
+                    event.publish(&report);
+                }
             })
             .await;
         if let Some((admission, policy)) = admission {
@@ -356,6 +413,78 @@ impl DataPlane {
             add_server_timing(&mut response, admit_time);
         }
         response
+    }
+}
+
+impl DataPlane {
+    /// What the request's log event needs from the request, when its
+    /// tenant's stream is on.
+    fn event_maker(
+        &self,
+        route: &Arc<LiveRoute>,
+        request: &Request<HyperIncomingBody>,
+        request_id: &str,
+        started: Instant,
+        trace: TraceParent,
+    ) -> Option<EventMaker> {
+        let hub = self.logs.clone()?;
+        let log = route.owner.as_ref()?.log.clone()?;
+        Some(EventMaker {
+            hub,
+            log,
+            route: route.clone(),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            request_id: request_id.to_string(),
+            started,
+            trace,
+        })
+    }
+}
+
+/// One invocation's log event, made when its guest's run ends.
+struct EventMaker {
+    hub: Arc<LogHub>,
+    log: Arc<TenantLog>,
+    route: Arc<LiveRoute>,
+    method: http::Method,
+    uri: http::Uri,
+    request_id: String,
+    started: Instant,
+    trace: TraceParent,
+}
+
+impl EventMaker {
+    fn publish(self, report: &ExecutionReport) {
+        let EventMaker { hub, log, route, method, uri, request_id, started, trace } = self;
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        hub.publish(&log, || {
+            let (stdout, stdout_cut) = logs::clip(&report.output.stdout.text, MAX_EVENT_OUTPUT);
+            let (stderr, stderr_cut) = logs::clip(&report.output.stderr.text, MAX_EVENT_OUTPUT);
+            LogEvent {
+                time: logs::now_rfc3339(),
+                kind: "invocation".into(),
+                node: hub.node().to_string(),
+                request_id: Some(request_id),
+                trace_id: Some(trace.trace_id_hex()),
+                deployment: route.owner.as_ref().map(|o| o.deployment_id.clone()),
+                version: route.owner.as_ref().map(|o| o.version),
+                route: Some(route.label.clone()),
+                method: Some(method.to_string()),
+                path: Some(uri.path().to_string()),
+                status: Some(report.status),
+                outcome: Some(report.outcome.as_str().to_string()),
+                duration_ms: Some(ms(started.elapsed())),
+                guest_ms: Some(ms(report.wall)),
+                stdout,
+                stderr,
+                output_dropped_bytes: stdout_cut
+                    + stderr_cut
+                    + report.output.stdout.dropped
+                    + report.output.stderr.dropped,
+                ..LogEvent::default()
+            }
+        });
     }
 }
 

@@ -34,11 +34,44 @@ pub fn init(args: &LogArgs) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_new(&args.log_level).with_context(|| {
         format!("LOG_LEVEL: `{}` is not a log level or filter (try info or debug)", args.log_level)
     })?;
-    let (writer, guard) = BatchWriter::spawn(io::stderr(), MAX_BUFFERED)?;
-    subscriber(filter, args.is_production(), writer)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("installing the logger: {e}"))?;
+    let (writer, mut guard) = BatchWriter::spawn(io::stderr(), MAX_BUFFERED)?;
+    let installed = match &args.otel_endpoint {
+        None => subscriber(filter, args.is_production(), writer).try_init(),
+        Some(endpoint) => {
+            let (provider, layer) = crate::telemetry::exporter(endpoint, &args.otel_service_name)?;
+            guard.tracer = Some(provider);
+            traced_subscriber(filter, args.is_production(), writer, layer).try_init()
+        }
+    };
+    installed.map_err(|e| anyhow::anyhow!("installing the logger: {e}"))?;
     Ok(guard)
+}
+
+/// [`subscriber`]'s log lines beside the span exporter's `layer`: the log
+/// filter applies to the lines only, and the exporter sees the request
+/// spans (`wasmwiz::trace`) alone.
+pub fn traced_subscriber(
+    filter: EnvFilter,
+    production: bool,
+    writer: BatchWriter,
+    layer: tracing_opentelemetry::OpenTelemetryLayer<
+        tracing_subscriber::Registry,
+        opentelemetry_sdk::trace::Tracer,
+    >,
+) -> Box<dyn tracing::Subscriber + Send + Sync> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let spans = tracing_subscriber::filter::Targets::new()
+        .with_target(crate::telemetry::TARGET, tracing::Level::TRACE);
+    let registry = tracing_subscriber::registry().with(layer.with_filter(spans));
+    let lines = tracing_subscriber::fmt::layer().with_writer(writer);
+    if production {
+        let lines = lines.json().with_current_span(false).with_span_list(false);
+        Box::new(registry.with(lines.with_filter(filter)))
+    } else {
+        Box::new(registry.with(lines.with_ansi(false).with_filter(filter)))
+    }
 }
 
 /// The subscriber [`init`] installs: plain lines, or JSON lines in
@@ -95,6 +128,8 @@ impl Shared {
 pub struct LogGuard {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// The span exporter, flushed on drop.
+    tracer: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
 impl BatchWriter {
@@ -113,7 +148,10 @@ impl BatchWriter {
             let shared = shared.clone();
             move || write_batches(&shared, output)
         })?;
-        Ok((Self { shared: shared.clone() }, LogGuard { shared, thread: Some(thread) }))
+        Ok((
+            Self { shared: shared.clone() },
+            LogGuard { shared, thread: Some(thread), tracer: None },
+        ))
     }
 
     fn append(&self, line: &[u8]) {
@@ -176,6 +214,10 @@ fn write_batches<W: Write>(shared: &Shared, mut output: W) {
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
+        if let Some(tracer) = self.tracer.take() {
+            // Sends what the batch holds (the exporter's own timeout bounds it).
+            let _ = tracer.shutdown();
+        }
         self.shared.lock().closing = true;
         self.shared.wake.notify_one();
         let Some(thread) = self.thread.take() else { return };

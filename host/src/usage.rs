@@ -144,6 +144,8 @@ mod tests {
             instantiate: Duration::ZERO,
             wall: Duration::from_millis(wall_ms),
             reused: false,
+            status: 200,
+            output: Default::default(),
         }
     }
 

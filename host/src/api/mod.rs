@@ -10,12 +10,14 @@
 //! - `tenants`: tenants, tiers and keys (the admin side).
 //! - `grants`: the routes and hosts a tenant may deploy inside.
 //! - `usage`: the caller's quota windows and usage totals.
+//! - `logs`: the caller's log stream (recent events, or followed).
 //! - `docs`: the OpenAPI document at `/api/docs`.
 
 mod components;
 mod deployments;
 mod docs;
 mod grants;
+mod logs;
 mod tenants;
 mod usage;
 
@@ -70,6 +72,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/tiers", get(tenants::list_tiers))
         .route("/api/v1/tiers/{name}", put(tenants::put_tier))
         .route("/api/v1/usage", get(usage::usage))
+        .route("/api/v1/logs", get(logs::logs))
         .route("/api/docs", get(docs::openapi))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")

@@ -106,14 +106,15 @@ pub struct DeploymentsArgs {
     pub client: ClientArgs,
 }
 
-struct Api {
+/// A client of the REST API with a key.
+pub(super) struct Api {
     base: String,
     key: String,
     http: reqwest::Client,
 }
 
 impl Api {
-    fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+    pub(super) fn new(args: &ClientArgs) -> anyhow::Result<Self> {
         let Some(key) = args.api_key.clone() else {
             bail!("no API key: set WASMWIZ_API_KEY or pass --api-key");
         };
@@ -124,12 +125,12 @@ impl Api {
         Ok(Self { base: args.url.trim_end_matches('/').to_string(), key, http })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(super) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.key)
     }
 
     /// Sends and turns any error answer into a sentence.
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    pub(super) async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let response = request
             .send()
             .await

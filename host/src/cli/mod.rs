@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod logs;
 mod run;
 pub mod serve;
 mod store;
@@ -48,6 +49,9 @@ pub enum Command {
     Rollback(client::RollbackArgs),
     /// Delete a deployment: its route answers 404 from then on (API client).
     Delete(client::DeleteArgs),
+    /// Your invocations with what the component printed; `--follow` for a
+    /// live tail across every node (API client).
+    Logs(logs::LogsArgs),
     /// Internal: compile one component read from stdin into the cache.
     #[command(hide = true)]
     CompileWorker {
@@ -78,6 +82,7 @@ impl Cli {
             | Command::Deployments(_)
             | Command::Rollback(_)
             | Command::Delete(_)
+            | Command::Logs(_)
             | Command::CompileWorker { .. } => None,
         }
     }
@@ -93,6 +98,7 @@ impl Cli {
             Command::Deployments(args) => client::deployments(args).await?,
             Command::Rollback(args) => client::rollback(args).await?,
             Command::Delete(args) => client::delete(args).await?,
+            Command::Logs(args) => logs::logs(args).await?,
             Command::CompileWorker { cache_dir, digest, instance_pool_size, memory_limit } => {
                 let code = tokio::task::spawn_blocking(move || {
                     crate::runtime::worker_main(

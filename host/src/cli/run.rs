@@ -161,6 +161,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
             compile_wait: std::time::Duration::ZERO,
             metrics: metrics.clone(),
             server_timing: false,
+            logs: None,
         },
     ));
     plane.publish(routes);

@@ -17,12 +17,15 @@ use crate::api::{self, ApiState};
 use crate::auth::Authenticator;
 use crate::config::{
     CompileArgs, HttpArgs, ListenArgs, LogArgs, MetricsArgs, OutboundArgs, QuotaArgs, RuntimeArgs,
-    StoreArgs, TierDefaultArgs,
+    StoreArgs, TenantLogArgs, TierDefaultArgs,
 };
 use crate::control::{CompiledComponents, ControlPlane, ControlSettings};
 use crate::dataplane::{DataPlane, DataPlaneSettings};
 use crate::kv::KvBackend;
 use crate::kv::redis::RedisKv;
+use crate::logs::memory::MemoryLogs;
+use crate::logs::redis::RedisLogs;
+use crate::logs::{LogBackend, LogHub};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeSettings};
 use crate::quota::QuotaBackend;
@@ -58,6 +61,8 @@ pub struct ServeArgs {
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub logs: TenantLogArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -130,6 +135,26 @@ impl Serve {
             None => Arc::new(StoreKv::new(store.clone())),
         };
         tracing::info!(backend = kv.name(), "key-value data");
+        // Tenants' log streams: in Redis when there is one (every node's
+        // events in one stream per tenant), else in this process.
+        let logs = args.logs.tenant_logs.then(|| {
+            let settings = args.logs.settings();
+            let backend: anyhow::Result<Arc<dyn LogBackend>> = match &args.quota.redis_url {
+                Some(url) => RedisLogs::connect(
+                    url,
+                    &args.quota.redis_key_prefix,
+                    settings.kept,
+                    args.quota.redis_timeout.max(KV_REDIS_TIMEOUT),
+                )
+                .map(|logs| Arc::new(logs) as Arc<dyn LogBackend>),
+                None => Ok(Arc::new(MemoryLogs::new(settings.kept))),
+            };
+            backend.map(|backend| LogHub::start(backend, settings))
+        });
+        let logs = logs.transpose()?;
+        if let Some(hub) = &logs {
+            tracing::info!(backend = hub.backend().name(), "tenant log streams");
+        }
         let metrics = Metrics::new();
         let plane = Arc::new(DataPlane::new(
             runtime.clone(),
@@ -139,6 +164,7 @@ impl Serve {
                 compile_wait: args.compile.compile_wait,
                 metrics: metrics.clone(),
                 server_timing: args.metrics.server_timing,
+                logs: logs.clone(),
             },
         ));
         let components = Arc::new(CompiledComponents::new(runtime, compiler, metrics.clone()));
@@ -212,6 +238,11 @@ impl Serve {
         };
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         eprintln!("listening on {scheme}://{}", listener.local_addr());
+        if let Some(hub) = &logs {
+            hub.name_node(args.logs.node_name.clone().unwrap_or_else(|| {
+                format!("{}:{}", crate::logs::hostname(), listener.local_addr().port())
+            }));
+        }
         let handler = Arc::new(ServeHandler {
             api: api::router(Arc::new(ApiState {
                 control,
@@ -267,6 +298,9 @@ impl Serve {
             async move {
                 shutdown.await;
                 node.start_draining();
+                if let Some(logs) = node.plane().logs() {
+                    logs.close();
+                }
             }
         };
         let served = server::serve(listener, acceptor, handler, options, draining).await;

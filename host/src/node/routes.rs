@@ -200,6 +200,7 @@ impl Node {
                 usage,
                 slots,
                 tier,
+                log: self.plane.logs().map(|hub| hub.for_tenant(deployment.tenant_id)),
             }),
         })
     }

@@ -33,11 +33,13 @@ use super::body::{
     BodyReadError, DISCARD_MAX_BYTES, DISCARD_MAX_TIME, GuestBody, IdleTimeoutBody, discard,
     drain_finished, read_capped,
 };
+use super::output::GuestText;
 use super::reuse::{InstancePool, Reused};
 use super::slots::{Refusal, Slot, TenantSlots};
 use super::state::InvocationState;
 use super::{App, Runtime};
 use crate::response::{ResponseBody, error_response, retry_later};
+use crate::telemetry::{self, TraceParent};
 
 /// Limits of one invocation (from the tier of the route's tenant).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +71,9 @@ pub struct InvokeOptions {
     /// the request takes one if there is one, and gives its instance back
     /// if it ended well.
     pub reuse: Option<Arc<InstancePool>>,
+    /// The request's span (the guest's spans go under it) and trace
+    /// context (carried on the guest's outgoing requests).
+    pub trace: (tracing::Span, TraceParent),
 }
 
 /// How long an invocation took to its response head; in the response's
@@ -101,6 +106,8 @@ struct HeadState {
     head: Option<Head>,
     /// What the guest set, if it did (the head may have been taken since).
     answered: Option<Answer>,
+    /// The status of the response the guest set, if it set one.
+    status: Option<u16>,
     /// Told the outcome when the guest ends, for a body still streaming
     /// then; made only when the guest leaves the request's task.
     outcome_tx: Option<oneshot::Sender<Outcome>>,
@@ -115,6 +122,7 @@ impl HeadSlot {
     fn put(&self, head: Head) {
         let mut state = self.lock();
         state.answered = Some(if head.0.is_ok() { Answer::Response } else { Answer::ErrorCode });
+        state.status = head.0.as_ref().ok().map(|response| response.status().as_u16());
         state.head = Some(head);
     }
 
@@ -129,6 +137,16 @@ impl HeadSlot {
 
     fn answered(&self) -> Option<Answer> {
         self.lock().answered
+    }
+
+    /// The status the client got (or gets): the guest's response's, or
+    /// the host's answer to `outcome` when the guest set none.
+    fn status(&self, outcome: Outcome) -> u16 {
+        match self.lock().status {
+            Some(status) => status,
+            None if outcome == Outcome::Ok => 500,
+            None => outcome.status().as_u16(),
+        }
     }
 
     /// The guest's outcome, when it comes: for a guest moving to a task of
@@ -246,6 +264,14 @@ impl Outcome {
         }
     }
 
+    /// The status of the host's answer when the guest set no response.
+    fn status(self) -> StatusCode {
+        match self {
+            Outcome::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
     /// The answer to a client when the guest produced no response head.
     fn response(self) -> Response<ResponseBody> {
         let (status, code) = match self {
@@ -262,7 +288,7 @@ impl Outcome {
 
 /// What the host learned from one invocation, handed to the caller's
 /// callback when the guest's run ends (after its last body byte).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ExecutionReport {
     /// How it ended.
     pub outcome: Outcome,
@@ -272,6 +298,11 @@ pub struct ExecutionReport {
     pub wall: Duration,
     /// Whether an instance kept from an earlier request served it.
     pub reused: bool,
+    /// The status the client got: the guest's response's, or the host's
+    /// answer to the outcome.
+    pub status: u16,
+    /// What the guest wrote to stdout and stderr during the request.
+    pub output: GuestText,
 }
 
 impl Runtime {
@@ -333,6 +364,7 @@ impl Runtime {
             deadline: Instant::now() + options.limits.timeout,
             request_id: options.request_id,
             slot,
+            trace: options.trace,
         };
         let started = Instant::now();
         let timed = |mut response: Response<ResponseBody>, instantiate: Duration| {
@@ -468,11 +500,14 @@ struct GuestRun {
     /// Held until the store is dropped or kept idle: the pool place is free
     /// again only when the instance no longer runs.
     slot: Slot,
+    trace: (tracing::Span, TraceParent),
 }
 
 impl GuestRun {
     async fn run<F: FnOnce(ExecutionReport)>(self, on_done: F) -> Outcome {
-        let GuestRun { app, start, reuse, request, https, head, deadline, request_id, slot } = self;
+        let GuestRun { app, start, reuse, request, https, head, deadline, request_id, slot, trace } =
+            self;
+        let (request_span, context) = trace;
         let (mut store, mut proxy, served) = match start {
             Start::Fresh(store) => (store, None, 0),
             Start::Kept(kept) => (kept.store, Some(kept.proxy), kept.served),
@@ -480,13 +515,28 @@ impl GuestRun {
         let reused = proxy.is_some();
         let started = Instant::now();
         let mut instantiated = None;
+        let guest_span = tracing::trace_span!(
+            target: telemetry::TARGET,
+            parent: &request_span,
+            "guest",
+            reused,
+            outcome = tracing::field::Empty,
+        );
         let result = tokio::time::timeout_at(deadline.into(), async {
+            let instantiating = tracing::trace_span!(
+                target: telemetry::TARGET,
+                parent: &request_span,
+                "instantiate",
+                reused,
+            );
             let proxy = match &mut proxy {
                 Some(proxy) => proxy,
                 None => proxy.insert(app.pre.instantiate_async(&mut store).await?),
             };
+            drop(instantiating);
             let instantiate = started.elapsed();
             instantiated = Some(instantiate);
+            store.data_mut().trace_outgoing(telemetry::outgoing(context, &guest_span));
             let scheme = if https { Scheme::Https } else { Scheme::Http };
             let request = store.data_mut().http().new_incoming_request(scheme, request)?;
             let head_slot = head.clone();
@@ -507,6 +557,8 @@ impl GuestRun {
             },
             Ok(Err(error)) => classify(&error, store.data()),
         };
+        guest_span.record("outcome", outcome.as_str());
+        drop(guest_span);
         if outcome != Outcome::Ok {
             tracing::info!(
                 target: "wasmwiz::guest",
@@ -522,8 +574,11 @@ impl GuestRun {
             pool.reused_instance_ended(outcome == Outcome::Ok);
         }
         let data = store.data();
-        data.stdout.log(&request_id, "stdout");
-        data.stderr.log(&request_id, "stderr");
+        let output = GuestText {
+            stdout: data.stdout.log(&request_id, "stdout"),
+            stderr: data.stderr.log(&request_id, "stderr"),
+        };
+        let status = head.status(outcome);
         // Kept (or dropped) before the pool place is freed: the pooling
         // allocator has room for every running instance plus the idle ones.
         match (outcome, reuse, proxy) {
@@ -538,6 +593,8 @@ impl GuestRun {
             instantiate: instantiated.unwrap_or(wall),
             wall,
             reused,
+            status,
+            output,
         });
         outcome
     }

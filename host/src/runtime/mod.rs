@@ -57,7 +57,7 @@ pub use outbound::defaults as outbound_defaults;
 pub use outbound::{
     AddressClass, HostPattern, Network, OutboundPolicy, OutboundSettings, classify,
 };
-pub use output::MAX_CAPTURED_OUTPUT;
+pub use output::{CapturedText, GuestText, MAX_CAPTURED_OUTPUT};
 pub use phases::Phases;
 pub use reuse::InstancePool;
 pub use slots::{Refusal, Slot, SlotPool, TenantSlots};

@@ -45,14 +45,15 @@ impl GuestOutput {
     }
 
     /// Logs what was captured (if anything) as one event, and forgets it:
-    /// a kept instance's next request starts with nothing captured.
-    pub(crate) fn log(&self, request_id: &str, stream: &'static str) {
+    /// a kept instance's next request starts with nothing captured. Returns
+    /// it, for the tenant's log stream.
+    pub(crate) fn log(&self, request_id: &str, stream: &'static str) -> CapturedText {
         let captured =
             std::mem::take(&mut *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         if captured.bytes.is_empty() && captured.dropped == 0 {
-            return;
+            return CapturedText::default();
         }
-        let text = String::from_utf8_lossy(&captured.bytes);
+        let text = String::from_utf8_lossy(&captured.bytes).into_owned();
         tracing::info!(
             target: "wasmwiz::guest",
             request_id,
@@ -62,7 +63,24 @@ impl GuestOutput {
             output = ?text.trim_end(),
             "guest output"
         );
+        CapturedText { text, dropped: captured.dropped as u64 }
     }
+}
+
+/// What one stream of one invocation captured.
+#[derive(Clone, Debug, Default)]
+pub struct CapturedText {
+    /// The first [`MAX_CAPTURED_OUTPUT`] bytes (invalid UTF-8 replaced).
+    pub text: String,
+    /// Bytes written past them.
+    pub dropped: u64,
+}
+
+/// What the guest wrote during one invocation.
+#[derive(Clone, Debug, Default)]
+pub struct GuestText {
+    pub stdout: CapturedText,
+    pub stderr: CapturedText,
 }
 
 impl IsTerminal for GuestOutput {

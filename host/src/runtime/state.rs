@@ -11,6 +11,7 @@ use super::capabilities::{Capabilities, CapabilitiesView};
 use super::outbound::OutboundPolicy;
 use super::output::GuestOutput;
 use super::{MAX_RANDOM_BYTES, MAX_RESOURCES};
+use crate::telemetry::TraceParent;
 use wasmtime_wasi_http::FieldMap;
 use wasmtime_wasi_http::p2::types::HostIncomingRequest;
 
@@ -63,7 +64,7 @@ impl InvocationState {
             table,
             wasi,
             http: WasiHttpCtx::new(),
-            hooks: GuestHooks { policy: outbound, sent: 0 },
+            hooks: GuestHooks { policy: outbound, sent: 0, trace: None },
             caps,
             kv_ops: 0,
             limiter: Limiter::new(memory_limit),
@@ -75,6 +76,11 @@ impl InvocationState {
 }
 
 impl InvocationState {
+    /// Sets the trace context the guest's outgoing requests carry.
+    pub(super) fn trace_outgoing(&mut self, trace: TraceParent) {
+        self.hooks.trace = Some(trace);
+    }
+
     /// Readies a kept store for its next request: the route's current
     /// memory limit, outbound policy and capabilities, and fresh per-request
     /// counts. Captured output was taken when the last request was logged.
@@ -84,7 +90,7 @@ impl InvocationState {
         outbound: OutboundPolicy,
         caps: Arc<Capabilities>,
     ) {
-        self.hooks = GuestHooks { policy: outbound, sent: 0 };
+        self.hooks = GuestHooks { policy: outbound, sent: 0, trace: None };
         self.caps = caps;
         self.kv_ops = 0;
         self.limiter.memory_limit = usize::try_from(memory_limit).unwrap_or(usize::MAX);
@@ -161,10 +167,12 @@ impl WasiHttpView for InvocationState {
     }
 }
 
-/// The outbound policy of one invocation, and how many requests it made.
+/// The outbound policy of one invocation, how many requests it made, and
+/// the trace they carry on.
 pub(super) struct GuestHooks {
     policy: OutboundPolicy,
     sent: u32,
+    trace: Option<TraceParent>,
 }
 
 type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
@@ -187,6 +195,14 @@ impl wasmtime_wasi_http::WasiHttpHooks for GuestHooks {
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         }
         self.sent += 1;
+        let mut request = request;
+        // The request's trace, unless the guest carries one of its own on.
+        if let Some(trace) = self.trace
+            && !request.headers().contains_key("traceparent")
+            && let Ok(value) = http::HeaderValue::from_str(&trace.header())
+        {
+            request.headers_mut().insert("traceparent", value);
+        }
         let policy = self.policy.clone();
         Box::new(async move {
             let response = policy.send(request, options).await?;

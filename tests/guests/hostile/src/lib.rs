@@ -300,6 +300,15 @@ impl wasi::exports::http::incoming_handler::Guest for Hostile {
                 }
                 respond(out, 200, b"printed");
             }
+            "flood" => {
+                // `mib` MiB to stdout, in 64 KiB writes.
+                let chunk = vec![b'x'; 64 << 10];
+                let mut stdout = std::io::stdout();
+                for _ in 0..num(query, "mib", 1) * 16 {
+                    let _ = stdout.write_all(&chunk);
+                }
+                respond(out, 200, b"flooded");
+            }
             _ => respond(out, 404, b"unknown hostile action"),
         }
     }

@@ -1,0 +1,260 @@
+//! `GET /api/v1/logs`: the caller's log stream, one event per invocation of
+//! its deployments with the guest's output; recent events as JSON, or with
+//! `follow=true` new ones as Server-Sent Events until the client leaves.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::{ApiError, ApiState, require};
+use crate::auth::{Principal, Scope};
+use crate::logs::{Cursor, Filter, LogBackend, LogEvent, TICK, now_ms};
+use crate::tenancy::TenantId;
+
+/// Most events one answer (or one read of a follower) holds.
+const MAX_LIMIT: usize = 1000;
+/// Events an answer holds unless `limit` says otherwise.
+const DEFAULT_LIMIT: usize = 100;
+/// A follower gets a comment line this often when nothing happens, so
+/// proxies and clients know the stream is alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Batches a follower may have unread before it is cut off.
+const FOLLOWER_BACKLOG: usize = 16;
+
+/// The query of `GET /api/v1/logs` (all text: parsed here, so a bad value
+/// gets a JSON error naming it).
+#[derive(Debug, Default, Deserialize)]
+pub struct LogQuery {
+    deployment: Option<String>,
+    since: Option<String>,
+    limit: Option<String>,
+    outcome: Option<String>,
+    follow: Option<String>,
+    tenant: Option<String>,
+}
+
+/// `since`: a duration back from now (`10m`, `90s`, `2h`) or an RFC 3339
+/// time, as milliseconds since the epoch.
+fn since_ms(text: &str) -> Result<u64, ApiError> {
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        let ms = time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        return Ok(ms);
+    }
+    let back = humantime::parse_duration(text).map_err(|_| {
+        ApiError::bad_request(format!(
+            "since: `{text}` is neither a duration (10m, 90s, 2h) nor an RFC 3339 time"
+        ))
+    })?;
+    Ok(now_ms().saturating_sub(back.as_millis() as u64))
+}
+
+/// `GET /api/v1/logs`.
+pub async fn logs(
+    State(state): State<Arc<ApiState>>,
+    principal: Principal,
+    headers: HeaderMap,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    require(&principal, Scope::Read)?;
+    let Some(hub) = state.node.plane().logs().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "logs_off",
+            "tenant log streams are off on this node (TENANT_LOGS=false)",
+        ));
+    };
+    let tenant = match &query.tenant {
+        Some(name) if name != &principal.tenant => {
+            if !principal.is_admin() {
+                // Another tenant's stream is as absent as its objects.
+                return Err(ApiError::not_found("tenant"));
+            }
+            state.node.store().tenant(name).await?.ok_or_else(|| ApiError::not_found("tenant"))?.id
+        }
+        _ => principal.tenant_id,
+    };
+    let limit = match &query.limit {
+        None => DEFAULT_LIMIT,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit: `{text}` is not a number from 1 to {MAX_LIMIT}"
+                )));
+            }
+        },
+    };
+    let follow = match query.follow.as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("follow: `{other}` is not true or false")));
+        }
+    };
+    let since = query.since.as_deref().map(since_ms).transpose()?;
+    let filter = Filter { deployment: query.deployment, outcome: query.outcome };
+    let backend = hub.backend().clone();
+
+    if !follow {
+        let after = since.map_or(Cursor::START, Cursor::before_ms);
+        // Filtered from what is kept, newest `limit` kept.
+        let read = if filter.deployment.is_none() && filter.outcome.is_none() {
+            limit
+        } else {
+            MAX_LIMIT * 2
+        };
+        let events = backend.newest(tenant, after, read).await.map_err(|e| unavailable(&e))?;
+        let mut events: Vec<LogEvent> = events.into_iter().filter(|e| filter.matches(e)).collect();
+        let skip = events.len().saturating_sub(limit);
+        events.drain(..skip);
+        return Ok(Json(serde_json::json!({ "events": events })).into_response());
+    }
+
+    let Some(place) = hub.follow(tenant) else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_followers",
+            format!(
+                "this tenant already follows its stream {} times on this node",
+                crate::logs::MAX_FOLLOWERS_PER_TENANT
+            ),
+        ));
+    };
+    // Where to start: after the last event the client saw (a reconnect),
+    // at `since`, or at the end (only new events).
+    let last_seen =
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(Cursor::parse);
+    let start = match (last_seen, since) {
+        (Some(cursor), _) => cursor,
+        (None, Some(ms)) => Cursor::before_ms(ms),
+        (None, None) => backend.last(tenant).await.map_err(|e| unavailable(&e))?,
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(FOLLOWER_BACKLOG);
+    let closing = hub.closing();
+    tokio::spawn(async move {
+        let _place = place;
+        // Ends with the node's drain: the client reconnects to another
+        // node, or to this one restarted, from its last event.
+        tokio::select! {
+            () = follow_stream(backend, tenant, start, filter, tx) => {}
+            () = closing.cancelled() => {}
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+            // nginx would otherwise hold the events back in its buffer.
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn unavailable(error: &anyhow::Error) -> ApiError {
+    tracing::warn!(error = %format!("{error:#}"), "tenant log stream unreadable");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "logs_unavailable",
+        "the log stream cannot be read now (its backend does not answer); try again",
+    )
+}
+
+/// Sends the tenant's events after `cursor` to `tx` as they come, until the
+/// client leaves, or falls [`FOLLOWER_BACKLOG`] batches behind (cut off).
+/// A backend that stops answering (Redis restarting) is read again at each
+/// tick; the follower stays.
+async fn follow_stream(
+    backend: Arc<dyn LogBackend>,
+    tenant: TenantId,
+    mut cursor: Cursor,
+    filter: Filter,
+    tx: mpsc::Sender<Result<Bytes, Infallible>>,
+) {
+    // The stream starts with a comment: the client sees the head at once.
+    if tx.send(Ok(Bytes::from_static(b": following\n\n"))).await.is_err() {
+        return;
+    }
+    let mut quiet = Duration::ZERO;
+    loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            () = tokio::time::sleep(TICK) => {}
+        }
+        let events = match backend.after(tenant, cursor, MAX_LIMIT).await {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::debug!(error = %format!("{error:#}"), "follower: stream unreadable");
+                Vec::new()
+            }
+        };
+        let mut batch = String::new();
+        for event in events {
+            cursor = event.position();
+            if filter.matches(&event) {
+                batch.push_str(&sse(&event));
+            }
+        }
+        quiet += TICK;
+        if batch.is_empty() {
+            if quiet < KEEP_ALIVE {
+                continue;
+            }
+            batch.push_str(": keep-alive\n\n");
+        }
+        quiet = Duration::ZERO;
+        match tx.try_send(Ok(Bytes::from(batch))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::info!(tenant, "log follower cut off: it reads too slowly");
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+/// One event as a Server-Sent Event: its id (for `Last-Event-ID`), its
+/// kind, and its JSON.
+fn sse(event: &LogEvent) -> String {
+    let json = serde_json::to_string(event).unwrap_or_default();
+    format!("id: {}\nevent: {}\ndata: {json}\n\n", event.id, event.kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_duration_or_a_time() {
+        let now = now_ms();
+        let ten_minutes = since_ms("10m").unwrap();
+        assert!((now - 600_000..=now - 599_000).contains(&ten_minutes), "{ten_minutes}");
+        assert_eq!(since_ms("2026-11-30T00:00:00Z").unwrap(), 1_795_996_800_000);
+        assert!(since_ms("yesterday").is_err());
+    }
+
+    #[test]
+    fn an_event_is_one_server_sent_event_with_its_id() {
+        let event = LogEvent {
+            id: "17-0".into(),
+            kind: "invocation".into(),
+            stdout: "two\nlines".into(),
+            ..LogEvent::default()
+        };
+        let text = sse(&event);
+        assert!(text.starts_with("id: 17-0\nevent: invocation\ndata: {"), "{text}");
+        assert_eq!(text.matches('\n').count(), 4, "newlines inside stay escaped: {text}");
+    }
+}

@@ -1,0 +1,234 @@
+//! `wasmwiz logs`: the tenant's invocations with their guest output, read
+//! from `GET /api/v1/logs`; with `--follow`, as they happen, reconnecting by
+//! itself (from the last event it printed) when the server goes away.
+
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use anyhow::bail;
+use futures::StreamExt as _;
+use serde_json::Value;
+
+use super::client::{Api, ClientArgs};
+
+/// Arguments of `wasmwiz logs`.
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    /// Keep printing events as they happen (Ctrl-C to stop).
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Only this deployment's events (its id, `dep_...`).
+    #[arg(long, value_name = "ID")]
+    pub deployment: Option<String>,
+    /// Events from this long ago (`10m`, `2h`) or since this time (RFC 3339).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only events with this outcome (`ok`, `trap`, `timeout`, `oom`,
+    /// `stack_overflow`, `no_response`, `guest_error`).
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Most events printed (without `--follow`).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// One JSON object per line, as the API gives them.
+    #[arg(long)]
+    pub json: bool,
+    /// Another tenant's stream (admin keys only).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Pause before reconnecting a follower.
+const RECONNECT: Duration = Duration::from_secs(1);
+
+/// Prints the tenant's recent events, or follows its stream.
+pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.client)?;
+    let style = Style {
+        json: args.json,
+        color: !args.json
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let mut query: Vec<(&str, String)> = Vec::new();
+    for (name, value) in [
+        ("deployment", &args.deployment),
+        ("since", &args.since),
+        ("outcome", &args.outcome),
+        ("tenant", &args.tenant),
+    ] {
+        if let Some(value) = value {
+            query.push((name, value.clone()));
+        }
+    }
+    if !args.follow {
+        query.push(("limit", args.limit.to_string()));
+        let answer =
+            api.send(api.request(reqwest::Method::GET, "/api/v1/logs").query(&query)).await?;
+        for event in answer["events"].as_array().into_iter().flatten() {
+            print_event(event, style);
+        }
+        return Ok(());
+    }
+
+    query.push(("follow", "true".into()));
+    let mut last_id: Option<String> = None;
+    let mut reconnecting = false;
+    loop {
+        let mut request = api.request(reqwest::Method::GET, "/api/v1/logs").query(&query);
+        if let Some(id) = &last_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                if !reconnecting {
+                    eprintln!("wasmwiz logs: lost the server ({error}); reconnecting");
+                    reconnecting = true;
+                }
+                tokio::time::sleep(RECONNECT).await;
+                continue;
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let message = body["error"]["message"].as_str().unwrap_or("no message").to_string();
+            // Still starting, or its stream's backend away: wait; anything
+            // else (a bad key, a bad filter) will not change by waiting.
+            if status.as_u16() == 503 || status.as_u16() == 502 {
+                tokio::time::sleep(RECONNECT).await;
+                continue;
+            }
+            bail!("{message} (HTTP {})", status.as_u16());
+        }
+        if reconnecting {
+            eprintln!("wasmwiz logs: reconnected");
+            reconnecting = false;
+        }
+        let mut body = response.bytes_stream();
+        let mut pending = String::new();
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else { break };
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = pending.find("\n\n") {
+                let message: String = pending.drain(..end + 2).collect();
+                if let Some((id, event)) = parse_sse(&message) {
+                    print_event(&event, style);
+                    last_id = Some(id);
+                }
+            }
+        }
+        if !reconnecting {
+            eprintln!("wasmwiz logs: the stream ended; reconnecting");
+            reconnecting = true;
+        }
+        tokio::time::sleep(RECONNECT).await;
+    }
+}
+
+/// The id and JSON of one Server-Sent Event (comments give none).
+fn parse_sse(message: &str) -> Option<(String, Value)> {
+    let mut id = None;
+    let mut data = String::new();
+    for line in message.lines() {
+        if let Some(rest) = line.strip_prefix("id:") {
+            id = Some(rest.trim().to_string());
+        } else if let Some(rest) = line.strip_prefix("data:") {
+            data.push_str(rest.trim_start());
+        }
+    }
+    Some((id?, serde_json::from_str(&data).ok()?))
+}
+
+#[derive(Clone, Copy)]
+struct Style {
+    json: bool,
+    color: bool,
+}
+
+#[expect(clippy::print_stdout, reason = "the events are the command's output")]
+fn print_event(event: &Value, style: Style) {
+    if style.json {
+        println!("{event}");
+        return;
+    }
+    for line in render(event, style.color) {
+        println!("{line}");
+    }
+}
+
+/// An event as a person reads it: one line, then the guest's output under
+/// it (`|` stdout, `!` stderr).
+fn render(event: &Value, color: bool) -> Vec<String> {
+    let text = |key: &str| event[key].as_str().unwrap_or("-").to_string();
+    // 2026-11-30T05:12:01.123Z -> 05:12:01.123
+    let time = text("time");
+    let time = time.get(11..23).unwrap_or(&time).to_string();
+    if event["kind"] == "dropped" {
+        return vec![format!("{time}  -- {}", text("message"))];
+    }
+    let status = event["status"].as_u64().unwrap_or(0);
+    let painted = if color {
+        let code = match status {
+            200..=299 => "32",
+            300..=399 => "36",
+            400..=499 => "33",
+            _ => "31",
+        };
+        format!("\x1b[{code}m{status}\x1b[0m")
+    } else {
+        status.to_string()
+    };
+    let outcome = text("outcome");
+    let outcome = if outcome == "ok" { String::new() } else { format!(" {outcome}") };
+    let mut lines = vec![format!(
+        "{time}  {painted}{outcome}  {} {}  {} v{}  {:.1} ms  {}  {}",
+        text("method"),
+        text("path"),
+        text("deployment"),
+        event["version"].as_i64().unwrap_or(0),
+        event["duration_ms"].as_f64().unwrap_or(0.0),
+        text("node"),
+        text("request_id"),
+    )];
+    for (stream, mark) in [("stdout", '|'), ("stderr", '!')] {
+        if let Some(output) = event[stream].as_str() {
+            lines.extend(output.trim_end().lines().map(|l| format!("    {mark} {l}")));
+        }
+    }
+    if let Some(cut) = event["output_dropped_bytes"].as_u64().filter(|&n| n > 0) {
+        lines.push(format!("    ({cut} more bytes of output not kept)"));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_reads_as_one_line_and_its_output_beneath() {
+        let event = serde_json::json!({
+            "time": "2026-11-30T05:12:01.123Z", "kind": "invocation", "node": "a:8080",
+            "request_id": "r1", "deployment": "dep_1", "version": 3, "method": "GET",
+            "path": "/acme/x", "status": 500, "outcome": "trap", "duration_ms": 1.25,
+            "stderr": "panicked at src/lib.rs:9\nnote: run with RUST_BACKTRACE=1\n",
+            "output_dropped_bytes": 10
+        });
+        let lines = render(&event, false);
+        assert_eq!(lines[0], "05:12:01.123  500 trap  GET /acme/x  dep_1 v3  1.2 ms  a:8080  r1");
+        assert_eq!(lines[1], "    ! panicked at src/lib.rs:9");
+        assert_eq!(lines[3], "    (10 more bytes of output not kept)");
+        assert!(render(&event, true)[0].contains("\x1b[31m500\x1b[0m"));
+    }
+
+    #[test]
+    fn server_sent_events_give_their_id_and_json_and_comments_nothing() {
+        let (id, event) = parse_sse("id: 5-1\nevent: invocation\ndata: {\"a\":1}\n\n").unwrap();
+        assert_eq!((id.as_str(), event["a"].as_i64()), ("5-1", Some(1)));
+        assert!(parse_sse(": keep-alive\n\n").is_none());
+    }
+}
