@@ -12,6 +12,11 @@ use crate::tenancy::TenantId;
 
 /// How often each node writes what it counted.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// Per-minute usage rows are kept this many minutes (two days); day rows
+/// are kept.
+pub const MINUTES_KEPT: i64 = 2 * 24 * 60;
+/// Old per-minute rows are pruned once every this many flushes (10 minutes).
+pub const PRUNE_EVERY_FLUSHES: u64 = 120;
 
 /// One tenant's counts since the last flush.
 #[derive(Debug, Default)]
@@ -97,10 +102,11 @@ impl UsageRecorder {
         tenants.get(&tenant).map(|u| u.counts(false)).unwrap_or_default()
     }
 
-    /// Writes every tenant's counts to today's row; what cannot be written
-    /// is kept for the next flush.
+    /// Writes every tenant's counts to this minute's and today's rows (the
+    /// counts of the last [`FLUSH_INTERVAL`]); what cannot be written is
+    /// kept for the next flush.
     pub async fn flush(&self, store: &dyn Store) {
-        let day = (crate::quota::unix_now() / crate::quota::DAY) as i64;
+        let minute = (crate::quota::unix_now() / 60) as i64;
         let tenants: Vec<(TenantId, Arc<TenantUsage>)> = self
             .tenants
             .lock()
@@ -113,7 +119,7 @@ impl UsageRecorder {
             if counts.is_empty() {
                 continue;
             }
-            if let Err(e) = store.add_usage(tenant, day, &counts).await {
+            if let Err(e) = store.add_usage(tenant, minute, &counts).await {
                 tracing::warn!(tenant, error = %e, "usage not written yet; will retry");
                 usage.restore(&counts);
             }

@@ -9,7 +9,7 @@
 //! - `deployments`: deploy, list, roll back, delete.
 //! - `tenants`: tenants, tiers and keys (the admin side).
 //! - `grants`: the routes and hosts a tenant may deploy inside.
-//! - `usage`: the caller's quota windows and usage totals.
+//! - `usage`: the caller's quota windows, usage totals and usage history.
 //! - `logs`: the caller's log stream (recent events, or followed).
 //! - `docs`: the OpenAPI document at `/api/docs`.
 
@@ -72,6 +72,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/tiers", get(tenants::list_tiers))
         .route("/api/v1/tiers/{name}", put(tenants::put_tier))
         .route("/api/v1/usage", get(usage::usage))
+        .route("/api/v1/usage/history", get(usage::history))
         .route("/api/v1/logs", get(logs::logs))
         .route("/api/docs", get(docs::openapi))
         .fallback(|| async {

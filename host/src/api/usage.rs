@@ -128,3 +128,98 @@ pub async fn usage(
         kv,
     }))
 }
+
+/// The query of `GET /api/v1/usage/history`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct HistoryQuery {
+    period: Option<String>,
+    count: Option<String>,
+}
+
+/// One period of the history.
+#[derive(Debug, Serialize)]
+pub struct PointJson {
+    /// Its start (RFC 3339, UTC).
+    start: String,
+    #[serde(flatten)]
+    counts: CountsJson,
+}
+
+/// The answer of `GET /api/v1/usage/history`.
+#[derive(Debug, Serialize)]
+pub struct HistoryJson {
+    tenant: String,
+    /// `minute` or `day`.
+    period: &'static str,
+    /// The tier's quota for one such period (`null`: unlimited).
+    quota: Option<u64>,
+    /// Oldest first, one per period, the current one last (with what this
+    /// node has counted and not yet written).
+    points: Vec<PointJson>,
+}
+
+/// Most periods one answer holds.
+const MAX_POINTS: i64 = 1440;
+
+/// `GET /api/v1/usage/history?period=minute|day&count=N`: the caller's
+/// invocations, errors by kind and guest time per UTC minute (the last 60
+/// by default, kept two days) or per UTC day (the last 30 by default),
+/// across every node.
+pub async fn history(
+    State(state): State<Arc<ApiState>>,
+    principal: Principal,
+    axum::extract::Query(query): axum::extract::Query<HistoryQuery>,
+) -> Result<Json<HistoryJson>, ApiError> {
+    require(&principal, Scope::Read)?;
+    let (per_minute, width, default_count) = match query.period.as_deref() {
+        None | Some("minute") => (true, 60, 60),
+        Some("day") => (false, DAY, 30),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "period: `{other}` is not `minute` or `day`"
+            )));
+        }
+    };
+    let count = match &query.count {
+        None => default_count,
+        Some(text) => match text.parse::<i64>() {
+            Ok(n) if (1..=MAX_POINTS).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "count: `{text}` is not a number from 1 to {MAX_POINTS}"
+                )));
+            }
+        },
+    };
+    let now = (unix_now() / width) as i64;
+    let from = now - count + 1;
+    let rows = state.node.store().usage_history(principal.tenant_id, per_minute, from, now).await?;
+    let tier = state.control.tier(&principal.tier).await?;
+    let rates = Rates::of(&tier);
+    let pending = state.node.usage().pending(principal.tenant_id);
+    let mut rows = rows.into_iter().peekable();
+    let points = (from..=now)
+        .map(|at| {
+            let mut counts = match rows.peek() {
+                Some((row_at, _)) if *row_at == at => {
+                    rows.next().map(|(_, c)| c).unwrap_or_default()
+                }
+                _ => UsageCounts::default(),
+            };
+            if at == now {
+                counts = counts.plus(&pending);
+            }
+            let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs((at as u64) * width);
+            PointJson {
+                start: humantime::format_rfc3339_seconds(start).to_string(),
+                counts: counts.into(),
+            }
+        })
+        .collect();
+    Ok(Json(HistoryJson {
+        tenant: principal.tenant,
+        period: if per_minute { "minute" } else { "day" },
+        quota: if per_minute { rates.per_minute } else { rates.per_day },
+        points,
+    }))
+}

@@ -411,9 +411,20 @@ impl Node {
         let mut tick = tokio::time::interval(FLUSH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut flushes: u64 = 0;
         loop {
             tick.tick().await;
             self.usage.flush(self.store.as_ref()).await;
+            // Per-minute usage is kept for charts of recent hours only.
+            flushes += 1;
+            if flushes % crate::usage::PRUNE_EVERY_FLUSHES == 1 {
+                let before = (crate::quota::unix_now() / 60) as i64 - crate::usage::MINUTES_KEPT;
+                match self.store.prune_usage_minutes(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(rows = n, "per-minute usage older than 2 days pruned"),
+                    Err(e) => tracing::warn!(error = %e, "per-minute usage not pruned; will retry"),
+                }
+            }
         }
     }
 }

@@ -17,8 +17,13 @@ use wasmtime_wasi_http::p2::types::HostIncomingRequest;
 
 /// Answered requests (and header fields) a guest may keep and still have
 /// its instance reused: a guest keeping more leaks them, and gets fresh
-/// instances instead.
-pub const MAX_KEPT_REQUESTS: usize = 64;
+/// instances instead. StarlingMonkey keeps every request it answered until
+/// its garbage collector runs (`js-handler` had collected none after 64
+/// requests): each replacement costs a fresh JavaScript instance (about
+/// 1 ms), so the cap is large. A kept request holds its method, URI and headers (its
+/// body is dropped): about 1 KiB for a typical request, at most
+/// `MAX_HEADER_BYTES` each.
+pub const MAX_KEPT_REQUESTS: usize = 256;
 
 /// Everything one invocation's store holds. Created for one request and
 /// dropped with it, so nothing a guest does can outlive its request, unless

@@ -422,14 +422,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Live deployments of one tenant, or of everyone.
     async fn deployments(&self, tenant_id: Option<TenantId>) -> StoreResult<Vec<Deployment>>;
 
-    /// Adds a batch of counts to a tenant's row for `day` (days since the
-    /// epoch, UTC).
+    /// Adds a batch of counts to a tenant's rows for `minute` (minutes
+    /// since the epoch, UTC) and for its day, in one transaction.
     async fn add_usage(
         &self,
         tenant_id: TenantId,
-        day: i64,
+        minute: i64,
         counts: &UsageCounts,
     ) -> StoreResult<()>;
+    /// A tenant's counts per minute (or per day) from `from` to `to`
+    /// (minutes, or days, since the epoch), oldest first; periods without
+    /// any are left out.
+    async fn usage_history(
+        &self,
+        tenant_id: TenantId,
+        per_minute: bool,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<(i64, UsageCounts)>>;
+    /// Deletes every tenant's per-minute rows before `before`; how many.
+    async fn prune_usage_minutes(&self, before: i64) -> StoreResult<u64>;
     /// A tenant's counts: all time, and for `day`.
     async fn usage(&self, tenant_id: TenantId, day: i64)
     -> StoreResult<(UsageCounts, UsageCounts)>;

@@ -983,37 +983,96 @@ macro_rules! sql_store {
             async fn add_usage(
                 &self,
                 tenant_id: TenantId,
-                day: i64,
+                minute: i64,
                 counts: &UsageCounts,
             ) -> StoreResult<()> {
                 let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-                sqlx::query(
-                    "INSERT INTO usage (tenant_id, day, invocations, errors_trap, errors_timeout, \
-                     errors_oom, errors_other, wall_ms, kv_reads, kv_writes) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                     ON CONFLICT (tenant_id, day) DO UPDATE SET \
-                     invocations = usage.invocations + excluded.invocations, \
-                     errors_trap = usage.errors_trap + excluded.errors_trap, \
-                     errors_timeout = usage.errors_timeout + excluded.errors_timeout, \
-                     errors_oom = usage.errors_oom + excluded.errors_oom, \
-                     errors_other = usage.errors_other + excluded.errors_other, \
-                     wall_ms = usage.wall_ms + excluded.wall_ms, \
-                     kv_reads = usage.kv_reads + excluded.kv_reads, \
-                     kv_writes = usage.kv_writes + excluded.kv_writes",
-                )
-                .bind(tenant_id)
-                .bind(day)
-                .bind(big(counts.invocations))
-                .bind(big(counts.errors_trap))
-                .bind(big(counts.errors_timeout))
-                .bind(big(counts.errors_oom))
-                .bind(big(counts.errors_other))
-                .bind(big(counts.wall_ms))
-                .bind(big(counts.kv_reads))
-                .bind(big(counts.kv_writes))
-                .execute(&self.pool)
-                .await?;
+                let mut tx = self.pool.begin().await?;
+                // The day's row and the minute's, together.
+                for (table, column, at) in
+                    [("usage", "day", minute.div_euclid(1440)), ("usage_minutes", "minute", minute)]
+                {
+                    let query = format!(
+                        "INSERT INTO {table} (tenant_id, {column}, invocations, errors_trap, \
+                         errors_timeout, errors_oom, errors_other, wall_ms, kv_reads, kv_writes) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                         ON CONFLICT (tenant_id, {column}) DO UPDATE SET \
+                         invocations = {table}.invocations + excluded.invocations, \
+                         errors_trap = {table}.errors_trap + excluded.errors_trap, \
+                         errors_timeout = {table}.errors_timeout + excluded.errors_timeout, \
+                         errors_oom = {table}.errors_oom + excluded.errors_oom, \
+                         errors_other = {table}.errors_other + excluded.errors_other, \
+                         wall_ms = {table}.wall_ms + excluded.wall_ms, \
+                         kv_reads = {table}.kv_reads + excluded.kv_reads, \
+                         kv_writes = {table}.kv_writes + excluded.kv_writes"
+                    );
+                    sqlx::query(sqlx::AssertSqlSafe(query))
+                        .bind(tenant_id)
+                        .bind(at)
+                        .bind(big(counts.invocations))
+                        .bind(big(counts.errors_trap))
+                        .bind(big(counts.errors_timeout))
+                        .bind(big(counts.errors_oom))
+                        .bind(big(counts.errors_other))
+                        .bind(big(counts.wall_ms))
+                        .bind(big(counts.kv_reads))
+                        .bind(big(counts.kv_writes))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
                 Ok(())
+            }
+
+            async fn usage_history(
+                &self,
+                tenant_id: TenantId,
+                per_minute: bool,
+                from: i64,
+                to: i64,
+            ) -> StoreResult<Vec<(i64, UsageCounts)>> {
+                use sqlx::Row as _;
+                let (table, column) =
+                    if per_minute { ("usage_minutes", "minute") } else { ("usage", "day") };
+                let query = format!(
+                    "SELECT {column} AS at, invocations, errors_trap, errors_timeout, errors_oom, \
+                     errors_other, wall_ms, kv_reads, kv_writes FROM {table} \
+                     WHERE tenant_id = $1 AND {column} >= $2 AND {column} <= $3 ORDER BY {column}"
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(query))
+                    .bind(tenant_id)
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        let n = |column: &str| -> Result<u64, sqlx::Error> {
+                            Ok(row.try_get::<i64, _>(column)?.max(0) as u64)
+                        };
+                        Ok((
+                            row.try_get::<i64, _>("at")?,
+                            UsageCounts {
+                                invocations: n("invocations")?,
+                                errors_trap: n("errors_trap")?,
+                                errors_timeout: n("errors_timeout")?,
+                                errors_oom: n("errors_oom")?,
+                                errors_other: n("errors_other")?,
+                                wall_ms: n("wall_ms")?,
+                                kv_reads: n("kv_reads")?,
+                                kv_writes: n("kv_writes")?,
+                            },
+                        ))
+                    })
+                    .collect()
+            }
+
+            async fn prune_usage_minutes(&self, before: i64) -> StoreResult<u64> {
+                let done = sqlx::query("DELETE FROM usage_minutes WHERE minute < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
             }
 
             async fn usage(

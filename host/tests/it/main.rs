@@ -18,3 +18,4 @@ mod reuse;
 mod run;
 mod tls;
 mod traces;
+mod usage_history;
