@@ -14,7 +14,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use wasmtime_wasi_http::p2::body::HyperIncomingBody;
 
-use crate::logs::{self, LogEvent, LogHub, MAX_EVENT_OUTPUT, TenantLog};
+use crate::logs::{self, LogEvent, LogHub, MAX_EVENT_OUTPUT, MAX_EVENT_PATH, TenantLog};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::quota::{QuotaBackend, Rates};
 use crate::response::{ResponseBody, error_response, retry_later};
@@ -469,9 +469,9 @@ impl EventMaker {
                 trace_id: Some(trace.trace_id_hex()),
                 deployment: route.owner.as_ref().map(|o| o.deployment_id.clone()),
                 version: route.owner.as_ref().map(|o| o.version),
-                route: Some(route.label.clone()),
+                route: Some(logs::clip(&route.label, MAX_EVENT_PATH).0),
                 method: Some(method.to_string()),
-                path: Some(uri.path().to_string()),
+                path: Some(logs::clip(uri.path(), MAX_EVENT_PATH).0),
                 status: Some(report.status),
                 outcome: Some(report.outcome.as_str().to_string()),
                 duration_ms: Some(ms(started.elapsed())),

@@ -20,8 +20,12 @@
 //! - [`api`]: the REST control plane under `/api/v1`.
 //! - [`kv`]: key-value data of components (`wasi:keyvalue`), per tenant.
 //! - [`quota`]: per-tenant request quotas, in Redis or in process.
-//! - [`usage`]: per-tenant usage counters, flushed to the store in batches.
+//! - [`usage`]: per-tenant usage counters, flushed to the store in batches
+//!   (per day, and per minute for the history).
 //! - [`response`]: the response body type and JSON errors.
+//! - [`logs`]: tenants' log streams (an event per invocation), in Redis or
+//!   in process.
+//! - [`telemetry`]: request traces: W3C trace context and OTLP export.
 //! - [`logging`]: the tracing subscriber.
 //! - [`metrics`]: Prometheus metrics, resolved per route once.
 //! - [`cli`]: the `wasmwiz` commands.

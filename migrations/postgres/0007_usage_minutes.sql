@@ -1,6 +1,6 @@
 -- Per-tenant usage per UTC minute, for charts of the last hour: written by
 -- each node with the day rows (`usage`), in the same batches, and pruned by
--- the nodes after two days (`USAGE_MINUTES_KEPT`).
+-- the nodes after two days.
 
 CREATE TABLE usage_minutes (
     tenant_id      BIGINT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,

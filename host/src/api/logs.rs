@@ -29,6 +29,9 @@ const DEFAULT_LIMIT: usize = 100;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Batches a follower may have unread before it is cut off.
 const FOLLOWER_BACKLOG: usize = 16;
+/// What `outcome` may filter on (an invocation's `outcome`).
+const OUTCOMES: &[&str] =
+    &["ok", "trap", "timeout", "oom", "stack_overflow", "no_response", "guest_error"];
 
 /// The query of `GET /api/v1/logs` (all text: parsed here, so a bad value
 /// gets a JSON error naming it).
@@ -101,6 +104,14 @@ pub async fn logs(
         }
     };
     let since = query.since.as_deref().map(since_ms).transpose()?;
+    if let Some(outcome) = &query.outcome
+        && !OUTCOMES.contains(&outcome.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "outcome: `{outcome}` is not one of {}",
+            OUTCOMES.join(", ")
+        )));
+    }
     let filter = Filter { deployment: query.deployment, outcome: query.outcome };
     let backend = hub.backend().clone();
 
@@ -134,7 +145,8 @@ pub async fn logs(
     let last_seen =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(Cursor::parse);
     let start = match (last_seen, since) {
-        (Some(cursor), _) => cursor,
+        // Never past the end: an id from the future would hide what comes.
+        (Some(cursor), _) => cursor.min(backend.last(tenant).await.map_err(|e| unavailable(&e))?),
         (None, Some(ms)) => Cursor::before_ms(ms),
         (None, None) => backend.last(tenant).await.map_err(|e| unavailable(&e))?,
     };

@@ -42,6 +42,9 @@ pub struct LogsArgs {
 
 /// Pause before reconnecting a follower.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// Longest silence before a follower takes its connection for dead (the
+/// server sends a keep-alive every 15 s).
+const SILENCE: Duration = Duration::from_secs(45);
 
 /// Prints the tenant's recent events, or follows its stream.
 pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
@@ -76,10 +79,17 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     query.push(("follow", "true".into()));
     let mut last_id: Option<String> = None;
     let mut reconnecting = false;
+    // Until an event is printed, a reconnect asks for what happened since
+    // the first connection (the stream is read from its end otherwise).
+    let first_connect = crate::logs::now_rfc3339();
     loop {
         let mut request = api.request(reqwest::Method::GET, "/api/v1/logs").query(&query);
-        if let Some(id) = &last_id {
-            request = request.header("last-event-id", id);
+        match &last_id {
+            Some(id) => request = request.header("last-event-id", id),
+            None if reconnecting && args.since.is_none() => {
+                request = request.query(&[("since", first_connect.as_str())]);
+            }
+            None => {}
         }
         let response = match request.send().await {
             Ok(response) => response,
@@ -96,10 +106,12 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
         if !status.is_success() {
             let body: Value = response.json().await.unwrap_or(Value::Null);
             let message = body["error"]["message"].as_str().unwrap_or("no message").to_string();
-            // Still starting, or its stream's backend away: wait; anything
-            // else (a bad key, a bad filter) will not change by waiting.
-            if status.as_u16() == 503 || status.as_u16() == 502 {
-                tokio::time::sleep(RECONNECT).await;
+            // Still starting, its stream's backend away, or the old
+            // connection's place not yet given back: wait; anything else (a
+            // bad key, a bad filter) will not change by waiting.
+            if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
+                reconnecting = true;
+                tokio::time::sleep(RECONNECT * 2).await;
                 continue;
             }
             bail!("{message} (HTTP {})", status.as_u16());
@@ -109,13 +121,14 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
             reconnecting = false;
         }
         let mut body = response.bytes_stream();
-        let mut pending = String::new();
-        while let Some(chunk) = body.next().await {
-            let Ok(chunk) = chunk else { break };
-            pending.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = pending.find("\n\n") {
-                let message: String = pending.drain(..end + 2).collect();
-                if let Some((id, event)) = parse_sse(&message) {
+        // Bytes, split into messages before decoding: a character may
+        // straddle two chunks.
+        let mut pending: Vec<u8> = Vec::new();
+        while let Ok(Some(Ok(chunk))) = tokio::time::timeout(SILENCE, body.next()).await {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                let message: Vec<u8> = pending.drain(..end + 2).collect();
+                if let Some((id, event)) = parse_sse(&String::from_utf8_lossy(&message)) {
                     print_event(&event, style);
                     last_id = Some(id);
                 }
@@ -163,7 +176,7 @@ fn print_event(event: &Value, style: Style) {
 /// An event as a person reads it: one line, then the guest's output under
 /// it (`|` stdout, `!` stderr).
 fn render(event: &Value, color: bool) -> Vec<String> {
-    let text = |key: &str| event[key].as_str().unwrap_or("-").to_string();
+    let text = |key: &str| harmless(event[key].as_str().unwrap_or("-"));
     // 2026-11-30T05:12:01.123Z -> 05:12:01.123
     let time = text("time");
     let time = time.get(11..23).unwrap_or(&time).to_string();
@@ -196,13 +209,23 @@ fn render(event: &Value, color: bool) -> Vec<String> {
     )];
     for (stream, mark) in [("stdout", '|'), ("stderr", '!')] {
         if let Some(output) = event[stream].as_str() {
-            lines.extend(output.trim_end().lines().map(|l| format!("    {mark} {l}")));
+            lines.extend(output.trim_end().lines().map(|l| format!("    {mark} {}", harmless(l))));
         }
     }
     if let Some(cut) = event["output_dropped_bytes"].as_u64().filter(|&n| n > 0) {
         lines.push(format!("    ({cut} more bytes of output not kept)"));
     }
     lines
+}
+
+/// `text` with control characters shown as `\u{..}` escapes: a guest's
+/// output (or a path) must not drive the reader's terminal.
+fn harmless(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' { c.escape_unicode().to_string() } else { c.to_string() }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -223,6 +246,12 @@ mod tests {
         assert_eq!(lines[1], "    ! panicked at src/lib.rs:9");
         assert_eq!(lines[3], "    (10 more bytes of output not kept)");
         assert!(render(&event, true)[0].contains("\x1b[31m500\x1b[0m"));
+        let hostile = serde_json::json!({"kind": "invocation", "stdout": "\x1b]52;c;aGk=\x07o\rk"});
+        let lines = render(&hostile, true);
+        assert_eq!(
+            lines[1], "    | \\u{1b}]52;c;aGk=\\u{7}o\\u{d}k",
+            "no escape reaches the terminal"
+        );
     }
 
     #[test]

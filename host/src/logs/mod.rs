@@ -6,8 +6,8 @@
 //! the tenant's allowance on this node (`LOG_EVENTS_PER_SECOND`) and handed
 //! to a bounded queue; one task writes the queue to the backend in batches.
 //! What does not fit (over the allowance, the queue full, the backend down)
-//! is counted per tenant, and each second a `dropped` event tells the
-//! tenant how many of its events were lost. Each event holds at most
+//! is counted per tenant, and a `dropped` event (at most one per tenant per
+//! quarter second) tells the tenant how many of its events were lost. Each event holds at most
 //! [`MAX_EVENT_OUTPUT`] bytes of each stream, the rest counted.
 //!
 //! Backends: Redis Streams when the node has `REDIS_URL` (one capped stream
@@ -36,10 +36,12 @@ pub const DEFAULT_EVENTS_KEPT: usize = 1000;
 pub const DEFAULT_EVENTS_PER_SECOND: u32 = 100;
 /// Bytes of each guest stream (stdout, stderr) kept in one event.
 pub const MAX_EVENT_OUTPUT: usize = 4 << 10;
+/// Bytes of the request's path (and of the route) kept in one event.
+pub const MAX_EVENT_PATH: usize = 1 << 10;
 /// Followers one tenant may have on one node at once.
 pub const MAX_FOLLOWERS_PER_TENANT: usize = 8;
 /// Events waiting to be written, on one node, for all tenants.
-const QUEUE: usize = 4096;
+const QUEUE: usize = 1024;
 /// How often drop notices are written, and followers poll the backend.
 pub const TICK: Duration = Duration::from_millis(250);
 /// Longest wait for the backend before a batch is given up.
@@ -332,7 +334,7 @@ impl LogHub {
     }
 
     /// A `dropped` notice for each tenant that lost events since the last.
-    fn drop_notices(&self) -> Vec<(TenantId, LogEvent)> {
+    fn drop_notices(&self) -> Vec<(Arc<TenantLog>, LogEvent)> {
         let tenants: Vec<Arc<TenantLog>> =
             self.tenants.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         tenants
@@ -354,7 +356,7 @@ impl LogHub {
                         )),
                         ..LogEvent::default()
                     };
-                    (log.tenant, event)
+                    (log, event)
                 })
             })
             .collect()
@@ -390,8 +392,12 @@ async fn write_loop(
             }
             _ = tick.tick() => {
                 let Some(hub) = hub.upgrade() else { return };
-                for (tenant, notice) in hub.drop_notices() {
-                    write(&*backend, tenant, vec![notice]).await;
+                for (log, notice) in hub.drop_notices() {
+                    let lost = notice.dropped_events;
+                    if !write(&*backend, log.tenant, vec![notice]).await {
+                        // Told in the next notice that gets through.
+                        log.dropped.fetch_add(lost, Ordering::Relaxed);
+                    }
                 }
             }
         }

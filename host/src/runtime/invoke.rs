@@ -537,6 +537,9 @@ impl GuestRun {
             let instantiate = started.elapsed();
             instantiated = Some(instantiate);
             store.data_mut().trace_outgoing(telemetry::outgoing(context, &guest_span));
+            if reuse.is_some() {
+                store.data_mut().note_request(&request);
+            }
             let scheme = if https { Scheme::Https } else { Scheme::Http };
             let request = store.data_mut().http().new_incoming_request(scheme, request)?;
             let head_slot = head.clone();
@@ -571,7 +574,7 @@ impl GuestRun {
         }
         head.finish(outcome);
         if let (true, Some(pool)) = (reused, &reuse) {
-            pool.reused_instance_ended(outcome == Outcome::Ok);
+            pool.reused_instance_ended(outcome == Outcome::Ok, served == 1);
         }
         let data = store.data();
         let output = GuestText {

@@ -25,6 +25,11 @@ use wasmtime_wasi_http::p2::types::HostIncomingRequest;
 /// `MAX_HEADER_BYTES` each.
 pub const MAX_KEPT_REQUESTS: usize = 256;
 
+/// Bytes (URIs and headers) of the requests an instance served since its
+/// guest last held no answered request, past which it is not reused: a
+/// bound on what kept requests hold, whatever headers clients send.
+pub const MAX_KEPT_BYTES: usize = 1 << 20;
+
 /// Everything one invocation's store holds. Created for one request and
 /// dropped with it, so nothing a guest does can outlive its request, unless
 /// the deployment opted in to instance reuse (see `reuse`): then a store
@@ -42,6 +47,8 @@ pub struct InvocationState {
     pub(super) stderr: GuestOutput,
     /// Handles on `stdout` and `stderr` before the guest asked for any.
     stdio_handles: usize,
+    /// See [`InvocationState::note_request`].
+    kept_bytes: usize,
 }
 
 impl InvocationState {
@@ -70,6 +77,7 @@ impl InvocationState {
             wasi,
             http: WasiHttpCtx::new(),
             hooks: GuestHooks { policy: outbound, sent: 0, trace: None },
+            kept_bytes: 0,
             caps,
             kv_ops: 0,
             limiter: Limiter::new(memory_limit),
@@ -81,6 +89,16 @@ impl InvocationState {
 }
 
 impl InvocationState {
+    /// Counts the URI and headers of a request this store serves, towards
+    /// [`MAX_KEPT_BYTES`].
+    pub(super) fn note_request<B>(&mut self, request: &http::Request<B>) {
+        let headers: usize =
+            request.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+        let uri = request.uri();
+        let target = uri.path_and_query().map_or(0, |p| p.as_str().len());
+        self.kept_bytes += headers + target + uri.authority().map_or(0, |a| a.as_str().len());
+    }
+
     /// Sets the trace context the guest's outgoing requests carry.
     pub(super) fn trace_outgoing(&mut self, trace: TraceParent) {
         self.hooks.trace = Some(trace);
@@ -142,8 +160,15 @@ impl InvocationState {
                 return false;
             }
         }
-        if kept > MAX_KEPT_REQUESTS {
-            tracing::debug!(kept, "not reused: the guest holds too many old requests");
+        if kept == 0 {
+            self.kept_bytes = 0;
+        }
+        if kept > MAX_KEPT_REQUESTS || self.kept_bytes > MAX_KEPT_BYTES {
+            tracing::debug!(
+                kept,
+                bytes = self.kept_bytes,
+                "not reused: the guest holds too many old requests"
+            );
             return false;
         }
         outputs == stdio

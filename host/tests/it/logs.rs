@@ -206,7 +206,7 @@ async fn recent_events_are_filtered_and_kept_to_their_tenant() {
     assert_eq!(events(body).len(), 0);
     let (_, body) = api.call(query("since=1h")).await;
     assert_eq!(events(body).len(), 4);
-    for bad in ["limit=0", "limit=lots", "since=yesterday", "follow=maybe"] {
+    for bad in ["limit=0", "limit=lots", "since=yesterday", "follow=maybe", "outcome=crashed"] {
         let (status, body) = api.call(query(bad)).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(

@@ -123,6 +123,22 @@ async fn an_instance_whose_guest_keeps_its_answered_request_is_reused_up_to_a_ca
 }
 
 #[tokio::test]
+async fn kept_requests_with_large_headers_end_reuse_past_a_mebibyte() {
+    let server = server(&[("MAX_INSTANCE_REUSE", "1000")]);
+    let base = server.url("");
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["1"]));
+    // Each kept request holds 60 KiB of headers: past 1 MiB of them the
+    // instance is not kept, whatever the count.
+    let pad = "p".repeat(60 << 10);
+    for i in 0..20 {
+        let response =
+            client().get(format!("{base}/h/keep-request")).header("x-pad", &pad).send().await;
+        assert_eq!(response.unwrap().status(), 200, "request {i}");
+    }
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["1"]), "a fresh instance");
+}
+
+#[tokio::test]
 async fn an_instance_that_streamed_its_body_after_its_head_is_reused() {
     let server = server(&[("MAX_INSTANCE_REUSE", "100"), ("LOG_LEVEL", DEBUG_REUSE)]);
     let base = server.url("");
