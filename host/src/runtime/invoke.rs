@@ -574,7 +574,11 @@ impl GuestRun {
         }
         head.finish(outcome);
         if let (true, Some(pool)) = (reused, &reuse) {
-            pool.reused_instance_ended(outcome == Outcome::Ok, served == 1);
+            pool.reused_instance_ended(
+                outcome == Outcome::Ok,
+                outcome == Outcome::NoResponse,
+                served == 1,
+            );
         }
         let data = store.data();
         let output = GuestText {

@@ -24,15 +24,15 @@
 //!   included, stays within `REUSE_IDLE_MEMORY` (a kept instance keeps its
 //!   heap resident, where a warm slot is reset).
 //!
-//! A deployment whose instances fail on their second request every time
-//! (a JavaScript component answering through StarlingMonkey's `fetch`
-//! event: its event cannot be answered twice) stops reusing them on this
-//! node after [`FAILURES_BEFORE_GIVING_UP`] such failures in a row, with a
-//! warning: its requests then run on fresh instances, as without reuse,
-//! and reuse is tried again after [`RETRY_REUSE_AFTER`]. Once a reused
-//! instance has answered well, failures are the guest's own and reuse
-//! stays on; so two failing requests sent right after a deploy cost the
-//! deployment at most a minute of fresh instances.
+//! A deployment whose instances return without an answer on their second
+//! request every time (a JavaScript component answering through
+//! StarlingMonkey's `fetch` event: its event cannot be answered twice, and
+//! the handler returns at once) stops reusing them on this node after
+//! [`FAILURES_BEFORE_GIVING_UP`] such failures in a row, with a warning:
+//! its requests then run on fresh instances, as without reuse, until the
+//! deployment changes. Only that failure counts, and only before any reused
+//! instance has answered well: a request that makes a guest trap, time out
+//! or run out of memory cannot turn reuse off.
 //!
 //! An idle instance is dropped after `REUSE_IDLE_TIMEOUT` (by a thread of
 //! its own, so the drops never delay the epoch ticks), or when
@@ -53,14 +53,10 @@ use super::state::InvocationState;
 /// Most idle instances one deployment keeps.
 const MAX_IDLE_PER_DEPLOYMENT: usize = 32;
 
-/// Failed second requests of instances in a row, none reused having
-/// answered well, after which a deployment's instances are no longer
-/// reused on this node (for [`RETRY_REUSE_AFTER`]).
+/// Second requests of instances returning without an answer, in a row,
+/// none reused having answered well, after which a deployment's instances
+/// are no longer reused on this node.
 pub const FAILURES_BEFORE_GIVING_UP: u32 = 2;
-
-/// How long a deployment given up on runs on fresh instances before its
-/// instances are reused again.
-pub const RETRY_REUSE_AFTER: Duration = Duration::from_secs(60);
 
 /// How many instances are idle on this node and how much linear memory
 /// they hold, against the most the node may keep.
@@ -138,10 +134,8 @@ pub struct InstancePool {
     /// Requests on reused instances that failed while none had ended well.
     reuse_failed: AtomicU32,
     /// Set when reuse has failed [`FAILURES_BEFORE_GIVING_UP`] times and
-    /// never worked: nothing is kept until [`RETRY_REUSE_AFTER`] later.
+    /// never worked: nothing is kept any more.
     given_up: AtomicBool,
-    /// When it was given up on.
-    given_up_at: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for InstancePool {
@@ -164,42 +158,31 @@ impl InstancePool {
             reuse_worked: AtomicBool::new(false),
             reuse_failed: AtomicU32::new(0),
             given_up: AtomicBool::new(false),
-            given_up_at: Mutex::new(None),
         }
     }
 
-    /// Whether this deployment's instances are reused now (not given up on
-    /// in the last [`RETRY_REUSE_AFTER`]).
+    /// Whether this deployment's instances are still reused (not given up
+    /// on after failing on every reuse).
     pub fn reusing(&self) -> bool {
-        if !self.given_up.load(Ordering::Relaxed) {
-            return true;
-        }
-        let mut at = self.given_up_at.lock().unwrap_or_else(PoisonError::into_inner);
-        if at.is_some_and(|at| at.elapsed() >= RETRY_REUSE_AFTER) {
-            *at = None;
-            self.reuse_failed.store(0, Ordering::Relaxed);
-            self.given_up.store(false, Ordering::Relaxed);
-            return true;
-        }
-        false
+        !self.given_up.load(Ordering::Relaxed)
     }
 
-    /// Notes how a request on a reused instance ended (`second`: it was the
-    /// instance's second request): a deployment whose instances fail their
-    /// second request [`FAILURES_BEFORE_GIVING_UP`] times in a row, before
-    /// any reused instance has answered well, is given up on for a while.
-    pub(super) fn reused_instance_ended(&self, ok: bool, second: bool) {
+    /// Notes how a request on a reused instance ended: `ok`, or returned
+    /// without an answer (`unanswered`) on the instance's `second` request.
+    /// A deployment whose instances do that [`FAILURES_BEFORE_GIVING_UP`]
+    /// times in a row, before any reused instance has answered well, is
+    /// given up on.
+    pub(super) fn reused_instance_ended(&self, ok: bool, unanswered: bool, second: bool) {
         if ok {
             self.reuse_worked.store(true, Ordering::Relaxed);
             self.reuse_failed.store(0, Ordering::Relaxed);
             return;
         }
-        if !second || self.reuse_worked.load(Ordering::Relaxed) {
+        if !unanswered || !second || self.reuse_worked.load(Ordering::Relaxed) {
             return;
         }
         let failed = self.reuse_failed.fetch_add(1, Ordering::Relaxed) + 1;
         if failed == FAILURES_BEFORE_GIVING_UP {
-            *self.given_up_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
             self.given_up.store(true, Ordering::Relaxed);
             let idle = std::mem::take(&mut *self.lock());
             // Dropping stores resets pool slots: not on a request's thread.
@@ -209,11 +192,10 @@ impl InstancePool {
             tracing::warn!(
                 route = %self.name,
                 failed,
-                retry_after_s = RETRY_REUSE_AFTER.as_secs(),
                 "instance reuse turned off for this deployment on this node: its instances \
-                 failed their second request every time (a JavaScript component answering \
-                 through the fetch event cannot serve two requests); its requests run on fresh \
-                 instances, and reuse is tried again in a minute"
+                 returned without an answer on their second request every time (a JavaScript \
+                 component answering through the fetch event cannot serve two requests); its \
+                 requests run on fresh instances until it is deployed again"
             );
         }
     }

@@ -123,6 +123,28 @@ async fn an_instance_whose_guest_keeps_its_answered_request_is_reused_up_to_a_ca
 }
 
 #[tokio::test]
+async fn only_second_requests_returning_without_an_answer_turn_reuse_off() {
+    let server = server(&[("MAX_INSTANCE_REUSE", "100")]);
+    let base = server.url("");
+    // Two traps, each on an instance's second request: reuse stays on.
+    for _ in 0..2 {
+        assert_eq!(counts(&base, "/h/count", 1).await, strings(&["1"]));
+        assert_eq!(fetch(&base, "/h/trap").await.0, 500);
+    }
+    assert_eq!(counts(&base, "/h/count", 2).await, strings(&["1", "2"]), "still reused");
+    // Another route of the same component, whose instances return without
+    // an answer on their second request twice (as a fetch-event
+    // JavaScript component does): reused no more.
+    for _ in 0..2 {
+        assert_eq!(counts(&base, "/other/count", 1).await, strings(&["1"]));
+        assert_eq!(fetch(&base, "/other/no-response").await.0, 500);
+    }
+    assert_eq!(counts(&base, "/other/count", 2).await, strings(&["1", "1"]), "fresh now");
+    server.wait_for_log("instance reuse turned off", Duration::from_secs(5));
+    assert_eq!(counts(&base, "/h/count", 1).await, strings(&["3"]), "the first route is not");
+}
+
+#[tokio::test]
 async fn kept_requests_with_large_headers_end_reuse_past_a_mebibyte() {
     let server = server(&[("MAX_INSTANCE_REUSE", "1000")]);
     let base = server.url("");
