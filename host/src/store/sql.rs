@@ -141,6 +141,26 @@ macro_rules! sql_store {
                 })
             }
 
+            /// The usage columns of a `usage` or `usage_minutes` row.
+            fn counts_from_row(
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<UsageCounts, sqlx::Error> {
+                use sqlx::Row as _;
+                let n = |column: &str| -> Result<u64, sqlx::Error> {
+                    Ok(row.try_get::<i64, _>(column)?.max(0) as u64)
+                };
+                Ok(UsageCounts {
+                    invocations: n("invocations")?,
+                    errors_trap: n("errors_trap")?,
+                    errors_timeout: n("errors_timeout")?,
+                    errors_oom: n("errors_oom")?,
+                    errors_other: n("errors_other")?,
+                    wall_ms: n("wall_ms")?,
+                    kv_reads: n("kv_reads")?,
+                    kv_writes: n("kv_writes")?,
+                })
+            }
+
             fn tenant_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Tenant, StoreError> {
                 use sqlx::Row as _;
                 Ok(Tenant {
@@ -1046,24 +1066,7 @@ macro_rules! sql_store {
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter()
-                    .map(|row| {
-                        let n = |column: &str| -> Result<u64, sqlx::Error> {
-                            Ok(row.try_get::<i64, _>(column)?.max(0) as u64)
-                        };
-                        Ok((
-                            row.try_get::<i64, _>("at")?,
-                            UsageCounts {
-                                invocations: n("invocations")?,
-                                errors_trap: n("errors_trap")?,
-                                errors_timeout: n("errors_timeout")?,
-                                errors_oom: n("errors_oom")?,
-                                errors_other: n("errors_other")?,
-                                wall_ms: n("wall_ms")?,
-                                kv_reads: n("kv_reads")?,
-                                kv_writes: n("kv_writes")?,
-                            },
-                        ))
-                    })
+                    .map(|row| Ok((row.try_get::<i64, _>("at")?, Self::counts_from_row(row)?)))
                     .collect()
             }
 
@@ -1091,19 +1094,7 @@ macro_rules! sql_store {
                 let mut total = UsageCounts::default();
                 let mut today = UsageCounts::default();
                 for row in rows {
-                    let n = |column: &str| -> Result<u64, sqlx::Error> {
-                        Ok(row.try_get::<i64, _>(column)?.max(0) as u64)
-                    };
-                    let counts = UsageCounts {
-                        invocations: n("invocations")?,
-                        errors_trap: n("errors_trap")?,
-                        errors_timeout: n("errors_timeout")?,
-                        errors_oom: n("errors_oom")?,
-                        errors_other: n("errors_other")?,
-                        wall_ms: n("wall_ms")?,
-                        kv_reads: n("kv_reads")?,
-                        kv_writes: n("kv_writes")?,
-                    };
+                    let counts = Self::counts_from_row(&row)?;
                     total = total.plus(&counts);
                     if row.try_get::<i64, _>("day")? == day {
                         today = counts;
