@@ -259,7 +259,12 @@ pub struct Authenticator {
     /// revocation through another node takes effect at the next request
     /// after this node has seen it.
     changes: Arc<AtomicU64>,
+    /// When each key's use was last written to the store by this node.
+    touched: Mutex<HashMap<String, Instant>>,
 }
+
+/// A key's `last_used_at` is written at most this often per node.
+pub const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -271,7 +276,13 @@ impl Authenticator {
     /// An authenticator for keys hashed with `salt`, whose cache holds
     /// until `changes` moves.
     pub fn new(store: Arc<dyn Store>, salt: Vec<u8>, changes: Arc<AtomicU64>) -> Self {
-        Self { store, salt, cache: Mutex::new(HashMap::new()), changes }
+        Self {
+            store,
+            salt,
+            cache: Mutex::new(HashMap::new()),
+            changes,
+            touched: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The salt keys are hashed with.
@@ -293,7 +304,10 @@ impl Authenticator {
         let hashed = hash(&self.salt, key);
         if let Some(cached) = self.cached(&hashed) {
             return match cached {
-                Cached::Known(principal) => Ok(principal),
+                Cached::Known(principal) => {
+                    self.touch(&principal.key_id);
+                    Ok(principal)
+                }
                 Cached::Unknown => Err(AuthError::Invalid),
             };
         }
@@ -308,9 +322,36 @@ impl Authenticator {
         };
         self.remember(hashed, entry.clone(), generation);
         match entry {
-            Cached::Known(principal) => Ok(principal),
+            Cached::Known(principal) => {
+                self.touch(&principal.key_id);
+                Ok(principal)
+            }
             Cached::Unknown => Err(AuthError::Invalid),
         }
+    }
+
+    /// Writes that key `id` was used now, unless this node did less than
+    /// [`TOUCH_EVERY`] ago; in the background, so no request waits for it.
+    fn touch(&self, id: &str) {
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            if touched.get(id).is_some_and(|at| at.elapsed() < TOUCH_EVERY) {
+                return;
+            }
+            if touched.len() >= CACHE_CAPACITY {
+                touched.clear();
+            }
+            touched.insert(id.to_string(), Instant::now());
+        }
+        let (store, id) = (self.store.clone(), id.to_string());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_key(&id, now).await {
+                tracing::debug!(error = %e, "a key's last use was not written");
+            }
+        });
     }
 
     fn cached(&self, hashed: &[u8]) -> Option<Cached> {

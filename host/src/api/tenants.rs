@@ -117,6 +117,8 @@ pub struct KeyJson {
     tenant: String,
     created_at: String,
     revoked: bool,
+    /// When it last authenticated a request (to the minute); `null`: never.
+    last_used_at: Option<String>,
 }
 
 impl From<ApiKeyRecord> for KeyJson {
@@ -128,6 +130,7 @@ impl From<ApiKeyRecord> for KeyJson {
             tenant: k.tenant,
             created_at: rfc3339(k.created_at),
             revoked: k.revoked_at.is_some(),
+            last_used_at: k.last_used_at.map(rfc3339),
         }
     }
 }

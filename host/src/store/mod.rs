@@ -129,6 +129,9 @@ pub struct ApiKeyRecord {
     pub created_at: i64,
     /// When it was revoked, if it was.
     pub revoked_at: Option<i64>,
+    /// When it last authenticated a request (Unix milliseconds; written at
+    /// most once a minute per node).
+    pub last_used_at: Option<i64>,
 }
 
 /// A new API key to store.
@@ -440,6 +443,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         from: i64,
         to: i64,
     ) -> StoreResult<Vec<(i64, UsageCounts)>>;
+    /// Notes that the key `id` authenticated a request at `at` (Unix ms).
+    async fn touch_key(&self, id: &str, at: i64) -> StoreResult<()>;
     /// Deletes every tenant's per-minute rows before `before`; how many.
     async fn prune_usage_minutes(&self, before: i64) -> StoreResult<u64>;
     /// A tenant's counts: all time, and for `day`.

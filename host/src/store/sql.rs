@@ -107,7 +107,8 @@ pub(super) const GRANT_SELECT: &str = "SELECT g.id, g.tenant_id, t.name AS tenan
      g.host, g.created_at FROM route_grants g JOIN tenants t ON t.id = g.tenant_id";
 
 pub(super) const KEY_SELECT: &str = "SELECT k.id, k.tenant_id, t.name AS tenant, t.tier AS tier, k.prefix, \
-     k.scopes, k.key_hash, k.created_at, k.revoked_at FROM api_keys k JOIN tenants t ON t.id = k.tenant_id";
+     k.scopes, k.key_hash, k.created_at, k.revoked_at, k.last_used_at FROM api_keys k \
+     JOIN tenants t ON t.id = k.tenant_id";
 
 /// Expands the [`Store`](super::Store) implementation for one backend.
 macro_rules! sql_store {
@@ -183,6 +184,7 @@ macro_rules! sql_store {
                     key_hash: row.try_get("key_hash")?,
                     created_at: row.try_get("created_at")?,
                     revoked_at: row.try_get("revoked_at")?,
+                    last_used_at: row.try_get("last_used_at")?,
                 })
             }
 
@@ -1068,6 +1070,15 @@ macro_rules! sql_store {
                 rows.iter()
                     .map(|row| Ok((row.try_get::<i64, _>("at")?, Self::counts_from_row(row)?)))
                     .collect()
+            }
+
+            async fn touch_key(&self, id: &str, at: i64) -> StoreResult<()> {
+                sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn prune_usage_minutes(&self, before: i64) -> StoreResult<u64> {

@@ -302,6 +302,21 @@ async fn keys_are_scoped_listed_without_secrets_and_revoked_at_once(env: ServeEn
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 2, "acme's two keys: {list}");
     assert!(!list.to_string().contains(&key[10..]), "the list shows a secret");
+    // The key in use says when it was last used (written in the
+    // background); the new one, never used, says null.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, list) = acme.call(acme.request(Method::GET, "/api/v1/keys")).await;
+        let keys = list.as_array().unwrap();
+        let unused = keys.iter().find(|k| k["id"] == created["id"]).unwrap();
+        assert!(unused["last_used_at"].is_null(), "{unused}");
+        let used = keys.iter().find(|k| k["id"] != created["id"]).unwrap();
+        if used["last_used_at"].is_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never marked as used: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A read-only key can read but not deploy, nor mint a stronger key.
     let (status, reader) = acme
