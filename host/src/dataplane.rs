@@ -418,7 +418,9 @@ impl DataPlane {
 
 impl DataPlane {
     /// What the request's log event needs from the request, when its
-    /// tenant's stream is on.
+    /// tenant's stream is on and its allowance lets the event through
+    /// (taken here: a request whose event would be dropped allocates
+    /// nothing for it).
     fn event_maker(
         &self,
         route: &Arc<LiveRoute>,
@@ -427,11 +429,13 @@ impl DataPlane {
         started: Instant,
         trace: TraceParent,
     ) -> Option<EventMaker> {
-        let hub = self.logs.clone()?;
-        let log = route.owner.as_ref()?.log.clone()?;
+        let log = route.owner.as_ref()?.log.as_ref()?;
+        if !log.admit() {
+            return None;
+        }
         Some(EventMaker {
-            hub,
-            log,
+            hub: self.logs.clone()?,
+            log: log.clone(),
             route: route.clone(),
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -458,33 +462,32 @@ impl EventMaker {
     fn publish(self, report: &ExecutionReport) {
         let EventMaker { hub, log, route, method, uri, request_id, started, trace } = self;
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-        hub.publish(&log, || {
-            let (stdout, stdout_cut) = logs::clip(&report.output.stdout.text, MAX_EVENT_OUTPUT);
-            let (stderr, stderr_cut) = logs::clip(&report.output.stderr.text, MAX_EVENT_OUTPUT);
-            LogEvent {
-                time: logs::now_rfc3339(),
-                kind: "invocation".into(),
-                node: hub.node().to_string(),
-                request_id: Some(request_id),
-                trace_id: Some(trace.trace_id_hex()),
-                deployment: route.owner.as_ref().map(|o| o.deployment_id.clone()),
-                version: route.owner.as_ref().map(|o| o.version),
-                route: Some(logs::clip(&route.label, MAX_EVENT_PATH).0),
-                method: Some(method.to_string()),
-                path: Some(logs::clip(uri.path(), MAX_EVENT_PATH).0),
-                status: Some(report.status),
-                outcome: Some(report.outcome.as_str().to_string()),
-                duration_ms: Some(ms(started.elapsed())),
-                guest_ms: Some(ms(report.wall)),
-                stdout,
-                stderr,
-                output_dropped_bytes: stdout_cut
-                    + stderr_cut
-                    + report.output.stdout.dropped
-                    + report.output.stderr.dropped,
-                ..LogEvent::default()
-            }
-        });
+        let (stdout, stdout_cut) = logs::clip(&report.output.stdout.text, MAX_EVENT_OUTPUT);
+        let (stderr, stderr_cut) = logs::clip(&report.output.stderr.text, MAX_EVENT_OUTPUT);
+        let event = LogEvent {
+            time: logs::now_rfc3339(),
+            kind: "invocation".into(),
+            node: hub.node().to_string(),
+            request_id: Some(request_id),
+            trace_id: Some(trace.trace_id_hex()),
+            deployment: route.owner.as_ref().map(|o| o.deployment_id.clone()),
+            version: route.owner.as_ref().map(|o| o.version),
+            route: Some(logs::clip(&route.label, MAX_EVENT_PATH).0),
+            method: Some(method.to_string()),
+            path: Some(logs::clip(uri.path(), MAX_EVENT_PATH).0),
+            status: Some(report.status),
+            outcome: Some(report.outcome.as_str().to_string()),
+            duration_ms: Some(ms(started.elapsed())),
+            guest_ms: Some(ms(report.wall)),
+            stdout,
+            stderr,
+            output_dropped_bytes: stdout_cut
+                + stderr_cut
+                + report.output.stdout.dropped
+                + report.output.stderr.dropped,
+            ..LogEvent::default()
+        };
+        hub.publish(&log, event);
     }
 }
 

@@ -95,16 +95,6 @@ impl LogBackend for MemoryLogs {
             })
         }))
     }
-
-    async fn last(&self, tenant: TenantId) -> anyhow::Result<Cursor> {
-        Ok(self.read(|inner| {
-            inner
-                .streams
-                .get(&tenant)
-                .and_then(|s| s.back())
-                .map_or(Cursor::START, LogEvent::position)
-        }))
-    }
 }
 
 #[cfg(test)]

@@ -167,7 +167,10 @@ pub trait LogBackend: Send + Sync + fmt::Debug {
         count: usize,
     ) -> anyhow::Result<Vec<LogEvent>>;
     /// The id of the tenant's newest event (`START` when none).
-    async fn last(&self, tenant: TenantId) -> anyhow::Result<Cursor>;
+    async fn last(&self, tenant: TenantId) -> anyhow::Result<Cursor> {
+        let newest = self.newest(tenant, Cursor::START, 1).await?;
+        Ok(newest.first().map_or(Cursor::START, LogEvent::position))
+    }
 }
 
 /// How a node's log streams are bounded.
@@ -209,8 +212,9 @@ impl TenantLog {
     }
 
     /// Takes one event's allowance (a token bucket: `per_second`, bursts
-    /// of twice as many), or counts the event as dropped.
-    fn admit(&self) -> bool {
+    /// of twice as many), or counts the event as dropped. Asked before an
+    /// event is made: one over the allowance costs nothing more.
+    pub fn admit(&self) -> bool {
         let mut guard = self.allowance.lock().unwrap_or_else(PoisonError::into_inner);
         let (tokens, at) = &mut *guard;
         let now = Instant::now();
@@ -304,14 +308,11 @@ impl LogHub {
             .clone()
     }
 
-    /// Queues an event of `log`'s tenant, never waiting: over the tenant's
-    /// allowance or with the queue full, it is counted as dropped.
-    /// The event is made only when it will be queued.
-    pub fn publish(&self, log: &Arc<TenantLog>, event: impl FnOnce() -> LogEvent) {
-        if !log.admit() {
-            return;
-        }
-        if self.queue.try_send((log.clone(), event())).is_err() {
+    /// Queues an event of `log`'s tenant that [`TenantLog::admit`] let
+    /// through, never waiting: with the queue full, it is counted as
+    /// dropped.
+    pub fn publish(&self, log: &Arc<TenantLog>, event: LogEvent) {
+        if self.queue.try_send((log.clone(), event)).is_err() {
             log.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

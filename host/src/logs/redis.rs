@@ -123,18 +123,4 @@ impl LogBackend for RedisLogs {
         events.reverse();
         Ok(events)
     }
-
-    async fn last(&self, tenant: TenantId) -> anyhow::Result<Cursor> {
-        let mut c = self.connection.clone();
-        let entries: Vec<Entry> = redis::cmd("XREVRANGE")
-            .arg(self.key(tenant))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut c)
-            .await
-            .context("XREVRANGE of the tenant's log stream")?;
-        Ok(entries.first().and_then(|(id, _)| Cursor::parse(id)).unwrap_or(Cursor::START))
-    }
 }
