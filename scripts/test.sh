@@ -7,7 +7,9 @@ usage() {
     cat <<USAGE
 Usage: scripts/test.sh [--help] [CARGO TEST ARGS...]
 
-Builds the components (scripts/build-examples.sh), then runs
+Builds the components (scripts/build-examples.sh), installs the browser
+tests' packages (npm ci in tests/browser; they drive /usr/bin/chromium, or
+\$CHROMIUM), then runs
 \`cargo test --workspace\` with any extra arguments passed through, e.g.
 \`scripts/test.sh run::\` to run the tests of \`wasmwiz run\` only.
 USAGE
@@ -20,4 +22,11 @@ esac
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 scripts/build-examples.sh
+# The console's browser tests (host/tests/it/console.rs) run Playwright from
+# tests/browser, at the version its lock file pins.
+browser=tests/browser
+if [ ! -x "$browser/node_modules/.bin/playwright" ] \
+    || [ "$browser/package-lock.json" -nt "$browser/node_modules/.package-lock.json" ]; then
+    (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error)
+fi
 cargo test --workspace --locked -- "$@"

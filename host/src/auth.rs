@@ -212,6 +212,8 @@ pub fn hash(salt: &[u8], key: &str) -> Vec<u8> {
 pub struct Principal {
     /// The key's id.
     pub key_id: String,
+    /// The key's first characters, as listed (`ww_` and eight more).
+    pub prefix: String,
     /// The tenant the key belongs to.
     pub tenant_id: TenantId,
     /// Its name.
@@ -387,6 +389,7 @@ fn hashes_match(record: &ApiKeyRecord, hashed: &[u8]) -> bool {
 fn principal_of(record: &ApiKeyRecord) -> Principal {
     Principal {
         key_id: record.id.clone(),
+        prefix: record.prefix.clone(),
         tenant_id: record.tenant_id,
         tenant: record.tenant.clone(),
         tier: record.tier.clone(),

@@ -18,6 +18,7 @@
 //! - [`tenancy`]: tenants, tiers, their limits, defaults and ranges (a leaf).
 //! - [`auth`]: API keys, scopes and their cache.
 //! - [`api`]: the REST control plane under `/api/v1`.
+//! - [`console`]: the web console at `/console`, its files in the binary.
 //! - [`kv`]: key-value data of components (`wasi:keyvalue`), per tenant.
 //! - [`quota`]: per-tenant request quotas, in Redis or in process.
 //! - [`usage`]: per-tenant usage counters, flushed to the store in batches
@@ -34,6 +35,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod dataplane;
 pub mod kv;

@@ -69,6 +69,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/tenants/{name}/grants/{id}", delete(grants::remove))
         .route("/api/v1/keys", post(tenants::create_key).get(tenants::list_keys))
         .route("/api/v1/keys/{id}", delete(tenants::revoke_key))
+        .route("/api/v1/me", get(tenants::me))
         .route("/api/v1/tiers", get(tenants::list_tiers))
         .route("/api/v1/tiers/{name}", put(tenants::put_tier))
         .route("/api/v1/usage", get(usage::usage))

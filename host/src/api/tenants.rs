@@ -1,5 +1,6 @@
 //! Tenants, API keys and tiers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -7,9 +8,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::usage::CountsJson;
 use super::{ApiError, ApiJson, ApiState, publish, require, rfc3339};
 use crate::auth::{Principal, Scope, Scopes};
 use crate::control::{Actor, TierBase};
+use crate::quota::{DAY, unix_now};
 use crate::store::{ApiKeyRecord, Tenant};
 use crate::tenancy::{TierLimits, TierPatch};
 
@@ -55,14 +58,57 @@ pub async fn create_tenant(
     Ok((StatusCode::CREATED, Json(tenant.into())))
 }
 
-/// `GET /api/v1/tenants` (admin): every tenant.
+/// A tenant in the admin's list: with what it did today.
+#[derive(Debug, Serialize)]
+pub struct ListedTenantJson {
+    #[serde(flatten)]
+    tenant: TenantJson,
+    /// Today (UTC), across every node (this node's unwritten counts too).
+    today: CountsJson,
+}
+
+/// `GET /api/v1/tenants` (admin): every tenant, with today's usage.
 pub async fn list_tenants(
     State(state): State<Arc<ApiState>>,
     principal: Principal,
-) -> Result<Json<Vec<TenantJson>>, ApiError> {
+) -> Result<Json<Vec<ListedTenantJson>>, ApiError> {
     admin_only(&principal)?;
     let tenants = state.control.tenants().await?;
-    Ok(Json(tenants.into_iter().map(Into::into).collect()))
+    let day = (unix_now() / DAY) as i64;
+    let mut today: HashMap<_, _> =
+        state.node.store().usage_on_day(day).await?.into_iter().collect();
+    let usage = state.node.usage();
+    Ok(Json(
+        tenants
+            .into_iter()
+            .map(|t| {
+                let counts = today.remove(&t.id).unwrap_or_default().plus(&usage.pending(t.id));
+                ListedTenantJson { tenant: t.into(), today: counts.into() }
+            })
+            .collect(),
+    ))
+}
+
+/// Who is calling: `GET /api/v1/me`, any key.
+#[derive(Debug, Serialize)]
+pub struct MeJson {
+    tenant: String,
+    tier: String,
+    key_id: String,
+    prefix: String,
+    scopes: Vec<&'static str>,
+}
+
+/// `GET /api/v1/me`: the caller's tenant, tier and key (what the console
+/// signs in with).
+pub async fn me(principal: Principal) -> Json<MeJson> {
+    Json(MeJson {
+        tenant: principal.tenant,
+        tier: principal.tier,
+        key_id: principal.key_id,
+        prefix: principal.prefix,
+        scopes: principal.scopes.names(),
+    })
 }
 
 /// Body of `PATCH /api/v1/tenants/{name}`.

@@ -426,6 +426,9 @@ impl Handler for ServeHandler {
         if self.metrics_path.as_deref() == Some(path) {
             return metrics_response(&self.node);
         }
+        if crate::console::is_console(path) {
+            return crate::console::respond(&request);
+        }
         let readable = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
         match path {
             "/health" | "/ready" if !readable => crate::response::error_response(

@@ -450,6 +450,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A tenant's counts: all time, and for `day`.
     async fn usage(&self, tenant_id: TenantId, day: i64)
     -> StoreResult<(UsageCounts, UsageCounts)>;
+    /// Every tenant's counts for `day` (tenants without any are left out).
+    async fn usage_on_day(&self, day: i64) -> StoreResult<Vec<(TenantId, UsageCounts)>>;
 
     /// The change counter.
     /// The value at `key` of `bucket` (key-value data, when the store

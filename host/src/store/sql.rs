@@ -1114,6 +1114,20 @@ macro_rules! sql_store {
                 Ok((total, today))
             }
 
+            async fn usage_on_day(&self, day: i64) -> StoreResult<Vec<(TenantId, UsageCounts)>> {
+                use sqlx::Row as _;
+                let rows = sqlx::query(
+                    "SELECT tenant_id, invocations, errors_trap, errors_timeout, errors_oom, \
+                     errors_other, wall_ms, kv_reads, kv_writes FROM usage WHERE day = $1",
+                )
+                .bind(day)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| Ok((row.try_get::<TenantId, _>("tenant_id")?, Self::counts_from_row(row)?)))
+                    .collect()
+            }
+
             fn watch_changes(&self, wake: std::sync::Arc<tokio::sync::Notify>) -> Option<super::Watcher> {
                 self.watch(wake)
             }

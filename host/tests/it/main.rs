@@ -4,6 +4,7 @@
 mod api;
 mod capabilities;
 mod cluster;
+mod console;
 mod control;
 mod grants;
 mod helpers;

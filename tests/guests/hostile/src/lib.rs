@@ -33,6 +33,30 @@ fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value)
 }
 
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn num(query: &str, name: &str, default: u64) -> u64 {
     param(query, name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -293,7 +317,8 @@ impl wasi::exports::http::incoming_handler::Guest for Hostile {
             }
             "stdout" => {
                 let lines = num(query, "lines", 3);
-                let tag = param(query, "tag").unwrap_or("line");
+                // Percent-decoded: the console's tests print markup with it.
+                let tag = percent_decoded(param(query, "tag").unwrap_or("line"));
                 for i in 0..lines {
                     println!("{tag} {i} to stdout");
                     eprintln!("{tag} {i} to stderr");
