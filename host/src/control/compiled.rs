@@ -150,7 +150,13 @@ fn world_of(component: &wasmtime::component::Component, engine: &wasmtime::Engin
     component
         .component_type()
         .exports(engine)
-        .find_map(|(name, _)| name.strip_prefix("wasi:http/incoming-handler@"))
-        .map(|version| format!("wasi:http/proxy@{version}"))
+        .find_map(|(name, _)| {
+            name.strip_prefix("wasi:http/incoming-handler@")
+                .map(|version| format!("wasi:http/proxy@{version}"))
+                .or_else(|| {
+                    name.strip_prefix("wasi:http/handler@")
+                        .map(|version| format!("wasi:http/service@{version}"))
+                })
+        })
         .unwrap_or_else(|| "wasi:http/proxy".to_string())
 }

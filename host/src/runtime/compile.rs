@@ -18,14 +18,20 @@ const ALLOWED_IMPORTS: &[(&str, &str)] = &[
     ("wasi:filesystem", "0.2."),
     ("wasi:sockets", "0.2."),
     ("wasi:http", "0.2."),
+    // WASIp3: the imports of `wasi:http/service@0.3`.
+    ("wasi:clocks", "0.3."),
+    ("wasi:random", "0.3."),
+    ("wasi:cli", "0.3."),
+    ("wasi:http", "0.3."),
     // The capabilities (see `wit/world.wit`), at the versions wasmtime 48
     // ships.
     ("wasi:keyvalue", "0.2.0-draft"),
     ("wasi:config", "0.2.0-rc.1"),
 ];
 
-/// The export every wasi:http proxy component has.
-const HANDLER_EXPORT: &str = "wasi:http/incoming-handler@0.2.";
+/// The exports of wasi:http handlers: WASIp2's (`wasi:http/proxy`) and
+/// WASIp3's (`wasi:http/service`), at the versions wasmtime 48 serves.
+const HANDLER_EXPORTS: [&str; 2] = ["wasi:http/incoming-handler@0.2.", "wasi:http/handler@0.3."];
 
 /// Why bytes cannot become a servable component.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,8 +48,11 @@ pub enum CompileError {
          or wrap it with `wasm-tools component new`"
     )]
     CoreModule,
-    /// No `wasi:http/incoming-handler` export.
-    #[error("the component does not export `wasi:http/incoming-handler` ({0})")]
+    /// No `wasi:http/incoming-handler` (or WASIp3 `wasi:http/handler`) export.
+    #[error(
+        "the component does not export `wasi:http/incoming-handler@0.2` or \
+         `wasi:http/handler@0.3` ({0})"
+    )]
     NotHttpHandler(String),
     /// An import the host does not provide.
     #[error("the component imports `{0}`, which WasmWiz does not provide")]
@@ -155,7 +164,7 @@ fn with_setting(message: String) -> String {
 pub(super) fn check_imports(engine: &Engine, component: &Component) -> Result<(), CompileError> {
     let ty = component.component_type();
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
-    if !exports.iter().any(|name| name.starts_with(HANDLER_EXPORT)) {
+    if !exports.iter().any(|name| HANDLER_EXPORTS.iter().any(|e| name.starts_with(e))) {
         let found = if exports.is_empty() {
             "it exports nothing".to_string()
         } else {

@@ -37,7 +37,7 @@ use super::output::GuestText;
 use super::reuse::{InstancePool, Reused};
 use super::slots::{Refusal, Slot, TenantSlots};
 use super::state::InvocationState;
-use super::{App, Runtime};
+use super::{App, Handler, Runtime};
 use crate::response::{ResponseBody, error_response, retry_later};
 use crate::telemetry::{self, TraceParent};
 
@@ -273,7 +273,7 @@ impl Outcome {
     }
 
     /// The answer to a client when the guest produced no response head.
-    fn response(self) -> Response<ResponseBody> {
+    pub(super) fn response(self) -> Response<ResponseBody> {
         let (status, code) = match self {
             Outcome::Timeout => (StatusCode::GATEWAY_TIMEOUT, "execution_timeout"),
             Outcome::Ok | Outcome::NoResponse => (StatusCode::INTERNAL_SERVER_ERROR, "no_response"),
@@ -335,6 +335,16 @@ impl Runtime {
     where
         F: FnOnce(ExecutionReport) + Send + 'static,
     {
+        if let Handler::P3(pre) = &app.handler {
+            // WASIp3: a fresh instance per request (instance reuse is a
+            // WASIp2 setting).
+            let store = self.new_store(
+                options.limits.memory_bytes,
+                options.outbound.clone(),
+                options.capabilities.clone(),
+            );
+            return super::p3::invoke(store, slot, pre.clone(), request, options, on_done).await;
+        }
         let kept = options.reuse.as_ref().and_then(|pool| pool.take(options.limits.memory_bytes));
         let start = match kept {
             Some(mut kept) => {
@@ -531,7 +541,7 @@ impl GuestRun {
             );
             let proxy = match &mut proxy {
                 Some(proxy) => proxy,
-                None => proxy.insert(app.pre.instantiate_async(&mut store).await?),
+                None => proxy.insert(app.p2()?.instantiate_async(&mut store).await?),
             };
             drop(instantiating);
             let instantiate = started.elapsed();
@@ -607,7 +617,7 @@ impl GuestRun {
     }
 }
 
-fn classify(error: &wasmtime::Error, state: &InvocationState) -> Outcome {
+pub(super) fn classify(error: &wasmtime::Error, state: &InvocationState) -> Outcome {
     let outcome = if state.limiter.memory_exceeded {
         Outcome::OutOfMemory
     } else {

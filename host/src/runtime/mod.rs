@@ -14,6 +14,7 @@
 //! - `compile`: validation and compilation of uploaded bytes, and the
 //!   compiled-code cache.
 //! - `invoke`: running one request through a component, limits and outcome.
+//! - `p3`: the same for WASIp3 handlers (`wasi:http/service@0.3`).
 //! - `state`: the per-request store data and the memory limiter.
 //! - `output`: guest stdout/stderr, captured per invocation.
 //! - `body`: request body limits and the guest's response body.
@@ -26,6 +27,7 @@ mod compile;
 mod invoke;
 mod outbound;
 mod output;
+mod p3;
 mod phases;
 mod reuse;
 mod slots;
@@ -195,7 +197,31 @@ impl std::fmt::Debug for Runtime {
 /// A component ready to serve: compiled, linked and pre-instantiated.
 #[derive(Clone)]
 pub struct App {
-    pre: ProxyPre<InvocationState>,
+    handler: Handler,
+}
+
+/// The handler a component exports.
+#[derive(Clone)]
+enum Handler {
+    /// `wasi:http/incoming-handler@0.2` (the `wasi:http/proxy` world).
+    P2(ProxyPre<InvocationState>),
+    /// `wasi:http/handler@0.3` (the `wasi:http/service` world).
+    P3(wasmtime_wasi_http::p3::bindings::ServicePre<InvocationState>),
+}
+
+impl App {
+    /// Whether the component is a WASIp3 handler.
+    pub fn is_p3(&self) -> bool {
+        matches!(self.handler, Handler::P3(_))
+    }
+
+    /// The WASIp2 handler (the paths that only run those).
+    fn p2(&self) -> wasmtime::Result<&ProxyPre<InvocationState>> {
+        match &self.handler {
+            Handler::P2(pre) => Ok(pre),
+            Handler::P3(_) => Err(wasmtime::format_err!("a WASIp3 component on a WASIp2 path")),
+        }
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -221,6 +247,13 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking wasi:http")?;
+        // WASIp3 beside it: what the `wasi:http/service@0.3` world imports.
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)
+            .and_then(|()| wasmtime_wasi::p3::cli::add_to_linker(&mut linker))
+            .and_then(|()| wasmtime_wasi::p3::clocks::add_to_linker(&mut linker))
+            .and_then(|()| wasmtime_wasi::p3::random::add_to_linker(&mut linker))
+            .map_err(anyhow::Error::from)
+            .context("linking WASIp3 and wasi:http@0.3")?;
         capabilities::add_to_linker(&mut linker, InvocationState::capabilities)
             .map_err(anyhow::Error::from)
             .context("linking wasi:keyvalue and wasi:config")?;
@@ -302,8 +335,11 @@ impl Runtime {
             .linker
             .instantiate_pre(component)
             .map_err(|e| CompileError::Link(format!("{e:#}")))?;
+        if let Some(pre) = p3::service_pre(&pre) {
+            return Ok(App { handler: Handler::P3(pre) });
+        }
         let pre = ProxyPre::new(pre).map_err(|e| CompileError::NotHttpHandler(format!("{e:#}")))?;
-        Ok(App { pre })
+        Ok(App { handler: Handler::P2(pre) })
     }
 }
 

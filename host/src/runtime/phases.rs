@@ -52,7 +52,7 @@ impl Runtime {
         let t0 = Instant::now();
         let mut store = self.new_store(memory_limit, outbound, Arc::new(Capabilities::default()));
         let t1 = Instant::now();
-        let proxy = app.pre.instantiate_async(&mut store).await?;
+        let proxy = app.p2()?.instantiate_async(&mut store).await?;
         let t2 = Instant::now();
         let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
         let (head_tx, head_rx) = oneshot::channel();

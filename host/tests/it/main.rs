@@ -13,6 +13,7 @@ mod inprocess;
 mod languages;
 mod logs;
 mod ops;
+mod p3;
 mod protocol;
 mod quota;
 mod reuse;
