@@ -59,6 +59,14 @@ async fn a_wasip3_component_is_named_by_its_world_served_counted_and_logged(env:
 
 mod sqlite {
     #[tokio::test]
+    async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request() {
+        super::every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(
+            crate::helpers::ServeEnv::sqlite(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_wasip3_component_is_named_by_its_world_served_counted_and_logged() {
         super::a_wasip3_component_is_named_by_its_world_served_counted_and_logged(
             crate::helpers::ServeEnv::sqlite(),
@@ -69,10 +77,119 @@ mod sqlite {
 
 mod postgres {
     #[tokio::test]
+    async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request() {
+        super::every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(
+            crate::helpers::ServeEnv::postgres(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_wasip3_component_is_named_by_its_world_served_counted_and_logged() {
         super::a_wasip3_component_is_named_by_its_world_served_counted_and_logged(
             crate::helpers::ServeEnv::postgres(),
         )
         .await;
+    }
+}
+
+async fn get(api: &Api, path: &str) -> (u16, String) {
+    api.get_text(path).await
+}
+
+/// The hostile suite on a WASIp3 handler: each misbehaviour beside
+/// well-behaved requests on the same deployment and on another one, each
+/// answered as it should be, and followed by a request that succeeds.
+async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(env: ServeEnv) {
+    env.admin(&[
+        "tier",
+        "set",
+        "tight",
+        "--timeout",
+        "1000ms",
+        "--memory",
+        "32MiB",
+        "--per-minute",
+        "unlimited",
+        "--per-day",
+        "unlimited",
+    ]);
+    let key = env.tenant("acme", "tight", false);
+    let server = env.serve();
+    let api = Api::new(&server, &key);
+    api.deploy_component("hostile_p3", "/acme/h/...").await;
+    api.deploy_component("hello", "/acme/hello/...").await;
+
+    for (action, status, outcome) in [
+        ("loop", 504, "timeout"),
+        ("sleep?ms=60000", 504, "timeout"),
+        ("trap", 500, "trap"),
+        ("oom", 500, "oom"),
+        ("error-code", 500, "guest_error"),
+    ] {
+        let started = std::time::Instant::now();
+        let bad_path = format!("/acme/h/{action}");
+        let bad = get(&api, &bad_path);
+        let good = futures::future::join_all((0..8).map(|i| {
+            let api = api.clone();
+            async move {
+                // Well-behaved requests beside it, started while it runs.
+                tokio::time::sleep(Duration::from_millis(20 * i)).await;
+                let path = if i % 2 == 0 { "/acme/h/ok" } else { "/acme/hello/" };
+                get(&api, path).await
+            }
+        }));
+        let ((bad_status, bad_body), good) = tokio::join!(bad, good);
+        assert_eq!(bad_status, status, "{action}: {bad_body}");
+        for (status, body) in good {
+            assert_eq!(status, 200, "beside {action}: {body}");
+        }
+        // The deadline holds for loops and waits alike, without a margin
+        // of seconds.
+        assert!(started.elapsed() < Duration::from_secs(5), "{action}: {:?}", started.elapsed());
+        assert_eq!(get(&api, "/acme/h/ok").await, (200, "ok".to_string()), "after {action}");
+        // The log names the outcome.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, logs) = api
+                .call(api.request(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/logs?outcome={outcome}&limit=10"),
+                ))
+                .await;
+            if !logs["events"].as_array().unwrap().is_empty() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no {outcome} event for {action}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // A trap after the head: the response ends with an error (the head may
+    // not even have been written yet), never as if whole.
+    for _ in 0..5 {
+        let sent = crate::helpers::client().get(server.url("/acme/h/body-trap")).send().await;
+        if let Ok(response) = sent {
+            assert_eq!(response.status(), 200);
+            assert!(response.bytes().await.is_err(), "a body cut off by a trap read as complete");
+        }
+    }
+    // A body written in chunks after the head streams whole.
+    let (status, body) = get(&api, "/acme/h/stream?chunks=5&ms=20").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
+    // Output is captured per request.
+    assert_eq!(get(&api, "/acme/h/print?tag=p3-marker").await.0, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, logs) = api.call(api.request(reqwest::Method::GET, "/api/v1/logs?limit=5")).await;
+        let printed = logs["events"].as_array().unwrap().iter().any(|e| {
+            e["stdout"] == "p3-marker to stdout\n" && e["stderr"] == "p3-marker to stderr\n"
+        });
+        if printed {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no captured output: {logs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
