@@ -324,6 +324,7 @@ async fn invoke_once(runtime: &Runtime, app: &App, pool: Option<&Arc<InstancePoo
         timing: false,
         capabilities: Arc::new(Capabilities::default()),
         reuse: pool.cloned(),
+        shared: None,
         trace: (tracing::Span::none(), wasmwiz::telemetry::TraceParent::root()),
     };
     let reused = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -49,6 +49,9 @@ pub struct LiveRoute {
     pub capabilities: Arc<crate::runtime::Capabilities>,
     /// Its idle instances, when the deployment opted in to instance reuse.
     pub instances: Option<Arc<InstancePool>>,
+    /// Its shared instances, when it is a WASIp3 component and opted in to
+    /// instance reuse (and concurrency).
+    pub shared: Option<Arc<crate::runtime::SharedInstances>>,
 }
 
 /// Who a served route belongs to.
@@ -390,6 +393,7 @@ impl DataPlane {
             timing: self.server_timing,
             capabilities: route.capabilities.clone(),
             reuse: route.instances.clone(),
+            shared: route.shared.clone(),
             trace: (trace.span.clone(), trace.context),
         };
         let usage = route.owner.as_ref().map(|owner| owner.usage.clone());

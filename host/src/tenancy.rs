@@ -55,6 +55,12 @@ pub const DEFAULT_KV_MAX_TOTAL_BYTES: u64 = 64 << 20;
 /// the default cap of every tier.
 pub const MAX_INSTANCE_REUSE: u32 = 10_000;
 
+/// The most requests one WASIp3 instance may serve at once
+/// (`max_instance_concurrency`).
+pub const MAX_INSTANCE_CONCURRENCY: u32 = 1_000;
+/// The default cap of every tier on `max_instance_concurrency`.
+pub const DEFAULT_MAX_INSTANCE_CONCURRENCY: u32 = 100;
+
 /// Default invocations one tenant may run at once on one node
 /// (`MAX_CONCURRENCY`): a tenth of the default instance pool, so that ten
 /// busy tenants fit in it together.
@@ -93,6 +99,9 @@ pub struct TierLimits {
     /// The most `max_instance_reuse` a deployment of this tier may ask for
     /// (1: every request on a fresh instance, whatever the deployment asks).
     pub max_instance_reuse: u32,
+    /// The most `max_instance_concurrency` a WASIp3 deployment of this tier
+    /// may ask for (1: one request at a time per instance).
+    pub max_instance_concurrency: u32,
     /// Invocations one tenant of this tier may run at once on one node;
     /// `None`: no cap beyond the instance pool's fair share.
     pub max_concurrency: Option<u32>,
@@ -113,6 +122,7 @@ impl Default for TierLimits {
             kv_max_keys: DEFAULT_KV_MAX_KEYS,
             kv_max_total_bytes: DEFAULT_KV_MAX_TOTAL_BYTES,
             max_instance_reuse: MAX_INSTANCE_REUSE,
+            max_instance_concurrency: DEFAULT_MAX_INSTANCE_CONCURRENCY,
             max_concurrency: Some(DEFAULT_MAX_CONCURRENCY),
         }
     }
@@ -146,6 +156,11 @@ impl TierLimits {
         }
         if !(1..=MAX_INSTANCE_REUSE).contains(&self.max_instance_reuse) {
             return Err(format!("max_instance_reuse must be between 1 and {MAX_INSTANCE_REUSE}"));
+        }
+        if !(1..=MAX_INSTANCE_CONCURRENCY).contains(&self.max_instance_concurrency) {
+            return Err(format!(
+                "max_instance_concurrency must be between 1 and {MAX_INSTANCE_CONCURRENCY}"
+            ));
         }
         if let Some(cap) = self.max_concurrency
             && !(1..=MAX_MAX_CONCURRENCY).contains(&cap)
@@ -185,6 +200,8 @@ pub struct TierPatch {
     pub kv_max_total_bytes: Option<u64>,
     /// Cap on `max_instance_reuse`.
     pub max_instance_reuse: Option<u32>,
+    /// Cap on `max_instance_concurrency`.
+    pub max_instance_concurrency: Option<u32>,
     /// Concurrent invocations per tenant and node (`Some(None)`: no cap).
     pub max_concurrency: Option<Option<u32>>,
 }
@@ -204,6 +221,9 @@ impl TierPatch {
             kv_max_keys: self.kv_max_keys.unwrap_or(base.kv_max_keys),
             kv_max_total_bytes: self.kv_max_total_bytes.unwrap_or(base.kv_max_total_bytes),
             max_instance_reuse: self.max_instance_reuse.unwrap_or(base.max_instance_reuse),
+            max_instance_concurrency: self
+                .max_instance_concurrency
+                .unwrap_or(base.max_instance_concurrency),
             max_concurrency: self.max_concurrency.unwrap_or(base.max_concurrency),
         }
     }

@@ -30,6 +30,7 @@ pub struct DeploymentJson {
     secrets: Vec<String>,
     allowed_outbound_hosts: Vec<String>,
     max_instance_reuse: u32,
+    max_instance_concurrency: u32,
     /// On the node that answered: `serving`, `compiling` or `failed`
     /// (absent when that node has not loaded the deployment yet).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,6 +93,7 @@ impl DeploymentJson {
             secrets: d.secrets.into_keys().collect(),
             allowed_outbound_hosts: d.allowed_outbound_hosts,
             max_instance_reuse: d.max_instance_reuse,
+            max_instance_concurrency: d.max_instance_concurrency,
         }
     }
 }

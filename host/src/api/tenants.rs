@@ -279,6 +279,7 @@ pub struct PutTier {
     kv_max_keys: Option<u64>,
     kv_max_total_bytes: Option<u64>,
     max_instance_reuse: Option<u32>,
+    max_instance_concurrency: Option<u32>,
     #[serde(default, deserialize_with = "present")]
     max_concurrency: Option<Option<u32>>,
 }
@@ -297,6 +298,7 @@ impl From<PutTier> for TierPatch {
             kv_max_keys: body.kv_max_keys,
             kv_max_total_bytes: body.kv_max_total_bytes,
             max_instance_reuse: body.max_instance_reuse,
+            max_instance_concurrency: body.max_instance_concurrency,
             max_concurrency: body.max_concurrency,
         }
     }

@@ -176,6 +176,10 @@ pub enum TierCommand {
         /// for with `max_instance_reuse` (1: always a fresh instance).
         #[arg(long, value_name = "N")]
         max_instance_reuse: Option<u32>,
+        /// The most requests at once per instance a WASIp3 deployment of
+        /// the tier may ask for with `max_instance_concurrency`.
+        #[arg(long, value_name = "N")]
+        max_instance_concurrency: Option<u32>,
         /// Invocations one tenant may run at once on one node, or
         /// `unlimited` (then only the instance pool's fair share limits it).
         #[arg(long, value_name = "N", value_parser = cap_for("--max-concurrency"))]
@@ -298,6 +302,7 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
                     kv_max_keys,
                     kv_max_total,
                     max_instance_reuse,
+                    max_instance_concurrency,
                     max_concurrency,
                 },
         } => {
@@ -313,6 +318,7 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
                 kv_max_keys,
                 kv_max_total_bytes: kv_max_total,
                 max_instance_reuse,
+                max_instance_concurrency,
                 max_concurrency: max_concurrency.map(|Cap(cap)| cap),
                 ..TierPatch::default()
             };
@@ -333,7 +339,7 @@ fn describe(limits: &TierLimits) -> String {
     format!(
         "{}/minute, {}/day, memory {} bytes, timeout {} ms, input {} bytes, component {} bytes, \
          key-value {} keys / {} bytes, values up to {} bytes, instance reuse up to {}, \
-         {} concurrent invocations per node",
+         up to {} at once per WASIp3 instance, {} concurrent invocations per node",
         rate(limits.requests_per_minute),
         rate(limits.requests_per_day),
         limits.memory_limit_bytes,
@@ -344,6 +350,7 @@ fn describe(limits: &TierLimits) -> String {
         limits.kv_max_total_bytes,
         limits.kv_max_value_bytes,
         limits.max_instance_reuse,
+        limits.max_instance_concurrency,
         Cap(limits.max_concurrency)
     )
 }

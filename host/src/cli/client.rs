@@ -50,6 +50,12 @@ pub struct DeployArgs {
     /// requests of this deployment left in the component's memory.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub max_instance_reuse: u32,
+    /// WASIp3 components only: requests one instance may serve at once. 1
+    /// (the default): one at a time. More: requests that wait share an
+    /// instance (its memory too, and a trap ends all of them); needs
+    /// `--max-instance-reuse` of at least as many.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub max_instance_concurrency: u32,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -233,6 +239,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         "secrets": args.secrets.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         "allowed_outbound_hosts": args.allowed_outbound_hosts,
         "max_instance_reuse": args.max_instance_reuse,
+        "max_instance_concurrency": args.max_instance_concurrency,
     });
     let deployment =
         api.send(api.request(reqwest::Method::POST, "/api/v1/deployments").json(&body)).await?;

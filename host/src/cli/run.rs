@@ -43,6 +43,12 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_INSTANCE_REUSE)))]
     pub max_instance_reuse: u32,
 
+    /// WASIp3 components only: requests one instance serves at once (with
+    /// `--max-instance-reuse` of at least as many).
+    #[arg(long, env = "MAX_INSTANCE_CONCURRENCY", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::tenancy::MAX_INSTANCE_CONCURRENCY)))]
+    pub max_instance_concurrency: u32,
+
     #[command(flatten)]
     pub listen: ListenArgs,
     #[command(flatten)]
@@ -137,8 +143,10 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
             }),
             config: config.clone(),
         });
-        let instances = (args.max_instance_reuse > 1)
-            .then(|| runtime.instance_pool(&label, args.max_instance_reuse));
+        let reuse = args.max_instance_reuse;
+        let shared = (app.is_p3() && reuse > 1)
+            .then(|| runtime.shared_instances(&label, reuse, args.max_instance_concurrency));
+        let instances = (!app.is_p3() && reuse > 1).then(|| runtime.instance_pool(&label, reuse));
         let route = Arc::new(LiveRoute {
             capabilities,
             metrics: Arc::new(metrics.route(&label, "-")),
@@ -149,6 +157,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
             outbound: outbound.clone(),
             owner: None,
             instances,
+            shared,
         });
         routes.insert(&route.pattern, RouteTarget::Live(route.clone()));
     }

@@ -165,6 +165,7 @@ mod tests {
             secrets: Default::default(),
             allowed_outbound_hosts: Vec::new(),
             max_instance_reuse: 1,
+            max_instance_concurrency: 1,
             created_at: 0,
         }
     }

@@ -19,7 +19,8 @@ use crate::store::{
     NewDeployment, Store, StoreError, Tenant, VersionRecord, now_ms,
 };
 use crate::tenancy::{
-    MAX_INSTANCE_REUSE, NAME_RULE, TenantId, Tier, TierLimits, TierPatch, valid_name,
+    MAX_INSTANCE_CONCURRENCY, MAX_INSTANCE_REUSE, NAME_RULE, TenantId, Tier, TierLimits, TierPatch,
+    valid_name,
 };
 
 /// Most entries in `config` plus `secrets`.
@@ -139,6 +140,13 @@ pub struct DeploySpec {
     /// what earlier ones left in the guest's memory).
     #[serde(default = "one")]
     pub max_instance_reuse: u32,
+    /// Requests one instance of a WASIp3 component may serve at once: 1
+    /// (the default) one at a time; more lets requests that wait (for an
+    /// upstream, a timer) share an instance, which then also serves up to
+    /// `max_instance_reuse` requests in all. They share its memory, and a
+    /// trap or a timeout ends all of them.
+    #[serde(default = "one")]
+    pub max_instance_concurrency: u32,
 }
 
 fn one() -> u32 {
@@ -516,11 +524,45 @@ impl ControlPlane {
                  {MAX_INSTANCE_REUSE}"
             )));
         }
-        let allowed = self.tier(tier).await?.limits.max_instance_reuse;
+        let limits = self.tier(tier).await?.limits;
+        let allowed = limits.max_instance_reuse;
         if spec.max_instance_reuse > allowed {
             return Err(ControlError::Invalid(format!(
                 "the {tier} tier allows max_instance_reuse up to {allowed}"
             )));
+        }
+        let concurrency = spec.max_instance_concurrency;
+        if !(1..=MAX_INSTANCE_CONCURRENCY).contains(&concurrency) {
+            return Err(ControlError::Invalid(format!(
+                "max_instance_concurrency must be 1 (one request at a time) to \
+                 {MAX_INSTANCE_CONCURRENCY}"
+            )));
+        }
+        if concurrency > limits.max_instance_concurrency {
+            return Err(ControlError::Invalid(format!(
+                "the {tier} tier allows max_instance_concurrency up to {}",
+                limits.max_instance_concurrency
+            )));
+        }
+        if concurrency > 1 {
+            let world = self
+                .store
+                .component(tenant_id, &spec.component)
+                .await?
+                .map(|c| c.world)
+                .unwrap_or_default();
+            if !world.starts_with("wasi:http/service@0.3") {
+                return Err(ControlError::Invalid(format!(
+                    "max_instance_concurrency above 1 needs a WASIp3 component \
+                     (wasi:http/service@0.3); this one targets {world}"
+                )));
+            }
+            if concurrency > spec.max_instance_reuse {
+                return Err(ControlError::Invalid(format!(
+                    "max_instance_concurrency {concurrency} needs max_instance_reuse of at least \
+                     {concurrency}: an instance serving that many at once serves that many in all"
+                )));
+            }
         }
         let deployment = self
             .store
@@ -533,6 +575,7 @@ impl ControlPlane {
                 secrets: spec.secrets,
                 allowed_outbound_hosts: spec.allowed_outbound_hosts,
                 max_instance_reuse: spec.max_instance_reuse,
+                max_instance_concurrency: spec.max_instance_concurrency,
                 base_domain: self.settings.base_domain.clone(),
             })
             .await?;

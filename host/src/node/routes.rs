@@ -15,7 +15,7 @@ use crate::kv::KvLimits;
 use crate::quota::Rates;
 use crate::router::RoutePattern;
 use crate::runtime::{
-    App, Capabilities, InstancePool, KvAccess, Limits, OutboundPolicy, TenantSlots,
+    App, Capabilities, InstancePool, KvAccess, Limits, OutboundPolicy, SharedInstances, TenantSlots,
 };
 use crate::store::Deployment;
 use crate::tenancy::{TenantId, Tier};
@@ -55,6 +55,9 @@ pub(super) struct Served {
     /// version may run another component) or when the tier's cap changes
     /// what the version gets.
     instance_pools: HashMap<(String, i64, u32), Arc<InstancePool>>,
+    /// The same for WASIp3 deployments' shared instances, by deployment,
+    /// version, requests per instance and requests at once.
+    shared_instances: HashMap<(String, i64, u32, u32), Arc<SharedInstances>>,
     /// Each tenant's hold on the instance pool.
     tenant_slots: HashMap<TenantId, Arc<TenantSlots>>,
 }
@@ -163,7 +166,17 @@ impl Node {
         });
         // What the deployment asks for, within what its tier allows now.
         let reuse = deployment.max_instance_reuse.min(tier.limits.max_instance_reuse);
-        let instances = (reuse > 1).then(|| {
+        let concurrency =
+            deployment.max_instance_concurrency.min(tier.limits.max_instance_concurrency);
+        let shared = (app.is_p3() && reuse > 1).then(|| {
+            let key = (deployment.id.clone(), deployment.version, reuse, concurrency);
+            let shared = served.shared_instances.get(&key).cloned().unwrap_or_else(|| {
+                self.plane.runtime().shared_instances(&label, reuse, concurrency)
+            });
+            next.shared_instances.insert(key, shared.clone());
+            shared
+        });
+        let instances = (!app.is_p3() && reuse > 1).then(|| {
             let key = (deployment.id.clone(), deployment.version, reuse);
             let pool = served
                 .instance_pools
@@ -183,6 +196,7 @@ impl Node {
         let rates = Rates::of(&tier);
         Arc::new(LiveRoute {
             instances,
+            shared,
             capabilities,
             metrics: Arc::new(self.plane.metrics().route(&label, &deployment.tenant)),
             label,
@@ -214,6 +228,13 @@ fn keep_pools(served: &Served, next: &mut Served, route: &LiveRoute) {
         for (key, pool) in &served.instance_pools {
             if Arc::ptr_eq(pool, instances) {
                 next.instance_pools.insert(key.clone(), pool.clone());
+            }
+        }
+    }
+    if let Some(shared) = &route.shared {
+        for (key, kept) in &served.shared_instances {
+            if Arc::ptr_eq(kept, shared) {
+                next.shared_instances.insert(key.clone(), kept.clone());
             }
         }
     }

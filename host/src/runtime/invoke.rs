@@ -71,6 +71,9 @@ pub struct InvokeOptions {
     /// the request takes one if there is one, and gives its instance back
     /// if it ended well.
     pub reuse: Option<Arc<InstancePool>>,
+    /// The deployment's shared instances, when it is a WASIp3 component
+    /// that opted in to instance reuse: the request goes to one with room.
+    pub shared: Option<Arc<super::SharedInstances>>,
     /// The request's span (the guest's spans go under it) and trace
     /// context (carried on the guest's outgoing requests).
     pub trace: (tracing::Span, TraceParent),
@@ -336,8 +339,10 @@ impl Runtime {
         F: FnOnce(ExecutionReport) + Send + 'static,
     {
         if let Handler::P3(pre) = &app.handler {
-            // WASIp3: a fresh instance per request (instance reuse is a
-            // WASIp2 setting).
+            if let Some(shared) = options.shared.clone() {
+                return shared.invoke(self, slot, pre, request, options, on_done).await;
+            }
+            // WASIp3 without reuse: a fresh instance per request.
             let store = self.new_store(
                 options.limits.memory_bytes,
                 options.outbound.clone(),

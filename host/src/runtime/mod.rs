@@ -60,6 +60,7 @@ pub use outbound::{
     AddressClass, HostPattern, Network, OutboundPolicy, OutboundSettings, classify,
 };
 pub use output::{CapturedText, GuestText, MAX_CAPTURED_OUTPUT};
+pub use p3::SharedInstances;
 pub use phases::Phases;
 pub use reuse::InstancePool;
 pub use slots::{Refusal, Slot, SlotPool, TenantSlots};
@@ -178,6 +179,8 @@ pub struct Runtime {
     idle: Arc<reuse::IdleCount>,
     /// The pools of the deployments that reuse instances.
     pools: Arc<reuse::Pools>,
+    /// How long an instance kept for reuse may stay idle.
+    reuse_idle_timeout: Duration,
     /// Advances the engine's epoch every [`EPOCH_TICK`].
     _ticker: Periodic,
     /// Drops the instances idle past `REUSE_IDLE_TIMEOUT`, a few times per
@@ -287,6 +290,7 @@ impl Runtime {
                 config.reuse_idle_memory,
             )),
             pools,
+            reuse_idle_timeout: timeout,
             _ticker: ticker,
             _sweeper: sweeper,
         })
@@ -326,6 +330,24 @@ impl Runtime {
         let pool = Arc::new(InstancePool::new(name.to_owned(), max_uses, self.idle.clone()));
         self.pools.register(&pool);
         pool
+    }
+
+    /// The shared instances of one WASIp3 deployment that opted in to reuse
+    /// (`name`, its route, in logs): each serves up to `max_uses` requests
+    /// in all and `max_concurrent` at once, and ends after the idle timeout
+    /// (`REUSE_IDLE_TIMEOUT`).
+    pub fn shared_instances(
+        &self,
+        name: &str,
+        max_uses: u32,
+        max_concurrent: u32,
+    ) -> Arc<SharedInstances> {
+        Arc::new(SharedInstances::new(
+            name.to_owned(),
+            max_uses,
+            max_concurrent,
+            self.reuse_idle_timeout,
+        ))
     }
 
     /// Links a compiled component and pre-instantiates it as a wasi:http proxy.

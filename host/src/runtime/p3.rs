@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::body::HyperIncomingBody;
@@ -238,4 +239,445 @@ pub(super) fn service_pre(
     pre: &wasmtime::component::InstancePre<InvocationState>,
 ) -> Option<ServicePre<InvocationState>> {
     ServicePre::new(pre.clone()).ok()
+}
+
+/// The instances of one WASIp3 deployment that opted in to instance reuse
+/// (`max_instance_reuse` above 1), each serving up to
+/// `max_instance_concurrency` requests at once and `max_instance_reuse` in
+/// all. Requests go to the current instance while it has room, else to a
+/// new one; an instance that traps, runs out of memory or lets a request
+/// pass its deadline is dropped with every request it was serving (their
+/// clients get a 5xx or a body ending in an error, never a hang), and the
+/// next request gets a fresh instance.
+pub struct SharedInstances {
+    name: String,
+    max_uses: u32,
+    max_concurrent: u32,
+    idle_timeout: Duration,
+    current: std::sync::Mutex<Option<Arc<Worker>>>,
+    /// Instances alive now (for tests and metrics).
+    alive: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl std::fmt::Debug for SharedInstances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedInstances")
+            .field("name", &self.name)
+            .field("max_uses", &self.max_uses)
+            .field("max_concurrent", &self.max_concurrent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One instance's admission: what it has taken, whether it takes more.
+#[derive(Default)]
+struct Admission {
+    accepted: u32,
+    in_flight: u32,
+    closed: bool,
+}
+
+/// A running instance: where its requests go.
+struct Worker {
+    jobs: mpsc::UnboundedSender<Job>,
+    admission: std::sync::Mutex<Admission>,
+}
+
+impl Worker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes one more request if the instance has room for it.
+    fn try_accept(&self, max_uses: u32, max_concurrent: u32) -> bool {
+        let mut admission = self.lock();
+        let room = !admission.closed
+            && admission.accepted < max_uses
+            && admission.in_flight < max_concurrent;
+        if room {
+            admission.accepted += 1;
+            admission.in_flight += 1;
+        }
+        room
+    }
+
+    fn finished_one(&self) {
+        let mut admission = self.lock();
+        admission.in_flight = admission.in_flight.saturating_sub(1);
+    }
+
+    /// Takes no more requests; whether any is still in flight.
+    fn close(&self) -> bool {
+        let mut admission = self.lock();
+        admission.closed = true;
+        admission.in_flight > 0
+    }
+
+    fn used_up(&self, max_uses: u32) -> bool {
+        let admission = self.lock();
+        admission.accepted >= max_uses && admission.in_flight == 0
+    }
+}
+
+/// A request for a shared instance, and where its answer goes.
+struct Job {
+    id: u64,
+    request: Request<HyperIncomingBody>,
+    deadline: Instant,
+    head_tx: oneshot::Sender<(Head, Duration)>,
+    outcome_tx: watch::Sender<Option<Outcome>>,
+    outcome_rx: watch::Receiver<Option<Outcome>>,
+    tail: Tail,
+}
+
+/// What is left to do for a request once its run is over, whichever way.
+struct Tail {
+    on_done: Box<dyn FnOnce(ExecutionReport) + Send>,
+    request_id: String,
+    started: Instant,
+    slot: Slot,
+    status: Option<u16>,
+    reused: bool,
+    instantiate: Duration,
+}
+
+impl Tail {
+    fn finish(
+        self,
+        outcome: Outcome,
+        output: GuestText,
+        outcome_tx: &watch::Sender<Option<Outcome>>,
+    ) {
+        let wall = self.started.elapsed();
+        drop(self.slot);
+        let _ = outcome_tx.send(Some(outcome));
+        let status = match (outcome, self.status) {
+            (Outcome::Ok, Some(status)) => status,
+            (Outcome::GuestError, _) => 500,
+            (other, _) => other.response().status().as_u16(),
+        };
+        (self.on_done)(ExecutionReport {
+            outcome,
+            instantiate: self.instantiate,
+            wall,
+            reused: self.reused,
+            status,
+            output,
+        });
+    }
+}
+
+/// Requests an instance is serving: their tails and deadlines, kept outside
+/// the store so a failed instance can still answer for them.
+#[derive(Default)]
+struct InFlight {
+    tails: std::collections::HashMap<u64, (Tail, watch::Sender<Option<Outcome>>)>,
+    deadlines: std::collections::BTreeSet<(Instant, u64)>,
+}
+
+type Shared<T> = Arc<std::sync::Mutex<T>>;
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl SharedInstances {
+    /// An empty set of instances for the deployment `name` (its route).
+    pub fn new(name: String, max_uses: u32, max_concurrent: u32, idle_timeout: Duration) -> Self {
+        Self {
+            name,
+            max_uses: max_uses.max(1),
+            max_concurrent: max_concurrent.clamp(1, max_uses.max(1)),
+            idle_timeout,
+            current: std::sync::Mutex::new(None),
+            alive: Arc::default(),
+        }
+    }
+
+    /// Instances of this deployment alive now.
+    pub fn alive(&self) -> usize {
+        self.alive.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `request` on an instance of the deployment with room for it.
+    pub(super) async fn invoke<F>(
+        &self,
+        runtime: &super::Runtime,
+        slot: Slot,
+        pre: &ServicePre<InvocationState>,
+        request: Request<HyperIncomingBody>,
+        options: InvokeOptions,
+        on_done: F,
+    ) -> Response<ResponseBody>
+    where
+        F: FnOnce(ExecutionReport) + Send + 'static,
+    {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let (head_tx, head_rx) = oneshot::channel();
+        let (outcome_tx, mut outcome_rx) = watch::channel(None::<Outcome>);
+        let mut job = Job {
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            request,
+            deadline: Instant::now() + options.limits.timeout,
+            head_tx,
+            outcome_tx,
+            outcome_rx: outcome_rx.clone(),
+            tail: Tail {
+                on_done: Box::new(on_done),
+                request_id: options.request_id.clone(),
+                started: Instant::now(),
+                slot,
+                status: None,
+                reused: false,
+                instantiate: Duration::ZERO,
+            },
+        };
+        loop {
+            let worker = {
+                let mut current = locked(&self.current);
+                match current.as_ref() {
+                    Some(worker) if worker.try_accept(self.max_uses, self.max_concurrent) => {
+                        job.tail.reused = true;
+                        worker.clone()
+                    }
+                    _ => {
+                        let store = runtime.new_store(
+                            options.limits.memory_bytes,
+                            options.outbound.clone(),
+                            options.capabilities.clone(),
+                        );
+                        let worker = self.spawn(store, pre.clone());
+                        worker.try_accept(self.max_uses, self.max_concurrent);
+                        job.tail.reused = false;
+                        *current = Some(worker.clone());
+                        worker
+                    }
+                }
+            };
+            match worker.jobs.send(job) {
+                Ok(()) => break,
+                // The instance ended between the admission and the send.
+                Err(mpsc::error::SendError(back)) => {
+                    worker.close();
+                    job = back;
+                }
+            }
+        }
+        match head_rx.await {
+            Ok((Ok(response), _)) => response,
+            Ok((Err(code), _)) => {
+                tracing::debug!(?code, "the component answered with an error code");
+                error_response(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "component_error",
+                    "the component answered with an error",
+                )
+            }
+            Err(_) => match outcome_rx.wait_for(Option::is_some).await.ok().and_then(|o| *o) {
+                Some(Outcome::Ok) | None => Outcome::NoResponse.response(),
+                Some(outcome) => outcome.response(),
+            },
+        }
+    }
+
+    fn spawn(
+        &self,
+        mut store: Store<InvocationState>,
+        pre: ServicePre<InvocationState>,
+    ) -> Arc<Worker> {
+        let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
+        let worker = Arc::new(Worker { jobs, admission: std::sync::Mutex::default() });
+        let me = worker.clone();
+        let (max_uses, idle) = (self.max_uses, self.idle_timeout);
+        let name = self.name.clone();
+        let alive = self.alive.clone();
+        alive.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stdout = store.data().stdout.clone();
+        let stderr = store.data().stderr.clone();
+        tokio::spawn(async move {
+            let in_flight: Shared<InFlight> = Arc::default();
+            let started = Instant::now();
+            let ended = async {
+                let service = pre.instantiate_async(&mut store).await?;
+                let instantiate = started.elapsed();
+                let serving = store.run_concurrent(async |accessor| {
+                    serve(accessor, &service, &mut rx, &me, &in_flight, max_uses, idle, instantiate)
+                        .await
+                });
+                tokio::select! {
+                    result = serving => result.and_then(|inner| inner).map(|()| None),
+                    () = first_deadline(&in_flight) => Ok(Some(Outcome::Timeout)),
+                }
+            };
+            // Instantiation counts against the first request's deadline.
+            let first_deadline = locked(&in_flight).deadlines.first().map(|(at, _)| *at);
+            let ended = match first_deadline {
+                Some(at) => tokio::time::timeout_at(at.into(), ended)
+                    .await
+                    .unwrap_or(Ok(Some(Outcome::Timeout))),
+                None => ended.await,
+            };
+            let outcome = match ended {
+                Ok(None) => None,
+                Ok(Some(outcome)) => Some(outcome),
+                Err(error) => Some(classify(&error, store.data())),
+            };
+            me.close();
+            rx.close();
+            if let Some(outcome) = outcome {
+                tracing::info!(
+                    target: "wasmwiz::guest",
+                    route = %name,
+                    outcome = outcome.as_str(),
+                    "a shared WASIp3 instance {}: every request it was serving ends",
+                    outcome.describe()
+                );
+            }
+            drop(store);
+            // Every request still here ends with the instance (or, had it
+            // been ended well, was never served: none then).
+            let failed = outcome.unwrap_or(Outcome::NoResponse);
+            let tails: Vec<_> = locked(&in_flight).tails.drain().map(|(_, t)| t).collect();
+            for (tail, outcome_tx) in tails {
+                let output = GuestText {
+                    stdout: stdout.log(&tail.request_id, "stdout"),
+                    stderr: stderr.log(&tail.request_id, "stderr"),
+                };
+                tail.finish(failed, output, &outcome_tx);
+            }
+            while let Ok(job) = rx.try_recv() {
+                job.tail.finish(failed, GuestText::default(), &job.outcome_tx);
+            }
+            alive.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        worker
+    }
+}
+
+/// Resolves when a request in flight passes its deadline.
+async fn first_deadline(in_flight: &Shared<InFlight>) {
+    loop {
+        let next = locked(in_flight).deadlines.first().map(|(at, _)| *at);
+        match next {
+            Some(at) if at <= Instant::now() => return,
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            // Requests come with later deadlines than any before them: a
+            // short sleep is enough to notice the first one.
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Serves the instance's requests, many at once, until it is used up or
+/// idle; an error (a trap) ends it with every request in flight.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    accessor: &wasmtime::component::Accessor<InvocationState>,
+    service: &wasmtime_wasi_http::p3::bindings::Service,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    worker: &Worker,
+    in_flight: &Shared<InFlight>,
+    max_uses: u32,
+    idle: Duration,
+    instantiate: Duration,
+) -> wasmtime::Result<()> {
+    use futures::StreamExt as _;
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut first = true;
+    let mut open = true;
+    loop {
+        if !open && running.is_empty() {
+            return Ok(());
+        }
+        if running.is_empty() && worker.used_up(max_uses) {
+            worker.close();
+            rx.close();
+        }
+        tokio::select! {
+            job = rx.recv(), if open => match job {
+                Some(mut job) => {
+                    if first {
+                        job.tail.instantiate = instantiate;
+                        first = false;
+                    }
+                    let id = job.id;
+                    {
+                        let mut state = locked(in_flight);
+                        state.deadlines.insert((job.deadline, id));
+                    }
+                    running.push(serve_one(accessor, service, job, in_flight));
+                }
+                None => open = false,
+            },
+            Some(done) = running.next(), if !running.is_empty() => {
+                done?;
+                worker.finished_one();
+            }
+            () = tokio::time::sleep(idle), if running.is_empty() && open => {
+                worker.close();
+                rx.close();
+            }
+        }
+    }
+}
+
+/// One request on a shared instance: its head to its client, then the
+/// loop's attention until its body has been read.
+async fn serve_one(
+    accessor: &wasmtime::component::Accessor<InvocationState>,
+    service: &wasmtime_wasi_http::p3::bindings::Service,
+    job: Job,
+    in_flight: &Shared<InFlight>,
+) -> wasmtime::Result<()> {
+    let Job { id, request, deadline, head_tx, outcome_tx, outcome_rx, tail } = job;
+    let instantiate = tail.instantiate;
+    locked(in_flight).tails.insert(id, (tail, outcome_tx));
+    // The store's hooks only strip forbidden headers here, as the default
+    // ones do (ours change only outgoing requests).
+    let (request, request_io) =
+        wasmtime_wasi_http::p3::Request::from_http(wasmtime_wasi_http::default_hooks(), request);
+    let answered = match service.handle(accessor, request).await? {
+        Ok(response) => {
+            let response = accessor.with(|mut store| response.into_http(&mut store, request_io))?;
+            let (parts, body) = response.into_parts();
+            let status = parts.status.as_u16();
+            if let Some((tail, _)) = locked(in_flight).tails.get_mut(&id) {
+                tail.status = Some(status);
+            }
+            let (read_tx, read_rx) = oneshot::channel();
+            let body = StreamedBody {
+                inner: body,
+                read: Some(read_tx),
+                outcome: outcome_rx,
+                waiting: None,
+            };
+            let head = Response::from_parts(parts, body.boxed_unsync());
+            if head_tx.send((Ok(head), instantiate)).is_ok() {
+                let _ = read_rx.await;
+            }
+            Outcome::Ok
+        }
+        Err(code) => {
+            let _ = head_tx.send((Err(code), instantiate));
+            Outcome::GuestError
+        }
+    };
+    let done = {
+        let mut state = locked(in_flight);
+        state.deadlines.remove(&(deadline, id));
+        state.tails.remove(&id)
+    };
+    if let Some((tail, outcome_tx)) = done {
+        // What the instance printed while this request ran (with several at
+        // once, what the others printed meanwhile too).
+        let output = accessor.with(|mut store| {
+            let data = store.data_mut();
+            GuestText {
+                stdout: data.stdout.log(&tail.request_id, "stdout"),
+                stderr: data.stderr.log(&tail.request_id, "stderr"),
+            }
+        });
+        tail.finish(answered, output, &outcome_tx);
+    }
+    Ok(())
 }

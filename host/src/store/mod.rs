@@ -249,6 +249,8 @@ pub struct NewDeployment {
     /// Requests one instance may serve (1: a fresh instance each; 0 is
     /// taken as 1).
     pub max_instance_reuse: u32,
+    /// Requests one WASIp3 instance may serve at once (0 is taken as 1).
+    pub max_instance_concurrency: u32,
     /// `WASMWIZ_BASE_DOMAIN`: the tenant may use `<tenant>.<base>`.
     pub base_domain: Option<String>,
 }
@@ -280,6 +282,8 @@ pub struct Deployment {
     pub allowed_outbound_hosts: Vec<String>,
     /// Requests one instance may serve (1: a fresh instance each).
     pub max_instance_reuse: u32,
+    /// Requests one WASIp3 instance may serve at once.
+    pub max_instance_concurrency: u32,
     /// When the live version was created, Unix milliseconds.
     pub created_at: i64,
 }

@@ -93,11 +93,11 @@ pub(super) fn check_granted(
 pub(super) const TIER_COLUMNS: &str = "name, requests_per_minute, requests_per_day, \
      memory_limit_bytes, execution_timeout_ms, max_input_bytes, max_component_bytes, \
      kv_max_key_bytes, kv_max_value_bytes, kv_max_keys, kv_max_total_bytes, max_instance_reuse, \
-     max_concurrency";
+     max_concurrency, max_instance_concurrency";
 
 pub(super) const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.tenant_id, t.name AS tenant, \
      t.tier AS tier, d.route, d.host, v.version, v.component, v.config, v.secrets, \
-     v.allowed_outbound_hosts, v.max_instance_reuse, v.created_at \
+     v.allowed_outbound_hosts, v.max_instance_reuse, v.max_instance_concurrency, v.created_at \
      FROM deployments d \
      JOIN tenants t ON t.id = d.tenant_id \
      JOIN deployment_versions v ON v.deployment_id = d.id AND v.version = d.live_version \
@@ -138,6 +138,11 @@ macro_rules! sql_store {
                         max_concurrency: row
                             .try_get::<Option<i64>, _>("max_concurrency")?
                             .map(|n| u32::try_from(n).unwrap_or(u32::MAX).max(1)),
+                        max_instance_concurrency: u32::try_from(
+                            row.try_get::<i64, _>("max_instance_concurrency")?,
+                        )
+                        .unwrap_or(1)
+                        .max(1),
                     },
                 })
             }
@@ -223,6 +228,11 @@ macro_rules! sql_store {
                     )?,
                     max_instance_reuse: u32::try_from(
                         row.try_get::<i64, _>("max_instance_reuse")?,
+                    )
+                    .unwrap_or(1)
+                    .max(1),
+                    max_instance_concurrency: u32::try_from(
+                        row.try_get::<i64, _>("max_instance_concurrency")?,
                     )
                     .unwrap_or(1)
                     .max(1),
@@ -360,7 +370,7 @@ macro_rules! sql_store {
                 for tier in tiers {
                     let query = format!(
                         "INSERT INTO tiers ({TIER_COLUMNS}, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15) \
                          ON CONFLICT (name) DO NOTHING"
                     );
                     inserted += bind_tier(sqlx::query(sqlx::AssertSqlSafe(query)), tier)
@@ -380,7 +390,7 @@ macro_rules! sql_store {
                 let mut tx = self.begin_write().await?;
                 let query = format!(
                     "INSERT INTO tiers ({TIER_COLUMNS}, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15) \
                      ON CONFLICT (name) DO UPDATE SET \
                      requests_per_minute = excluded.requests_per_minute, \
                      requests_per_day = excluded.requests_per_day, \
@@ -394,6 +404,7 @@ macro_rules! sql_store {
                      kv_max_total_bytes = excluded.kv_max_total_bytes, \
                      max_instance_reuse = excluded.max_instance_reuse, \
                      max_concurrency = excluded.max_concurrency, \
+                     max_instance_concurrency = excluded.max_instance_concurrency, \
                      updated_at = excluded.updated_at"
                 );
                 bind_tier(sqlx::query(sqlx::AssertSqlSafe(query)), tier)
@@ -833,8 +844,8 @@ macro_rules! sql_store {
                 };
                 sqlx::query(
                     "INSERT INTO deployment_versions (deployment_id, version, component, config, \
-                     secrets, allowed_outbound_hosts, max_instance_reuse, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                     secrets, allowed_outbound_hosts, max_instance_reuse, max_instance_concurrency, \
+                     created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(&id)
                 .bind(version)
@@ -843,6 +854,7 @@ macro_rules! sql_store {
                 .bind(to_json(&new.secrets))
                 .bind(to_json(&new.allowed_outbound_hosts))
                 .bind(i64::from(new.max_instance_reuse.max(1)))
+                .bind(i64::from(new.max_instance_concurrency.max(1)))
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
@@ -1311,6 +1323,7 @@ macro_rules! sql_store {
                 .bind(big(limits.kv_max_total_bytes))
                 .bind(i64::from(limits.max_instance_reuse))
                 .bind(limits.max_concurrency.map(i64::from))
+                .bind(i64::from(limits.max_instance_concurrency))
         }
     };
 }

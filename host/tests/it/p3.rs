@@ -59,6 +59,14 @@ async fn a_wasip3_component_is_named_by_its_world_served_counted_and_logged(env:
 
 mod sqlite {
     #[tokio::test]
+    async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance() {
+        super::a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(
+            crate::helpers::ServeEnv::sqlite(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request() {
         super::every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(
             crate::helpers::ServeEnv::sqlite(),
@@ -76,6 +84,14 @@ mod sqlite {
 }
 
 mod postgres {
+    #[tokio::test]
+    async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance() {
+        super::a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(
+            crate::helpers::ServeEnv::postgres(),
+        )
+        .await;
+    }
+
     #[tokio::test]
     async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request() {
         super::every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(
@@ -191,5 +207,94 @@ async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(env: S
         }
         assert!(std::time::Instant::now() < deadline, "no captured output: {logs}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn count(api: &Api, ms: u64) -> (u16, String) {
+    api.get_text(&format!("/acme/shared/count?ms={ms}")).await
+}
+
+/// Concurrency per instance: requests that wait share an instance; a trap
+/// or a timeout on it ends every request it serves with a 5xx (no hang),
+/// and the next request gets a fresh instance.
+async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(env: ServeEnv) {
+    env.admin(&[
+        "tier",
+        "set",
+        "shared",
+        "--timeout",
+        "2000ms",
+        "--per-minute",
+        "unlimited",
+        "--per-day",
+        "unlimited",
+        "--max-instance-concurrency",
+        "16",
+    ]);
+    let key = env.tenant("acme", "shared", false);
+    let server = env.serve();
+    let api = Api::new(&server, &key);
+    let p3 = api.upload_component("hostile_p3").await;
+    let p2 = api.upload_component("hello").await;
+    let deploy = |body: serde_json::Value| {
+        let api = api.clone();
+        async move { api.deploy(body).await }
+    };
+    // Refused: concurrency on a WASIp2 component, above the reuse, above
+    // the tier's cap.
+    for (component, reuse, concurrency, says) in [
+        (&p2, 64, 8, "needs a WASIp3 component"),
+        (&p3, 4, 8, "needs max_instance_reuse of at least 8"),
+        (&p3, 64, 32, "allows max_instance_concurrency up to 16"),
+    ] {
+        let (status, body) = deploy(serde_json::json!({
+            "route": "/acme/refused/...", "component": component,
+            "max_instance_reuse": reuse, "max_instance_concurrency": concurrency,
+        }))
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(says), "{body}");
+    }
+    let (status, body) = deploy(serde_json::json!({
+        "route": "/acme/shared/...", "component": p3,
+        "max_instance_reuse": 1000, "max_instance_concurrency": 8,
+    }))
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["max_instance_concurrency"], 8);
+    api.deploy_component("hostile_p3", "/acme/fresh/...").await;
+
+    // Eight waiting requests at once share one instance: it counts 1 to 8.
+    let counts = futures::future::join_all((0..8).map(|_| count(&api, 300))).await;
+    let mut seen: Vec<u64> = counts
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            body.parse().unwrap()
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=8).collect::<Vec<_>>(), "eight requests on one instance");
+    // Without the opt-in, every request is on a fresh instance.
+    for _ in 0..3 {
+        assert_eq!(api.get_text("/acme/fresh/count").await, (200, "1".to_string()));
+    }
+
+    // A trap while others wait on the same instance: they get a 5xx at
+    // once, not a hang; the next request has a fresh instance.
+    for (bad, status) in [("trap", 500), ("loop", 504)] {
+        let started = std::time::Instant::now();
+        let waiting = futures::future::join_all((0..4).map(|_| count(&api, 1500)));
+        let failing = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            api.get_text(&format!("/acme/shared/{bad}")).await
+        };
+        let (waiting, (bad_status, bad_body)) = tokio::join!(waiting, failing);
+        assert_eq!(bad_status, status, "{bad}: {bad_body}");
+        for (status, body) in waiting {
+            assert!(status >= 500, "a request sharing the instance with `{bad}`: {status} {body}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(6), "{bad}: {:?}", started.elapsed());
+        assert_eq!(count(&api, 0).await, (200, "1".to_string()), "a fresh instance after {bad}");
     }
 }

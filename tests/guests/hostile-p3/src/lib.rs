@@ -2,7 +2,9 @@
 //! `ok`, `trap`, `loop` (computes forever), `sleep?ms=N` (waits, then
 //! answers), `oom` (allocates until refused), `error-code` (answers with an
 //! error code), `body-trap` (answers, then traps while writing the body),
-//! `stream?chunks=N&ms=M` (writes N chunks, M ms apart), `print?tag=T`.
+//! `stream?chunks=N&ms=M` (writes N chunks, M ms apart), `print?tag=T`,
+//! `count?ms=N` (counts the requests this instance has taken, waits, then
+//! answers the count: 1 on a fresh instance).
 
 use std::hint::black_box;
 
@@ -13,6 +15,9 @@ use wasip3::{wit_bindgen, wit_future, wit_stream};
 wasip3::http::service::export!(HostileP3);
 
 struct HostileP3;
+
+/// Requests this instance has taken (`count`).
+static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query
@@ -56,6 +61,13 @@ impl wasip3::exports::http::handler::Guest for HostileP3 {
         let query = query.to_string();
         match action {
             "ok" => Ok(text("ok")),
+            "count" => {
+                let n = TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                sleep_ms(num(&query, "ms", 0)).await;
+                Ok(respond(move |mut tx| async move {
+                    tx.write_all(n.to_string().into_bytes()).await;
+                }))
+            }
             "trap" => panic!("the guest trapped on purpose"),
             "loop" => {
                 let mut n = 0u64;
