@@ -631,6 +631,9 @@ async fn serve_one(
 ) -> wasmtime::Result<()> {
     let Job { id, request, deadline, head_tx, outcome_tx, outcome_rx, tail } = job;
     let instantiate = tail.instantiate;
+    if tail.reused {
+        accessor.with(|mut store| store.data_mut().another_request());
+    }
     locked(in_flight).tails.insert(id, (tail, outcome_tx));
     // The store's hooks only strip forbidden headers here, as the default
     // ones do (ours change only outgoing requests).

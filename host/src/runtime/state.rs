@@ -76,7 +76,7 @@ impl InvocationState {
             table,
             wasi,
             http: WasiHttpCtx::new(),
-            hooks: GuestHooks { policy: outbound, sent: 0, trace: None },
+            hooks: GuestHooks { policy: outbound, sent: 0, requests: 1, trace: None },
             kept_bytes: 0,
             caps,
             kv_ops: 0,
@@ -100,6 +100,12 @@ impl InvocationState {
     }
 
     /// Sets the trace context the guest's outgoing requests carry.
+    /// One more request joins this store (a shared WASIp3 instance): its
+    /// allowance of outgoing requests is added to the store's.
+    pub(super) fn another_request(&mut self) {
+        self.hooks.requests = self.hooks.requests.saturating_add(1);
+    }
+
     pub(super) fn trace_outgoing(&mut self, trace: TraceParent) {
         self.hooks.trace = Some(trace);
     }
@@ -113,7 +119,7 @@ impl InvocationState {
         outbound: OutboundPolicy,
         caps: Arc<Capabilities>,
     ) {
-        self.hooks = GuestHooks { policy: outbound, sent: 0, trace: None };
+        self.hooks = GuestHooks { policy: outbound, sent: 0, requests: 1, trace: None };
         self.caps = caps;
         self.kv_ops = 0;
         self.limiter.memory_limit = usize::try_from(memory_limit).unwrap_or(usize::MAX);
@@ -202,6 +208,9 @@ impl WasiHttpView for InvocationState {
 pub(super) struct GuestHooks {
     policy: OutboundPolicy,
     sent: u32,
+    /// Requests the store has served: each brings its own allowance of
+    /// outgoing requests (a shared WASIp3 instance serves many).
+    requests: u32,
     trace: Option<TraceParent>,
 }
 
@@ -221,7 +230,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for GuestHooks {
                 >,
             > + Send,
     > {
-        if self.sent >= self.policy.max_requests() {
+        if self.sent >= self.policy.max_requests().saturating_mul(self.requests) {
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         }
         self.sent += 1;

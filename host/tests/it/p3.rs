@@ -59,6 +59,14 @@ async fn a_wasip3_component_is_named_by_its_world_served_counted_and_logged(env:
 
 mod sqlite {
     #[tokio::test]
+    async fn a_wasip3_handler_streams_an_upstreams_answer_while_others_share_its_instance() {
+        super::a_wasip3_handler_streams_an_upstreams_answer_while_others_share_its_instance(
+            crate::helpers::ServeEnv::sqlite(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance() {
         super::a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(
             crate::helpers::ServeEnv::sqlite(),
@@ -84,6 +92,14 @@ mod sqlite {
 }
 
 mod postgres {
+    #[tokio::test]
+    async fn a_wasip3_handler_streams_an_upstreams_answer_while_others_share_its_instance() {
+        super::a_wasip3_handler_streams_an_upstreams_answer_while_others_share_its_instance(
+            crate::helpers::ServeEnv::postgres(),
+        )
+        .await;
+    }
+
     #[tokio::test]
     async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance() {
         super::a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(
@@ -297,4 +313,104 @@ async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(env: Ser
         assert!(started.elapsed() < Duration::from_secs(6), "{bad}: {:?}", started.elapsed());
         assert_eq!(count(&api, 0).await, (200, "1".to_string()), "a fresh instance after {bad}");
     }
+}
+
+/// An upstream on loopback that answers every request with three chunks,
+/// `gap` apart; its address.
+async fn chunked_upstream(gap: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\
+                          transfer-encoding: chunked\r\n\r\n",
+                    )
+                    .await;
+                for i in 0..3 {
+                    let chunk = format!("part {i}\n");
+                    let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+                    if socket.write_all(framed.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(gap).await;
+                }
+                let _ = socket.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    addr
+}
+
+/// examples/fetch-p3: calls an upstream and streams its answer through, on
+/// an instance shared by requests that wait.
+async fn a_wasip3_handler_streams_an_upstreams_answer_while_others_share_its_instance(
+    mut env: ServeEnv,
+) {
+    env.set("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8");
+    let key = env.tenant("acme", "pro", false);
+    let server = env.serve();
+    let api = Api::new(&server, &key);
+    let upstream = chunked_upstream(Duration::from_millis(300)).await;
+    let digest = api.upload_component("fetch_p3").await;
+    let (status, body) = api
+        .deploy(serde_json::json!({
+            "route": "/acme/fetch/...", "component": digest,
+            "allowed_outbound_hosts": [format!("http://{upstream}")],
+            "max_instance_reuse": 1000, "max_instance_concurrency": 32,
+        }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let url = server.url(&format!("/acme/fetch/?url=http://{upstream}/data"));
+
+    // The first part arrives while the upstream still writes the rest.
+    let started = std::time::Instant::now();
+    let mut response = crate::helpers::client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert!(first.starts_with(b"part 0"), "{first:?}");
+    let mut rest = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    let whole = [first.to_vec(), rest].concat();
+    assert_eq!(String::from_utf8(whole).unwrap(), "part 0\npart 1\npart 2\n");
+    assert!(first_at < Duration::from_millis(500), "the first part took {first_at:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not streamed: {:?}",
+        started.elapsed()
+    );
+
+    // Thirty-two at once, each waiting on the upstream: all whole, together.
+    let started = std::time::Instant::now();
+    let all =
+        futures::future::join_all(
+            (0..32).map(|_| {
+                let url = url.clone();
+                async move {
+                    crate::helpers::client().get(&url).send().await.unwrap().text().await.unwrap()
+                }
+            }),
+        )
+        .await;
+    assert!(all.iter().all(|b| b == "part 0\npart 1\npart 2\n"), "{all:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+
+    // An upstream the deployment does not allow is refused by the host.
+    let (status, body) = api.get_text("/acme/fetch/?url=http://127.0.0.2:9/").await;
+    assert_eq!(status, 502, "{body}");
 }
