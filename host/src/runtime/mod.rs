@@ -181,6 +181,8 @@ pub struct Runtime {
     pools: Arc<reuse::Pools>,
     /// How long an instance kept for reuse may stay idle.
     reuse_idle_timeout: Duration,
+    /// Shared WASIp3 instances alive, and the requests on them.
+    shared: Arc<p3::SharedCounts>,
     /// Advances the engine's epoch every [`EPOCH_TICK`].
     _ticker: Periodic,
     /// Drops the instances idle past `REUSE_IDLE_TIMEOUT`, a few times per
@@ -291,6 +293,7 @@ impl Runtime {
             )),
             pools,
             reuse_idle_timeout: timeout,
+            shared: Arc::default(),
             _ticker: ticker,
             _sweeper: sweeper,
         })
@@ -312,9 +315,13 @@ impl Runtime {
         self.pool_size
     }
 
-    /// Instances running now.
+    /// Instances running now: one per request in the pool, but requests on
+    /// shared WASIp3 instances count as the instances they share.
     pub fn instances_in_use(&self) -> usize {
-        self.slots.in_use() as usize
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.slots.in_use() as usize)
+            .saturating_sub(self.shared.requests.load(Relaxed))
+            .saturating_add(self.shared.alive.load(Relaxed))
     }
 
     /// Instances kept idle for reuse now.
@@ -347,6 +354,7 @@ impl Runtime {
             max_uses,
             max_concurrent,
             self.reuse_idle_timeout,
+            self.shared.clone(),
         ))
     }
 

@@ -255,8 +255,33 @@ pub struct SharedInstances {
     max_concurrent: u32,
     idle_timeout: Duration,
     current: std::sync::Mutex<Option<Arc<Worker>>>,
-    /// Instances alive now (for tests and metrics).
-    alive: Arc<std::sync::atomic::AtomicUsize>,
+    /// The node's count of shared instances and of the requests on them.
+    counts: Arc<SharedCounts>,
+}
+
+/// Shared instances alive on the node, and requests running on them: each
+/// such request holds a place in the instance pool, but they share far
+/// fewer instances (what `wasmwiz_instances_in_use` reports).
+#[derive(Debug, Default)]
+pub struct SharedCounts {
+    pub(super) alive: std::sync::atomic::AtomicUsize,
+    pub(super) requests: std::sync::atomic::AtomicUsize,
+}
+
+/// A request on a shared instance, counted while it runs.
+struct Counted(Arc<SharedCounts>);
+
+impl Counted {
+    fn new(counts: &Arc<SharedCounts>) -> Self {
+        counts.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(counts.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for SharedInstances {
@@ -336,6 +361,7 @@ struct Tail {
     request_id: String,
     started: Instant,
     slot: Slot,
+    _counted: Counted,
     status: Option<u16>,
     reused: bool,
     instantiate: Duration,
@@ -383,20 +409,21 @@ fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl SharedInstances {
     /// An empty set of instances for the deployment `name` (its route).
-    pub fn new(name: String, max_uses: u32, max_concurrent: u32, idle_timeout: Duration) -> Self {
+    pub(super) fn new(
+        name: String,
+        max_uses: u32,
+        max_concurrent: u32,
+        idle_timeout: Duration,
+        counts: Arc<SharedCounts>,
+    ) -> Self {
         Self {
             name,
             max_uses: max_uses.max(1),
             max_concurrent: max_concurrent.clamp(1, max_uses.max(1)),
             idle_timeout,
             current: std::sync::Mutex::new(None),
-            alive: Arc::default(),
+            counts,
         }
-    }
-
-    /// Instances of this deployment alive now.
-    pub fn alive(&self) -> usize {
-        self.alive.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `request` on an instance of the deployment with room for it.
@@ -427,6 +454,7 @@ impl SharedInstances {
                 request_id: options.request_id.clone(),
                 started: Instant::now(),
                 slot,
+                _counted: Counted::new(&self.counts),
                 status: None,
                 reused: false,
                 instantiate: Duration::ZERO,
@@ -490,8 +518,8 @@ impl SharedInstances {
         let me = worker.clone();
         let (max_uses, idle) = (self.max_uses, self.idle_timeout);
         let name = self.name.clone();
-        let alive = self.alive.clone();
-        alive.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let counts = self.counts.clone();
+        counts.alive.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stdout = store.data().stdout.clone();
         let stderr = store.data().stderr.clone();
         tokio::spawn(async move {
@@ -548,7 +576,7 @@ impl SharedInstances {
             while let Ok(job) = rx.try_recv() {
                 job.tail.finish(failed, GuestText::default(), &job.outcome_tx);
             }
-            alive.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            counts.alive.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
         worker
     }

@@ -280,8 +280,19 @@ async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(env: Ser
     assert_eq!(body["max_instance_concurrency"], 8);
     api.deploy_component("hostile_p3", "/acme/fresh/...").await;
 
-    // Eight waiting requests at once share one instance: it counts 1 to 8.
-    let counts = futures::future::join_all((0..8).map(|_| count(&api, 300))).await;
+    // Eight waiting requests at once share one instance: it counts 1 to 8,
+    // and the node reports one instance in use meanwhile.
+    let in_use = async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let metrics = api.get_text("/metrics").await.1;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("wasmwiz_instances_in_use "))
+            .map(|v| v.trim().to_string())
+    };
+    let (counts, in_use) =
+        tokio::join!(futures::future::join_all((0..8).map(|_| count(&api, 1000))), in_use);
+    assert_eq!(in_use.as_deref(), Some("1"), "instances in use while eight requests wait");
     let mut seen: Vec<u64> = counts
         .iter()
         .map(|(status, body)| {
