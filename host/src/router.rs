@@ -687,3 +687,187 @@ mod tests {
         assert_eq!(t.lookup(None, "/r10000"), None);
     }
 }
+
+/// Properties of the router, for any set of routes and requests drawn from
+/// a small alphabet (so that routes collide, nest and share prefixes).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn path() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "ab", "c"]), 0..4)
+            .prop_map(|segments| segments.iter().map(|s| format!("/{s}")).collect::<String>())
+    }
+
+    fn host() -> impl Strategy<Value = Option<&'static str>> {
+        prop::sample::select(vec![None, Some("x.example"), Some("y.example")])
+    }
+
+    /// A route: a path (`/` alone only as the root wildcard) and whether
+    /// it is a wildcard.
+    fn route() -> impl Strategy<Value = (String, bool, Option<&'static str>)> {
+        (path(), any::<bool>(), host()).prop_map(|(path, wildcard, host)| {
+            let wildcard = wildcard || path.is_empty();
+            (path, wildcard, host)
+        })
+    }
+
+    fn spin((path, wildcard, _): &(String, bool, Option<&'static str>)) -> String {
+        if *wildcard { format!("{path}/...") } else { path.clone() }
+    }
+
+    /// A request path: a route-like path, maybe with a trailing slash.
+    fn request() -> impl Strategy<Value = (String, bool, Option<&'static str>)> {
+        (path(), any::<bool>(), host())
+    }
+
+    /// The specification of a lookup, by brute force: among the routes of
+    /// the request's host if any matches, else among the host-less ones,
+    /// an exact route over a wildcard, and the longest wildcard.
+    fn most_specific<'a>(
+        patterns: &'a [(RoutePattern, usize)],
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<usize> {
+        let best = |on_host: Option<&str>| {
+            patterns
+                .iter()
+                .filter(|(p, _)| p.host() == on_host && p.matches_path(path))
+                .max_by_key(|(p, _)| (!p.is_wildcard(), p.path.len()))
+                .map(|(_, i)| *i)
+        };
+        host.and_then(|h| best(Some(h))).or_else(|| best(None))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// The most specific route wins, for every request.
+        #[test]
+        fn the_most_specific_route_wins(
+            routes in prop::collection::vec(route(), 1..12),
+            requests in prop::collection::vec(request(), 1..24),
+        ) {
+            let mut table = RouteTable::new();
+            let mut patterns: Vec<(RoutePattern, usize)> = Vec::new();
+            for (i, r) in routes.iter().enumerate() {
+                let pattern = RoutePattern::parse(&spin(r), r.2, &[]).unwrap();
+                // A later route on the same pattern replaces the earlier.
+                patterns.retain(|(p, _)| p != &pattern);
+                patterns.push((pattern.clone(), i));
+                table.insert(&pattern, i);
+            }
+            for (path, slash, host) in &requests {
+                let path = if *slash || path.is_empty() { format!("{path}/") } else { path.clone() };
+                prop_assert_eq!(
+                    table.lookup(*host, &path).copied(),
+                    most_specific(&patterns, *host, &path),
+                    "{} on {:?}", path, host
+                );
+            }
+        }
+
+        /// Grants that do not overlap (what the store lets two tenants
+        /// hold) never both cover a route: no route can be deployed by two
+        /// tenants.
+        #[test]
+        fn no_route_is_inside_two_tenants_grants(
+            a in prop::collection::vec(route(), 1..5),
+            b in prop::collection::vec(route(), 1..5),
+            routes in prop::collection::vec(route(), 1..24),
+        ) {
+            let grants = |routes: &[(String, bool, Option<&'static str>)]| -> Vec<Grant> {
+                routes
+                    .iter()
+                    .filter_map(|r| match r.2 {
+                        Some(host) => Grant::host(host).ok(),
+                        None => Grant::path(&spin(r), &[]).ok(),
+                    })
+                    .collect()
+            };
+            let a = grants(&a);
+            // B holds only what overlaps none of A's (as the store refuses).
+            let b: Vec<Grant> =
+                grants(&b).into_iter().filter(|g| !a.iter().any(|x| x.overlaps(g))).collect();
+            for r in &routes {
+                let pattern = RoutePattern::parse(&spin(r), r.2, &[]).unwrap();
+                let in_a = a.iter().any(|g| g.covers(&pattern));
+                let in_b = b.iter().any(|g| g.covers(&pattern));
+                prop_assert!(!(in_a && in_b), "{} is inside both tenants' grants", pattern);
+            }
+        }
+
+        /// A route one tenant deploys inside its grants never changes what
+        /// a request to another tenant's route resolves to; except, by
+        /// design, on a host granted to the deploying tenant, whose routes
+        /// bound to it come before every tenant's host-less ones there.
+        #[test]
+        fn a_deployment_never_changes_what_another_tenants_route_matches(
+            a_grants in prop::collection::vec(route(), 1..4),
+            b_grant in route(),
+            a_routes in prop::collection::vec(route(), 1..10),
+            (b_below, b_wildcard) in (path(), any::<bool>()),
+            requests in prop::collection::vec(request(), 1..24),
+        ) {
+            let to_grant = |r: &(String, bool, Option<&'static str>)| match r.2 {
+                Some(host) => Grant::host(host).ok(),
+                None => Grant::path(&spin(r), &[]).ok(),
+            };
+            let Some(b) = to_grant(&b_grant) else { return Ok(()) };
+            // A holds only what does not overlap B's grant (the store
+            // refuses the rest).
+            let a: Vec<Grant> = a_grants
+                .iter()
+                .filter_map(to_grant)
+                .filter(|g| !g.overlaps(&b))
+                .collect();
+            // B's route, inside its grant by construction.
+            let b_pattern = match &b {
+                Grant::Host(host) => {
+                    let route = if b_wildcard || b_below.is_empty() {
+                        format!("{b_below}/...")
+                    } else {
+                        b_below.clone()
+                    };
+                    RoutePattern::parse(&route, Some(host), &[]).unwrap()
+                }
+                Grant::Path(grant) if grant.is_wildcard() => {
+                    let path = format!("{}{b_below}", grant.path);
+                    let route = if b_wildcard || path.is_empty() { format!("{path}/...") } else { path };
+                    RoutePattern::parse(&route, None, &[]).unwrap()
+                }
+                Grant::Path(grant) => grant.clone(),
+            };
+            prop_assert!(b.covers(&b_pattern), "{} outside {}", b_pattern, b);
+            let mut before = RouteTable::new();
+            for r in &a_routes {
+                let pattern = RoutePattern::parse(&spin(r), r.2, &[]).unwrap();
+                if a.iter().any(|g| g.covers(&pattern)) {
+                    before.insert(&pattern, spin(r) + r.2.unwrap_or(""));
+                }
+            }
+            let mut after = RouteTable::new();
+            for r in &a_routes {
+                let pattern = RoutePattern::parse(&spin(r), r.2, &[]).unwrap();
+                if a.iter().any(|g| g.covers(&pattern)) {
+                    after.insert(&pattern, spin(r) + r.2.unwrap_or(""));
+                }
+            }
+            after.insert(&b_pattern, "B".to_string());
+            for (path, slash, host) in &requests {
+                if matches!((&b, host), (Grant::Host(owned), Some(h)) if owned == h) {
+                    continue;
+                }
+                let path = if *slash || path.is_empty() { format!("{path}/") } else { path.clone() };
+                if let Some(a_target) = before.lookup(*host, &path) {
+                    prop_assert_eq!(
+                        after.lookup(*host, &path), Some(a_target),
+                        "B's {} took {} on {:?}", b_pattern, path, host
+                    );
+                }
+            }
+        }
+    }
+}
