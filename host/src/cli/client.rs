@@ -224,9 +224,10 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let component = component?;
     let digest = component["digest"].as_str().context("the server did not say the digest")?;
     say(&format!(
-        "uploaded {} ({} bytes, compiled in {} ms; {:.1} s in all)",
+        "uploaded {} ({} bytes, {}, compiled in {} ms; {:.1} s in all)",
         digest,
         component["size"],
+        component["world"].as_str().unwrap_or("world unknown"),
         component["compile_ms"],
         took.as_secs_f64()
     ));
