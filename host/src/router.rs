@@ -726,8 +726,8 @@ mod properties {
     /// The specification of a lookup, by brute force: among the routes of
     /// the request's host if any matches, else among the host-less ones,
     /// an exact route over a wildcard, and the longest wildcard.
-    fn most_specific<'a>(
-        patterns: &'a [(RoutePattern, usize)],
+    fn most_specific(
+        patterns: &[(RoutePattern, usize)],
         host: Option<&str>,
         path: &str,
     ) -> Option<usize> {
