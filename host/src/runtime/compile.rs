@@ -185,9 +185,13 @@ fn import_allowed(name: &str) -> bool {
         return false;
     };
     let package = package_interface.split('/').next().unwrap_or("");
-    ALLOWED_IMPORTS
-        .iter()
-        .any(|(allowed, prefix)| package == *allowed && version.starts_with(prefix))
+    // WASIp3 release candidates (`0.3.0-rc-...`) never link with the
+    // final 0.3.0 that wasmtime 48 implements: refused by name at upload.
+    let candidate = version.starts_with("0.3.") && version.contains('-');
+    !candidate
+        && ALLOWED_IMPORTS
+            .iter()
+            .any(|(allowed, prefix)| package == *allowed && version.starts_with(prefix))
 }
 
 /// Compiled code on local disk, one file per component digest, in a folder
@@ -258,6 +262,9 @@ mod tests {
         assert!(import_allowed("wasi:cli/environment@0.2.0"));
         assert!(import_allowed("wasi:io/streams@0.2.12"));
         assert!(!import_allowed("wasi:http/types@0.3.0-rc-2025-08-15"));
+        assert!(import_allowed("wasi:http/types@0.3.0"));
+        assert!(import_allowed("wasi:cli/stdout@0.3.0"));
+        assert!(!import_allowed("wasi:filesystem/types@0.3.0"));
         assert!(!import_allowed("acme:secrets/vault@1.0.0"));
         assert!(!import_allowed("wasi:nn/graph@0.2.0"));
         assert!(!import_allowed("unversioned"));
