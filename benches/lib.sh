@@ -11,7 +11,7 @@ bench_bin=$bench_root/target/$bench_profile/wasmwiz
 bench_pids=()
 # Server name -> pid (bench_start fills it), and each server's CPU time per
 # request, one figure per wrk run (bench_rounds fills it).
-declare -A bench_pid_of=() bench_cpu=()
+declare -A bench_pid_of=() bench_cpu=() bench_errors=()
 
 # Parses a benchmark script's options: bench_options SPEC "$@", SPEC being
 # the getopts letters the script takes (say "r:d:c:t:n:"). -r, -d, -c, -t
@@ -285,8 +285,11 @@ bench_rounds() {
             if declare -F bench_after_run >/dev/null; then bench_after_run "${urls[$i]}"; fi
             if [ "$bad" != 0 ]; then
                 echo "${names[$i]}: $bad non-2xx answers in round $round" >&2
-                return 1
+                # A script that sets bench_allow_errors reports them
+                # (bench_errors) instead of stopping.
+                [ -n "${bench_allow_errors:-}" ] || return 1
             fi
+            bench_errors[${names[$i]}]+="$bad:$n " 
             rps[${names[$i]}]+="$r "
             p50[${names[$i]}]+="$l50 "
             p99[${names[$i]}]+="$l99 "

@@ -244,7 +244,7 @@ pub(super) fn service_pre(
 /// The instances of one WASIp3 deployment that opted in to instance reuse
 /// (`max_instance_reuse` above 1), each serving up to
 /// `max_instance_concurrency` requests at once and `max_instance_reuse` in
-/// all. Requests go to the current instance while it has room, else to a
+/// all. Requests go to the first instance with room, else to a
 /// new one; an instance that traps, runs out of memory or lets a request
 /// pass its deadline is dropped with every request it was serving (their
 /// clients get a 5xx or a body ending in an error, never a hang), and the
@@ -254,7 +254,8 @@ pub struct SharedInstances {
     max_uses: u32,
     max_concurrent: u32,
     idle_timeout: Duration,
-    current: std::sync::Mutex<Option<Arc<Worker>>>,
+    /// The instances alive: a request goes to the first with room.
+    workers: std::sync::Mutex<Vec<Arc<Worker>>>,
     /// The node's count of shared instances and of the requests on them.
     counts: Arc<SharedCounts>,
 }
@@ -421,7 +422,7 @@ impl SharedInstances {
             max_uses: max_uses.max(1),
             max_concurrent: max_concurrent.clamp(1, max_uses.max(1)),
             idle_timeout,
-            current: std::sync::Mutex::new(None),
+            workers: std::sync::Mutex::default(),
             counts,
         }
     }
@@ -462,13 +463,19 @@ impl SharedInstances {
         };
         loop {
             let worker = {
-                let mut current = locked(&self.current);
-                match current.as_ref() {
-                    Some(worker) if worker.try_accept(self.max_uses, self.max_concurrent) => {
+                let mut workers = locked(&self.workers);
+                // Instances that take no more requests leave the list.
+                workers.retain(|worker| !worker.lock().closed);
+                let found = workers
+                    .iter()
+                    .find(|worker| worker.try_accept(self.max_uses, self.max_concurrent))
+                    .cloned();
+                match found {
+                    Some(worker) => {
                         job.tail.reused = true;
-                        worker.clone()
+                        worker
                     }
-                    _ => {
+                    None => {
                         let store = runtime.new_store(
                             options.limits.memory_bytes,
                             options.outbound.clone(),
@@ -477,7 +484,7 @@ impl SharedInstances {
                         let worker = self.spawn(store, pre.clone());
                         worker.try_accept(self.max_uses, self.max_concurrent);
                         job.tail.reused = false;
-                        *current = Some(worker.clone());
+                        workers.push(worker.clone());
                         worker
                     }
                 }
