@@ -324,6 +324,26 @@ async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(env: Ser
         assert!(started.elapsed() < Duration::from_secs(6), "{bad}: {:?}", started.elapsed());
         assert_eq!(count(&api, 0).await, (200, "1".to_string()), "a fresh instance after {bad}");
     }
+
+    // Round after round of twice as many waiting requests as an instance
+    // takes at once: the same two instances serve them all (none is left
+    // idle beside a new one).
+    for round in 0..3 {
+        let in_use = async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let metrics = api.get_text("/metrics").await.1;
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("wasmwiz_instances_in_use "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (answers, in_use) =
+            tokio::join!(futures::future::join_all((0..16).map(|_| count(&api, 1500))), in_use);
+        assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
+        // Two while all sixteen wait (one if some had not arrived yet);
+        // before instances were all offered requests, one more each round.
+        assert!(matches!(in_use, Some(1..=2)), "instances in use in round {round}: {in_use:?}");
+    }
 }
 
 /// An upstream on loopback that answers every request with three chunks,
