@@ -328,6 +328,7 @@ async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(env: Ser
     // Round after round of twice as many waiting requests as an instance
     // takes at once: the same two instances serve them all (none is left
     // idle beside a new one).
+    let mut seen = Vec::new();
     for round in 0..3 {
         let in_use = async {
             tokio::time::sleep(Duration::from_millis(700)).await;
@@ -340,10 +341,16 @@ async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(env: Ser
         let (answers, in_use) =
             tokio::join!(futures::future::join_all((0..16).map(|_| count(&api, 1500))), in_use);
         assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
-        // Two while all sixteen wait (one if some had not arrived yet);
-        // before instances were all offered requests, one more each round.
-        assert!(matches!(in_use, Some(1..=2)), "instances in use in round {round}: {in_use:?}");
+        // Two while all sixteen wait (one if some had not arrived yet, one
+        // more while an instance the loop above ended is still being
+        // dropped on a loaded machine).
+        let in_use = in_use.unwrap_or(0);
+        assert!((1..=3).contains(&in_use), "instances in use in round {round}: {in_use}");
+        seen.push(in_use);
     }
+    // Before every live instance was offered requests, one more was left
+    // idle each round (2, 3, 4).
+    assert!(seen[2] <= seen[0].max(2), "instances piled up round after round: {seen:?}");
 }
 
 /// An upstream on loopback that answers every request with three chunks,
