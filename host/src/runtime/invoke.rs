@@ -254,6 +254,20 @@ impl Outcome {
         }
     }
 
+    /// Logs a run that did not end well (nothing for one that did).
+    pub(super) fn log_failure(self, request_id: &str, wall: Duration) {
+        if self != Outcome::Ok {
+            tracing::info!(
+                target: "wasmwiz::guest",
+                request_id,
+                outcome = self.as_str(),
+                elapsed_ms = wall.as_millis() as u64,
+                "the component {}",
+                self.describe()
+            );
+        }
+    }
+
     /// Words for logs and error messages.
     pub fn describe(self) -> &'static str {
         match self {
@@ -484,7 +498,9 @@ fn with_body(
     Response::from_parts(parts, wrap(body))
 }
 
-fn guest_error_response(code: &ErrorCode) -> Response<ResponseBody> {
+/// The answer to a guest that answered with an error code (WASIp2's or
+/// WASIp3's) instead of a response.
+pub(super) fn guest_error_response(code: &impl std::fmt::Debug) -> Response<ResponseBody> {
     tracing::debug!(?code, "the component answered with an error code");
     error_response(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -577,16 +593,7 @@ impl GuestRun {
         };
         guest_span.record("outcome", outcome.as_str());
         drop(guest_span);
-        if outcome != Outcome::Ok {
-            tracing::info!(
-                target: "wasmwiz::guest",
-                request_id,
-                outcome = outcome.as_str(),
-                elapsed_ms = wall.as_millis() as u64,
-                "the component {}",
-                outcome.describe()
-            );
-        }
+        outcome.log_failure(&request_id, wall);
         head.finish(outcome);
         if let (true, Some(pool)) = (reused, &reuse) {
             pool.reused_instance_ended(

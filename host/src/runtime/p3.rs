@@ -27,7 +27,7 @@ use wasmtime_wasi_http::p2::body::HyperIncomingBody;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
-use super::invoke::{ExecutionReport, InvokeOptions, Outcome, classify};
+use super::invoke::{ExecutionReport, InvokeOptions, Outcome, classify, guest_error_response};
 use super::output::GuestText;
 use super::slots::Slot;
 use super::state::InvocationState;
@@ -121,16 +121,7 @@ where
         };
         guest_span.record("outcome", outcome.as_str());
         drop(guest_span);
-        if outcome != Outcome::Ok {
-            tracing::info!(
-                target: "wasmwiz::guest",
-                request_id,
-                outcome = outcome.as_str(),
-                elapsed_ms = wall.as_millis() as u64,
-                "the component {}",
-                outcome.describe()
-            );
-        }
+        outcome.log_failure(&request_id, wall);
         let data = store.data();
         let output = GuestText {
             stdout: data.stdout.log(&request_id, "stdout"),
@@ -158,14 +149,7 @@ where
     let task = tokio::spawn(run);
     match head_rx.await {
         Ok((Ok(response), _)) => response,
-        Ok((Err(code), _)) => {
-            tracing::debug!(?code, "the component answered with an error code");
-            error_response(
-                http::StatusCode::INTERNAL_SERVER_ERROR,
-                "component_error",
-                "the component answered with an error",
-            )
-        }
+        Ok((Err(code), _)) => guest_error_response(&code),
         // No head: the run ended first (trap, timeout, out of memory).
         Err(_) => match task.await {
             Ok(Outcome::Ok) | Ok(Outcome::NoResponse) => Outcome::NoResponse.response(),
