@@ -31,7 +31,7 @@ use super::invoke::{ExecutionReport, InvokeOptions, Outcome, classify, guest_err
 use super::output::GuestText;
 use super::slots::Slot;
 use super::state::InvocationState;
-use crate::response::{BoxError, ResponseBody, error_response};
+use crate::response::{BoxError, ResponseBody};
 
 /// The response head a guest returned, or the error code it answered with.
 type Head = Result<Response<ResponseBody>, ErrorCode>;
@@ -484,14 +484,7 @@ impl SharedInstances {
         }
         match head_rx.await {
             Ok((Ok(response), _)) => response,
-            Ok((Err(code), _)) => {
-                tracing::debug!(?code, "the component answered with an error code");
-                error_response(
-                    http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "component_error",
-                    "the component answered with an error",
-                )
-            }
+            Ok((Err(code), _)) => guest_error_response(&code),
             Err(_) => match outcome_rx.wait_for(Option::is_some).await.ok().and_then(|o| *o) {
                 Some(Outcome::Ok) | None => Outcome::NoResponse.response(),
                 Some(outcome) => outcome.response(),

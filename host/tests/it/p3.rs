@@ -158,6 +158,7 @@ async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(env: S
         ("trap", 500, "trap"),
         ("oom", 500, "oom"),
         ("error-code", 500, "guest_error"),
+        ("no-response", 504, "timeout"),
     ] {
         let started = std::time::Instant::now();
         let bad_path = format!("/acme/h/{action}");
@@ -206,6 +207,16 @@ async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(env: S
             assert!(response.bytes().await.is_err(), "a body cut off by a trap read as complete");
         }
     }
+    // A head, then a body never written nor ended: the body ends with an
+    // error at the deadline, never a hang.
+    let started = std::time::Instant::now();
+    let response = crate::helpers::client().get(server.url("/acme/h/no-body")).send().await;
+    let response = response.expect("the head arrives");
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.is_err(), "a body the guest never ended read as complete");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(get(&api, "/acme/h/ok").await, (200, "ok".to_string()), "after no-body");
     // A body written in chunks after the head streams whole.
     let (status, body) = get(&api, "/acme/h/stream?chunks=5&ms=20").await;
     assert_eq!(status, 200);
@@ -226,6 +237,21 @@ async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(env: S
     }
 }
 
+/// Waits until the node has no shared instance alive (an idle one ends
+/// after the idle timeout).
+async fn wait_idle(api: &Api) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = api.get_text("/metrics").await.1;
+        let in_use = metrics.lines().find_map(|l| l.strip_prefix("wasmwiz_instances_in_use "));
+        if in_use.map(str::trim) == Some("0") {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "instances still in use: {in_use:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn count(api: &Api, ms: u64) -> (u16, String) {
     api.get_text(&format!("/acme/shared/count?ms={ms}")).await
 }
@@ -233,7 +259,9 @@ async fn count(api: &Api, ms: u64) -> (u16, String) {
 /// Concurrency per instance: requests that wait share an instance; a trap
 /// or a timeout on it ends every request it serves with a 5xx (no hang),
 /// and the next request gets a fresh instance.
-async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(env: ServeEnv) {
+async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(mut env: ServeEnv) {
+    // Idle instances end after a second, so each case below starts afresh.
+    env.set("REUSE_IDLE_TIMEOUT", "1");
     env.admin(&[
         "tier",
         "set",
@@ -307,22 +335,93 @@ async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(env: Ser
         assert_eq!(api.get_text("/acme/fresh/count").await, (200, "1".to_string()));
     }
 
-    // A trap while others wait on the same instance: they get a 5xx at
-    // once, not a hang; the next request has a fresh instance.
-    for (bad, status) in [("trap", 500), ("loop", 504)] {
+    // The hostile suite on a shared instance. Four requests wait on it
+    // (1.5 s each) when the bad one arrives (at 0.2 s, its deadline at
+    // 2.2 s); two more arrive at 1 s.
+    // - A trap or memory over the limit ends the instance at once: the four
+    //   get a 5xx then, not a hang, and the two later ones a fresh instance.
+    // - A CPU loop holds the instance (its other requests cannot run) until
+    //   its deadline, which ends the instance: all six get a 5xx then.
+    // - A request that waits past its deadline (a sleep, or a future that
+    //   never completes) is answered 504 at its deadline. The four finished
+    //   before it and were served; the instance then ends with the two
+    //   still on it (wasmtime 48 cannot cancel one guest task and keep its
+    //   instance), which get a 5xx too.
+    // Each time the next request gets a fresh instance.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Ends {
+        AtOnce,
+        AtDeadlineWithAll,
+        AtDeadline,
+    }
+    for (bad, status, ends) in [
+        ("trap", 500, Ends::AtOnce),
+        ("oom", 500, Ends::AtOnce),
+        ("loop", 504, Ends::AtDeadlineWithAll),
+        ("no-response", 504, Ends::AtDeadline),
+        ("sleep?ms=60000", 504, Ends::AtDeadline),
+    ] {
         let started = std::time::Instant::now();
         let waiting = futures::future::join_all((0..4).map(|_| count(&api, 1500)));
+        let late = futures::future::join_all((0..2).map(|_| async {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            count(&api, 1500).await
+        }));
         let failing = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            api.get_text(&format!("/acme/shared/{bad}")).await
+            let answer = api.get_text(&format!("/acme/shared/{bad}")).await;
+            (answer, started.elapsed())
         };
-        let (waiting, (bad_status, bad_body)) = tokio::join!(waiting, failing);
+        let (waiting, late, ((bad_status, bad_body), bad_took)) =
+            tokio::join!(waiting, late, failing);
         assert_eq!(bad_status, status, "{bad}: {bad_body}");
         for (status, body) in waiting {
-            assert!(status >= 500, "a request sharing the instance with `{bad}`: {status} {body}");
+            if ends == Ends::AtDeadline {
+                assert_eq!(status, 200, "a request done before `{bad}`'s deadline: {body}");
+            } else {
+                assert!(
+                    status >= 500,
+                    "a request sharing the instance with `{bad}`: {status} {body}"
+                );
+            }
+        }
+        if ends == Ends::AtOnce {
+            assert!(bad_took < Duration::from_millis(2000), "{bad} took {bad_took:?}");
+            // The late requests came after the instance had ended: a fresh
+            // one served them, counting 1 and 2.
+            let mut counts: Vec<String> = late
+                .into_iter()
+                .map(|(status, body)| {
+                    assert_eq!(status, 200, "a request after `{bad}` ended its instance: {body}");
+                    body
+                })
+                .collect();
+            counts.sort();
+            assert_eq!(counts, ["1", "2"], "the requests after `{bad}` on a fresh instance");
+        } else {
+            // A loop holds the waiting requests past their own deadline
+            // (at 2 s), which ends the instance; a wait ends at its own.
+            let deadline = if ends == Ends::AtDeadline { 2100 } else { 1900 };
+            assert!(
+                bad_took >= Duration::from_millis(deadline),
+                "{bad} answered early: {bad_took:?}"
+            );
+            for (status, body) in late {
+                assert!(
+                    status >= 500,
+                    "a request on the instance `{bad}` timed out on: {status} {body}"
+                );
+            }
+            assert_eq!(
+                count(&api, 0).await,
+                (200, "1".to_string()),
+                "a fresh instance after {bad}"
+            );
         }
         assert!(started.elapsed() < Duration::from_secs(6), "{bad}: {:?}", started.elapsed());
-        assert_eq!(count(&api, 0).await, (200, "1".to_string()), "a fresh instance after {bad}");
+        // The instance of the last requests goes idle and ends; the next
+        // case starts on one of its own.
+        wait_idle(&api).await;
     }
 
     // Round after round of twice as many waiting requests as an instance

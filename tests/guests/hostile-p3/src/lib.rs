@@ -4,7 +4,9 @@
 //! error code), `body-trap` (answers, then traps while writing the body),
 //! `stream?chunks=N&ms=M` (writes N chunks, M ms apart), `print?tag=T`,
 //! `count?ms=N` (counts the requests this instance has taken, waits, then
-//! answers the count: 1 on a fresh instance).
+//! answers the count: 1 on a fresh instance), `no-response` (waits on a
+//! future nothing will ever complete), `no-body` (sends the head, then
+//! neither writes nor ends the body).
 
 use std::hint::black_box;
 
@@ -86,6 +88,19 @@ impl wasip3::exports::http::handler::Guest for HostileP3 {
                     black_box(&held);
                 }
             }
+            "no-response" => {
+                // The writer is held across the wait, so the read never
+                // ends: only the host can end this request.
+                let (writer, reader) = wit_future::new::<Result<(), ErrorCode>>(|| Ok(()));
+                let never = reader.await;
+                drop(writer);
+                Ok(text(if never.is_ok() { "ended" } else { "failed" }))
+            }
+            "no-body" => Ok(respond(|tx| async move {
+                let (writer, reader) = wit_future::new::<Result<(), ErrorCode>>(|| Ok(()));
+                let _ = reader.await;
+                drop((writer, tx));
+            })),
             "error-code" => Err(ErrorCode::InternalError(Some("on purpose".into()))),
             "body-trap" => Ok(respond(|mut tx| async move {
                 tx.write_all(b"partial ".to_vec()).await;
