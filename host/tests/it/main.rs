@@ -4,8 +4,10 @@
 mod api;
 mod capabilities;
 mod cluster;
+mod conformance;
 mod console;
 mod control;
+mod crash;
 mod grants;
 mod helpers;
 mod hostile;
@@ -16,6 +18,7 @@ mod ops;
 mod p3;
 mod protocol;
 mod quota;
+mod quota_properties;
 mod reuse;
 mod run;
 mod tls;
