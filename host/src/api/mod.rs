@@ -166,6 +166,15 @@ impl From<StoreError> for ApiError {
                     "the database is unavailable; retry shortly",
                 )
             }
+            StoreError::Full(detail) => {
+                tracing::error!(detail, "the store's disk is full: changes are refused");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "insufficient_storage",
+                    "the store has no space left for this change; retry once an operator \
+                     has freed space",
+                )
+            }
             StoreError::Internal(detail) => ApiError::internal(&detail),
         }
     }
@@ -184,8 +193,12 @@ impl From<AuthError> for ApiError {
 
 impl From<CompileError> for ApiError {
     fn from(error: CompileError) -> Self {
-        if let CompileError::Internal(detail) = &error {
-            return ApiError::internal(detail);
+        match &error {
+            CompileError::Internal(detail) => return ApiError::internal(detail),
+            CompileError::NoSpace(detail) => {
+                tracing::error!(detail, "no space left for compiled code under WASMWIZ_DATA_DIR");
+            }
+            _ => {}
         }
         let import = error.import().map(str::to_string);
         let mut api = ApiError::new(error.status(), error.code(), error.to_string());

@@ -66,6 +66,9 @@ pub enum CompileError {
     /// Compilation did not finish in time.
     #[error("compiling the component took longer than {0:?}")]
     Timeout(Duration),
+    /// The node has no disk space left for compiled code.
+    #[error("the node has no space left for compiled code; retry later")]
+    NoSpace(String),
     /// The compiler itself failed.
     #[error("compilation failed")]
     Internal(String),
@@ -78,6 +81,7 @@ impl CompileError {
         match self {
             Self::NotWasm | Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
@@ -94,6 +98,7 @@ impl CompileError {
             Self::Unrunnable(_) => "unrunnable",
             Self::Timeout(_) => "compile_timeout",
             Self::Internal(_) => "compile_failed",
+            Self::NoSpace(_) => "insufficient_storage",
         }
     }
 
@@ -161,7 +166,7 @@ fn with_setting(message: String) -> String {
 
 /// Refuses a component without the handler export or with an import outside
 /// [`ALLOWED_IMPORTS`], naming the offending item.
-pub(super) fn check_imports(engine: &Engine, component: &Component) -> Result<(), CompileError> {
+pub fn check_imports(engine: &Engine, component: &Component) -> Result<(), CompileError> {
     let ty = component.component_type();
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
     if !exports.iter().any(|name| HANDLER_EXPORTS.iter().any(|e| name.starts_with(e))) {
@@ -196,9 +201,47 @@ fn import_allowed(name: &str) -> bool {
 
 /// Compiled code on local disk, one file per component digest, in a folder
 /// per engine fingerprint so a new wasmtime never loads an old one's code.
+///
+/// Each file is [`CODE_MAGIC`], the code's length and its SHA-256, then
+/// wasmtime's serialized code. wasmtime checks its own header when loading,
+/// not the machine code after it: the digest is what keeps a file cut short
+/// or damaged on disk from ever being run. A file that fails the check is
+/// removed, and the component is compiled again from its stored bytes.
 #[derive(Clone, Debug)]
 pub struct CodeCache {
     dir: PathBuf,
+}
+
+/// The first bytes of a compiled-code file (format 1).
+const CODE_MAGIC: &[u8; 8] = b"WWCODE\x00\x01";
+/// Magic, length (u64, little-endian), SHA-256 of the code.
+const CODE_HEADER: usize = 8 + 8 + 32;
+
+/// The code in a compiled-code file, if the file is whole.
+fn verified_code(file: &[u8]) -> Result<&[u8], &'static str> {
+    use sha2::Digest as _;
+    if file.len() < CODE_HEADER || &file[..8] != CODE_MAGIC {
+        return Err("not a compiled-code file of this format");
+    }
+    let length = u64::from_le_bytes(file[8..16].try_into().expect("8 bytes"));
+    let code = &file[CODE_HEADER..];
+    if code.len() as u64 != length {
+        return Err("its length does not match its header (cut short?)");
+    }
+    if sha2::Sha256::digest(code).as_slice() != &file[16..CODE_HEADER] {
+        return Err("its checksum does not match (damaged on disk?)");
+    }
+    Ok(code)
+}
+
+/// Whether an error of the cache is the disk being full.
+pub fn is_disk_full(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            e.kind() == std::io::ErrorKind::StorageFull
+                || e.kind() == std::io::ErrorKind::QuotaExceeded
+        })
+    })
 }
 
 impl CodeCache {
@@ -213,36 +256,61 @@ impl CodeCache {
         self.dir.join(format!("{digest_hex}.cwasm"))
     }
 
-    /// Loads the compiled code for `digest_hex`, if cached and loadable.
+    /// Loads the compiled code for `digest_hex`, if cached and whole.
     #[expect(unsafe_code, reason = "wasmtime can only load native code through `unsafe`")]
     pub fn load(&self, engine: &Engine, digest_hex: &str) -> Option<Component> {
         let path = self.path(digest_hex);
-        if !path.exists() {
-            return None;
-        }
-        // SAFETY: files in this folder are written only by `store` below,
-        // from components this engine compiled, and renamed into place whole;
-        // the folder is named by the engine fingerprint, and wasmtime checks
-        // the file's header against the engine before using it. The folder
-        // is the operator's (WASMWIZ_DATA_DIR), not tenants'.
-        match unsafe { Component::deserialize_file(engine, &path) } {
-            Ok(component) => Some(component),
+        let file = match std::fs::read(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %format!("{e:#}"),
-                               "discarding unusable compiled code");
-                let _ = std::fs::remove_file(&path);
-                None
+                tracing::warn!(path = %path.display(), error = %e, "cannot read compiled code");
+                return None;
             }
+        };
+        let discard = |why: &str| {
+            tracing::warn!(path = %path.display(), error = why, "discarding unusable compiled code");
+            let _ = std::fs::remove_file(&path);
+            None
+        };
+        let code = match verified_code(&file) {
+            Ok(code) => code,
+            Err(why) => return discard(why),
+        };
+        // SAFETY: the code is byte for byte what `store` below wrote (its
+        // SHA-256 matches), from a component this engine compiled; the
+        // folder is named by the engine fingerprint, and wasmtime checks
+        // its own header against the engine before using the code. The
+        // folder is the operator's (WASMWIZ_DATA_DIR), not tenants'.
+        match unsafe { Component::deserialize(engine, code) } {
+            Ok(component) => Some(component),
+            Err(e) => discard(&format!("{e:#}")),
         }
     }
 
-    /// Writes the compiled code for `digest_hex`, atomically.
+    /// Writes the compiled code for `digest_hex`: to a temporary file,
+    /// synced, then renamed into place and the folder synced, so the file
+    /// under the digest's name is whole even after a crash or power loss.
     pub fn store(&self, digest_hex: &str, component: &Component) -> anyhow::Result<()> {
-        let bytes = component.serialize()?;
+        use sha2::Digest as _;
+        use std::io::Write as _;
+        let code = component.serialize()?;
         let path = self.path(digest_hex);
         let tmp = self.dir.join(format!(".{digest_hex}.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, &bytes)?;
-        std::fs::rename(&tmp, &path)?;
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(CODE_MAGIC)?;
+            file.write_all(&(code.len() as u64).to_le_bytes())?;
+            file.write_all(&sha2::Sha256::digest(&code))?;
+            file.write_all(&code)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(anyhow::Error::new(e).context(format!("writing {}", path.display())));
+        }
         Ok(())
     }
 

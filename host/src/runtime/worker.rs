@@ -200,6 +200,7 @@ fn error_from_report(report: WorkerReport) -> CompileError {
         Some("invalid_wasm") => CompileError::Invalid(message),
         Some("core_module") => CompileError::CoreModule,
         Some("unrunnable") => CompileError::Unrunnable(message),
+        Some("insufficient_storage") => CompileError::NoSpace(message),
         _ => CompileError::Internal(message),
     }
 }
@@ -217,6 +218,7 @@ pub fn worker_main(cache_dir: &Path, digest_hex: &str, pool_size: u32, memory_li
             message: Some(match &e {
                 CompileError::Invalid(m)
                 | CompileError::Unrunnable(m)
+                | CompileError::NoSpace(m)
                 | CompileError::Internal(m) => m.clone(),
                 other => other.to_string(),
             }),
@@ -246,9 +248,13 @@ fn worker_compile(cache_dir: &Path, digest_hex: &str, pool_size: u32) -> Result<
     let fingerprint = super::fingerprint_of(&engine);
     let cache = CodeCache::open(cache_dir, &fingerprint)
         .map_err(|e| CompileError::Internal(format!("opening the cache: {e}")))?;
-    cache
-        .store(digest_hex, &compiled.component)
-        .map_err(|e| CompileError::Internal(format!("writing the compiled code: {e:#}")))?;
+    cache.store(digest_hex, &compiled.component).map_err(|e| {
+        if super::compile::is_disk_full(&e) {
+            CompileError::NoSpace(format!("{e:#}"))
+        } else {
+            CompileError::Internal(format!("writing the compiled code: {e:#}"))
+        }
+    })?;
     Ok(compiled.compile_time.as_millis() as u64)
 }
 

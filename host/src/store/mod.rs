@@ -45,6 +45,9 @@ pub enum StoreError {
     /// The database cannot be reached right now.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// The database's disk is full: reads work, writes wait for space.
+    #[error("the store has no space left: {0}")]
+    Full(String),
     /// Anything else.
     #[error("store error: {0}")]
     Internal(String),
@@ -54,6 +57,9 @@ impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
             sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                StoreError::Full(error.to_string())
+            }
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
@@ -67,6 +73,10 @@ impl From<sqlx::Error> for StoreError {
                 // intervention such as a restart (57), a missing database
                 // (3D000) and refused authentication (28).
                 let code = db.code().unwrap_or_default();
+                // SQLITE_FULL (13), PostgreSQL's disk_full (53100).
+                if code == "13" || code == "53100" {
+                    return StoreError::Full(error.to_string());
+                }
                 let unavailable =
                     ["08", "53", "57", "28"].iter().any(|class| code.starts_with(class))
                         || code == "3D000";
