@@ -9,7 +9,7 @@ Usage: scripts/test.sh [--help] [CARGO TEST ARGS...]
 
 Builds the components (scripts/build-examples.sh), installs the browser
 tests' packages (npm ci in tests/browser; they drive /usr/bin/chromium, or
-\$CHROMIUM), then runs
+\$CHROMIUM) and Schemathesis (tests/api/requirements.txt), then runs
 \`cargo test --workspace\` with any extra arguments passed through, e.g.
 \`scripts/test.sh run::\` to run the tests of \`wasmwiz run\` only.
 USAGE
@@ -28,5 +28,14 @@ browser=tests/browser
 if [ ! -x "$browser/node_modules/.bin/playwright" ] \
     || [ "$browser/package-lock.json" -nt "$browser/node_modules/.package-lock.json" ]; then
     (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+# The API conformance run (host/tests/it/conformance.rs) uses Schemathesis,
+# at the version tests/api/requirements.txt pins, in a virtualenv of its own.
+st=target/toolchains/schemathesis
+if ! cmp -s tests/api/requirements.txt "$st/requirements.txt"; then
+    rm -rf "$st"
+    python3 -m venv "$st"
+    "$st/bin/pip" install --quiet --disable-pip-version-check -r tests/api/requirements.txt
+    cp tests/api/requirements.txt "$st/requirements.txt"
 fi
 cargo test --workspace --locked -- "$@"

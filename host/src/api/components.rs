@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
@@ -100,7 +100,7 @@ async fn gunzip(compressed: Vec<u8>, limit: u64) -> Result<Vec<u8>, ApiError> {
 pub async fn upload(
     State(state): State<Arc<ApiState>>,
     principal: Principal,
-    Query(query): Query<UploadQuery>,
+    super::ApiQuery(query): super::ApiQuery<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<ComponentJson>), ApiError> {

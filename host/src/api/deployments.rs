@@ -140,11 +140,7 @@ pub async fn rollback(
 ) -> Result<Json<DeploymentJson>, ApiError> {
     require(&principal, Scope::Deploy)?;
     // No body (as before) means "the previous version".
-    let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RollbackRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
-    };
+    let request: RollbackRequest = super::optional_object(&body)?;
     let deployment = state.control.rollback(principal.tenant_id, &id, request.version).await?;
     publish(&state.node).await;
     Ok(Json(DeploymentJson::on(&state.node, deployment)))

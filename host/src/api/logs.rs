@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -45,19 +45,30 @@ pub struct LogQuery {
     tenant: Option<String>,
 }
 
-/// `since`: a duration back from now (`10m`, `90s`, `2h`) or an RFC 3339
-/// time, as milliseconds since the epoch.
+/// `since`: a duration back from now (1 to 6 digits and `s`, `m`, `h` or
+/// `d`: `90s`, `10m`, `2h`, `7d`) or an RFC 3339 UTC time, as milliseconds
+/// since the epoch.
 fn since_ms(text: &str) -> Result<u64, ApiError> {
-    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+    if let Ok(time) = humantime::parse_rfc3339(text) {
         let ms = time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         return Ok(ms);
     }
-    let back = humantime::parse_duration(text).map_err(|_| {
-        ApiError::bad_request(format!(
-            "since: `{text}` is neither a duration (10m, 90s, 2h) nor an RFC 3339 time"
-        ))
-    })?;
-    Ok(now_ms().saturating_sub(back.as_millis() as u64))
+    let (number, unit_ms) = match text.char_indices().last() {
+        Some((at, 's')) => (&text[..at], 1_000),
+        Some((at, 'm')) => (&text[..at], 60_000),
+        Some((at, 'h')) => (&text[..at], 3_600_000),
+        Some((at, 'd')) => (&text[..at], 86_400_000),
+        _ => (text, 0),
+    };
+    let digits = (1..=6).contains(&number.len()) && number.bytes().all(|b| b.is_ascii_digit());
+    if unit_ms == 0 || !digits {
+        return Err(ApiError::bad_request(format!(
+            "since: `{text}` is neither a duration (90s, 10m, 2h, 7d) nor an RFC 3339 UTC time \
+             (2026-11-30T12:00:00Z)"
+        )));
+    }
+    let back: u64 = number.parse::<u64>().expect("1 to 6 digits") * unit_ms;
+    Ok(now_ms().saturating_sub(back))
 }
 
 /// `GET /api/v1/logs`.
@@ -65,7 +76,7 @@ pub async fn logs(
     State(state): State<Arc<ApiState>>,
     principal: Principal,
     headers: HeaderMap,
-    Query(query): Query<LogQuery>,
+    super::ApiQuery(query): super::ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
     require(&principal, Scope::Read)?;
     let Some(hub) = state.node.plane().logs().cloned() else {
@@ -77,7 +88,7 @@ pub async fn logs(
     };
     let tenant = match &query.tenant {
         Some(name) if name != &principal.tenant => {
-            if !principal.is_admin() {
+            if !principal.is_admin() || !crate::tenancy::valid_name(name) {
                 // Another tenant's stream is as absent as its objects.
                 return Err(ApiError::not_found("tenant"));
             }

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -257,14 +256,21 @@ pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+        match axum::Json::<serde_json::Value>::from_request(request, state).await {
+            // Every request body of the API is an object (serde would also
+            // take a struct's fields as an array).
+            Ok(axum::Json(value)) if !value.is_object() => {
+                Err(ApiError::bad_request("the body must be a JSON object"))
+            }
+            Ok(axum::Json(value)) => serde_json::from_value::<T>(value)
+                .map(ApiJson)
+                .map_err(|e| ApiError::bad_request(format!("invalid body: {e}"))),
             Err(rejection) => {
                 let status = rejection.status();
                 let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
@@ -282,6 +288,45 @@ where
                     rejection.body_text(),
                 ))
             }
+        }
+    }
+}
+
+/// An optional JSON object body: no body at all is `T`'s default; anything
+/// else must be a JSON object of `T`'s fields.
+pub fn optional_object<T>(body: &[u8]) -> Result<T, ApiError>
+where
+    T: Default + serde::de::DeserializeOwned,
+{
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+}
+
+/// A query string whose rejections (a malformed or repeated parameter) are
+/// JSON errors too.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
         }
     }
 }

@@ -190,13 +190,17 @@ pub async fn create_key(
 ) -> Result<(StatusCode, Json<NewKeyJson>), ApiError> {
     require(&principal, Scope::Deploy)?;
     // The body is optional: no body means "a key like mine, for me".
-    let body: CreateKey = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateKey::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
-    };
+    let body: CreateKey = super::optional_object(&body)?;
     let scopes = match &body.scopes {
-        Some(names) => Some(Scopes::parse(&names.join(",")).map_err(ApiError::bad_request)?),
+        Some(names) => {
+            // One scope per item: `""` or `"read,deploy"` is not a scope.
+            if let Some(bad) = names.iter().find(|n| n.is_empty() || n.contains(',')) {
+                return Err(ApiError::bad_request(format!(
+                    "unknown scope `{bad}` (admin, deploy, read)"
+                )));
+            }
+            Some(Scopes::parse(&names.join(",")).map_err(ApiError::bad_request)?)
+        }
         None => None,
     };
     let issued =

@@ -168,7 +168,7 @@ const MAX_POINTS: i64 = 1440;
 pub async fn history(
     State(state): State<Arc<ApiState>>,
     principal: Principal,
-    axum::extract::Query(query): axum::extract::Query<HistoryQuery>,
+    super::ApiQuery(query): super::ApiQuery<HistoryQuery>,
 ) -> Result<Json<HistoryJson>, ApiError> {
     require(&principal, Scope::Read)?;
     let (per_minute, width, default_count) = match query.period.as_deref() {

@@ -431,11 +431,17 @@ impl Handler for ServeHandler {
         }
         let readable = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
         match path {
-            "/health" | "/ready" if !readable => crate::response::error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "use GET",
-            ),
+            "/health" | "/ready" if !readable => {
+                let mut response = crate::response::error_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "use GET",
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+                response
+            }
             "/health" => json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
             "/ready" => self.ready(),
             _ => self.node.plane().handle(request, conn).await,

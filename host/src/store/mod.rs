@@ -77,6 +77,14 @@ impl From<sqlx::Error> for StoreError {
                 if code == "13" || code == "53100" {
                     return StoreError::Full(error.to_string());
                 }
+                // PostgreSQL's data exceptions (class 22): a value the
+                // column cannot hold, such as text with a NUL character.
+                if code.starts_with("22") {
+                    return StoreError::Invalid(format!(
+                        "a value cannot be stored ({}); text may not contain NUL characters",
+                        db.message()
+                    ));
+                }
                 let unavailable =
                     ["08", "53", "57", "28"].iter().any(|class| code.starts_with(class))
                         || code == "3D000";
