@@ -38,6 +38,8 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod dataplane;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kv;
 pub mod logging;
 pub mod logs;

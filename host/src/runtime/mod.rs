@@ -50,7 +50,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::tenancy::MAX_MEMORY_LIMIT_BYTES;
 
 pub use capabilities::{Capabilities, KvAccess, KvMeter};
-pub use compile::{CodeCache, CompileError, Compiled, compile};
+pub use compile::{CodeCache, CompileError, Compiled, check_imports, compile};
 pub use invoke::{
     ExecutionReport, InvocationTiming, InvokeOptions, Limits, Outcome, expects_continue,
     read_request, refusal_response,

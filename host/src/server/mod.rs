@@ -457,3 +457,81 @@ pub async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
     }
 }
+
+/// Serves one cleartext connection whose client sends `data` and then
+/// closes its side, over an in-memory stream, with the default limits and
+/// a handler that answers every request with its host. For fuzzing the
+/// request-head limits (`crate::fuzzing::request_head`): panics if the
+/// connection does not end within 5 s, or if what the server wrote is
+/// neither HTTP/1.1 nor HTTP/2.
+#[doc(hidden)]
+pub fn fuzz_one_connection(data: &[u8]) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+    }
+    let options = HttpOptions {
+        header_read_timeout: Duration::from_secs(1),
+        max_header_bytes: crate::config::DEFAULT_MAX_HEADER_BYTES,
+        max_header_count: crate::config::DEFAULT_MAX_HEADER_COUNT,
+        max_uri_length: crate::config::DEFAULT_MAX_URI_LENGTH,
+        max_connections: 1,
+        shutdown_timeout: Duration::from_secs(1),
+        tls_handshake_timeout: Duration::from_secs(1),
+        threads: 0,
+    };
+    let written = RUNTIME.with(|runtime| {
+        runtime.block_on(async {
+            let builder = connection_builder(&options);
+            let (mut client, server) = tokio::io::duplex(64 << 10);
+            let max_uri_length = options.max_uri_length;
+            let service =
+                hyper::service::service_fn(move |request: Request<Incoming>| async move {
+                    if too_long(&request, max_uri_length) {
+                        return Ok::<_, Infallible>(error_response(
+                            StatusCode::URI_TOO_LONG,
+                            "uri_too_long",
+                            "the request target is too long",
+                        ));
+                    }
+                    let authority = request
+                        .uri()
+                        .authority()
+                        .map(|a| a.as_str().to_string())
+                        .or_else(|| {
+                            request
+                                .headers()
+                                .get(http::header::HOST)?
+                                .to_str()
+                                .ok()
+                                .map(String::from)
+                        })
+                        .unwrap_or_default();
+                    let host = crate::router::request_host(&authority);
+                    Ok(Response::new(crate::response::full(host)))
+                });
+            let connection = builder.serve_connection(TokioIo::new(server), service);
+            let talk = async {
+                let _ = client.write_all(data).await;
+                let _ = client.shutdown().await;
+                let mut written = Vec::new();
+                let _ = client.read_to_end(&mut written).await;
+                written
+            };
+            let ended = tokio::time::timeout(Duration::from_secs(5), async {
+                let (_, written) = tokio::join!(connection, talk);
+                written
+            });
+            ended.await.expect("a connection that ends within 5 s of its client's last byte")
+        })
+    });
+    let h2 = data.starts_with(b"PRI * HTTP/2.0");
+    assert!(
+        written.is_empty() || h2 || written.starts_with(b"HTTP/1."),
+        "not an HTTP/1 answer: {:?}",
+        String::from_utf8_lossy(&written[..written.len().min(64)])
+    );
+}
