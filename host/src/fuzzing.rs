@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 
 use crate::router::{Grant, RoutePattern, RouteTable};
 
+/// A fuzz target: takes any bytes, panics if what must hold does not.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (the `fuzz/fuzz_targets/*.rs` and corpus folders).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("route", route),
     ("api_key", api_key),
     ("upload", upload),

@@ -350,16 +350,19 @@ async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(mut env:
     // Each time the next request gets a fresh instance.
     #[derive(Clone, Copy, PartialEq)]
     enum Ends {
-        AtOnce,
-        AtDeadlineWithAll,
-        AtDeadline,
+        /// The instance ends at once.
+        Now,
+        /// The instance ends at the first deadline on it, with everything.
+        FirstDeadline,
+        /// The instance ends at the bad request's deadline.
+        OwnDeadline,
     }
     for (bad, status, ends) in [
-        ("trap", 500, Ends::AtOnce),
-        ("oom", 500, Ends::AtOnce),
-        ("loop", 504, Ends::AtDeadlineWithAll),
-        ("no-response", 504, Ends::AtDeadline),
-        ("sleep?ms=60000", 504, Ends::AtDeadline),
+        ("trap", 500, Ends::Now),
+        ("oom", 500, Ends::Now),
+        ("loop", 504, Ends::FirstDeadline),
+        ("no-response", 504, Ends::OwnDeadline),
+        ("sleep?ms=60000", 504, Ends::OwnDeadline),
     ] {
         let started = std::time::Instant::now();
         let waiting = futures::future::join_all((0..4).map(|_| count(&api, 1500)));
@@ -376,7 +379,7 @@ async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(mut env:
             tokio::join!(waiting, late, failing);
         assert_eq!(bad_status, status, "{bad}: {bad_body}");
         for (status, body) in waiting {
-            if ends == Ends::AtDeadline {
+            if ends == Ends::OwnDeadline {
                 assert_eq!(status, 200, "a request done before `{bad}`'s deadline: {body}");
             } else {
                 assert!(
@@ -385,7 +388,7 @@ async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(mut env:
                 );
             }
         }
-        if ends == Ends::AtOnce {
+        if ends == Ends::Now {
             assert!(bad_took < Duration::from_millis(2000), "{bad} took {bad_took:?}");
             // The late requests came after the instance had ended: a fresh
             // one served them, counting 1 and 2.
@@ -401,7 +404,7 @@ async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(mut env:
         } else {
             // A loop holds the waiting requests past their own deadline
             // (at 2 s), which ends the instance; a wait ends at its own.
-            let deadline = if ends == Ends::AtDeadline { 2100 } else { 1900 };
+            let deadline = if ends == Ends::OwnDeadline { 2100 } else { 1900 };
             assert!(
                 bad_took >= Duration::from_millis(deadline),
                 "{bad} answered early: {bad_took:?}"
