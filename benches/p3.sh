@@ -99,14 +99,23 @@ serve_variant p3-shared "${ports[2]}" "$components/fetch_p3.wasm" '/bench/w/...'
 paths=("/bench/w/outbound?$target" "/bench/w/outbound?$target" "/bench/w/?$target")
 
 # The most instances in use while a run lasts: sampled from /metrics.
-declare -A peak_instances=()
+# Every sample is kept in results/instances-NAME-RUN.txt (seconds since the
+# run started, instances in use).
+declare -A peak_instances=() sampled_runs=()
 sampler=
 bench_before_run() {
-    local base=${1%%/bench/*}
-    : >"$work/instances"
-    (while true; do
+    local base=${1%%/bench/*} name i
+    for i in "${!names[@]}"; do
+        [ "$base" = "http://127.0.0.1:${ports[$i]}" ] && name=${names[$i]}
+    done
+    sampled_runs[$name]=$((${sampled_runs[$name]:-0} + 1))
+    samples=$results/instances-$name-${sampled_runs[$name]}.txt
+    : >"$samples"
+    (started=$(date +%s.%N)
+    while true; do
         curl -fsS "$base/metrics" 2>/dev/null |
-            awk '/^wasmwiz_instances_in_use / {print $2}' >>"$work/instances" || true
+            awk -v t="$(date +%s.%N)" -v s="$started" \
+                '/^wasmwiz_instances_in_use / {printf "%.1f %s\n", t - s, $2}' >>"$samples" || true
         sleep 0.1
     done) &
     sampler=$!
@@ -115,7 +124,7 @@ bench_after_run() {
     local base=${1%%/bench/*} name peak i
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
-    peak=$(sort -g "$work/instances" | tail -1)
+    peak=$(awk '{print $2}' "$samples" | sort -g | tail -1)
     for i in "${!names[@]}"; do
         [ "$base" = "http://127.0.0.1:${ports[$i]}" ] && name=${names[$i]}
     done
