@@ -237,14 +237,22 @@ async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(env: S
     }
 }
 
+/// `wasmwiz_instances_in_use`, as the node's /metrics reports it.
+async fn instances_in_use(api: &Api) -> Option<u64> {
+    let metrics = api.get_text("/metrics").await.1;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wasmwiz_instances_in_use "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Waits until the node has no shared instance alive (an idle one ends
 /// after the idle timeout).
 async fn wait_idle(api: &Api) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = api.get_text("/metrics").await.1;
-        let in_use = metrics.lines().find_map(|l| l.strip_prefix("wasmwiz_instances_in_use "));
-        if in_use.map(str::trim) == Some("0") {
+        let in_use = instances_in_use(api).await;
+        if in_use == Some(0) {
             return;
         }
         assert!(std::time::Instant::now() < deadline, "instances still in use: {in_use:?}");
@@ -312,15 +320,11 @@ async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(mut env:
     // and the node reports one instance in use meanwhile.
     let in_use = async {
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let metrics = api.get_text("/metrics").await.1;
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("wasmwiz_instances_in_use "))
-            .map(|v| v.trim().to_string())
+        instances_in_use(&api).await
     };
     let (counts, in_use) =
         tokio::join!(futures::future::join_all((0..8).map(|_| count(&api, 1000))), in_use);
-    assert_eq!(in_use.as_deref(), Some("1"), "instances in use while eight requests wait");
+    assert_eq!(in_use, Some(1), "instances in use while eight requests wait");
     let mut seen: Vec<u64> = counts
         .iter()
         .map(|(status, body)| {
@@ -434,11 +438,7 @@ async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(mut env:
     for round in 0..3 {
         let in_use = async {
             tokio::time::sleep(Duration::from_millis(700)).await;
-            let metrics = api.get_text("/metrics").await.1;
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix("wasmwiz_instances_in_use "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            instances_in_use(&api).await
         };
         let (answers, in_use) =
             tokio::join!(futures::future::join_all((0..16).map(|_| count(&api, 1500))), in_use);
