@@ -12,7 +12,10 @@
 //! new connections over the sockets). A connection then stays on the thread
 //! that accepted it, with no work stealing between threads.
 
+mod flood;
 pub mod tls;
+
+pub use flood::{CONTROL_FRAME_BURST, CONTROL_FRAMES_PER_SECOND, FloodGuard};
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -400,17 +403,14 @@ async fn serve_connection<H: Handler>(
         let handler = handler.clone();
         async move {
             if too_long(&request, max_uri_length) {
-                return Ok::<_, Infallible>(error_response(
-                    StatusCode::URI_TOO_LONG,
-                    "uri_too_long",
-                    &format!("the request target is longer than {max_uri_length} bytes"),
-                ));
+                return Ok::<_, Infallible>(uri_too_long(max_uri_length));
             }
             Ok(handler.handle(request, info).await)
         }
     });
     let result = match tls {
         None => {
+            let stream = FloodGuard::new(stream, Some(remote));
             let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
             watcher.watch(connection).await
         }
@@ -427,6 +427,7 @@ async fn serve_connection<H: Handler>(
                         return;
                     }
                 };
+            let stream = FloodGuard::new(stream, Some(remote));
             let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
             watcher.watch(connection).await
         }
@@ -434,6 +435,15 @@ async fn serve_connection<H: Handler>(
     if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "connection ended with an error");
     }
+}
+
+/// The answer to a request whose target is longer than `max` bytes.
+fn uri_too_long(max: usize) -> Response<ResponseBody> {
+    error_response(
+        StatusCode::URI_TOO_LONG,
+        "uri_too_long",
+        &format!("the request target is longer than {max} bytes"),
+    )
 }
 
 fn too_long(request: &Request<Incoming>, max: usize) -> bool {
@@ -491,11 +501,7 @@ pub fn fuzz_one_connection(data: &[u8]) {
             let service =
                 hyper::service::service_fn(move |request: Request<Incoming>| async move {
                     if too_long(&request, max_uri_length) {
-                        return Ok::<_, Infallible>(error_response(
-                            StatusCode::URI_TOO_LONG,
-                            "uri_too_long",
-                            "the request target is too long",
-                        ));
+                        return Ok::<_, Infallible>(uri_too_long(max_uri_length));
                     }
                     let authority = request
                         .uri()
@@ -513,6 +519,7 @@ pub fn fuzz_one_connection(data: &[u8]) {
                     let host = crate::router::request_host(&authority);
                     Ok(Response::new(crate::response::full(host)))
                 });
+            let server = FloodGuard::new(server, None);
             let connection = builder.serve_connection(TokioIo::new(server), service);
             let talk = async {
                 let _ = client.write_all(data).await;

@@ -280,3 +280,83 @@ fn running_out_of_file_descriptors_backs_off_and_recovers() {
     );
     assert!(text.starts_with("HTTP/1.1 200"), "not serving after descriptors came back: {text}");
 }
+
+/// An HTTP/2 frame: a 9-byte header and its payload.
+fn h2_frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags, 0, 0, 0, 0]);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Opens a prior-knowledge HTTP/2 connection, sends its SETTINGS and
+/// `count` frames of `kind` in one write, and reads until the server
+/// closes or two seconds pass: what was read, and whether it closed.
+fn h2_control_frames(addr: SocketAddr, kind: u8, count: usize) -> (Vec<u8>, bool) {
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(h2_frame(0x4, 0, &[]));
+    let payload: &[u8] = if kind == 0x6 { &[1; 8] } else { &[] };
+    for _ in 0..count {
+        bytes.extend(h2_frame(kind, 0, payload));
+    }
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let _ = stream.write_all(&bytes);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (out, true),
+        }
+    }
+    (out, false)
+}
+
+/// The frames of `kind` with the ACK flag in what a server wrote.
+fn acks(mut written: &[u8], kind: u8) -> usize {
+    let mut n = 0;
+    while written.len() >= 9 {
+        let length = u32::from_be_bytes([0, written[0], written[1], written[2]]) as usize;
+        if written[3] == kind && written[4] & 1 == 1 {
+            n += 1;
+        }
+        written = &written[(9 + length).min(written.len())..];
+    }
+    n
+}
+
+#[test]
+fn an_http2_client_flooding_settings_or_pings_is_disconnected_and_others_are_served() {
+    let server = server(&[]);
+    let burst = wasmwiz::server::CONTROL_FRAME_BURST as usize;
+    for (kind, name) in [(0x4u8, "SETTINGS"), (0x6, "PING")] {
+        // Within the burst (its first SETTINGS counts): every frame is
+        // answered and the connection stays open.
+        let (written, closed) = h2_control_frames(server.addr, kind, burst - 1);
+        assert!(!closed, "{name}: a connection within the burst was closed");
+        // The server acknowledges the client's SETTINGS too.
+        let expected = if kind == 0x4 { burst } else { burst - 1 };
+        assert_eq!(acks(&written, kind), expected, "{name}: answers within the burst");
+        // A flood: the connection is closed, long before its frames are
+        // all answered.
+        let (written, closed) = h2_control_frames(server.addr, kind, 50_000);
+        assert!(closed, "{name}: a flooding connection was left open");
+        assert!(acks(&written, kind) <= burst, "{name}: answered past the burst");
+    }
+    // A well-behaved HTTP/2 client is served meanwhile and after.
+    let output = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-w", "\n%{http_version} %{http_code}"])
+        .arg(server.url("/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "Hello, world!\n\n2 200");
+    assert!(server.logs().contains("control frames past the limit"), "{}", server.logs());
+}
