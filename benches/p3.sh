@@ -21,39 +21,49 @@ set -euo pipefail
 
 usage() {
     cat <<USAGE
-Usage: benches/p3.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS] [-w CONNECTIONS]
+Usage: benches/p3.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS] [-w CONNECTIONS] [-p PART]
 
   -r ROUNDS       rounds, each runs wrk once against every server (default 3)
   -d SECONDS      wrk duration per run (default 10)
   -c CONNECTIONS  wrk connections of part 2, the CPU-only hello (default 64)
   -t THREADS      wrk threads (default 2)
   -w CONNECTIONS  wrk connections of part 1, the waiting handler (default 1000)
+  -p PART         run part 1 or part 2 only (default: both)
 
-Builds the release binary, the components and (once) wasmtime-cli 48.0.8.
+Builds the release binary, the components and (once, for part 2)
+wasmtime-cli 48.0.8.
 Raw wrk output goes to benches/results/.
 USAGE
 }
 
-rounds=3 duration=10 connections=64 threads=2 waiting=1000
+rounds=3 duration=10 connections=64 threads=2 waiting=1000 part=all
 bench_option() {
     case $1 in
         w) waiting=$2 ;;
+        p) case $2 in 1|2) part=$2 ;; *) usage >&2; exit 2 ;; esac ;;
         *) usage >&2; exit 2 ;;
     esac
 }
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-bench_options "r:d:c:t:w:" "$@"
+bench_options "r:d:c:t:w:p:" "$@"
 
 bench_setup p3 wrk node curl
 bench_build_wasmwiz
-wasmtime=$(bench_wasmtime)
+if [ "$part" != 1 ]; then
+    wasmtime=$(bench_wasmtime)
+fi
 components=$bench_root/target/components
 # More open files than the default 1,024: 1,000 client connections, as
 # many upstream ones.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 # --- part 1: a handler that waits 50 ms on an upstream ---------------------
+
+# Figures per server name (bench_rounds fills them).
+declare -A rps p50 p99 med med99
+
+if [ "$part" != 2 ]; then
 
 upstream_port=18420
 bench_start upstream "$results/upstream.log" node -e "
@@ -67,9 +77,10 @@ bench_wait_ready "http://127.0.0.1:$upstream_port/"
 
 # One `wasmwiz serve` per variant (its own data folder, port and process, so
 # its memory is its own), the component deployed with EXTRA deployment JSON.
-# Every request in flight holds a place in the instance pool (a shared
-# WASIp3 instance's requests too), and one tenant may hold three quarters of
-# the pool: 1,400 places let the 1,000 connections in for every variant.
+# A WASIp2 request in flight holds a place in the instance pool (a shared
+# WASIp3 instance holds one for all its requests), and one tenant may hold
+# three quarters of the pool: 1,400 places let the 1,000 connections in for
+# every variant.
 # serve_variant NAME PORT COMPONENT ROUTE EXTRA
 serve_variant() {
     local name=$1 port=$2 file=$3 route=$4 extra=$5 dir key digest
@@ -138,7 +149,6 @@ for i in "${!names[@]}"; do
     bench_wait_ready "http://127.0.0.1:${ports[$i]}${paths[$i]}"
     runs+=("${names[$i]}" "http://127.0.0.1:${ports[$i]}${paths[$i]}")
 done
-declare -A rps p50 p99 med med99
 # The upstream (one Node.js process) resets a few of the thousands of
 # connections a second it is sent: counted and shown, not fatal.
 bench_allow_errors=1
@@ -174,8 +184,11 @@ echo
 for i in "${!names[@]}"; do
     kill "${bench_pid_of[${names[$i]}]}" 2>/dev/null || true
 done
+fi
 
 # --- part 2: a CPU-only hello ---------------------------------------------
+
+[ "$part" = 1 ] && exit 0
 
 hello=$components/hello.wasm
 hello_p3=$components/hello_p3.wasm

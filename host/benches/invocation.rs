@@ -330,7 +330,7 @@ async fn invoke_once(runtime: &Runtime, app: &App, pool: Option<&Arc<InstancePoo
     let reused = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let report = reused.clone();
     let response = runtime
-        .invoke(slot, app, request(), options, move |r| {
+        .invoke(slot.into(), app, request(), options, move |r| {
             report.store(r.reused, std::sync::atomic::Ordering::Relaxed);
         })
         .await;

@@ -348,8 +348,19 @@ impl DataPlane {
             Some(owner) => (Some(&owner.slots), owner.tier.limits.max_concurrency),
             None => (None, None),
         };
-        let slot = match self.runtime.try_reserve(tenant_slots, cap) {
-            Ok(slot) => slot,
+        let options = InvokeOptions {
+            limits: route.limits,
+            request_id,
+            https: conn.tls,
+            outbound: route.outbound.clone(),
+            timing: self.server_timing,
+            capabilities: route.capabilities.clone(),
+            reuse: route.instances.clone(),
+            shared: route.shared.clone(),
+            trace: (trace.span.clone(), trace.context),
+        };
+        let place = match self.runtime.admit(&route.app, &options, tenant_slots, cap) {
+            Ok(place) => place,
             Err(refusal) => {
                 match refusal {
                     Refusal::PoolFull => self.metrics.pool_exhausted.inc(),
@@ -384,23 +395,12 @@ impl DataPlane {
         };
         let admit_time = admit_started.elapsed();
         drop(admission_span);
-        let event = self.event_maker(route, &request, &request_id, started, trace.context);
-        let options = InvokeOptions {
-            limits: route.limits,
-            request_id,
-            https: conn.tls,
-            outbound: route.outbound.clone(),
-            timing: self.server_timing,
-            capabilities: route.capabilities.clone(),
-            reuse: route.instances.clone(),
-            shared: route.shared.clone(),
-            trace: (trace.span.clone(), trace.context),
-        };
+        let event = self.event_maker(route, &request, &options.request_id, started, trace.context);
         let usage = route.owner.as_ref().map(|owner| owner.usage.clone());
         let metrics = route.metrics.clone();
         let mut response = self
             .runtime
-            .invoke(slot, &route.app, request, options, move |report| {
+            .invoke(place, &route.app, request, options, move |report| {
                 metrics.executed(&report);
                 if let Some(usage) = usage {
                     usage.record(&report);

@@ -322,6 +322,22 @@ pub struct ExecutionReport {
     pub output: GuestText,
 }
 
+/// Where an admitted request runs.
+#[derive(Debug)]
+pub enum Place {
+    /// An instance of its own, holding a place in the instance pool.
+    Own(Slot),
+    /// A shared WASIp3 instance with room for it (the instance holds the
+    /// place in the pool).
+    Shared(super::p3::SharedPlace),
+}
+
+impl From<Slot> for Place {
+    fn from(slot: Slot) -> Self {
+        Place::Own(slot)
+    }
+}
+
 impl Runtime {
     /// Reserves a place in the instance pool for `tenant`, within its
     /// tier's `cap` and its fair share of the pool, or says at once why
@@ -334,7 +350,37 @@ impl Runtime {
         self.slots.try_take(tenant, cap)
     }
 
-    /// Runs `request` through a fresh instance of `app`.
+    /// Admits a request to run `app` with `options`, or says at once why
+    /// not. A request to a WASIp3 deployment with shared instances
+    /// ([`InvokeOptions::shared`]) goes to an instance with room for it and
+    /// takes no place in the pool of its own; only a new instance does
+    /// ([`Runtime::try_reserve`], for `tenant` within its `cap`). Any other
+    /// request takes a place of its own.
+    pub fn admit(
+        &self,
+        app: &App,
+        options: &InvokeOptions,
+        tenant: Option<&Arc<TenantSlots>>,
+        cap: Option<u32>,
+    ) -> Result<Place, Refusal> {
+        if let (Handler::P3(pre), Some(shared)) = (&app.handler, &options.shared) {
+            let new_store = || {
+                self.new_store(
+                    options.limits.memory_bytes,
+                    options.outbound.clone(),
+                    options.capabilities.clone(),
+                )
+            };
+            let reserve = || self.slots.try_take(tenant, cap);
+            let instantiate_by = Instant::now() + options.limits.timeout;
+            return shared.admit(pre, new_store, &reserve, instantiate_by).map(Place::Shared);
+        }
+        self.slots.try_take(tenant, cap).map(Place::Own)
+    }
+
+    /// Runs `request` where its admission ([`Runtime::admit`]) placed it:
+    /// a fresh instance of `app`, one kept from an earlier request (with
+    /// reuse), or a shared WASIp3 instance.
     ///
     /// Always answers: a failure before the response head becomes a JSON
     /// error (500, or 504 past the timeout); a failure after it truncates
@@ -343,7 +389,7 @@ impl Runtime {
     /// body byte for one that streams.
     pub async fn invoke<F>(
         &self,
-        slot: Slot,
+        place: Place,
         app: &App,
         request: Request<HyperIncomingBody>,
         options: InvokeOptions,
@@ -352,10 +398,11 @@ impl Runtime {
     where
         F: FnOnce(ExecutionReport) + Send + 'static,
     {
+        let slot = match place {
+            Place::Shared(place) => return place.invoke(request, options, on_done).await,
+            Place::Own(slot) => slot,
+        };
         if let Handler::P3(pre) = &app.handler {
-            if let Some(shared) = options.shared.clone() {
-                return shared.invoke(self, slot, pre, request, options, on_done).await;
-            }
             // WASIp3 without reuse: a fresh instance per request.
             let store = self.new_store(
                 options.limits.memory_bytes,
@@ -749,7 +796,7 @@ pub fn refusal_response(refusal: Refusal) -> Response<ResponseBody> {
             StatusCode::TOO_MANY_REQUESTS,
             "concurrency_limit",
             &format!(
-                "this tenant already runs {cap} invocations on this node, its tier's \
+                "this tenant already runs {cap} instances on this node, its tier's \
                  max_concurrency; retry shortly"
             ),
             1,

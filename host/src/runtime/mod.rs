@@ -52,7 +52,7 @@ use crate::tenancy::MAX_MEMORY_LIMIT_BYTES;
 pub use capabilities::{Capabilities, KvAccess, KvMeter};
 pub use compile::{CodeCache, CompileError, Compiled, check_imports, compile};
 pub use invoke::{
-    ExecutionReport, InvocationTiming, InvokeOptions, Limits, Outcome, expects_continue,
+    ExecutionReport, InvocationTiming, InvokeOptions, Limits, Outcome, Place, expects_continue,
     read_request, refusal_response,
 };
 pub use outbound::defaults as outbound_defaults;
@@ -60,7 +60,7 @@ pub use outbound::{
     AddressClass, HostPattern, Network, OutboundPolicy, OutboundSettings, classify,
 };
 pub use output::{CapturedText, GuestText, MAX_CAPTURED_OUTPUT};
-pub use p3::SharedInstances;
+pub use p3::{SharedInstances, SharedPlace};
 pub use phases::Phases;
 pub use reuse::InstancePool;
 pub use slots::{Refusal, Slot, SlotPool, TenantSlots};
@@ -181,8 +181,6 @@ pub struct Runtime {
     pools: Arc<reuse::Pools>,
     /// How long an instance kept for reuse may stay idle.
     reuse_idle_timeout: Duration,
-    /// Shared WASIp3 instances alive, and the requests on them.
-    shared: Arc<p3::SharedCounts>,
     /// Advances the engine's epoch every [`EPOCH_TICK`].
     _ticker: Periodic,
     /// Drops the instances idle past `REUSE_IDLE_TIMEOUT`, a few times per
@@ -293,7 +291,6 @@ impl Runtime {
             )),
             pools,
             reuse_idle_timeout: timeout,
-            shared: Arc::default(),
             _ticker: ticker,
             _sweeper: sweeper,
         })
@@ -315,13 +312,11 @@ impl Runtime {
         self.pool_size
     }
 
-    /// Instances running now: one per request in the pool, but requests on
-    /// shared WASIp3 instances count as the instances they share.
+    /// Instances running now: the places taken in the pool (one per
+    /// request, or per shared WASIp3 instance, however many requests it
+    /// serves).
     pub fn instances_in_use(&self) -> usize {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.slots.in_use() as usize)
-            .saturating_sub(self.shared.requests.load(Relaxed))
-            .saturating_add(self.shared.alive.load(Relaxed))
+        self.slots.in_use() as usize
     }
 
     /// Instances kept idle for reuse now.
@@ -354,7 +349,7 @@ impl Runtime {
             max_uses,
             max_concurrent,
             self.reuse_idle_timeout,
-            self.shared.clone(),
+            self.idle.clone(),
         ))
     }
 

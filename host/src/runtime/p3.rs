@@ -29,7 +29,8 @@ use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
 use super::invoke::{ExecutionReport, InvokeOptions, Outcome, classify, guest_error_response};
 use super::output::GuestText;
-use super::slots::Slot;
+use super::reuse::{IdleClaim, IdleCount};
+use super::slots::{Refusal, Slot};
 use super::state::InvocationState;
 use crate::response::{BoxError, ResponseBody};
 
@@ -233,6 +234,14 @@ pub(super) fn service_pre(
 /// pass its deadline is dropped with every request it was serving (their
 /// clients get a 5xx or a body ending in an error, never a hang), and the
 /// next request gets a fresh instance.
+///
+/// Each instance, not each request, holds a place in the node's instance
+/// pool while it serves requests: the pool's size, the tenant's
+/// `max_concurrency` and its fair share count instances, as they do for
+/// WASIp2, where an instance serves one request at a time. An instance
+/// without requests gives its place back and counts among the node's idle
+/// instances (`POOL_WARM_SLOTS`, `REUSE_IDLE_MEMORY`), as a kept WASIp2
+/// instance does; where none may be kept, it ends.
 pub struct SharedInstances {
     name: String,
     max_uses: u32,
@@ -240,32 +249,55 @@ pub struct SharedInstances {
     idle_timeout: Duration,
     /// The instances alive: a request goes to the first with room.
     workers: std::sync::Mutex<Vec<Arc<Worker>>>,
-    /// The node's count of shared instances and of the requests on them.
-    counts: Arc<SharedCounts>,
+    /// The node's idle instances, where an instance without requests
+    /// counts.
+    idle: Arc<IdleCount>,
 }
 
-/// Shared instances alive on the node, and requests running on them: each
-/// such request holds a place in the instance pool, but they share far
-/// fewer instances (what `wasmwiz_instances_in_use` reports).
-#[derive(Debug, Default)]
-pub struct SharedCounts {
-    pub(super) alive: std::sync::atomic::AtomicUsize,
-    pub(super) requests: std::sync::atomic::AtomicUsize,
+/// A request's place on a shared instance, taken at admission
+/// ([`SharedInstances::admit`]). Dropped without being used (a quota
+/// refused the request after its admission), it frees its room, and an
+/// instance started for it alone never starts.
+pub struct SharedPlace {
+    worker: Arc<Worker>,
+    /// A new instance, started when the request is sent to it.
+    start: Option<Start>,
+    sent: bool,
 }
 
-/// A request on a shared instance, counted while it runs.
-struct Counted(Arc<SharedCounts>);
+/// What a new instance needs to start.
+struct Start {
+    store: Store<InvocationState>,
+    pre: ServicePre<InvocationState>,
+    jobs: mpsc::UnboundedReceiver<Job>,
+    /// The first request's deadline, which instantiation counts against.
+    instantiate_by: Instant,
+    /// The deployment's route, in logs.
+    name: String,
+    idle_timeout: Duration,
+}
 
-impl Counted {
-    fn new(counts: &Arc<SharedCounts>) -> Self {
-        counts.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(counts.clone())
+impl Drop for SharedPlace {
+    fn drop(&mut self) {
+        if self.sent {
+            return;
+        }
+        let others = self.worker.give_back();
+        // An instance made for this request: it starts only if other
+        // requests were admitted to it meanwhile.
+        if let Some(start) = self.start.take() {
+            if others {
+                start.spawn(self.worker.clone());
+            } else {
+                self.worker.release();
+            }
+        }
     }
 }
 
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.requests.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+impl std::fmt::Debug for SharedPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedPlace").field("new", &self.start.is_some()).finish_non_exhaustive()
     }
 }
 
@@ -279,53 +311,145 @@ impl std::fmt::Debug for SharedInstances {
     }
 }
 
-/// One instance's admission: what it has taken, whether it takes more.
+/// One instance's admission: what it has taken, whether it takes more,
+/// and what it holds on the node.
 #[derive(Default)]
 struct Admission {
     accepted: u32,
     in_flight: u32,
     closed: bool,
+    /// While it has requests (and until it ends, once closed): its place
+    /// in the instance pool.
+    slot: Option<Slot>,
+    /// While it waits for requests: its place among the node's idle
+    /// instances.
+    idle: Option<IdleClaim>,
+    /// Its linear memory at its last request's end.
+    memory: u64,
 }
 
-/// A running instance: where its requests go.
+/// A shared instance: where its requests go, and what it holds.
 struct Worker {
     jobs: mpsc::UnboundedSender<Job>,
     admission: std::sync::Mutex<Admission>,
+    /// Wakes its task when it is closed from outside (see `give_back`).
+    closed: tokio::sync::Notify,
+    idle: Arc<IdleCount>,
+    max_uses: u32,
 }
+
+/// Takes a place in the instance pool for a new or idle instance.
+type Reserve<'a> = &'a dyn Fn() -> Result<Slot, Refusal>;
 
 impl Worker {
     fn lock(&self) -> std::sync::MutexGuard<'_, Admission> {
         self.admission.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes one more request if the instance has room for it.
-    fn try_accept(&self, max_uses: u32, max_concurrent: u32) -> bool {
+    /// Takes one more request if the instance has room for it. An idle
+    /// instance needs a place in the pool again: taken with `reserve`, or,
+    /// without one, the instance takes no request.
+    fn try_accept(
+        &self,
+        max_concurrent: u32,
+        reserve: Option<Reserve<'_>>,
+    ) -> Result<bool, Refusal> {
         let mut admission = self.lock();
-        let room = !admission.closed
-            && admission.accepted < max_uses
-            && admission.in_flight < max_concurrent;
-        if room {
-            admission.accepted += 1;
-            admission.in_flight += 1;
+        if admission.closed
+            || admission.accepted >= self.max_uses
+            || admission.in_flight >= max_concurrent
+        {
+            return Ok(false);
         }
-        room
+        if admission.slot.is_none() {
+            let Some(reserve) = reserve else { return Ok(false) };
+            admission.slot = Some(reserve()?);
+            admission.idle = None;
+        }
+        admission.accepted += 1;
+        admission.in_flight += 1;
+        Ok(true)
     }
 
-    fn finished_one(&self) {
+    /// Its last request is over: it waits for the next one among the
+    /// node's idle instances, giving its pool place back, or, used up or
+    /// with no idle place for it, closes (keeping its pool place until it
+    /// has ended).
+    fn go_idle(&self, admission: &mut Admission) {
+        if admission.accepted >= self.max_uses {
+            admission.closed = true;
+            return;
+        }
+        match self.idle.claim(admission.memory) {
+            Some(claim) => {
+                admission.idle = Some(claim);
+                admission.slot = None;
+            }
+            None => admission.closed = true,
+        }
+    }
+
+    /// Frees the room of a request admitted but never sent; whether other
+    /// requests are still admitted.
+    fn give_back(&self) -> bool {
         let mut admission = self.lock();
+        admission.accepted = admission.accepted.saturating_sub(1);
         admission.in_flight = admission.in_flight.saturating_sub(1);
-    }
-
-    /// Takes no more requests; whether any is still in flight.
-    fn close(&self) -> bool {
-        let mut admission = self.lock();
-        admission.closed = true;
+        if admission.in_flight == 0 && !admission.closed {
+            self.go_idle(&mut admission);
+            if admission.closed {
+                self.closed.notify_one();
+            }
+        }
         admission.in_flight > 0
     }
 
-    fn used_up(&self, max_uses: u32) -> bool {
-        let admission = self.lock();
-        admission.accepted >= max_uses && admission.in_flight == 0
+    /// A request ended; the instance holds `memory` bytes of linear memory.
+    /// Whether it takes more (false: it closed).
+    fn finished_one(&self, memory: u64) -> bool {
+        let mut admission = self.lock();
+        admission.in_flight = admission.in_flight.saturating_sub(1);
+        admission.memory = memory;
+        if admission.in_flight == 0 && !admission.closed {
+            self.go_idle(&mut admission);
+        }
+        !admission.closed
+    }
+
+    /// Takes no more requests.
+    fn close(&self) {
+        self.lock().closed = true;
+    }
+
+    /// Takes no more requests if none is admitted: whether it is closed.
+    fn close_if_idle(&self) -> bool {
+        let mut admission = self.lock();
+        if admission.in_flight == 0 {
+            admission.closed = true;
+        }
+        admission.closed
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Gives back what the instance held on the node (it has ended, or
+    /// never started).
+    fn release(&self) {
+        let mut admission = self.lock();
+        admission.closed = true;
+        admission.slot = None;
+        admission.idle = None;
+    }
+}
+
+/// Releases a worker's places when its task ends, however it ends.
+struct Ended(Arc<Worker>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 
@@ -345,8 +469,6 @@ struct Tail {
     on_done: Box<dyn FnOnce(ExecutionReport) + Send>,
     request_id: String,
     started: Instant,
-    slot: Slot,
-    _counted: Counted,
     status: Option<u16>,
     reused: bool,
     instantiate: Duration,
@@ -360,7 +482,6 @@ impl Tail {
         outcome_tx: &watch::Sender<Option<Outcome>>,
     ) {
         let wall = self.started.elapsed();
-        drop(self.slot);
         let _ = outcome_tx.send(Some(outcome));
         let status = match (outcome, self.status) {
             (Outcome::Ok, Some(status)) => status,
@@ -399,7 +520,7 @@ impl SharedInstances {
         max_uses: u32,
         max_concurrent: u32,
         idle_timeout: Duration,
-        counts: Arc<SharedCounts>,
+        idle: Arc<IdleCount>,
     ) -> Self {
         Self {
             name,
@@ -407,134 +528,101 @@ impl SharedInstances {
             max_concurrent: max_concurrent.clamp(1, max_uses.max(1)),
             idle_timeout,
             workers: std::sync::Mutex::default(),
-            counts,
+            idle,
         }
     }
 
-    /// Runs `request` on an instance of the deployment with room for it.
-    pub(super) async fn invoke<F>(
+    /// Admits a request: a place on the first instance serving requests
+    /// with room for it, else on an idle one, else on a new instance of
+    /// `pre` in a store from `new_store`, instantiated by `instantiate_by`
+    /// (the request's deadline). An idle or new instance needs a place in
+    /// the pool, which `reserve` takes or refuses (the request is refused
+    /// with it).
+    pub(super) fn admit(
         &self,
-        runtime: &super::Runtime,
-        slot: Slot,
         pre: &ServicePre<InvocationState>,
-        request: Request<HyperIncomingBody>,
-        options: InvokeOptions,
-        on_done: F,
-    ) -> Response<ResponseBody>
-    where
-        F: FnOnce(ExecutionReport) + Send + 'static,
-    {
-        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let (head_tx, head_rx) = oneshot::channel();
-        let (outcome_tx, mut outcome_rx) = watch::channel(None::<Outcome>);
-        let mut job = Job {
-            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            request,
-            deadline: Instant::now() + options.limits.timeout,
-            head_tx,
-            outcome_tx,
-            outcome_rx: outcome_rx.clone(),
-            tail: Tail {
-                on_done: Box::new(on_done),
-                request_id: options.request_id.clone(),
-                started: Instant::now(),
-                slot,
-                _counted: Counted::new(&self.counts),
-                status: None,
-                reused: false,
-                instantiate: Duration::ZERO,
-            },
-        };
-        loop {
-            let worker = {
-                let mut workers = locked(&self.workers);
-                // Instances that take no more requests leave the list.
-                workers.retain(|worker| !worker.lock().closed);
-                let found = workers
-                    .iter()
-                    .find(|worker| worker.try_accept(self.max_uses, self.max_concurrent))
-                    .cloned();
-                match found {
-                    Some(worker) => {
-                        job.tail.reused = true;
-                        worker
-                    }
-                    None => {
-                        let store = runtime.new_store(
-                            options.limits.memory_bytes,
-                            options.outbound.clone(),
-                            options.capabilities.clone(),
-                        );
-                        let worker = self.spawn(store, pre.clone());
-                        worker.try_accept(self.max_uses, self.max_concurrent);
-                        job.tail.reused = false;
-                        workers.push(worker.clone());
-                        worker
-                    }
-                }
-            };
-            match worker.jobs.send(job) {
-                Ok(()) => break,
-                // The instance ended between the admission and the send.
-                Err(mpsc::error::SendError(back)) => {
-                    worker.close();
-                    job = back;
+        new_store: impl FnOnce() -> Store<InvocationState>,
+        reserve: Reserve<'_>,
+        instantiate_by: Instant,
+    ) -> Result<SharedPlace, Refusal> {
+        let mut workers = locked(&self.workers);
+        // Instances that take no more requests leave the list.
+        workers.retain(|worker| !worker.is_closed());
+        for reserve in [None, Some(reserve)] {
+            for worker in workers.iter() {
+                if worker.try_accept(self.max_concurrent, reserve)? {
+                    return Ok(SharedPlace { worker: worker.clone(), start: None, sent: false });
                 }
             }
         }
-        match head_rx.await {
-            Ok((Ok(response), _)) => response,
-            Ok((Err(code), _)) => guest_error_response(&code),
-            Err(_) => match outcome_rx.wait_for(Option::is_some).await.ok().and_then(|o| *o) {
-                Some(Outcome::Ok) | None => Outcome::NoResponse.response(),
-                Some(outcome) => outcome.response(),
-            },
-        }
+        let admission =
+            Admission { accepted: 1, in_flight: 1, slot: Some(reserve()?), ..Admission::default() };
+        let (jobs, rx) = mpsc::unbounded_channel::<Job>();
+        let worker = Arc::new(Worker {
+            jobs,
+            admission: std::sync::Mutex::new(admission),
+            closed: tokio::sync::Notify::new(),
+            idle: self.idle.clone(),
+            max_uses: self.max_uses,
+        });
+        workers.push(worker.clone());
+        let start = Start {
+            store: new_store(),
+            pre: pre.clone(),
+            jobs: rx,
+            instantiate_by,
+            name: self.name.clone(),
+            idle_timeout: self.idle_timeout,
+        };
+        Ok(SharedPlace { worker, start: Some(start), sent: false })
     }
+}
 
-    fn spawn(
-        &self,
-        mut store: Store<InvocationState>,
-        pre: ServicePre<InvocationState>,
-    ) -> Arc<Worker> {
-        let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
-        let worker = Arc::new(Worker { jobs, admission: std::sync::Mutex::default() });
-        let me = worker.clone();
-        let (max_uses, idle) = (self.max_uses, self.idle_timeout);
-        let name = self.name.clone();
-        let counts = self.counts.clone();
-        counts.alive.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+impl Start {
+    /// Starts the instance in a task of its own, serving `worker`'s
+    /// requests until it is used up, idle past the timeout, or fails.
+    fn spawn(self, worker: Arc<Worker>) {
+        let Start { mut store, pre, jobs: mut rx, instantiate_by, name, idle_timeout } = self;
         let stdout = store.data().stdout.clone();
         let stderr = store.data().stderr.clone();
         tokio::spawn(async move {
+            let me = Ended(worker);
+            let worker = &me.0;
             let in_flight: Shared<InFlight> = Arc::default();
             let started = Instant::now();
             let ended = async {
-                let service = pre.instantiate_async(&mut store).await?;
+                // Instantiation counts against the first request's deadline.
+                let instantiating = pre.instantiate_async(&mut store);
+                let Ok(service) =
+                    tokio::time::timeout_at(instantiate_by.into(), instantiating).await
+                else {
+                    return Ok(Some(Outcome::Timeout));
+                };
+                let service = service?;
                 let instantiate = started.elapsed();
                 let serving = store.run_concurrent(async |accessor| {
-                    serve(accessor, &service, &mut rx, &me, &in_flight, max_uses, idle, instantiate)
-                        .await
+                    serve(
+                        accessor,
+                        &service,
+                        &mut rx,
+                        worker,
+                        &in_flight,
+                        idle_timeout,
+                        instantiate,
+                    )
+                    .await
                 });
                 tokio::select! {
                     result = serving => result.and_then(|inner| inner).map(|()| None),
                     () = first_deadline(&in_flight) => Ok(Some(Outcome::Timeout)),
                 }
             };
-            // Instantiation counts against the first request's deadline.
-            let first_deadline = locked(&in_flight).deadlines.first().map(|(at, _)| *at);
-            let ended = match first_deadline {
-                Some(at) => tokio::time::timeout_at(at.into(), ended)
-                    .await
-                    .unwrap_or(Ok(Some(Outcome::Timeout))),
-                None => ended.await,
-            };
-            let outcome = match ended {
+            let outcome = match ended.await {
                 Ok(None) => None,
                 Ok(Some(outcome)) => Some(outcome),
                 Err(error) => Some(classify(&error, store.data())),
             };
-            me.close();
+            worker.close();
             rx.close();
             if let Some(outcome) = outcome {
                 tracing::info!(
@@ -560,9 +648,61 @@ impl SharedInstances {
             while let Ok(job) = rx.try_recv() {
                 job.tail.finish(failed, GuestText::default(), &job.outcome_tx);
             }
-            counts.alive.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            // `me` gives back what the instance held on the node, last.
         });
-        worker
+    }
+}
+
+impl SharedPlace {
+    /// Runs `request` on the instance this place is on (starting it, if it
+    /// is new).
+    pub(super) async fn invoke<F>(
+        mut self,
+        request: Request<HyperIncomingBody>,
+        options: InvokeOptions,
+        on_done: F,
+    ) -> Response<ResponseBody>
+    where
+        F: FnOnce(ExecutionReport) + Send + 'static,
+    {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let (head_tx, head_rx) = oneshot::channel();
+        let (outcome_tx, mut outcome_rx) = watch::channel(None::<Outcome>);
+        let job = Job {
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            request,
+            deadline: Instant::now() + options.limits.timeout,
+            head_tx,
+            outcome_tx,
+            outcome_rx: outcome_rx.clone(),
+            tail: Tail {
+                on_done: Box::new(on_done),
+                request_id: options.request_id.clone(),
+                started: Instant::now(),
+                status: None,
+                reused: self.start.is_none(),
+                instantiate: Duration::ZERO,
+            },
+        };
+        if let Err(mpsc::error::SendError(job)) = self.worker.jobs.send(job) {
+            // The instance ended (it failed) between this request's
+            // admission and now: the request ends with it, as the requests
+            // it was serving did.
+            job.tail.finish(Outcome::NoResponse, GuestText::default(), &job.outcome_tx);
+            return Outcome::NoResponse.response();
+        }
+        self.sent = true;
+        if let Some(start) = self.start.take() {
+            start.spawn(self.worker.clone());
+        }
+        match head_rx.await {
+            Ok((Ok(response), _)) => response,
+            Ok((Err(code), _)) => guest_error_response(&code),
+            Err(_) => match outcome_rx.wait_for(Option::is_some).await.ok().and_then(|o| *o) {
+                Some(Outcome::Ok) | None => Outcome::NoResponse.response(),
+                Some(outcome) => outcome.response(),
+            },
+        }
     }
 }
 
@@ -582,14 +722,12 @@ async fn first_deadline(in_flight: &Shared<InFlight>) {
 
 /// Serves the instance's requests, many at once, until it is used up or
 /// idle; an error (a trap) ends it with every request in flight.
-#[allow(clippy::too_many_arguments)]
 async fn serve(
     accessor: &wasmtime::component::Accessor<InvocationState>,
     service: &wasmtime_wasi_http::p3::bindings::Service,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     worker: &Worker,
     in_flight: &Shared<InFlight>,
-    max_uses: u32,
     idle: Duration,
     instantiate: Duration,
 ) -> wasmtime::Result<()> {
@@ -600,10 +738,6 @@ async fn serve(
     loop {
         if !open && running.is_empty() {
             return Ok(());
-        }
-        if running.is_empty() && worker.used_up(max_uses) {
-            worker.close();
-            rx.close();
         }
         tokio::select! {
             job = rx.recv(), if open => match job {
@@ -623,11 +757,25 @@ async fn serve(
             },
             Some(done) = running.next(), if !running.is_empty() => {
                 done?;
-                worker.finished_one();
+                let memory = accessor.with(|mut store| store.data_mut().memory_peak());
+                // Used up, or no idle place for it: no more requests.
+                if !worker.finished_one(memory) {
+                    rx.close();
+                }
             }
+            // Idle past the timeout, unless a request was admitted (its
+            // job is on its way).
             () = tokio::time::sleep(idle), if running.is_empty() && open => {
-                worker.close();
-                rx.close();
+                if worker.close_if_idle() {
+                    rx.close();
+                }
+            }
+            // Closed from outside (a request given back left it idle with
+            // no idle place for it).
+            () = worker.closed.notified(), if open => {
+                if worker.is_closed() {
+                    rx.close();
+                }
             }
         }
     }

@@ -79,7 +79,7 @@ impl IdleCount {
 
     /// One more idle instance holding `bytes` of linear memory, if the node
     /// may keep it.
-    fn claim(self: &Arc<Self>, bytes: u64) -> Option<IdleClaim> {
+    pub(super) fn claim(self: &Arc<Self>, bytes: u64) -> Option<IdleClaim> {
         self.now
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.max).then_some(n + 1))
             .ok()?;
@@ -95,7 +95,7 @@ impl IdleCount {
 }
 
 /// One idle instance counted on the node; uncounted on drop.
-struct IdleClaim {
+pub(super) struct IdleClaim {
     count: Arc<IdleCount>,
     bytes: u64,
 }

@@ -59,6 +59,14 @@ async fn a_wasip3_component_is_named_by_its_world_served_counted_and_logged(env:
 
 mod sqlite {
     #[tokio::test]
+    async fn shared_instances_not_their_requests_take_places_in_the_pool() {
+        super::shared_instances_not_their_requests_take_places_in_the_pool(
+            crate::helpers::ServeEnv::sqlite(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_wasip3_handler_streams_an_upstreams_answer_while_others_share_its_instance() {
         super::a_wasip3_handler_streams_an_upstreams_answer_while_others_share_its_instance(
             crate::helpers::ServeEnv::sqlite(),
@@ -92,6 +100,14 @@ mod sqlite {
 }
 
 mod postgres {
+    #[tokio::test]
+    async fn shared_instances_not_their_requests_take_places_in_the_pool() {
+        super::shared_instances_not_their_requests_take_places_in_the_pool(
+            crate::helpers::ServeEnv::postgres(),
+        )
+        .await;
+    }
+
     #[tokio::test]
     async fn a_wasip3_handler_streams_an_upstreams_answer_while_others_share_its_instance() {
         super::a_wasip3_handler_streams_an_upstreams_answer_while_others_share_its_instance(
@@ -237,25 +253,35 @@ async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(env: S
     }
 }
 
-/// `wasmwiz_instances_in_use`, as the node's /metrics reports it.
-async fn instances_in_use(api: &Api) -> Option<u64> {
+/// A gauge of the node's /metrics.
+async fn gauge(api: &Api, name: &str) -> Option<u64> {
     let metrics = api.get_text("/metrics").await.1;
+    let prefix = format!("{name} ");
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("wasmwiz_instances_in_use "))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Waits until the node has no shared instance alive (an idle one ends
-/// after the idle timeout).
+/// `wasmwiz_instances_in_use`: instances serving requests.
+async fn instances_in_use(api: &Api) -> Option<u64> {
+    gauge(api, "wasmwiz_instances_in_use").await
+}
+
+/// Waits until the node has no shared instance alive, serving or idle (an
+/// idle one ends after the idle timeout).
 async fn wait_idle(api: &Api) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let in_use = instances_in_use(api).await;
-        if in_use == Some(0) {
+        let idle = gauge(api, "wasmwiz_instances_idle").await;
+        if in_use == Some(0) && idle == Some(0) {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "instances still in use: {in_use:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "instances still alive: {in_use:?} in use, {idle:?} idle"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -553,4 +579,80 @@ async fn a_wasip3_handler_streams_an_upstreams_answer_while_others_share_its_ins
     // An upstream the deployment does not allow is refused by the host.
     let (status, body) = api.get_text("/acme/fetch/?url=http://127.0.0.2:9/").await;
     assert_eq!(status, 502, "{body}");
+}
+
+/// On shared instances the pool and the tier's cap count instances, not
+/// requests: a tenant capped at two runs sixteen waiting requests at once
+/// on two instances, and a seventeenth, which would need a third, gets
+/// 429. Without sharing, the same cap admits two requests at once.
+async fn shared_instances_not_their_requests_take_places_in_the_pool(mut env: ServeEnv) {
+    env.set("REUSE_IDLE_TIMEOUT", "1");
+    env.admin(&[
+        "tier",
+        "set",
+        "capped",
+        "--timeout",
+        "5000ms",
+        "--per-minute",
+        "unlimited",
+        "--per-day",
+        "unlimited",
+        "--max-concurrency",
+        "2",
+        "--max-instance-concurrency",
+        "8",
+    ]);
+    let key = env.tenant("acme", "capped", false);
+    let server = env.serve();
+    let api = Api::new(&server, &key);
+    let p3 = api.upload_component("hostile_p3").await;
+    let (status, body) = api
+        .deploy(serde_json::json!({
+            "route": "/acme/shared/...", "component": p3,
+            "max_instance_reuse": 1000, "max_instance_concurrency": 8,
+        }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    api.deploy_component("hostile_p3", "/acme/fresh/...").await;
+
+    let in_use = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        instances_in_use(&api).await
+    };
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        count(&api, 0).await
+    };
+    let (counts, in_use, late) =
+        tokio::join!(futures::future::join_all((0..16).map(|_| count(&api, 1500))), in_use, late);
+    let mut seen: Vec<u64> = counts
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            body.parse().unwrap()
+        })
+        .collect();
+    seen.sort_unstable();
+    let two_instances: Vec<u64> = (1..=8).flat_map(|n| [n, n]).collect();
+    assert_eq!(seen, two_instances, "sixteen requests on two instances");
+    assert_eq!(in_use, Some(2), "instances in use while sixteen requests wait");
+    assert_eq!(late.0, 429, "a request that needs a third instance: {}", late.1);
+    assert!(late.1.contains("concurrency_limit"), "{}", late.1);
+
+    // Without sharing, each request is an instance: two at once, the third
+    // refused.
+    let fresh = |ms: u64| {
+        let api = api.clone();
+        async move { api.get_text(&format!("/acme/fresh/count?ms={ms}")).await }
+    };
+    let third = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        fresh(0).await
+    };
+    let (first, second, third) = tokio::join!(fresh(1500), fresh(1500), third);
+    assert_eq!((first.0, second.0), (200, 200), "{first:?} {second:?}");
+    assert_eq!(third.0, 429, "{third:?}");
+    // Once they are done, the tenant is served again.
+    wait_idle(&api).await;
+    assert_eq!(count(&api, 0).await, (200, "1".to_string()));
 }
