@@ -38,4 +38,8 @@ if ! cmp -s tests/api/requirements.txt "$st/requirements.txt"; then
     "$st/bin/pip" install --quiet --disable-pip-version-check -r tests/api/requirements.txt
     cp tests/api/requirements.txt "$st/requirements.txt"
 fi
+# A failing test's message, not a backtrace, is what a reader of the output
+# needs (and long diagnostics go to target/test-logs/, see
+# host/tests/it/helpers.rs `kept`): WASMWIZ_TEST_BACKTRACE=1 brings them back.
+export RUST_BACKTRACE="${WASMWIZ_TEST_BACKTRACE:-0}"
 cargo test --workspace --locked -- "$@"

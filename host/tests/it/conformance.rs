@@ -12,7 +12,7 @@ use std::process::Command;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Api, ServeEnv, component};
+use crate::helpers::{Api, ServeEnv, component, kept};
 
 mod sqlite {
     #[tokio::test]
@@ -132,8 +132,10 @@ async fn conformance(env: ServeEnv) {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             output.status.success(),
-            "Schemathesis with the {who} key found answers that break /api/docs:\n{stdout}\n{stderr}\nserver log:\n{}",
-            server.logs()
+            "Schemathesis with the {who} key found answers that break /api/docs:\n{}\n{}\nserver log:\n{}",
+            kept(&format!("conformance-{who}-stdout"), &stdout, 120),
+            kept(&format!("conformance-{who}-stderr"), &stderr, 20),
+            kept(&format!("conformance-{who}-server"), &server.logs(), 30),
         );
         // The run did exercise the API, stateful phase included.
         assert!(stdout.contains("Stateful"), "no stateful phase:\n{stdout}");
@@ -142,7 +144,11 @@ async fn conformance(env: ServeEnv) {
         // were (an admin may act on any tenant: not checked after its run).
         if who == "tenant" {
             let alive = reqwest::get(server.url("/health")).await;
-            assert!(alive.is_ok(), "the node is gone after the run:\n{}", server.logs());
+            assert!(
+                alive.is_ok(),
+                "the node is gone after the run:\n{}",
+                kept("conformance-server", &server.logs(), 40)
+            );
             let globex = Api::new(&server, &other_key);
             let after = belongings(&globex).await;
             assert_eq!(before, after, "another tenant's objects changed during the tenant's run");
@@ -151,6 +157,12 @@ async fn conformance(env: ServeEnv) {
     // Nor did the node fail a request on its side (Schemathesis checks the
     // answers it got; this reads the node's own log).
     let logs = server.logs();
-    assert!(!logs.contains("panicked"), "{logs}");
-    assert!(!logs.contains("internal error"), "{logs}");
+    for bad in ["panicked", "internal error"] {
+        let at = logs.lines().filter(|l| l.contains(bad)).take(5).collect::<Vec<_>>().join("\n");
+        assert!(
+            at.is_empty(),
+            "the node's log says {bad:?}:\n{at}\n{}",
+            kept("conformance-server", &logs, 10)
+        );
+    }
 }

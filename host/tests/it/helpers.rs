@@ -37,6 +37,21 @@ pub fn component(name: &str) -> PathBuf {
     path
 }
 
+/// Keeps a long diagnostic (a server's log, a tool's output) in
+/// `target/test-logs/` and returns its last `lines` lines with the file's
+/// path: a failing test's message stays short enough for CI to show whole.
+pub fn kept(name: &str, text: &str, lines: usize) -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs");
+    let path = dir.join(format!("{name}-{}-{}.txt", std::process::id(), rand::random::<u32>()));
+    let saved = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text));
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    match saved {
+        Ok(()) => format!("[last {lines} lines; all {} in {}]\n{tail}", all.len(), path.display()),
+        Err(e) => format!("[last {lines} lines; not saved: {e}]\n{tail}"),
+    }
+}
+
 /// A `ROUTE=FILE` argument of `wasmwiz run` for the component `name`.
 pub fn mount(route: &str, name: &str) -> String {
     format!("{route}={}", component(name).display())
