@@ -9,8 +9,10 @@
 #    - p2-reuse: the same with sequential reuse (128 requests per instance);
 #    - p3-shared: WASIp3 (examples/fetch-p3), concurrency per instance (up
 #      to 100 requests at once, 10,000 in all).
-#    For each: requests/s, p99, the server's peak RSS (VmHWM) and the most
-#    instances in use (wasmwiz_instances_in_use, sampled every 100 ms).
+#    For each: requests/s, p99, the server's peak RSS (VmHWM), the most
+#    instances in use (wasmwiz_instances_in_use) and the most linear memory
+#    its instances held (wasmwiz_instance_memory_bytes), both sampled every
+#    100 ms.
 # 2. A CPU-only `hello`: the WASIp3 examples/hello-p3 on `wasmwiz run`
 #    (fresh; shared, 128 per instance, 16 at once) and on `wasmtime serve`
 #    48 with the same component (its defaults for WASIp3: 128 per instance,
@@ -109,10 +111,11 @@ serve_variant p3-shared "${ports[2]}" "$components/fetch_p3.wasm" '/bench/w/...'
     ',"max_instance_reuse":10000,"max_instance_concurrency":100'
 paths=("/bench/w/outbound?$target" "/bench/w/outbound?$target" "/bench/w/?$target")
 
-# The most instances in use while a run lasts: sampled from /metrics.
-# Every sample is kept in results/instances-NAME-RUN.txt (seconds since the
-# run started, instances in use).
-declare -A peak_instances=() sampled_runs=()
+# The most instances in use and the most linear memory they held while a
+# run lasts: sampled from /metrics. Every sample is kept in
+# results/instances-NAME-RUN.txt (seconds since the run started, instances
+# in use, their linear memory in bytes).
+declare -A peak_instances=() peak_memory=() sampled_runs=()
 sampler=
 bench_before_run() {
     local base=${1%%/bench/*} name i
@@ -125,22 +128,28 @@ bench_before_run() {
     (started=$(date +%s.%N)
     while true; do
         curl -fsS "$base/metrics" 2>/dev/null |
-            awk -v t="$(date +%s.%N)" -v s="$started" \
-                '/^wasmwiz_instances_in_use / {printf "%.1f %s\n", t - s, $2}' >>"$samples" || true
+            awk -v t="$(date +%s.%N)" -v s="$started" '
+                /^wasmwiz_instances_in_use / {n = $2}
+                /^wasmwiz_instance_memory_bytes / {m = $2}
+                END {if (n != "") printf "%.1f %s %s\n", t - s, n, m}' >>"$samples" || true
         sleep 0.1
     done) &
     sampler=$!
 }
 bench_after_run() {
-    local base=${1%%/bench/*} name peak i
+    local base=${1%%/bench/*} name peak memory i
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
     peak=$(awk '{print $2}' "$samples" | sort -g | tail -1)
+    memory=$(awk '{print $3}' "$samples" | sort -g | tail -1)
     for i in "${!names[@]}"; do
         [ "$base" = "http://127.0.0.1:${ports[$i]}" ] && name=${names[$i]}
     done
     if [ "${peak:-0}" -gt "${peak_instances[$name]:-0}" ]; then
         peak_instances[$name]=$peak
+    fi
+    if [ "${memory:-0}" -gt "${peak_memory[$name]:-0}" ]; then
+        peak_memory[$name]=$memory
     fi
 }
 
@@ -159,9 +168,9 @@ unset -f bench_before_run bench_after_run
 echo
 echo "Part 1: a handler waiting 50 ms on an upstream, wrk -t$threads -c$waiting -d${duration}s, $rounds rounds, median ($(nproc) cores, loopback)"
 echo
-echo "| variant | requests/s | p99 ms | peak RSS MiB | peak instances in use | non-2xx / requests |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-declare -A rss=()
+echo "| variant | requests/s | p99 ms | peak RSS MiB | peak instances in use | peak instance memory MiB | non-2xx / requests |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+declare -A rss=() imem=()
 for name in "${names[@]}"; do
     # shellcheck disable=SC2086
     med[$name]=$(bench_median ${rps[$name]})
@@ -170,7 +179,8 @@ for name in "${names[@]}"; do
     rss[$name]=$(awk '/^VmHWM:/ {printf "%.0f", $2 / 1024}' "/proc/${bench_pid_of[$name]}/status")
     # shellcheck disable=SC2086
     errors=$(printf '%s\n' ${bench_errors[$name]:-} | awk -F: '{b += $1; n += $2} END {printf "%d / %d", b, n}')
-    echo "| $name | ${med[$name]} | ${med99[$name]} | ${rss[$name]} | ${peak_instances[$name]:-0} | $errors |"
+    imem[$name]=$(awk -v b="${peak_memory[$name]:-0}" 'BEGIN {printf "%.1f", b / 1048576}')
+    echo "| $name | ${med[$name]} | ${med99[$name]} | ${rss[$name]} | ${peak_instances[$name]:-0} | ${imem[$name]} | $errors |"
 done
 echo
 best=p2-fresh
@@ -179,6 +189,7 @@ if awk -v a="${med[p2-reuse]}" -v b="${med[p2-fresh]}" 'BEGIN { exit !(a > b) }'
 fi
 echo "p3-shared / $best (requests/s): $(bench_ratio "${med[p3-shared]}" "${med[$best]}")"
 echo "p3-shared / $best (peak RSS):   $(bench_ratio "${rss[p3-shared]}" "${rss[$best]}")"
+echo "p3-shared / $best (peak instance memory): $(bench_ratio "${imem[p3-shared]}" "${imem[$best]}")"
 echo
 
 for i in "${!names[@]}"; do

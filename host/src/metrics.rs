@@ -72,6 +72,8 @@ pub struct Metrics {
     pub compilations_pending: IntGauge,
     /// `wasmwiz_instances_reused_total`.
     pub instances_reused: IntCounter,
+    /// `wasmwiz_instance_memory_bytes`.
+    pub instance_memory: IntGauge,
     /// `wasmwiz_instances_idle`.
     pub instances_idle: IntGauge,
     /// `wasmwiz_deployments_live`.
@@ -171,6 +173,10 @@ impl Metrics {
                 "Time to instantiate a component for one request",
             ),
             instances_in_use: gauge("wasmwiz_instances_in_use", "Component instances running now"),
+            instance_memory: gauge(
+                "wasmwiz_instance_memory_bytes",
+                "Linear memory held by the instances alive, running or idle",
+            ),
             instance_pool_capacity: gauge(
                 "wasmwiz_instance_pool_capacity",
                 "Component instances that may run at once (INSTANCE_POOL_SIZE)",

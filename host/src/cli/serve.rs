@@ -335,6 +335,7 @@ fn metrics_response(node: &Node) -> Response<ResponseBody> {
     let runtime = node.plane().runtime();
     metrics.instances_in_use.set(runtime.instances_in_use() as i64);
     metrics.instances_idle.set(runtime.instances_idle() as i64);
+    metrics.instance_memory.set(i64::try_from(runtime.instance_memory()).unwrap_or(i64::MAX));
     metrics.instance_pool_capacity.set(i64::from(runtime.pool_size()));
     metrics.db_connections.set(i64::from(node.store().connections_active()));
     metrics.store_up.set(i64::from(node.readiness().store_ok));

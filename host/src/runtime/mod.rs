@@ -319,6 +319,12 @@ impl Runtime {
         self.slots.in_use() as usize
     }
 
+    /// Linear memory the live instances hold now (running or idle), in
+    /// bytes.
+    pub fn instance_memory(&self) -> u64 {
+        state::linear_memory_bytes()
+    }
+
     /// Instances kept idle for reuse now.
     pub fn instances_idle(&self) -> usize {
         self.idle.now()

@@ -6,6 +6,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::capabilities::{Capabilities, CapabilitiesView};
 use super::outbound::OutboundPolicy;
@@ -251,6 +252,16 @@ impl wasmtime_wasi_http::WasiHttpHooks for GuestHooks {
     }
 }
 
+/// Linear memory the node's live instances hold (running or kept idle), in
+/// bytes: every memory of every store, at the size its limiter let it grow
+/// to (`wasmwiz_instance_memory_bytes`).
+static LINEAR_MEMORY: AtomicU64 = AtomicU64::new(0);
+
+/// Linear memory the node's live instances hold now, in bytes.
+pub fn linear_memory_bytes() -> u64 {
+    LINEAR_MEMORY.load(Ordering::Relaxed)
+}
+
 /// Caps one invocation's linear memory, trapping (not failing the grow) when
 /// a guest asks for more, and remembers that it did so the answer can say
 /// "out of memory" rather than a generic trap.
@@ -259,6 +270,17 @@ pub(super) struct Limiter {
     /// The largest size a memory was allowed to grow to.
     peak: usize,
     pub(super) memory_exceeded: bool,
+    /// The store's memories' sizes added up (counted in [`LINEAR_MEMORY`]
+    /// until the store is dropped).
+    held: u64,
+    /// The last growth allowed, taken back if it then failed.
+    last_growth: u64,
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        LINEAR_MEMORY.fetch_sub(self.held, Ordering::Relaxed);
+    }
 }
 
 /// Table elements one table may grow to.
@@ -270,6 +292,8 @@ impl Limiter {
             memory_limit: usize::try_from(memory_limit).unwrap_or(usize::MAX),
             peak: 0,
             memory_exceeded: false,
+            held: 0,
+            last_growth: 0,
         }
     }
 }
@@ -277,7 +301,7 @@ impl Limiter {
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> Result<bool> {
@@ -289,7 +313,21 @@ impl ResourceLimiter for Limiter {
             );
         }
         self.peak = self.peak.max(desired);
+        // Also called when a memory is made (from 0).
+        let growth = desired.saturating_sub(current) as u64;
+        self.held += growth;
+        self.last_growth = growth;
+        LINEAR_MEMORY.fetch_add(growth, Ordering::Relaxed);
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> Result<()> {
+        // Past the memory's own maximum or the allocator's: the guest sees
+        // memory.grow fail, and nothing grew.
+        self.held -= self.last_growth;
+        LINEAR_MEMORY.fetch_sub(self.last_growth, Ordering::Relaxed);
+        self.last_growth = 0;
+        Ok(())
     }
 
     fn table_growing(

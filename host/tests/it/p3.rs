@@ -275,12 +275,13 @@ async fn wait_idle(api: &Api) {
     loop {
         let in_use = instances_in_use(api).await;
         let idle = gauge(api, "wasmwiz_instances_idle").await;
-        if in_use == Some(0) && idle == Some(0) {
+        let memory = gauge(api, "wasmwiz_instance_memory_bytes").await;
+        if in_use == Some(0) && idle == Some(0) && memory == Some(0) {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "instances still alive: {in_use:?} in use, {idle:?} idle"
+            "instances still alive: {in_use:?} in use, {idle:?} idle, {memory:?} bytes"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -617,7 +618,8 @@ async fn shared_instances_not_their_requests_take_places_in_the_pool(mut env: Se
 
     let in_use = async {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        instances_in_use(&api).await
+        let memory = gauge(&api, "wasmwiz_instance_memory_bytes").await;
+        (instances_in_use(&api).await, memory)
     };
     let late = async {
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -635,7 +637,11 @@ async fn shared_instances_not_their_requests_take_places_in_the_pool(mut env: Se
     seen.sort_unstable();
     let two_instances: Vec<u64> = (1..=8).flat_map(|n| [n, n]).collect();
     assert_eq!(seen, two_instances, "sixteen requests on two instances");
+    let (in_use, memory) = in_use;
     assert_eq!(in_use, Some(2), "instances in use while sixteen requests wait");
+    // Two instances' linear memory: some, and not sixteen instances' worth.
+    let memory = memory.expect("wasmwiz_instance_memory_bytes");
+    assert!(memory > 0 && memory <= 2 * 16 << 20, "{memory} bytes for two instances");
     assert_eq!(late.0, 429, "a request that needs a third instance: {}", late.1);
     assert!(late.1.contains("concurrency_limit"), "{}", late.1);
 
