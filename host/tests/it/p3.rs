@@ -641,7 +641,7 @@ async fn shared_instances_not_their_requests_take_places_in_the_pool(mut env: Se
     assert_eq!(in_use, Some(2), "instances in use while sixteen requests wait");
     // Two instances' linear memory: some, and not sixteen instances' worth.
     let memory = memory.expect("wasmwiz_instance_memory_bytes");
-    assert!(memory > 0 && memory <= 2 * 16 << 20, "{memory} bytes for two instances");
+    assert!(memory > 0 && memory <= 2 * (16 << 20), "{memory} bytes for two instances");
     assert_eq!(late.0, 429, "a request that needs a third instance: {}", late.1);
     assert!(late.1.contains("concurrency_limit"), "{}", late.1);
 
