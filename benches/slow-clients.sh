@@ -19,26 +19,31 @@ set -euo pipefail
 
 usage() {
     cat <<USAGE
-Usage: benches/slow-clients.sh [-d SECONDS] [-a CONNECTIONS]
+Usage: benches/slow-clients.sh [-d SECONDS] [-a CONNECTIONS] [-N NICE]
 
   -d SECONDS      wrk duration of each measurement (default 10)
   -a CONNECTIONS  slowhttptest connections per attack (default 2000)
+  -N NICE         run the attackers at this niceness (default 0, the same
+                  priority as the server; 19 leaves them only the CPU the
+                  server and the well-behaved client do not use, as when
+                  the attacker is another machine)
 
 Builds the release binary and the components; needs slowhttptest, wrk and
 python3. Raw output goes to benches/results/.
 USAGE
 }
 
-duration=10 attackers=2000
+duration=10 attackers=2000 niceness=0
 bench_option() {
     case $1 in
         a) attackers=$2 ;;
+        N) niceness=$2 ;;
         *) usage >&2; exit 2 ;;
     esac
 }
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-bench_options "d:a:" "$@"
+bench_options "d:a:N:" "$@"
 
 bench_setup slow-clients wrk slowhttptest python3 curl
 bench_build_wasmwiz
@@ -70,7 +75,7 @@ peak_rss_mib() {
 under() {
     local name=$1
     shift
-    "$@" >"$results/$name.attack.txt" 2>&1 &
+    nice -n "$niceness" "$@" >"$results/$name.attack.txt" 2>&1 &
     local attack=$!
     # Let the attack build up its connections first.
     sleep 6
@@ -119,8 +124,8 @@ flood h2-ping ping
 
 {
     printf '# slow and malformed clients, %s\n' "$(date -u +%Y-%m-%dT%H:%MZ)"
-    printf '# wrk -t 2 -c 16 -d %ss on /bench/hello during each attack; slowhttptest -c %s\n' \
-        "$duration" "$attackers"
+    printf '# wrk -t 2 -c 16 -d %ss on /bench/hello during each attack; slowhttptest -c %s; attackers at nice %s\n' \
+        "$duration" "$attackers" "$niceness"
     printf '%-16s %10s %10s %8s %8s  %s\n' attack p99_ms rps non2xx x_base attacker
     printf '%-16s %10s %10s %8s %8s  %s\n' none "$base_p99" "$base_rps" "$base_bad" 1.00 -
     for name in slowloris slow-body slow-read h2-rapid-reset h2-settings h2-ping; do

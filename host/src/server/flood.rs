@@ -10,17 +10,20 @@
 //! copying it, and ends the connection when its SETTINGS and PING frames
 //! (acknowledgements not counted) outrun a token bucket:
 //! [`CONTROL_FRAME_BURST`] at once, [`CONTROL_FRAMES_PER_SECOND`] after.
+//! Past it nothing more is read from the client, and the connection is
+//! closed [`FLOOD_CLOSE_DELAY`] later.
 //! A well-behaved client sends one SETTINGS frame when it connects and
 //! now and then another, and a PING every few seconds at most.
 //!
 //! An HTTP/1.1 connection (anything that does not open with the HTTP/2
 //! preface) passes through untouched.
 
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -150,6 +153,12 @@ impl Watch {
     }
 }
 
+/// How long a flooding connection is held, unread, before it is closed: its
+/// client's writes stall meanwhile instead of reconnecting at once to flood
+/// again (an idle socket costs the server nothing; a new connection's
+/// handshake and burst do).
+pub const FLOOD_CLOSE_DELAY: Duration = Duration::from_secs(1);
+
 /// A client connection's byte stream, ended with an error when an HTTP/2
 /// client floods it with control frames (see the module's documentation).
 #[derive(Debug)]
@@ -157,14 +166,29 @@ pub struct FloodGuard<IO> {
     inner: IO,
     watch: Watch,
     remote: Option<SocketAddr>,
-    flooded: bool,
+    close_delay: Duration,
+    /// Set once the client flooded: when the connection ends.
+    flooded: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO> FloodGuard<IO> {
     /// Watches what the client at `remote` (when known: in logs) sends
-    /// through `inner`.
+    /// through `inner`; a flooding connection is closed after
+    /// [`FLOOD_CLOSE_DELAY`].
     pub fn new(inner: IO, remote: Option<SocketAddr>) -> Self {
-        Self { inner, watch: Watch::new(Instant::now()), remote, flooded: false }
+        Self {
+            inner,
+            watch: Watch::new(Instant::now()),
+            remote,
+            close_delay: FLOOD_CLOSE_DELAY,
+            flooded: None,
+        }
+    }
+
+    /// Closes a flooding connection after `delay` instead.
+    pub fn close_after(mut self, delay: Duration) -> Self {
+        self.close_delay = delay;
+        self
     }
 }
 
@@ -179,13 +203,14 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FloodGuard<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.flooded {
+        if let Some(closing) = &mut this.flooded {
+            // Nothing more is read from a flooding client: it ends here.
+            ready!(closing.as_mut().poll(cx));
             return Poll::Ready(Err(flood_error()));
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         if let Some(frame) = this.watch.feed(&buf.filled()[before..], Instant::now()) {
-            this.flooded = true;
             buf.set_filled(before);
             tracing::info!(
                 remote = ?this.remote,
@@ -194,6 +219,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FloodGuard<IO> {
                 per_second = CONTROL_FRAMES_PER_SECOND,
                 "an HTTP/2 client sent control frames past the limit: connection closed"
             );
+            let closing = this.flooded.insert(Box::pin(tokio::time::sleep(this.close_delay)));
+            ready!(closing.as_mut().poll(cx));
             return Poll::Ready(Err(flood_error()));
         }
         Poll::Ready(Ok(()))

@@ -15,7 +15,7 @@
 mod flood;
 pub mod tls;
 
-pub use flood::{CONTROL_FRAME_BURST, CONTROL_FRAMES_PER_SECOND, FloodGuard};
+pub use flood::{CONTROL_FRAME_BURST, CONTROL_FRAMES_PER_SECOND, FLOOD_CLOSE_DELAY, FloodGuard};
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -519,7 +519,7 @@ pub fn fuzz_one_connection(data: &[u8]) {
                     let host = crate::router::request_host(&authority);
                     Ok(Response::new(crate::response::full(host)))
                 });
-            let server = FloodGuard::new(server, None);
+            let server = FloodGuard::new(server, None).close_after(Duration::ZERO);
             let connection = builder.serve_connection(TokioIo::new(server), service);
             let talk = async {
                 let _ = client.write_all(data).await;
