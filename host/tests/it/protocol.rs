@@ -31,22 +31,30 @@ fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
 }
 
 fn read_until_closed(stream: &mut TcpStream, wait: Duration) -> (String, bool) {
+    let (out, closed) = read_bytes_until_closed(stream, wait);
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// Reads until the server closes the connection (or resets it) or `wait`
+/// passes: what was read, and whether the server closed. The stream needs
+/// a short read timeout.
+fn read_bytes_until_closed(stream: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
     let deadline = Instant::now() + wait;
     let mut out = Vec::new();
     let mut buf = [0u8; 65536];
     while Instant::now() < deadline {
         match stream.read(&mut buf) {
-            Ok(0) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(0) => return (out, true),
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
-            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Err(_) => return (out, true),
         }
     }
-    (String::from_utf8_lossy(&out).into_owned(), false)
+    (out, false)
 }
 
 fn responses(text: &str) -> usize {
@@ -302,22 +310,7 @@ fn h2_control_frames(addr: SocketAddr, kind: u8, count: usize) -> (Vec<u8>, bool
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let _ = stream.write_all(&bytes);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    while Instant::now() < deadline {
-        match stream.read(&mut buf) {
-            Ok(0) => return (out, true),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return (out, true),
-        }
-    }
-    (out, false)
+    read_bytes_until_closed(&mut stream, Duration::from_secs(3))
 }
 
 /// The frames of `kind` with the ACK flag in what a server wrote.
