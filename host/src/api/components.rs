@@ -106,6 +106,8 @@ pub async fn upload(
 ) -> Result<(StatusCode, Json<ComponentJson>), ApiError> {
     require(&principal, Scope::Deploy)?;
     let name = query.name.unwrap_or_else(|| "component".to_string());
+    // A bad name is refused before the size is looked at or a byte read.
+    crate::control::service::check_component_name(&name)?;
     // The bytes are recognised by their magic number, whatever the
     // Content-Type says (curl's --data-binary sends a form type).
     let limit = state.control.upload_limit(&principal.tier).await?;

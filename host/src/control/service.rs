@@ -446,12 +446,7 @@ impl ControlPlane {
         name: &str,
         bytes: Vec<u8>,
     ) -> ControlResult<Uploaded> {
-        if name.is_empty() || name.len() > MAX_COMPONENT_NAME || name.chars().any(char::is_control)
-        {
-            return Err(ControlError::Invalid(format!(
-                "`name` must be 1 to {MAX_COMPONENT_NAME} printable characters"
-            )));
-        }
+        check_component_name(name)?;
         let components = self.components.as_ref().ok_or(ControlError::NoCompiler)?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if let Some(meta) = self.store.component(tenant_id, &digest).await? {
@@ -634,6 +629,19 @@ fn tenant_filter(actor: Actor<'_>) -> Option<TenantId> {
         Actor::Key(principal) if !principal.is_admin() => Some(principal.tenant_id),
         _ => None,
     }
+}
+
+/// Refuses a component name that is empty, longer than
+/// [`MAX_COMPONENT_NAME`] bytes or holds a control character (the API
+/// checks it before reading an upload's bytes, so a bad name is a 400
+/// whatever the size).
+pub fn check_component_name(name: &str) -> ControlResult<()> {
+    if name.is_empty() || name.len() > MAX_COMPONENT_NAME || name.chars().any(char::is_control) {
+        return Err(ControlError::Invalid(format!(
+            "`name` must be 1 to {MAX_COMPONENT_NAME} printable characters"
+        )));
+    }
+    Ok(())
 }
 
 fn check_name(what: &str, name: &str) -> ControlResult<()> {

@@ -57,6 +57,12 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // A COMMIT that failed (SQLITE_FULL on a full disk) leaves its
+            // connection counted inside a transaction, and every later
+            // BEGIN on it fails: such a connection is closed, not reused.
+            .before_acquire(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;

@@ -475,10 +475,13 @@ async fn full_disk(mut env: ServeEnv) {
     // Space returns: the node takes changes again, without a restart.
     disk.free();
     let (status, body) = api.upload("third", unique(&hello, "after")).await;
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(status, 201, "{body}\n{}", kept("crash-full-disk", &server.logs(), 30));
     let digest = body["digest"].as_str().unwrap().to_string();
     let (status, body) = api.deploy(json!({ "route": "/acme/again", "component": digest })).await;
-    assert_eq!(status, 201, "{body}");
+    if status != 201 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(status, 201, "{body}\n{}", kept("crash-full-disk", &server.logs(), 8));
     serves(&api, "/acme/again").await;
     let (status, ready) = api.call(api.request(Method::GET, "/ready")).await;
     assert_eq!(status, 200, "{ready}");
