@@ -61,7 +61,8 @@ pub const MAX_INSTANCE_CONCURRENCY: u32 = 1_000;
 /// The default cap of every tier on `max_instance_concurrency`.
 pub const DEFAULT_MAX_INSTANCE_CONCURRENCY: u32 = 100;
 
-/// Default invocations one tenant may run at once on one node
+/// Default instances (one per request, or one per shared WASIp3 instance)
+/// one tenant may run at once on one node
 /// (`MAX_CONCURRENCY`): a tenth of the default instance pool, so that ten
 /// busy tenants fit in it together.
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 100;
