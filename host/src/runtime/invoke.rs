@@ -371,11 +371,11 @@ impl Runtime {
                     options.capabilities.clone(),
                 )
             };
-            let reserve = || self.slots.try_take(tenant, cap);
+            let reserve = || self.try_reserve(tenant, cap);
             let instantiate_by = Instant::now() + options.limits.timeout;
             return shared.admit(pre, new_store, &reserve, instantiate_by).map(Place::Shared);
         }
-        self.slots.try_take(tenant, cap).map(Place::Own)
+        self.try_reserve(tenant, cap).map(Place::Own)
     }
 
     /// Runs `request` where its admission ([`Runtime::admit`]) placed it:

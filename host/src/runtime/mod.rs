@@ -320,7 +320,7 @@ impl Runtime {
     }
 
     /// Linear memory the live instances hold now (running or idle), in
-    /// bytes.
+    /// bytes: counted for the whole process (a node runs one runtime).
     pub fn instance_memory(&self) -> u64 {
         state::linear_memory_bytes()
     }

@@ -77,9 +77,10 @@ impl Watch {
     }
 
     /// Takes in bytes the client sent; the first control frame past the
-    /// limit, if one is in them.
-    fn feed(&mut self, mut data: &[u8], now: Instant) -> Option<ControlFrame> {
-        self.refill(now);
+    /// limit, if one is in them. `clock` is read only when a control frame
+    /// is (at most once a call), not for each read of HTTP/1 or of data.
+    fn feed(&mut self, mut data: &[u8], clock: impl Fn() -> Instant) -> Option<ControlFrame> {
+        let mut refilled = false;
         while !data.is_empty() {
             match &mut self.position {
                 Position::Off => return None,
@@ -111,6 +112,10 @@ impl Watch {
                             _ => None,
                         };
                         if let Some(frame) = counted {
+                            if !refilled {
+                                self.refill(clock());
+                                refilled = true;
+                            }
                             if self.tokens == 0 {
                                 return Some(frame);
                             }
@@ -210,7 +215,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FloodGuard<IO> {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if let Some(frame) = this.watch.feed(&buf.filled()[before..], Instant::now()) {
+        if let Some(frame) = this.watch.feed(&buf.filled()[before..], Instant::now) {
             buf.set_filled(before);
             tracing::info!(
                 remote = ?this.remote,
@@ -288,7 +293,7 @@ mod tests {
 
     /// Feeds `data` in pieces of `chunk` bytes; where the flood was seen.
     fn feed_in(data: &[u8], chunk: usize, watch: &mut Watch, now: Instant) -> Option<ControlFrame> {
-        data.chunks(chunk).find_map(|piece| watch.feed(piece, now))
+        data.chunks(chunk).find_map(|piece| watch.feed(piece, || now))
     }
 
     #[test]
@@ -299,7 +304,7 @@ mod tests {
             // The client's own SETTINGS counts: burst - 1 more pass.
             let mut watch = Watch::new(now);
             assert_eq!(feed_in(&stream(PING, 0, burst - 1), chunk, &mut watch, now), None);
-            assert_eq!(watch.feed(&frame(PING, 0, &[0; 8]), now), Some(ControlFrame::Ping));
+            assert_eq!(watch.feed(&frame(PING, 0, &[0; 8]), || now), Some(ControlFrame::Ping));
             let mut watch = Watch::new(now);
             assert_eq!(
                 feed_in(&stream(SETTINGS, 0, burst), chunk, &mut watch, now),
@@ -313,11 +318,11 @@ mod tests {
     fn acknowledgements_and_other_frames_are_never_counted() {
         let now = Instant::now();
         let mut watch = Watch::new(now);
-        assert_eq!(watch.feed(&stream(SETTINGS, ACK, 10_000), now), None);
+        assert_eq!(watch.feed(&stream(SETTINGS, ACK, 10_000), || now), None);
         let mut watch = Watch::new(now);
-        assert_eq!(watch.feed(&stream(PING, ACK, 10_000), now), None);
+        assert_eq!(watch.feed(&stream(PING, ACK, 10_000), || now), None);
         let mut watch = Watch::new(now);
-        assert_eq!(watch.feed(&stream(0x8, 0, 10_000), now), None); // WINDOW_UPDATE
+        assert_eq!(watch.feed(&stream(0x8, 0, 10_000), || now), None); // WINDOW_UPDATE
     }
 
     #[test]
@@ -325,18 +330,18 @@ mod tests {
         let start = Instant::now();
         let mut watch = Watch::new(start);
         let burst = CONTROL_FRAME_BURST as usize;
-        assert_eq!(watch.feed(&stream(PING, 0, burst - 1), start), None);
+        assert_eq!(watch.feed(&stream(PING, 0, burst - 1), || start), None);
         // A second later: that second's frames pass, one more does not.
         let later = start + Duration::from_secs(1);
         let ping = frame(PING, 0, &[0; 8]);
         for _ in 0..CONTROL_FRAMES_PER_SECOND {
-            assert_eq!(watch.feed(&ping, later), None);
+            assert_eq!(watch.feed(&ping, || later), None);
         }
-        assert_eq!(watch.feed(&ping, later), Some(ControlFrame::Ping));
+        assert_eq!(watch.feed(&ping, || later), Some(ControlFrame::Ping));
         // A client pinging once a second forever is never cut off.
         let mut watch = Watch::new(start);
         for second in 0..10_000 {
-            assert_eq!(watch.feed(&ping, start + Duration::from_secs(second)), None);
+            assert_eq!(watch.feed(&ping, || start + Duration::from_secs(second)), None);
         }
     }
 
@@ -347,11 +352,11 @@ mod tests {
         let mut request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec();
         // Bytes that would read as PING frames past an HTTP/2 preface.
         request.extend((0..1000).flat_map(|_| frame(PING, 0, &[0; 8])));
-        assert_eq!(watch.feed(&request, now), None);
+        assert_eq!(watch.feed(&request, || now), None);
         assert_eq!(watch.position, Position::Off);
         // A preface that diverges late is HTTP/1 too.
         let mut watch = Watch::new(now);
-        assert_eq!(watch.feed(b"PRI * HTTP/2.0\r\n\r\nXX", now), None);
+        assert_eq!(watch.feed(b"PRI * HTTP/2.0\r\n\r\nXX", || now), None);
         assert_eq!(watch.position, Position::Off);
     }
 }

@@ -287,6 +287,15 @@ async fn wait_idle(api: &Api) {
     }
 }
 
+/// Sets tier `name`: no rate limits, a deadline of `timeout`, and `extra`
+/// settings of `wasmwiz admin tier set`.
+fn unrated_tier(env: &ServeEnv, name: &str, timeout: &str, extra: &[&str]) {
+    let mut args = vec!["tier", "set", name, "--timeout", timeout];
+    args.extend_from_slice(&["--per-minute", "unlimited", "--per-day", "unlimited"]);
+    args.extend_from_slice(extra);
+    env.admin(&args);
+}
+
 async fn count(api: &Api, ms: u64) -> (u16, String) {
     api.get_text(&format!("/acme/shared/count?ms={ms}")).await
 }
@@ -297,19 +306,7 @@ async fn count(api: &Api, ms: u64) -> (u16, String) {
 async fn a_wasip3_deployment_may_serve_requests_at_once_on_one_instance(mut env: ServeEnv) {
     // Idle instances end after a second, so each case below starts afresh.
     env.set("REUSE_IDLE_TIMEOUT", "1");
-    env.admin(&[
-        "tier",
-        "set",
-        "shared",
-        "--timeout",
-        "2000ms",
-        "--per-minute",
-        "unlimited",
-        "--per-day",
-        "unlimited",
-        "--max-instance-concurrency",
-        "16",
-    ]);
+    unrated_tier(&env, "shared", "2000ms", &["--max-instance-concurrency", "16"]);
     let key = env.tenant("acme", "shared", false);
     let server = env.serve();
     let api = Api::new(&server, &key);
@@ -588,21 +585,12 @@ async fn a_wasip3_handler_streams_an_upstreams_answer_while_others_share_its_ins
 /// 429. Without sharing, the same cap admits two requests at once.
 async fn shared_instances_not_their_requests_take_places_in_the_pool(mut env: ServeEnv) {
     env.set("REUSE_IDLE_TIMEOUT", "1");
-    env.admin(&[
-        "tier",
-        "set",
+    unrated_tier(
+        &env,
         "capped",
-        "--timeout",
         "5000ms",
-        "--per-minute",
-        "unlimited",
-        "--per-day",
-        "unlimited",
-        "--max-concurrency",
-        "2",
-        "--max-instance-concurrency",
-        "8",
-    ]);
+        &["--max-concurrency", "2", "--max-instance-concurrency", "8"],
+    );
     let key = env.tenant("acme", "capped", false);
     let server = env.serve();
     let api = Api::new(&server, &key);
@@ -644,6 +632,19 @@ async fn shared_instances_not_their_requests_take_places_in_the_pool(mut env: Se
     assert!(memory > 0 && memory <= 2 * (16 << 20), "{memory} bytes for two instances");
     assert_eq!(late.0, 429, "a request that needs a third instance: {}", late.1);
     assert!(late.1.contains("concurrency_limit"), "{}", late.1);
+    // Their requests done, the two instances wait among the idle ones
+    // (until REUSE_IDLE_TIMEOUT), holding no place in the pool.
+    let deadline = std::time::Instant::now() + Duration::from_millis(600);
+    let (mut idle, mut in_use) = (None, None);
+    while std::time::Instant::now() < deadline {
+        idle = gauge(&api, "wasmwiz_instances_idle").await;
+        in_use = instances_in_use(&api).await;
+        if (idle, in_use) == (Some(2), Some(0)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((idle, in_use), (Some(2), Some(0)), "idle and in use after the requests");
 
     // Without sharing, each request is an instance: two at once, the third
     // refused.
