@@ -236,6 +236,10 @@ async fn drills(env: ServeEnv) {
     assert_eq!(status, 201, "{first}");
     let id = first["id"].as_str().unwrap().to_string();
     let mut acked_version = 1;
+    // The versions that went live, in order: what rollbacks walk back
+    // through. A deploy cut short by the kill either made its version live
+    // (the restarted node serves a newer one) or left no trace.
+    let mut switches: Vec<u64> = vec![1];
     for (i, ms) in [0u64, 2, 5, 10, 20, 60, 150].iter().enumerate() {
         let api = Api::new(&server, &key);
         let request = api
@@ -255,13 +259,21 @@ async fn drills(env: ServeEnv) {
         );
         assert!(digests.contains(&live), "live on an unknown component {live}");
         serves(&api, "/acme/app/").await;
+        if version != *switches.last().unwrap() {
+            switches.push(version);
+        }
         acked_version = version;
     }
-    // Rollbacks: acknowledged ones hold, and what is live is a version of
-    // the history, whole.
+    // Rollbacks: each goes back one switch. How many switches there are
+    // depends on where the kills above fell, so the answer that is right
+    // depends on it too: 200 to the version live before the current one,
+    // or 409 when the live version is the first one (nothing to go back
+    // to). Whatever the kill cut short is there whole or not at all.
     for ms in [0u64, 3, 10, 40, 1000] {
         let api = Api::new(&server, &key);
         let (before, _) = live_version(&api, &id).await;
+        assert_eq!(before, *switches.last().unwrap(), "live v{before}; switches {switches:?}");
+        let previous = switches.len().checked_sub(2).map(|i| switches[i]);
         let request = api
             .request(Method::POST, &format!("/api/v1/deployments/{id}/rollback"))
             .json(&json!({}));
@@ -269,12 +281,34 @@ async fn drills(env: ServeEnv) {
         server = restart(&env).await;
         let api = Api::new(&server, &key);
         let (after, live) = live_version(&api, &id).await;
-        if let Some((status, body)) = answer {
-            assert_eq!(status, 200, "{body}");
-            let to = body["version"].as_u64().unwrap();
-            assert_eq!(after, to, "a rollback acknowledged to v{to}, live v{after} after kill -9");
-        } else {
-            assert!(after <= before, "after an unacknowledged rollback from v{before}: v{after}");
+        match (answer, previous) {
+            (Some((200, body)), Some(previous)) => {
+                let to = body["version"].as_u64().unwrap();
+                assert_eq!(to, previous, "rolled back from v{before} to v{to}: {switches:?}");
+                assert_eq!(
+                    after, to,
+                    "a rollback acknowledged to v{to}, live v{after} after kill -9"
+                );
+                switches.pop();
+            }
+            (Some((409, body)), None) => {
+                assert_eq!(after, before, "a refused rollback changed the live version: {body}");
+            }
+            (Some((status, body)), previous) => panic!(
+                "rollback from v{before} (the version before: {previous:?}; switches \
+                 {switches:?}) answered {status} {body}"
+            ),
+            (None, previous) => {
+                // Cut short: made whole, or not at all.
+                if after != before {
+                    assert_eq!(
+                        Some(after),
+                        previous,
+                        "an unacknowledged rollback from v{before} left v{after} live"
+                    );
+                    switches.pop();
+                }
+            }
         }
         assert!(digests.contains(&live));
         serves(&api, "/acme/app/").await;
