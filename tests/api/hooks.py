@@ -7,6 +7,10 @@ deployment. Half the uploads therefore carry a real component (the
 ask for a route in the caller's own namespace, so the links upload ->
 deploy -> versions -> rollback -> delete are followed with real objects;
 the rest stay random, for the refusals.
+
+Those choices come from a generator of their own, seeded from
+WASMWIZ_CONFORMANCE_SEED (set by the test): with Schemathesis' own seed
+(schemathesis.toml), a run makes the same requests on every machine.
 """
 
 import os
@@ -19,6 +23,11 @@ _BYTES = open(_COMPONENT, "rb").read() if _COMPONENT else None
 _TENANT = os.environ.get("WASMWIZ_CONFORMANCE_TENANT")
 _OWN_KEY_ID = os.environ.get("WASMWIZ_CONFORMANCE_KEY_ID")
 _DIGEST = os.environ.get("WASMWIZ_CONFORMANCE_DIGEST")
+# Never Python's global generator: its seed differs from run to run.
+_RANDOM = random.Random(os.environ.get("WASMWIZ_CONFORMANCE_SEED", "wasmwiz-conformance"))
+# Another key's id, well formed (`key_` and 20 letters or digits): the
+# revocation is answered 404 like any unknown key's.
+_NOT_OWN_KEY_ID = "key_NotTheCallersOwnKey0"
 
 
 def _leb(n: int) -> bytes:
@@ -34,7 +43,7 @@ def _leb(n: int) -> bytes:
 
 def _unique(component: bytes) -> bytes:
     name = b"conformance"
-    content = _leb(len(name)) + name + random.randbytes(8)
+    content = _leb(len(name)) + name + _RANDOM.randbytes(8)
     return component + b"\x00" + _leb(len(content)) + content
 
 
@@ -44,24 +53,24 @@ def before_call(ctx, case, kwargs):
     operation = case.operation
     method = operation.method.upper()
     if method == "POST" and operation.path == "/api/v1/components":
-        if _BYTES is not None and random.random() < 0.5:
+        if _BYTES is not None and _RANDOM.random() < 0.5:
             case.body = _unique(_BYTES)
     if (
         _TENANT
         and method == "POST"
         and operation.path == "/api/v1/deployments"
         and isinstance(case.body, dict)
-        and random.random() < 0.7
+        and _RANDOM.random() < 0.7
     ):
         # A route inside the caller's own namespace, and nothing else but
         # the component, so the deployment is made (a generated route is
-        # almost never granted, 403; generated config names rarely pass).
+        # almost never granted, 403).
         component = case.body.get("component", "")
-        if _DIGEST and random.random() < 0.5:
+        if _DIGEST and _RANDOM.random() < 0.5:
             # A component the caller uploaded before the run.
             component = _DIGEST
         case.body = {
-            "route": "/%s/conformance%d/..." % (_TENANT, random.randrange(4)),
+            "route": "/%s/conformance%d/..." % (_TENANT, _RANDOM.randrange(4)),
             "component": component,
         }
     # `follow` streams new events for as long as the client stays: a test
@@ -78,4 +87,4 @@ def before_call(ctx, case, kwargs):
         and case.path_parameters
         and case.path_parameters.get("id") == _OWN_KEY_ID
     ):
-        case.path_parameters["id"] = "key_not_the_callers_own"
+        case.path_parameters["id"] = _NOT_OWN_KEY_ID

@@ -49,7 +49,9 @@ pub struct LogQuery {
 /// `d`: `90s`, `10m`, `2h`, `7d`) or an RFC 3339 UTC time, as milliseconds
 /// since the epoch.
 fn since_ms(text: &str) -> Result<u64, ApiError> {
-    if let Ok(time) = humantime::parse_rfc3339(text) {
+    if utc_time_shape(text)
+        && let Ok(time) = humantime::parse_rfc3339(text)
+    {
         let ms = time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         return Ok(ms);
     }
@@ -69,6 +71,30 @@ fn since_ms(text: &str) -> Result<u64, ApiError> {
     }
     let back: u64 = number.parse::<u64>().expect("1 to 6 digits") * unit_ms;
     Ok(now_ms().saturating_sub(back))
+}
+
+/// Whether `text` is spelled `YYYY-MM-DDTHH:MM:SS`, optional fractional
+/// seconds, then `Z` or `+00:00`: the times the API document describes.
+/// humantime also reads a few other spellings (`...:00.Z`, `...:00ZabcZ`),
+/// which it must not take unchecked.
+fn utc_time_shape(text: &str) -> bool {
+    let Some(rest) = text.strip_suffix('Z').or_else(|| text.strip_suffix("+00:00")) else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    if b.len() < 19 {
+        return false;
+    }
+    let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18];
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    let fraction = match &b[19..] {
+        [] => true,
+        [b'.', decimals @ ..] => !decimals.is_empty() && decimals.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    digits.iter().all(|&i| b[i].is_ascii_digit())
+        && separators.iter().all(|&(i, c)| b[i] == c)
+        && fraction
 }
 
 /// `GET /api/v1/logs`.
@@ -265,7 +291,13 @@ mod tests {
         let ten_minutes = since_ms("10m").unwrap();
         assert!((now - 600_000..=now - 599_000).contains(&ten_minutes), "{ten_minutes}");
         assert_eq!(since_ms("2026-11-30T00:00:00Z").unwrap(), 1_795_996_800_000);
+        assert_eq!(since_ms("2026-11-30T00:00:00.5+00:00").unwrap(), 1_795_996_800_500);
         assert!(since_ms("yesterday").is_err());
+        // Spellings humantime reads and the API document does not describe.
+        for odd in ["2026-11-30T00:00:00.Z", "2026-11-30T00:00:00ZabcZ"] {
+            assert!(since_ms(odd).is_err(), "{odd}");
+        }
+        assert!(since_ms("2026-11-30T00:00:00.1+abcdZ").is_err());
     }
 
     #[test]

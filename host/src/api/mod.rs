@@ -268,9 +268,12 @@ where
             Ok(axum::Json(value)) if !value.is_object() => {
                 Err(ApiError::bad_request("the body must be a JSON object"))
             }
-            Ok(axum::Json(value)) => serde_json::from_value::<T>(value)
-                .map(ApiJson)
-                .map_err(|e| ApiError::bad_request(format!("invalid body: {e}"))),
+            Ok(axum::Json(mut value)) => {
+                whole_numbers(&mut value);
+                serde_json::from_value::<T>(value)
+                    .map(ApiJson)
+                    .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+            }
             Err(rejection) => {
                 let status = rejection.status();
                 let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
@@ -301,12 +304,37 @@ where
     if body.is_empty() {
         return Ok(T::default());
     }
-    let value: serde_json::Value = serde_json::from_slice(body)
+    let mut value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     if !value.is_object() {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     }
+    whole_numbers(&mut value);
     serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+}
+
+/// Writes every whole number of a body as an integer: JSON (and the API
+/// document's `integer`) counts `2.0` as the integer 2, serde's integers take
+/// only `2`. No field of the API is a fractional number, so nothing else
+/// changes: `2.5` is still refused where an integer is due.
+fn whole_numbers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) else {
+                return;
+            };
+            // From -2^63 up to 2^64 (`u64::MAX as f64`), excluded: past them
+            // no integer type of the API reaches.
+            if (0.0..u64::MAX as f64).contains(&f) {
+                *n = serde_json::Number::from(f as u64);
+            } else if (i64::MIN as f64..0.0).contains(&f) {
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
 }
 
 /// A query string whose rejections (a malformed or repeated parameter) are

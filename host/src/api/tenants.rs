@@ -193,8 +193,11 @@ pub async fn create_key(
     let body: CreateKey = super::optional_object(&body)?;
     let scopes = match &body.scopes {
         Some(names) => {
-            // One scope per item: `""` or `"read,deploy"` is not a scope.
-            if let Some(bad) = names.iter().find(|n| n.is_empty() || n.contains(',')) {
+            // One scope per item, spelled exactly: `""`, `"read,deploy"` or
+            // `" read"` is not a scope (as the API document's enum says).
+            if let Some(bad) =
+                names.iter().find(|n| !matches!(n.as_str(), "admin" | "deploy" | "read"))
+            {
                 return Err(ApiError::bad_request(format!(
                     "unknown scope `{bad}` (admin, deploy, read)"
                 )));

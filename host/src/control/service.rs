@@ -16,7 +16,7 @@ use crate::router::{Grant, RouteError, RoutePattern};
 use crate::runtime::{CompileError, OutboundPolicy};
 use crate::store::{
     ApiKeyRecord, ComponentDeletion, ComponentMeta, Deployment, GrantRecord, NewComponent,
-    NewDeployment, Store, StoreError, Tenant, VersionRecord, now_ms,
+    NewDeployment, Store, StoreError, Tenant, VersionRecord, now_ms, plausible_id,
 };
 use crate::tenancy::{
     MAX_INSTANCE_CONCURRENCY, MAX_INSTANCE_REUSE, NAME_RULE, TenantId, Tier, TierLimits, TierPatch,
@@ -25,13 +25,13 @@ use crate::tenancy::{
 
 /// Most entries in `config` plus `secrets`.
 pub const MAX_CONFIG_ENTRIES: usize = 256;
-/// Longest configuration name.
+/// Longest configuration name, in characters.
 pub const MAX_CONFIG_NAME: usize = 256;
-/// Longest configuration value.
+/// Longest configuration value, in characters.
 pub const MAX_CONFIG_VALUE: usize = 64 << 10;
 /// Most entries in `allowed_outbound_hosts`.
 pub const MAX_OUTBOUND_HOSTS: usize = 64;
-/// Longest component name.
+/// Longest component name, in characters.
 pub const MAX_COMPONENT_NAME: usize = 128;
 
 /// Why a change was refused or failed.
@@ -244,6 +244,7 @@ impl ControlPlane {
     /// may be reserved or granted to another tenant.
     pub async fn create_tenant(&self, name: &str, tier: &str) -> ControlResult<Tenant> {
         check_name("tenant", name)?;
+        check_name("tier", tier)?;
         let defaults = Grant::defaults(name, self.settings.base_domain.as_deref());
         if let Grant::Path(prefix) = &defaults[0]
             && let Err(RouteError::Reserved(_)) =
@@ -281,6 +282,10 @@ impl ControlPlane {
 
     /// Moves a tenant to another tier.
     pub async fn set_tenant_tier(&self, name: &str, tier: &str) -> ControlResult<Tenant> {
+        if !valid_name(name) {
+            return Err(ControlError::NotFound("tenant"));
+        }
+        check_name("tier", tier)?;
         self.store.set_tenant_tier(name, tier).await.map_err(|e| match e {
             StoreError::NotFound => ControlError::NotFound("tenant"),
             other => other.into(),
@@ -313,7 +318,10 @@ impl ControlPlane {
             {
                 return Err(ControlError::NotFound("tenant"));
             }
-            (Some(name), _) => name.to_string(),
+            (Some(name), _) => {
+                check_name("tenant", name)?;
+                name.to_string()
+            }
             (None, Actor::Key(principal)) => principal.tenant.clone(),
             (None, Actor::Operator) => return Err(ControlError::Invalid("name the tenant".into())),
         };
@@ -331,7 +339,7 @@ impl ControlPlane {
 
     /// Revokes a key (one of the caller's tenant's, unless an admin asks).
     pub async fn revoke_key(&self, actor: Actor<'_>, id: &str) -> ControlResult<()> {
-        if self.store.revoke_key(id, tenant_filter(actor)).await? {
+        if plausible_id(id) && self.store.revoke_key(id, tenant_filter(actor)).await? {
             Ok(())
         } else {
             Err(ControlError::NotFound("key"))
@@ -341,6 +349,11 @@ impl ControlPlane {
     // --- grants ------------------------------------------------------------
 
     async fn tenant_named(&self, name: &str) -> ControlResult<Tenant> {
+        // A name outside the naming rule names no tenant: not asked of the
+        // store (PostgreSQL cannot even hold some strings).
+        if !valid_name(name) {
+            return Err(ControlError::NotFound("tenant"));
+        }
         self.store.tenant(name).await?.ok_or(ControlError::NotFound("tenant"))
     }
 
@@ -483,6 +496,9 @@ impl ControlPlane {
 
     /// Deletes a tenant's component unless a deployment uses it.
     pub async fn delete_component(&self, tenant_id: TenantId, digest: &str) -> ControlResult<()> {
+        if !is_digest(digest) {
+            return Err(ControlError::NotFound("component"));
+        }
         match self.store.delete_component(tenant_id, digest).await? {
             ComponentDeletion::Deleted => Ok(()),
             ComponentDeletion::NotFound => Err(ControlError::NotFound("component")),
@@ -511,6 +527,11 @@ impl ControlPlane {
         spec: DeploySpec,
     ) -> ControlResult<Deployment> {
         let pattern = self.check_route(&spec.route, spec.host.as_deref())?;
+        if !is_digest(&spec.component) {
+            return Err(ControlError::Invalid(
+                "`component` must be a digest: `sha256:` and 64 lower-case hex digits".into(),
+            ));
+        }
         check_config(&spec.config, &spec.secrets)?;
         check_outbound_hosts(&spec.allowed_outbound_hosts)?;
         if !(1..=MAX_INSTANCE_REUSE).contains(&spec.max_instance_reuse) {
@@ -593,6 +614,9 @@ impl ControlPlane {
         id: &str,
         to: Option<i64>,
     ) -> ControlResult<Deployment> {
+        if !plausible_id(id) {
+            return Err(ControlError::NotFound("deployment"));
+        }
         let deployment = self.store.rollback(tenant_id, id, to).await.map_err(|e| match e {
             StoreError::NotFound => ControlError::NotFound("deployment"),
             other => other.into(),
@@ -608,6 +632,9 @@ impl ControlPlane {
         tenant_id: TenantId,
         id: &str,
     ) -> ControlResult<Vec<VersionRecord>> {
+        if !plausible_id(id) {
+            return Err(ControlError::NotFound("deployment"));
+        }
         self.store.versions(tenant_id, id).await.map_err(|e| match e {
             StoreError::NotFound => ControlError::NotFound("deployment"),
             other => other.into(),
@@ -616,7 +643,7 @@ impl ControlPlane {
 
     /// Deletes a deployment; its route answers 404 from then on.
     pub async fn delete_deployment(&self, tenant_id: TenantId, id: &str) -> ControlResult<()> {
-        if self.store.delete_deployment(tenant_id, id).await? {
+        if plausible_id(id) && self.store.delete_deployment(tenant_id, id).await? {
             Ok(())
         } else {
             Err(ControlError::NotFound("deployment"))
@@ -632,16 +659,26 @@ fn tenant_filter(actor: Actor<'_>) -> Option<TenantId> {
 }
 
 /// Refuses a component name that is empty, longer than
-/// [`MAX_COMPONENT_NAME`] bytes or holds a control character (the API
+/// [`MAX_COMPONENT_NAME`] characters or holds a control character (the API
 /// checks it before reading an upload's bytes, so a bad name is a 400
-/// whatever the size).
+/// whatever the size). Characters, not bytes: as the API document's
+/// `maxLength` counts.
 pub fn check_component_name(name: &str) -> ControlResult<()> {
-    if name.is_empty() || name.len() > MAX_COMPONENT_NAME || name.chars().any(char::is_control) {
+    let length = name.chars().count();
+    if length == 0 || length > MAX_COMPONENT_NAME || name.chars().any(char::is_control) {
         return Err(ControlError::Invalid(format!(
             "`name` must be 1 to {MAX_COMPONENT_NAME} printable characters"
         )));
     }
     Ok(())
+}
+
+/// Whether `digest` is how a component is named: `sha256:` and 64
+/// lower-case hex digits (any other string names no component).
+fn is_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn check_name(what: &str, name: &str) -> ControlResult<()> {
@@ -652,7 +689,8 @@ fn check_name(what: &str, name: &str) -> ControlResult<()> {
     }
 }
 
-/// Checks configuration and secrets: counts, names, sizes, no name in both.
+/// Checks configuration and secrets: counts, names, sizes (in characters, as
+/// the API document's `maxLength` counts), no name in both.
 pub fn check_config(
     config: &BTreeMap<String, String>,
     secrets: &BTreeMap<String, String>,
@@ -663,13 +701,16 @@ pub fn check_config(
         )));
     }
     for (name, value) in config.iter().chain(secrets) {
-        if name.is_empty() || name.len() > MAX_CONFIG_NAME || name.chars().any(char::is_control) {
+        let length = name.chars().count();
+        if length == 0 || length > MAX_CONFIG_NAME || name.chars().any(char::is_control) {
             return Err(ControlError::Invalid(format!(
                 "config names must be 1 to {MAX_CONFIG_NAME} printable characters"
             )));
         }
-        if value.len() > MAX_CONFIG_VALUE {
-            return Err(ControlError::Invalid(format!("the value of `{name}` is over 64 KiB")));
+        if value.chars().count() > MAX_CONFIG_VALUE {
+            return Err(ControlError::Invalid(format!(
+                "the value of `{name}` is over {MAX_CONFIG_VALUE} characters"
+            )));
         }
     }
     if let Some(both) = config.keys().find(|k| secrets.contains_key(*k)) {

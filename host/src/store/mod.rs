@@ -581,3 +581,11 @@ pub fn new_id(prefix: &str) -> String {
     }
     id
 }
+
+/// Whether `id` could name a stored object: ASCII letters, digits and `_`,
+/// 1 to 64 of them ([`new_id`] makes a prefix and 20 base62 characters).
+/// Anything else names nothing, and is answered as absent without asking the
+/// store (PostgreSQL's text cannot even hold a NUL: it would be an error).
+pub fn plausible_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
