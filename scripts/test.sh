@@ -42,4 +42,14 @@ fi
 # needs (and long diagnostics go to target/test-logs/, see
 # host/tests/it/helpers.rs `kept`): WASMWIZ_TEST_BACKTRACE=1 brings them back.
 export RUST_BACKTRACE="${WASMWIZ_TEST_BACKTRACE:-0}"
-cargo test --workspace --locked -- "$@"
+# The whole output is kept; if anything fails, each failed test's own
+# message is printed again at the end, ahead of the long diagnostics it
+# quotes, so the reason is the first thing a reader of CI's output sees.
+mkdir -p target/test-logs
+output=target/test-logs/cargo-test.log
+status=0
+cargo test --workspace --locked -- "$@" 2>&1 | tee "$output" || status=$?
+if [ "$status" -ne 0 ]; then
+    python3 scripts/lib/failed-tests.py "$output" >&2
+fi
+exit "$status"
