@@ -599,23 +599,25 @@ impl Start {
                     return Ok(Some(Outcome::Timeout));
                 };
                 let service = service?;
-                let instantiate = started.elapsed();
-                let serving = store.run_concurrent(async |accessor| {
-                    serve(
-                        accessor,
-                        &service,
-                        &mut rx,
-                        worker,
-                        &in_flight,
-                        idle_timeout,
-                        instantiate,
-                    )
-                    .await
-                });
-                tokio::select! {
-                    result = serving => result.and_then(|inner| inner).map(|()| None),
-                    () = first_deadline(&in_flight) => Ok(Some(Outcome::Timeout)),
+                let mut instantiate = Some(started.elapsed());
+                // The instance's event loop runs only while it serves
+                // requests: between them (idle) nothing of the guest runs,
+                // not even tasks a request spawned, and what a request
+                // spawned runs only within the deadlines of the requests
+                // in flight.
+                while let Some(mut first) = next_job(&mut rx, worker, idle_timeout).await {
+                    if let Some(instantiate) = instantiate.take() {
+                        first.tail.instantiate = instantiate;
+                    }
+                    let serving = store.run_concurrent(async |accessor| {
+                        serve(accessor, &service, first, &mut rx, worker, &in_flight).await
+                    });
+                    tokio::select! {
+                        result = serving => result.and_then(|inner| inner)?,
+                        () = first_deadline(&in_flight) => return Ok(Some(Outcome::Timeout)),
+                    }
                 }
+                Ok(None)
             };
             let outcome = match ended.await {
                 Ok(None) => None,
@@ -720,65 +722,71 @@ async fn first_deadline(in_flight: &Shared<InFlight>) {
     }
 }
 
-/// Serves the instance's requests, many at once, until it is used up or
-/// idle; an error (a trap) ends it with every request in flight.
-async fn serve(
-    accessor: &wasmtime::component::Accessor<InvocationState>,
-    service: &wasmtime_wasi_http::p3::bindings::Service,
+/// The next request of an idle instance, waited for outside its event
+/// loop; `None` once it takes no more (used up, idle past `idle`, or
+/// closed from outside when a request given back left it with no idle
+/// place).
+async fn next_job(
     rx: &mut mpsc::UnboundedReceiver<Job>,
     worker: &Worker,
-    in_flight: &Shared<InFlight>,
     idle: Duration,
-    instantiate: Duration,
-) -> wasmtime::Result<()> {
-    use futures::StreamExt as _;
-    let mut running = futures::stream::FuturesUnordered::new();
-    let mut first = true;
-    let mut open = true;
+) -> Option<Job> {
     loop {
-        if !open && running.is_empty() {
-            return Ok(());
-        }
         tokio::select! {
-            job = rx.recv(), if open => match job {
-                Some(mut job) => {
-                    if first {
-                        job.tail.instantiate = instantiate;
-                        first = false;
-                    }
-                    let id = job.id;
-                    {
-                        let mut state = locked(in_flight);
-                        state.deadlines.insert((job.deadline, id));
-                    }
-                    running.push(serve_one(accessor, service, job, in_flight));
-                }
-                None => open = false,
-            },
-            Some(done) = running.next(), if !running.is_empty() => {
-                done?;
-                let memory = accessor.with(|mut store| store.data_mut().memory_peak());
-                // Used up, or no idle place for it: no more requests.
-                if !worker.finished_one(memory) {
-                    rx.close();
-                }
-            }
+            job = rx.recv() => return job,
             // Idle past the timeout, unless a request was admitted (its
             // job is on its way).
-            () = tokio::time::sleep(idle), if running.is_empty() && open => {
+            () = tokio::time::sleep(idle) => {
                 if worker.close_if_idle() {
                     rx.close();
                 }
             }
-            // Closed from outside (a request given back left it idle with
-            // no idle place for it).
-            () = worker.closed.notified(), if open => {
+            () = worker.closed.notified() => {
                 if worker.is_closed() {
                     rx.close();
                 }
             }
         }
     }
+}
+
+/// Serves `first` and the requests that join it, many at once, inside the
+/// instance's event loop, until none is left in flight; an error (a trap)
+/// ends the instance with every request in flight.
+async fn serve(
+    accessor: &wasmtime::component::Accessor<InvocationState>,
+    service: &wasmtime_wasi_http::p3::bindings::Service,
+    first: Job,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    worker: &Worker,
+    in_flight: &Shared<InFlight>,
+) -> wasmtime::Result<()> {
+    use futures::StreamExt as _;
+    let mut running = futures::stream::FuturesUnordered::new();
+    let start = |job: Job| {
+        locked(in_flight).deadlines.insert((job.deadline, job.id));
+        serve_one(accessor, service, job, in_flight)
+    };
+    running.push(start(first));
+    while !running.is_empty() {
+        tokio::select! {
+            Some(job) = rx.recv() => running.push(start(job)),
+            Some(done) = running.next() => {
+                done?;
+                let left = u32::try_from(running.len()).unwrap_or(u32::MAX);
+                let memory = accessor.with(|mut store| {
+                    let data = store.data_mut();
+                    data.request_ended(left);
+                    data.memory_peak()
+                });
+                // Used up, or no idle place for it: no more requests.
+                if !worker.finished_one(memory) {
+                    rx.close();
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One request on a shared instance: its head to its client, then the

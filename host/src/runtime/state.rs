@@ -77,7 +77,7 @@ impl InvocationState {
             table,
             wasi,
             http: WasiHttpCtx::new(),
-            hooks: GuestHooks { policy: outbound, sent: 0, requests: 1, trace: None },
+            hooks: GuestHooks { allowance: outbound.max_requests(), policy: outbound, trace: None },
             kept_bytes: 0,
             caps,
             kv_ops: 0,
@@ -104,7 +104,17 @@ impl InvocationState {
     /// One more request joins this store (a shared WASIp3 instance): its
     /// allowance of outgoing requests is added to the store's.
     pub(super) fn another_request(&mut self) {
-        self.hooks.requests = self.hooks.requests.saturating_add(1);
+        self.hooks.allowance =
+            self.hooks.allowance.saturating_add(self.hooks.policy.max_requests());
+    }
+
+    /// A request of this store ended, `in_flight` remain (a shared WASIp3
+    /// instance): what is left of the allowance is at most theirs, so an
+    /// allowance is never carried past the request it came with (and an
+    /// idle instance has none).
+    pub(super) fn request_ended(&mut self, in_flight: u32) {
+        let theirs = self.hooks.policy.max_requests().saturating_mul(in_flight);
+        self.hooks.allowance = self.hooks.allowance.min(theirs);
     }
 
     pub(super) fn trace_outgoing(&mut self, trace: TraceParent) {
@@ -120,7 +130,8 @@ impl InvocationState {
         outbound: OutboundPolicy,
         caps: Arc<Capabilities>,
     ) {
-        self.hooks = GuestHooks { policy: outbound, sent: 0, requests: 1, trace: None };
+        let allowance = outbound.max_requests();
+        self.hooks = GuestHooks { policy: outbound, allowance, trace: None };
         self.caps = caps;
         self.kv_ops = 0;
         self.limiter.memory_limit = usize::try_from(memory_limit).unwrap_or(usize::MAX);
@@ -208,10 +219,10 @@ impl WasiHttpView for InvocationState {
 /// the trace they carry on.
 pub(super) struct GuestHooks {
     policy: OutboundPolicy,
-    sent: u32,
-    /// Requests the store has served: each brings its own allowance of
-    /// outgoing requests (a shared WASIp3 instance serves many).
-    requests: u32,
+    /// Outgoing requests the guest may still make: each request it serves
+    /// brings `OUTBOUND_MAX_REQUESTS`, and takes what it left unused away
+    /// when it ends (a shared WASIp3 instance serves several at once).
+    allowance: u32,
     trace: Option<TraceParent>,
 }
 
@@ -231,10 +242,10 @@ impl wasmtime_wasi_http::WasiHttpHooks for GuestHooks {
                 >,
             > + Send,
     > {
-        if self.sent >= self.policy.max_requests().saturating_mul(self.requests) {
+        if self.allowance == 0 {
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         }
-        self.sent += 1;
+        self.allowance -= 1;
         let mut request = request;
         // The request's trace, unless the guest carries one of its own on.
         if let Some(trace) = self.trace

@@ -2,7 +2,7 @@
 //! named by their world, served on a fresh instance per request with the
 //! same limits, usage and logs, on both stores.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::helpers::{Api, ServeEnv, component};
 
@@ -255,7 +255,8 @@ async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(env: S
 
 /// A gauge of the node's /metrics.
 async fn gauge(api: &Api, name: &str) -> Option<u64> {
-    let metrics = api.get_text("/metrics").await.1;
+    let url = api.metrics.as_deref().expect("a metrics listener");
+    let metrics = reqwest::get(url).await.unwrap().text().await.unwrap();
     let prefix = format!("{name} ");
     metrics
         .lines()
@@ -662,4 +663,35 @@ async fn shared_instances_not_their_requests_take_places_in_the_pool(mut env: Se
     // Once they are done, the tenant is served again.
     wait_idle(&api).await;
     assert_eq!(count(&api, 0).await, (200, "1".to_string()));
+}
+
+/// A shared WASIp3 instance runs its guest only while it serves requests:
+/// a task a request leaves behind does not run while the instance idles
+/// (where it would hold the CPU, memory and outbound allowance of no
+/// request, and count in no usage).
+#[tokio::test]
+async fn an_idle_shared_instance_runs_nothing_of_its_guest() {
+    let env = ServeEnv::sqlite();
+    unrated_tier(&env, "shared", "2000ms", &["--max-instance-concurrency", "4"]);
+    let key = env.tenant("acme", "shared", false);
+    let server = env.serve();
+    let api = Api::new(&server, &key);
+    let digest = api.upload_component("hostile_p3").await;
+    let (status, body) = api
+        .deploy(serde_json::json!({
+            "route": "/acme/shared/...", "component": digest,
+            "max_instance_reuse": 1000, "max_instance_concurrency": 4,
+        }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(get(&api, "/acme/shared/spawn-ticker?ms=5").await, (200, "ticking".into()));
+    // Idle for a second: a ticker left running would tick ~200 times.
+    let idle = Instant::now();
+    while idle.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, ticks) = get(&api, "/acme/shared/ticks").await;
+    assert_eq!(status, 200);
+    let ticks: u64 = ticks.trim().parse().unwrap();
+    assert!(ticks < 20, "the guest's task ran while its instance was idle: {ticks} ticks");
 }

@@ -6,7 +6,8 @@
 //! `count?ms=N` (counts the requests this instance has taken, waits, then
 //! answers the count: 1 on a fresh instance), `no-response` (waits on a
 //! future nothing will ever complete), `no-body` (sends the head, then
-//! neither writes nor ends the body).
+//! neither writes nor ends the body), `spawn-ticker?ms=N` (leaves a task
+//! counting every N ms after its request), `ticks` (that count).
 
 use std::hint::black_box;
 
@@ -20,6 +21,9 @@ struct HostileP3;
 
 /// Requests this instance has taken (`count`).
 static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Ticks of the task `spawn-ticker` leaves running (`ticks`).
+static TICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query
@@ -114,6 +118,24 @@ impl wasip3::exports::http::handler::Guest for HostileP3 {
                         tx.write_all(format!("chunk {i}\n").into_bytes()).await;
                         sleep_ms(ms).await;
                     }
+                }))
+            }
+            // Leaves a task running after the request: it ticks every `ms`
+            // for as long as the instance's event loop lets it.
+            "spawn-ticker" => {
+                let ms = num(&query, "ms", 5);
+                wit_bindgen::spawn_local(async move {
+                    loop {
+                        TICKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        sleep_ms(ms).await;
+                    }
+                });
+                Ok(text("ticking"))
+            }
+            "ticks" => {
+                let n = TICKS.load(std::sync::atomic::Ordering::Relaxed);
+                Ok(respond(move |mut tx| async move {
+                    tx.write_all(n.to_string().into_bytes()).await;
                 }))
             }
             "print" => {
