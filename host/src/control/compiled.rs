@@ -43,6 +43,11 @@ impl CompiledComponents {
         self.apps.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Compilations (uploads, and this node's own) waiting for a slot.
+    pub fn compile_slots_waiting(&self) -> usize {
+        self.compiler.waiting()
+    }
+
     /// The component with this digest, if it is compiled here.
     pub fn get(&self, digest: &str) -> Option<App> {
         self.apps().get(digest).cloned()
@@ -87,12 +92,14 @@ impl CompiledComponents {
     /// holds the result; the caller stores the bytes.
     pub async fn compile_upload(
         &self,
+        tenant_id: i64,
         digest: &str,
         bytes: &[u8],
     ) -> Result<UploadCompiled, CompileError> {
         let hex = digest_hex(digest)
             .ok_or_else(|| CompileError::Internal(format!("`{digest}` is not a digest")))?;
-        let compiled = self.compiler.compile(self.runtime.engine(), hex, bytes).await?;
+        let compiled =
+            self.compiler.compile(self.runtime.engine(), hex, bytes, Some(tenant_id)).await?;
         self.record(&compiled);
         let app = match self.runtime.prepare(&compiled.component) {
             Ok(app) => app,
@@ -119,7 +126,7 @@ impl CompiledComponents {
         };
         let compiled = self
             .compiler
-            .compile(self.runtime.engine(), hex, &bytes)
+            .compile(self.runtime.engine(), hex, &bytes, None)
             .await
             .map_err(|e| e.to_string())?;
         self.record(&compiled);

@@ -20,10 +20,12 @@
 //! - `body`: request body limits and the guest's response body.
 //! - `reuse`: the idle instances of deployments that opted in to reuse.
 //! - `slots`: admission to the instance pool, per tenant and fair.
+//! - `fair`: slots handed out to tenants in turn (the compile slots).
 
 pub mod body;
 pub mod capabilities;
 mod compile;
+pub mod fair;
 mod invoke;
 mod outbound;
 mod output;

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::Semaphore;
 use wasmtime::Engine;
 
 use super::{CodeCache, CompileError, Compiled, Runtime, RuntimeConfig, compile, engine_config};
@@ -42,7 +41,9 @@ pub struct Compiler {
     pool_size: u32,
     timeout: Duration,
     memory_limit: u64,
-    slots: Semaphore,
+    /// The compile slots, handed out to tenants in turn: one tenant's
+    /// queue of uploads never holds up another's.
+    slots: super::fair::FairSlots,
 }
 
 impl Compiler {
@@ -61,8 +62,13 @@ impl Compiler {
             pool_size: runtime.pool_size(),
             timeout,
             memory_limit,
-            slots: Semaphore::new(CONCURRENT_COMPILATIONS),
+            slots: super::fair::FairSlots::new(CONCURRENT_COMPILATIONS),
         })
+    }
+
+    /// Compilations waiting for a slot now.
+    pub fn waiting(&self) -> usize {
+        self.slots.waiting()
     }
 
     /// The cache compiled code is kept in.
@@ -72,18 +78,20 @@ impl Compiler {
 
     /// Compiles `bytes` (whose digest is `digest_hex`) in a child process
     /// and loads the result, or loads it straight from the cache when it is
-    /// already there.
+    /// already there. `claimant` is the tenant whose upload it is (`None`:
+    /// the node's own compilation of something deployed elsewhere): slots
+    /// go to claimants in turn.
     pub async fn compile(
         &self,
         engine: &Engine,
         digest_hex: &str,
         bytes: &[u8],
+        claimant: super::fair::Claimant,
     ) -> Result<Compiled, CompileError> {
         if let Some(compiled) = self.compile_cached(engine, digest_hex).await {
             return Ok(compiled);
         }
-        let _slot =
-            self.slots.acquire().await.map_err(|e| CompileError::Internal(e.to_string()))?;
+        let _slot = self.slots.acquire(claimant).await;
         let started = Instant::now();
         let report = self.run_child(digest_hex, bytes).await?;
         if !report.ok {
