@@ -54,6 +54,10 @@ bench_setup() {
     done
     work=$(mktemp -d)
     trap 'bench_cleanup; rm -rf "$work"' EXIT
+    # Several nodes run side by side on this machine: no console listener
+    # (each would want 127.0.0.1:8081), and metrics read through each
+    # node's serving address. Everything else as configured by default.
+    export CONSOLE_ADDR=${CONSOLE_ADDR:-off} METRICS_ADDR=${METRICS_ADDR:-public}
     results=$bench_root/benches/results/$name-$(date -u +%Y%m%dT%H%M%SZ)
     mkdir -p "$results"
 }

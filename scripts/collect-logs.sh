@@ -9,9 +9,12 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 usage() {
     cat <<USAGE
-Usage: scripts/collect-logs.sh [-u URL] [-p PID] [-l LOGFILE] [-s SINCE] [-f COMPOSE_FILE] > debug.tar.gz
+Usage: scripts/collect-logs.sh [-u URL] [-m METRICS_URL] [-p PID] [-l LOGFILE] [-s SINCE] [-f COMPOSE_FILE] > debug.tar.gz
 
   -u URL           the node (default \$WASMWIZ_URL or http://localhost:8080)
+  -m METRICS_URL   the node's metrics, which have a listener of their own
+                   (default: from the node's METRICS_ADDR when its process is
+                   found, else http://localhost:9100/metrics)
   -p PID           the node's process, whose environment is its configuration
                    (default: the \`wasmwiz serve\` process on this machine, if
                    there is exactly one)
@@ -30,11 +33,13 @@ USAGE
 url=${WASMWIZ_URL:-http://localhost:8080}
 since=24h
 pid=
+metrics_url=
 compose_file=$root/deploy/docker-compose.production.yml
 logfiles=()
-while getopts "u:p:l:s:f:h-:" opt; do
+while getopts "u:m:p:l:s:f:h-:" opt; do
     case $opt in
         u) url=${OPTARG%/} ;;
+        m) metrics_url=$OPTARG ;;
         p) pid=$OPTARG ;;
         l) logfiles+=("$OPTARG") ;;
         s) since=$OPTARG ;;
@@ -103,8 +108,18 @@ if curl -fsS --max-time 10 "$url/ready" > "$out/ready.json" 2>&1; then
 else
     note "readiness: $url/ready did not answer"
 fi
-curl -fsS --max-time 10 "$url/metrics" > "$out/metrics.txt" 2>&1 \
-    || note "metrics: $url/metrics did not answer (METRICS_ADDR may move them to another port)"
+if [ -z "$metrics_url" ]; then
+    # The node's own METRICS_ADDR, when its environment says it.
+    addr=$(sed -n 's/^METRICS_ADDR=//p' "$out/config.txt" 2>/dev/null | head -n 1)
+    case $addr in
+        ''|public|off) metrics_url=http://localhost:9100/metrics ;;
+        0.0.0.0:*) metrics_url="http://127.0.0.1:${addr#0.0.0.0:}/metrics" ;;
+        *) metrics_url="http://$addr/metrics" ;;
+    esac
+    [ "$addr" = public ] && metrics_url="$url/metrics"
+fi
+curl -fsS --max-time 10 "$metrics_url" > "$out/metrics.txt" 2>&1 \
+    || note "metrics: $metrics_url did not answer (pass -m with the node's METRICS_ADDR)"
 
 # Log lines from the cutoff on: each line starting with a timestamp (or a
 # JSON line with one) decides; lines without one follow the line before.

@@ -2,7 +2,9 @@
 # Generates the secrets a production installation needs, one file each,
 # readable by the owner only (mode 0600, in a 0700 folder). Never overwrites
 # an existing secret unless --force is given: replacing API_SALT invalidates
-# every API key, replacing the database password locks the nodes out.
+# every API key, replacing the secrets key leaves every stored secret
+# unreadable (rotate with SECRETS_KEY_PREVIOUS instead: OPERATIONS.md),
+# replacing the database password locks the nodes out.
 set -euo pipefail
 
 usage() {
@@ -11,6 +13,7 @@ Usage: scripts/generate_secrets.sh [-d DIR] [--force] [--help]
 
 Writes into DIR (default: ./secrets):
   api_salt                 API_SALT (64 hex characters)
+  secrets_key              SECRETS_KEY (32 random bytes in hex): seals deployments' secrets at rest
   postgres_password        the PostgreSQL password of user wasmwiz
   database_url             DATABASE_URL for the nodes (postgresql://wasmwiz:...@postgres:5432/wasmwiz)
   redis_password           the Redis password
@@ -56,6 +59,7 @@ write() {
 }
 
 write api_salt "$(random_hex 32)"
+write secrets_key "$(random_hex 32)"
 write postgres_password "$(random_hex 24)"
 write redis_password "$(random_hex 24)"
 write grafana_admin_password "$(random_hex 16)"

@@ -58,6 +58,8 @@ WasmWiz is serving on http://$addr (Ctrl-C to stop). Try:
 
     curl http://$addr/hello
 
+The web console (sign in with the key below): http://${CONSOLE_ADDR:-127.0.0.1:8081}/console
+
 Your API key (tenant demo): $key
     export WASMWIZ_URL=http://$addr WASMWIZ_API_KEY=$key
     $bin deployments

@@ -365,11 +365,15 @@ function signInPage() {
 
 // ---------------------------------------------------------------- deployments
 
+// Tenants' routes answer on the node's public URL, never on the console's
+// own origin (GET /api/v1/me names it): a route bound to a host answers
+// on that host, with the public URL's scheme and port.
 function invokeUrl(deployment) {
   let path = deployment.route.replace(/\/\.\.\.$/, '/');
   if (path === '') path = '/';
-  const host = deployment.host ? deployment.host + (location.port ? `:${location.port}` : '') : location.host;
-  return `${location.protocol}//${host}${path}`;
+  const base = new URL(state.me.public_url);
+  if (deployment.host) base.hostname = deployment.host;
+  return `${base.origin}${path}`;
 }
 
 function statusBadge(deployment) {

@@ -287,6 +287,12 @@ impl Authenticator {
         }
     }
 
+    /// Moves whenever keys may have changed anywhere: whoever holds on to
+    /// a key for long (a log follower) checks it again when this moved.
+    pub fn generation(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
     /// The salt keys are hashed with.
     pub fn salt(&self) -> &[u8] {
         &self.salt

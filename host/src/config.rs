@@ -207,6 +207,14 @@ pub struct HttpArgs {
           value_parser = duration_for("BODY_READ_TIMEOUT"))]
     pub body_read_timeout: Duration,
 
+    /// Bytes of request bodies of unknown length the node may hold, all
+    /// requests together, while it reads them ahead of admission (to learn
+    /// their size); past it, new such bodies get 503 with Retry-After
+    /// instead of being buffered.
+    #[arg(long, env = "MAX_BUFFERED_INPUT", default_value = "256MiB", value_name = "BYTES",
+          value_parser = bytes_for("MAX_BUFFERED_INPUT"))]
+    pub max_buffered_input: u64,
+
     /// Largest header section accepted (431 past it), in bytes.
     #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES as u64,
           value_name = "BYTES", value_parser = bytes_for("MAX_HEADER_BYTES"))]
@@ -301,6 +309,20 @@ pub struct StoreArgs {
     #[arg(long, env = "WASMWIZ_BASE_DOMAIN", value_name = "DOMAIN",
           value_parser = base_domain)]
     pub base_domain: Option<String>,
+
+    /// The key deployments' secrets are sealed with at rest: 32 bytes in
+    /// base64 or hex (`wasmwiz admin secrets generate-key` makes one).
+    /// Required when ENVIRONMENT=production; without it (development only)
+    /// a key is generated and kept beside the embedded store
+    /// (WASMWIZ_DATA_DIR/secrets.key), or in PostgreSQL's settings.
+    #[arg(long, env = "SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
+
+    /// Keys secrets were sealed with before SECRETS_KEY, comma-separated:
+    /// what they sealed still opens, until `wasmwiz admin secrets rotate`
+    /// has sealed everything again under SECRETS_KEY.
+    #[arg(long, env = "SECRETS_KEY_PREVIOUS", hide_env_values = true, value_delimiter = ',')]
+    pub secrets_key_previous: Vec<String>,
 }
 
 /// Parses `WASMWIZ_BASE_DOMAIN`: a DNS name, lower-cased.
@@ -557,10 +579,15 @@ pub struct MetricsArgs {
     #[arg(long, env = "METRICS_ENDPOINT", default_value = "/metrics")]
     pub metrics_endpoint: String,
 
-    /// Serve metrics on this address (HOST:PORT) instead of the main
-    /// listener, so a load balancer never exposes them.
-    #[arg(long, env = "METRICS_ADDR", value_name = "HOST:PORT")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where metrics are served: HOST:PORT (a listener of their own), or
+    /// `public` (on the serving listener, beside tenants' routes: only
+    /// behind a proxy that keeps `/metrics` from the internet). They name
+    /// every tenant and route, so by default they have a listener of their
+    /// own on loopback [default: 127.0.0.1:9100; 127.0.0.1:0 when the
+    /// serving port is 0]
+    #[arg(long, env = "METRICS_ADDR", value_name = "HOST:PORT|public",
+          value_parser = side_addr_for("METRICS_ADDR", true))]
+    pub metrics_addr: Option<SideAddr>,
 
     /// Add a `Server-Timing` header (quota, instantiate, guest) to answers.
     #[arg(long, env = "SERVER_TIMING", default_value_t = false, action = clap::ArgAction::Set,
@@ -578,6 +605,100 @@ impl MetricsArgs {
             bail!("METRICS_ENDPOINT cannot be /health or /ready");
         }
         Ok(())
+    }
+}
+
+/// Default port of the metrics listener (`METRICS_ADDR`), the one
+/// Prometheus' node exporter convention and the deploy files use.
+pub const DEFAULT_METRICS_PORT: u16 = 9100;
+/// Default port of the console listener (`CONSOLE_ADDR`).
+pub const DEFAULT_CONSOLE_PORT: u16 = 8081;
+
+/// Where a listener of the node's own (the console's, the metrics') binds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SideAddr {
+    /// A listener of its own on this address.
+    Addr(SocketAddr),
+    /// On the serving listener (metrics only).
+    Public,
+    /// Not served at all.
+    Off,
+}
+
+impl SideAddr {
+    /// The address for `setting` (unset: loopback and `default_port`, or
+    /// port 0 when the serving listener was asked for port 0, so that nodes
+    /// started on free ports, as tests start them, never collide).
+    pub fn resolve(setting: Option<SideAddr>, default_port: u16, serving: SocketAddr) -> SideAddr {
+        setting.unwrap_or_else(|| {
+            let port = if serving.port() == 0 { 0 } else { default_port };
+            SideAddr::Addr(SocketAddr::from(([127, 0, 0, 1], port)))
+        })
+    }
+}
+
+/// A parser for a [`SideAddr`] (`HOST:PORT`, `off`, and `public` where
+/// `public` is allowed) that names its variable when it fails.
+pub fn side_addr_for(
+    var: &'static str,
+    public_allowed: bool,
+) -> impl Fn(&str) -> Result<SideAddr, String> + Clone + Send + Sync + 'static {
+    move |text: &str| match text.trim() {
+        "off" => Ok(SideAddr::Off),
+        "public" if public_allowed => Ok(SideAddr::Public),
+        "public" => Err(format!(
+            "{var}: the console is never served on the tenants' listener (a page a tenant \
+             serves there would share the console's browser origin); give it HOST:PORT"
+        )),
+        other => {
+            other.to_socket_addrs().ok().and_then(|mut a| a.next()).map(SideAddr::Addr).ok_or_else(
+                || {
+                    let also = if public_allowed { ", `public`" } else { "" };
+                    format!("{var}: `{other}` is not HOST:PORT (or `off`{also})")
+                },
+            )
+        }
+    }
+}
+
+/// The web console.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConsoleArgs {
+    /// Where the web console (and the API it calls) is served: HOST:PORT,
+    /// or `off`. Never on the serving listener: a page a tenant serves
+    /// there would share the console's browser origin, and could read the
+    /// key of whoever signs in [default: 127.0.0.1:8081; 127.0.0.1:0 when
+    /// the serving port is 0]
+    #[arg(long, env = "CONSOLE_ADDR", value_name = "HOST:PORT|off",
+          value_parser = side_addr_for("CONSOLE_ADDR", false))]
+    pub console_addr: Option<SideAddr>,
+
+    /// The URL where tenants' routes answer, as their clients reach them
+    /// (`https://edge.example.com` behind a proxy); the console shows
+    /// invoke URLs on it [default: the serving listener's address, with
+    /// 127.0.0.1 for an unspecified host]
+    #[arg(long, env = "PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+}
+
+impl ConsoleArgs {
+    /// `PUBLIC_URL`, or the serving listener's own (`scheme://addr`).
+    pub fn public_url(&self, scheme: &str, serving: SocketAddr) -> anyhow::Result<String> {
+        if let Some(url) = &self.public_url {
+            let url = url.trim_end_matches('/');
+            let valid = ["http://", "https://"].iter().any(|s| {
+                url.strip_prefix(s).is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+            });
+            if !valid {
+                bail!("PUBLIC_URL: `{url}` is not http(s)://HOST[:PORT] (no path)");
+            }
+            return Ok(url.to_string());
+        }
+        let mut addr = serving;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Ok(format!("{scheme}://{addr}"))
     }
 }
 
@@ -657,7 +778,8 @@ impl LogArgs {
 
 /// Variables that may instead name a file holding their value (`X_FILE`),
 /// the way Docker and Kubernetes mount secrets.
-pub const FILE_VARIABLES: &[&str] = &["DATABASE_URL", "REDIS_URL", "API_SALT", "WASMWIZ_API_KEY"];
+pub const FILE_VARIABLES: &[&str] =
+    &["DATABASE_URL", "REDIS_URL", "API_SALT", "SECRETS_KEY", "WASMWIZ_API_KEY"];
 
 /// For each of [`FILE_VARIABLES`] that is unset while `X_FILE` is set, the
 /// value read from that file (without a trailing newline).

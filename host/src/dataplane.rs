@@ -5,6 +5,7 @@
 //! snapshot swapped whole when deployments change, so a request in flight
 //! keeps the version it looked up.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,7 +19,8 @@ use crate::logs::{self, LogEvent, LogHub, MAX_EVENT_OUTPUT, MAX_EVENT_PATH, Tena
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::quota::{QuotaBackend, Rates};
 use crate::response::{ResponseBody, error_response, retry_later};
-use crate::router::{RoutePattern, RouteTable, request_host};
+use crate::router::{PathError, RoutePattern, RouteTable, normalize_path, request_host};
+use crate::runtime::body::InputBudget;
 use crate::runtime::{
     App, ExecutionReport, InstancePool, InvocationTiming, InvokeOptions, Limits, OutboundPolicy,
     Refusal, Runtime, TenantSlots, read_request, refusal_response,
@@ -141,6 +143,8 @@ pub struct DataPlane {
     server_timing: bool,
     /// Where tenants' invocation events go.
     logs: Option<Arc<LogHub>>,
+    /// Request bytes read ahead of admission, node-wide.
+    input_budget: Arc<InputBudget>,
 }
 
 /// What a data plane is built from.
@@ -159,6 +163,9 @@ pub struct DataPlaneSettings {
     pub server_timing: bool,
     /// Where tenants' invocation events go (`None`: nowhere).
     pub logs: Option<Arc<LogHub>>,
+    /// Bytes of bodies of unknown length read ahead of admission, at most,
+    /// all requests together (`MAX_BUFFERED_INPUT`).
+    pub max_buffered_input: u64,
 }
 
 impl DataPlane {
@@ -176,12 +183,18 @@ impl DataPlane {
             metrics: settings.metrics,
             server_timing: settings.server_timing,
             logs: settings.logs,
+            input_budget: InputBudget::new(settings.max_buffered_input),
         }
     }
 
     /// The tenant log streams, when they are on.
     pub fn logs(&self) -> Option<&Arc<LogHub>> {
         self.logs.as_ref()
+    }
+
+    /// Request bytes held now, read ahead of admission.
+    pub fn input_buffered(&self) -> u64 {
+        self.input_budget.held()
     }
 
     /// The metrics this data plane records.
@@ -273,13 +286,24 @@ impl DataPlane {
             .map(|a| a.as_str())
             .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
             .map(request_host);
-        let route = match self.lookup(host.as_deref(), request.uri().path()) {
-            Some(RouteTarget::Live(route)) => Ok(route),
-            Some(RouteTarget::Compiling) => {
-                self.wait_for_compile(host.as_deref(), request.uri().path()).await
-            }
-            Some(RouteTarget::Unavailable { retry_after_s }) => Err(unavailable(retry_after_s)),
-            None => Err(not_found()),
+        // Routed (and seen by the guest) as a normalising proxy in front
+        // would see it: `/a/../b` is `/b`, never a route of `/a`.
+        let mut request = request;
+        let normalized = match normalize_path(request.uri().path()) {
+            Ok(Cow::Borrowed(_)) => Ok(()),
+            Ok(Cow::Owned(normal)) => with_path(&mut request, &normal),
+            Err(e) => Err(e),
+        };
+        let route = match normalized {
+            Err(e) => Err(error_response(StatusCode::BAD_REQUEST, "bad_path", &e.to_string())),
+            Ok(()) => match self.lookup(host.as_deref(), request.uri().path()) {
+                Some(RouteTarget::Live(route)) => Ok(route),
+                Some(RouteTarget::Compiling) => {
+                    self.wait_for_compile(host.as_deref(), request.uri().path()).await
+                }
+                Some(RouteTarget::Unavailable { retry_after_s }) => Err(unavailable(retry_after_s)),
+                None => Err(not_found()),
+            },
         };
         drop(lookup);
 
@@ -293,6 +317,12 @@ impl DataPlane {
             }
         };
         let mut response = response;
+        if let Some(route) = &label {
+            let stripped = strip_reach_widening(response.headers_mut(), host.as_deref());
+            if !stripped.is_empty() {
+                self.note_stripped(route, &stripped, &request_id);
+            }
+        }
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", value);
         }
@@ -336,12 +366,17 @@ impl DataPlane {
         started: Instant,
         trace: &RequestTrace,
     ) -> Response<ResponseBody> {
-        let request =
-            match read_request(request, route.limits.max_input_bytes, self.body_read_timeout).await
-            {
-                Ok(request) => request,
-                Err(refusal) => return refusal,
-            };
+        let request = match read_request(
+            request,
+            route.limits.max_input_bytes,
+            self.body_read_timeout,
+            Some(&self.input_budget),
+        )
+        .await
+        {
+            Ok(request) => request,
+            Err(refusal) => return refusal,
+        };
         let admission_span =
             tracing::trace_span!(target: telemetry::TARGET, parent: &trace.span, "admission");
         let (tenant_slots, cap) = match &route.owner {
@@ -421,6 +456,36 @@ impl DataPlane {
 }
 
 impl DataPlane {
+    /// Counts the headers a guest's answer lost and tells its tenant why,
+    /// in its log stream.
+    fn note_stripped(&self, route: &LiveRoute, stripped: &[&'static str], request_id: &str) {
+        let tenant = route.owner.as_ref().map_or("-", |o| o.tenant.as_str());
+        for header in stripped {
+            self.metrics.guest_headers_stripped.with_label_values(&[tenant, header]).inc();
+        }
+        let Some((owner, hub)) = route.owner.as_ref().zip(self.logs.as_ref()) else { return };
+        let Some(log) = owner.log.as_ref().filter(|log| log.admit()) else { return };
+        hub.publish(
+            log,
+            LogEvent {
+                time: logs::now_rfc3339(),
+                kind: "notice".into(),
+                node: hub.node().to_string(),
+                request_id: Some(request_id.to_string()),
+                deployment: Some(owner.deployment_id.clone()),
+                version: Some(owner.version),
+                route: Some(logs::clip(&route.label, MAX_EVENT_PATH).0),
+                message: Some(format!(
+                    "removed from the response: {} (a response may not widen its reach past \
+                     its own routes in a browser: no service worker scope above its path, no \
+                     clearing of the origin's data, no cookie for another domain)",
+                    stripped.join(", ")
+                )),
+                ..LogEvent::default()
+            },
+        );
+    }
+
     /// What the request's log event needs from the request, when its
     /// tenant's stream is on and its allowance lets the event through
     /// (taken here: a request whose event would be dropped allocates
@@ -495,6 +560,77 @@ impl EventMaker {
     }
 }
 
+/// Removes from a guest's response the headers that would let it reach
+/// past its own routes in a browser, and returns their names:
+/// - `Service-Worker-Allowed`, which lets a service worker registered from
+///   one route's script control every path of the origin (other tenants'
+///   routes and anything else served there);
+/// - `Clear-Site-Data`, which wipes storage, cookies and caches of the
+///   whole origin, not only the route's;
+/// - a `Set-Cookie` with a `Domain` attribute other than the request's own
+///   host, which would set the cookie for a parent domain and so for every
+///   tenant host under it.
+///
+/// Three hash lookups when none is there, which is the common case.
+pub fn strip_reach_widening(
+    headers: &mut http::HeaderMap,
+    host: Option<&str>,
+) -> Vec<&'static str> {
+    const SERVICE_WORKER_ALLOWED: &str = "service-worker-allowed";
+    const CLEAR_SITE_DATA: &str = "clear-site-data";
+    let mut stripped = Vec::new();
+    if headers.remove(SERVICE_WORKER_ALLOWED).is_some() {
+        stripped.push(SERVICE_WORKER_ALLOWED);
+    }
+    if headers.remove(CLEAR_SITE_DATA).is_some() {
+        stripped.push(CLEAR_SITE_DATA);
+    }
+    if headers.contains_key(header::SET_COOKIE) {
+        let cookies: Vec<HeaderValue> =
+            headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+        let kept: Vec<HeaderValue> =
+            cookies.iter().filter(|c| cookie_stays_on(c.as_bytes(), host)).cloned().collect();
+        if kept.len() != cookies.len() {
+            stripped.push("set-cookie");
+            headers.remove(header::SET_COOKIE);
+            for cookie in kept {
+                headers.append(header::SET_COOKIE, cookie);
+            }
+        }
+    }
+    stripped
+}
+
+/// Whether a `Set-Cookie` value stays on the request's host: it has no
+/// `Domain` attribute (a host-only cookie), or one naming that host.
+fn cookie_stays_on(cookie: &[u8], host: Option<&str>) -> bool {
+    let Ok(cookie) = std::str::from_utf8(cookie) else { return false };
+    let mut domains = cookie.split(';').skip(1).filter_map(|attribute| {
+        let (name, value) = attribute.split_once('=')?;
+        name.trim().eq_ignore_ascii_case("domain").then(|| value.trim())
+    });
+    match domains.next() {
+        None => true,
+        Some(domain) => {
+            let domain = domain.strip_prefix('.').unwrap_or(domain);
+            domains.next().is_none()
+                && host.is_some_and(|host| !host.is_empty() && domain.eq_ignore_ascii_case(host))
+        }
+    }
+}
+
+/// Replaces the path of `request`'s target with `path`, keeping its query.
+fn with_path<B>(request: &mut Request<B>, path: &str) -> Result<(), PathError> {
+    let target = match request.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = Some(target.parse().map_err(|_| PathError::AmbiguousSeparator)?);
+    *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| PathError::AmbiguousSeparator)?;
+    Ok(())
+}
+
 /// `Retry-After` of a request that waited for a compile in vain.
 const COMPILING_RETRY_AFTER_S: u64 = 5;
 
@@ -547,5 +683,54 @@ fn add_server_timing(response: &mut Response<ResponseBody>, admit: Duration) {
     }
     if let Ok(value) = HeaderValue::from_str(&value) {
         response.headers_mut().insert("server-timing", value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn headers_that_widen_a_guests_reach_are_stripped_and_named() {
+        let mut map = headers(&[
+            ("content-type", "text/html"),
+            ("Service-Worker-Allowed", "/"),
+            ("Clear-Site-Data", "\"*\""),
+            ("set-cookie", "session=1; Path=/; HttpOnly"),
+            ("set-cookie", "mine=1; Domain=a.example.com; Secure"),
+            ("set-cookie", "wide=1; domain=.example.com"),
+            ("set-cookie", "twice=1; Domain=a.example.com; Domain=example.com"),
+        ]);
+        let stripped = strip_reach_widening(&mut map, Some("a.example.com"));
+        assert_eq!(stripped, ["service-worker-allowed", "clear-site-data", "set-cookie"]);
+        let cookies: Vec<_> =
+            map.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(
+            cookies,
+            ["session=1; Path=/; HttpOnly", "mine=1; Domain=a.example.com; Secure"]
+        );
+        assert_eq!(map["content-type"], "text/html");
+    }
+
+    #[test]
+    fn an_answer_with_nothing_to_strip_is_left_alone() {
+        let mut map = headers(&[("set-cookie", "a=1"), ("cache-control", "no-store")]);
+        assert!(strip_reach_widening(&mut map, None).is_empty());
+        assert_eq!(map.len(), 2);
+        // Without a host, no Domain attribute can name it.
+        let mut map = headers(&[("set-cookie", "a=1; Domain=127.0.0.1")]);
+        assert_eq!(strip_reach_widening(&mut map, None), ["set-cookie"]);
+        assert!(map.get("set-cookie").is_none());
     }
 }

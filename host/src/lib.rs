@@ -10,6 +10,8 @@
 //! - [`router`]: route patterns and the route table (pure).
 //! - [`dataplane`]: the invocation path — route, limits, admission, invoke.
 //! - [`runtime`]: the wasmtime engine, compilation and per-request sandboxes.
+//! - [`frontdoor`]: what each listener of a `serve` node answers: the API,
+//!   the console (on a listener of its own), `/health`, `/ready`, metrics.
 //! - [`node`]: a `serve` node: the loop that keeps its route table in step
 //!   with the store, its readiness, and every task it starts.
 //! - [`control`]: the control plane's parts: the service every change goes
@@ -29,6 +31,7 @@
 //! - [`telemetry`]: request traces: W3C trace context and OTLP export.
 //! - [`logging`]: the tracing subscriber.
 //! - [`metrics`]: Prometheus metrics, resolved per route once.
+//! - [`secrets`]: deployments' secrets sealed at rest with the operator's key.
 //! - [`cli`]: the `wasmwiz` commands.
 
 pub mod api;
@@ -38,6 +41,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod dataplane;
+pub mod frontdoor;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod kv;
@@ -49,6 +53,7 @@ pub mod quota;
 pub mod response;
 pub mod router;
 pub mod runtime;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -84,6 +84,15 @@ pub struct Metrics {
     pub keys_created: IntCounter,
     /// `wasmwiz_tenants_created_total`.
     pub tenants_created: IntCounter,
+    /// `wasmwiz_guest_headers_stripped_total{tenant,header}`: response
+    /// headers a guest set that would widen its reach in a browser.
+    pub guest_headers_stripped: IntCounterVec,
+    /// `wasmwiz_input_buffered_bytes`: request bytes read ahead of
+    /// admission (bodies of unknown length), against `MAX_BUFFERED_INPUT`.
+    pub input_buffered: IntGauge,
+    /// `wasmwiz_compile_slots_waiting`: compilations waiting for one of
+    /// the node's compile slots (handed out to tenants in turn).
+    pub compile_slots_waiting: IntGauge,
 }
 
 impl Metrics {
@@ -218,6 +227,21 @@ impl Metrics {
             ),
             keys_created: counter("wasmwiz_api_keys_created_total", "API keys created"),
             tenants_created: counter("wasmwiz_tenants_created_total", "Tenants created"),
+            guest_headers_stripped: counter_vec(
+                "wasmwiz_guest_headers_stripped_total",
+                "Response headers removed from a guest's answer because they would reach past \
+                 its own routes in a browser (Service-Worker-Allowed, Clear-Site-Data, a \
+                 Set-Cookie for another domain), by tenant and header",
+                &["tenant", "header"],
+            ),
+            compile_slots_waiting: gauge(
+                "wasmwiz_compile_slots_waiting",
+                "Compilations (uploads, and deployments compiled here) waiting for a compile slot",
+            ),
+            input_buffered: gauge(
+                "wasmwiz_input_buffered_bytes",
+                "Request body bytes held while read ahead of admission (MAX_BUFFERED_INPUT caps them)",
+            ),
             registry,
         };
         let build = IntGauge::with_opts(

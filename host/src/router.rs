@@ -60,6 +60,13 @@ pub enum RouteError {
     /// A character that has no place in a path, or a bad `%` escape.
     #[error("a route may not contain `{0}` ({ROUTE_SYNTAX}; other characters percent-encoded)")]
     Unsupported(char),
+    /// A percent-encoded `.`, `/`, `\`, NUL or other unreserved character.
+    #[error(
+        "a route may not contain `{0}`: an encoded `.`, `/` or `\\` could be decoded by a proxy \
+         and reach another route, and an encoded letter, digit, `-`, `_` or `~` is written as \
+         the character itself"
+    )]
+    EncodedCharacter(String),
     /// A grant that would take every route (`/...`), or one bound to a host.
     #[error("{0}")]
     NotGrantable(String),
@@ -214,6 +221,15 @@ fn check_syntax(path: &str) -> Result<(), RouteError> {
                     if !(hex(i + 1) && hex(i + 2)) {
                         return Err(RouteError::Unsupported('%'));
                     }
+                    let byte = u8::from_str_radix(&segment[i + 1..i + 3], 16).unwrap_or(0);
+                    // `%2e`, `%2f`, `%5c`: a dot segment or a separator in
+                    // disguise, which a proxy in front may decode and so
+                    // route elsewhere than this node does. An escaped
+                    // unreserved character (`%41`) never matches: requests
+                    // are matched with those decoded.
+                    if matches!(byte, b'/' | b'\\') || is_unreserved(byte) || byte == 0 {
+                        return Err(RouteError::EncodedCharacter(segment[i..i + 3].to_string()));
+                    }
                 }
                 _ if !allowed => return Err(RouteError::Unsupported(c)),
                 _ => {}
@@ -221,6 +237,111 @@ fn check_syntax(path: &str) -> Result<(), RouteError> {
         }
     }
     Ok(())
+}
+
+/// Whether `byte` is an unreserved character of RFC 3986 (letters,
+/// digits, `-`, `.`, `_`, `~`): escaping one changes nothing, so a request
+/// path is matched with them decoded.
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Why a request path was refused before routing (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// A `%` not followed by two hex digits.
+    #[error("a `%` in the path is not followed by two hex digits")]
+    BadEscape,
+    /// An encoded `/`, `\` or NUL, or a literal `\`: a separator that
+    /// proxies and servers read differently.
+    #[error(
+        "the path holds an encoded `/`, `\\` or NUL, or a `\\`, which proxies read differently"
+    )]
+    AmbiguousSeparator,
+}
+
+/// The path a request is routed by, as a normalising proxy or browser in
+/// front of the node would see it: escaped unreserved characters decoded
+/// (`%2e` is `.`, `%41` is `A`), runs of `/` merged, and `.` and `..`
+/// segments resolved (never above the root) as RFC 3986 §5.2.4 says. A
+/// path can then reach only the route it names once normalised: `/a/../b`
+/// is `/b`, never `a`'s route. Refused: a malformed escape, an encoded `/`,
+/// `\` or NUL, a literal `\`.
+///
+/// Borrowed, and one scan of the bytes, for the paths clients send.
+pub fn normalize_path(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
+    let bytes = path.as_bytes();
+    let mut plain = true;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'%' | b'\\' => plain = false,
+            b'/' if matches!(bytes.get(i + 1), Some(b'/' | b'.')) => plain = false,
+            _ => {}
+        }
+    }
+    if plain {
+        return Ok(std::borrow::Cow::Borrowed(path));
+    }
+    // Decode escaped unreserved characters; keep every other escape as it
+    // came (its case too: `%C3%A9` and `%c3%a9` are for the route to name).
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => return Err(PathError::AmbiguousSeparator),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+                let Some(hex) = hex else { return Err(PathError::BadEscape) };
+                let byte = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("00"), 16)
+                    .map_err(|_| PathError::BadEscape)?;
+                if matches!(byte, b'/' | b'\\' | 0) {
+                    return Err(PathError::AmbiguousSeparator);
+                }
+                if is_unreserved(byte) {
+                    decoded.push(char::from(byte));
+                } else {
+                    decoded.push_str(&path[i..i + 3]);
+                }
+                i += 3;
+            }
+            _ => {
+                // Copy up to the next byte of interest in one piece.
+                let next = bytes[i..]
+                    .iter()
+                    .position(|b| matches!(b, b'%' | b'\\'))
+                    .map_or(bytes.len(), |n| i + n);
+                decoded.push_str(&path[i..next]);
+                i = next;
+            }
+        }
+    }
+    // Resolve the segments. A trailing `/`, `.` or `..` leaves the path
+    // ending in `/` (a directory), as in RFC 3986.
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut directory = false;
+    for (n, segment) in segments.iter().enumerate() {
+        directory = false;
+        match *segment {
+            "" if n != last => {} // `//`: merged
+            "." => directory = true,
+            ".." => {
+                out.pop();
+                directory = true;
+            }
+            other => out.push(other),
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    for segment in &out {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() || directory || decoded.ends_with('/') && !normal.ends_with('/') {
+        normal.push('/');
+    }
+    Ok(std::borrow::Cow::Owned(normal))
 }
 
 /// What a tenant may deploy inside.
@@ -338,11 +459,22 @@ pub fn request_host(authority: &str) -> String {
     without_port.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// Who a route or a host belongs to (a tenant's id): on a host one tenant
+/// holds, no other tenant's routes answer.
+pub type Owner = i64;
+
+/// A value of the table and who its route belongs to.
+#[derive(Debug)]
+struct Entry<T> {
+    value: T,
+    owner: Option<Owner>,
+}
+
 #[derive(Debug)]
 struct PathTable<T> {
-    exact: HashMap<Box<str>, T>,
+    exact: HashMap<Box<str>, Entry<T>>,
     /// Keyed by the wildcard's prefix (`""` for `/...`).
-    prefix: HashMap<Box<str>, T>,
+    prefix: HashMap<Box<str>, Entry<T>>,
 }
 
 impl<T> Default for PathTable<T> {
@@ -352,7 +484,7 @@ impl<T> Default for PathTable<T> {
 }
 
 impl<T> PathTable<T> {
-    fn lookup(&self, path: &str) -> Option<&T> {
+    fn lookup(&self, path: &str) -> Option<&Entry<T>> {
         if let Some(found) = self.exact.get(path) {
             return Some(found);
         }
@@ -379,16 +511,29 @@ impl<T> PathTable<T> {
 }
 
 /// An immutable-once-built map from route patterns to values.
+///
+/// A host may be held by one owner (a tenant granted it): a request for
+/// that host reaches only that owner's routes, bound to the host or not.
+/// Another tenant's host-less routes answer there as if absent (`404`), so
+/// no tenant's page is served on another tenant's origin, where that
+/// tenant's script could read it.
 #[derive(Debug)]
 pub struct RouteTable<T> {
     by_host: HashMap<Box<str>, PathTable<T>>,
     any_host: PathTable<T>,
+    /// Hosts held by an owner.
+    host_owners: HashMap<Box<str>, Owner>,
     len: usize,
 }
 
 impl<T> Default for RouteTable<T> {
     fn default() -> Self {
-        Self { by_host: HashMap::new(), any_host: PathTable::default(), len: 0 }
+        Self {
+            by_host: HashMap::new(),
+            any_host: PathTable::default(),
+            host_owners: HashMap::new(),
+            len: 0,
+        }
     }
 }
 
@@ -398,29 +543,63 @@ impl<T> RouteTable<T> {
         Self::default()
     }
 
-    /// Adds `value` under `pattern`, returning the value it replaces.
+    /// Adds `value` under `pattern` with no owner (`wasmwiz run`),
+    /// returning the value it replaces.
     pub fn insert(&mut self, pattern: &RoutePattern, value: T) -> Option<T> {
+        self.insert_owned(pattern, value, None)
+    }
+
+    /// Adds `value` under `pattern`, a route of `owner`, returning the
+    /// value it replaces. A route bound to a host makes `owner` that
+    /// host's holder.
+    pub fn insert_owned(
+        &mut self,
+        pattern: &RoutePattern,
+        value: T,
+        owner: Option<Owner>,
+    ) -> Option<T> {
         let table = match &pattern.host {
-            Some(host) => self.by_host.entry(host.as_str().into()).or_default(),
+            Some(host) => {
+                if let Some(owner) = owner {
+                    self.host_owners.insert(host.as_str().into(), owner);
+                }
+                self.by_host.entry(host.as_str().into()).or_default()
+            }
             None => &mut self.any_host,
         };
         let map = if pattern.wildcard { &mut table.prefix } else { &mut table.exact };
-        let replaced = map.insert(pattern.path.as_str().into(), value);
+        let replaced = map.insert(pattern.path.as_str().into(), Entry { value, owner });
         if replaced.is_none() {
             self.len += 1;
         }
-        replaced
+        replaced.map(|entry| entry.value)
+    }
+
+    /// Marks `host` (normalized) as held by `owner`: only its routes answer
+    /// there, whether or not any is bound to the host.
+    pub fn hold_host(&mut self, host: &str, owner: Owner) {
+        self.host_owners.insert(host.into(), owner);
     }
 
     /// The value whose route is the most specific match for a request to
-    /// `host` (already normalized by [`request_host`]) and `path`.
+    /// `host` (already normalized by [`request_host`]) and `path`
+    /// (normalized by [`normalize_path`]).
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&T> {
-        if let Some(table) = host.and_then(|h| self.by_host.get(h))
-            && let Some(found) = table.lookup(path)
-        {
-            return Some(found);
+        if let Some(host) = host {
+            if let Some(table) = self.by_host.get(host)
+                && let Some(found) = table.lookup(path)
+            {
+                return Some(&found.value);
+            }
+            if let Some(holder) = self.host_owners.get(host) {
+                return self
+                    .any_host
+                    .lookup(path)
+                    .filter(|found| found.owner == Some(*holder))
+                    .map(|found| &found.value);
+            }
         }
-        self.any_host.lookup(path)
+        self.any_host.lookup(path).map(|found| &found.value)
     }
 
     /// Number of routes in the table.
@@ -436,6 +615,8 @@ impl<T> RouteTable<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::*;
 
     fn pattern(route: &str) -> RoutePattern {
@@ -669,6 +850,67 @@ mod tests {
     }
 
     #[test]
+    fn request_paths_are_normalised_as_a_proxy_would() {
+        let n = |p: &str| normalize_path(p).map(|c| c.into_owned());
+        for (raw, normal) in [
+            ("/a/b", "/a/b"),
+            ("/", "/"),
+            ("/a/../b/x", "/b/x"),
+            ("/a/%2e%2e/b", "/b"),
+            ("/a/%2E./b/", "/b/"),
+            ("/a/./b", "/a/b"),
+            ("/a//b", "/a/b"),
+            ("//b/x", "/b/x"),
+            ("/../../x", "/x"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/%61cme/x", "/acme/x"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/a/.hidden/..x", "/a/.hidden/..x"),
+            ("/a/", "/a/"),
+        ] {
+            assert_eq!(n(raw).as_deref(), Ok(normal), "{raw}");
+            // Idempotent: what it gives is already normal.
+            assert_eq!(n(normal).as_deref(), Ok(normal), "{normal}");
+        }
+        for raw in ["/a%2fb", "/a%2F..%2Fb", "/a%5cb", "/a\\b", "/a%00", "/a%zz", "/a%4"] {
+            assert!(n(raw).is_err(), "{raw}");
+        }
+        assert!(matches!(normalize_path("/hello/world"), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn routes_with_disguised_dots_or_separators_are_refused() {
+        for route in ["/a/%2e%2e/b/...", "/a/%2E", "/a%2fb", "/a%5Cb", "/%61cme", "/a%00"] {
+            assert!(
+                matches!(
+                    RoutePattern::parse(route, None, &[]),
+                    Err(RouteError::EncodedCharacter(_))
+                ),
+                "{route}"
+            );
+        }
+        assert!(RoutePattern::parse("/caf%C3%A9/...", None, &[]).is_ok());
+    }
+
+    #[test]
+    fn a_held_host_reaches_only_its_holders_routes() {
+        let mut t = RouteTable::new();
+        t.insert_owned(&pattern("/a/..."), "a", Some(1));
+        t.insert_owned(&pattern("/b/h"), "b", Some(2));
+        t.insert_owned(&RoutePattern::parse("/", Some("a.test"), &[]).unwrap(), "a-root", Some(1));
+        t.hold_host("b.test", 2);
+        assert_eq!(t.lookup(Some("a.test"), "/"), Some(&"a-root"));
+        assert_eq!(t.lookup(Some("a.test"), "/a/x"), Some(&"a"), "its own host-less route");
+        assert_eq!(t.lookup(Some("a.test"), "/b/h"), None, "another tenant's route");
+        assert_eq!(t.lookup(Some("b.test"), "/b/h"), Some(&"b"));
+        assert_eq!(t.lookup(Some("b.test"), "/a/x"), None);
+        // A host nobody holds serves every host-less route.
+        assert_eq!(t.lookup(Some("shared.example"), "/b/h"), Some(&"b"));
+        assert_eq!(t.lookup(None, "/a/x"), Some(&"a"));
+    }
+
+    #[test]
     fn replacing_a_route_keeps_the_count() {
         let mut t = RouteTable::new();
         assert!(t.insert(&pattern("/a"), 1).is_none());
@@ -741,8 +983,101 @@ mod properties {
         host.and_then(|h| best(Some(h))).or_else(|| best(None))
     }
 
+    /// A raw request path as a client or an attacker may send it: segments
+    /// of names, dots, encoded dots, empty ones.
+    fn raw_path() -> impl Strategy<Value = String> {
+        let segment = prop::sample::select(vec![
+            "a", "b", "ab", ".", "..", "%2e", "%2E%2e", ".%2e", "", "%61", "c",
+        ]);
+        (prop::collection::vec(segment, 0..7), any::<bool>()).prop_map(|(segments, slash)| {
+            let mut path: String = segments.iter().map(|s| format!("/{s}")).collect();
+            if slash || path.is_empty() {
+                path.push('/');
+            }
+            path
+        })
+    }
+
+    /// The reference: a stack of decoded segments, as RFC 3986 §5.2.4 and
+    /// every normalising proxy resolve them.
+    fn reference(raw: &str) -> Vec<String> {
+        let mut stack: Vec<String> = Vec::new();
+        for segment in raw.split('/').skip(1) {
+            let segment = segment.replace("%2e", ".").replace("%2E", ".").replace("%61", "a");
+            match segment.as_str() {
+                "" | "." => {}
+                ".." => {
+                    stack.pop();
+                }
+                other => stack.push(other.to_string()),
+            }
+        }
+        stack
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// No request path reaches a route outside the prefix it names once
+        /// normalised: the normal form has the reference's segments, and the
+        /// route matched covers the normal form (so `/a/../b` never reaches
+        /// `/a/...`).
+        #[test]
+        fn a_path_reaches_only_the_route_it_names_once_normalised(
+            routes in prop::collection::vec(route(), 1..12),
+            raw in raw_path(),
+        ) {
+            let normal = normalize_path(&raw).unwrap().into_owned();
+            let segments: Vec<&str> = normal.split('/').skip(1).filter(|s| !s.is_empty()).collect();
+            prop_assert_eq!(segments, reference(&raw), "{} -> {}", raw, normal);
+            prop_assert!(!normal.contains("//") && !normal.contains("/./") && !normal.contains("/../"));
+            prop_assert!(!normal.contains('%'), "{}", normal);
+            let mut table = RouteTable::new();
+            for r in &routes {
+                let pattern = RoutePattern::parse(&spin(r), None, &[]).unwrap();
+                table.insert(&pattern, pattern.clone());
+            }
+            if let Some(matched) = table.lookup(None, &normal) {
+                prop_assert!(matched.matches_path(&normal), "{} matched {}", normal, matched);
+            }
+        }
+
+        /// On a host a tenant holds, no other tenant's route answers, bound
+        /// to the host or not.
+        #[test]
+        fn a_held_host_never_serves_another_tenants_route(
+            routes in prop::collection::vec((route(), 0i64..3), 1..16),
+            held in prop::collection::vec((host(), 0i64..3), 0..3),
+            requests in prop::collection::vec(request(), 1..24),
+        ) {
+            let mut table = RouteTable::new();
+            let mut holders: HashMap<&str, i64> = HashMap::new();
+            for (host, owner) in &held {
+                if let Some(host) = host {
+                    holders.insert(host, *owner);
+                }
+            }
+            for (r, owner) in &routes {
+                // A host-bound route belongs to the host's holder.
+                let owner = r.2.and_then(|h| holders.get(h).copied()).unwrap_or(*owner);
+                if let Some(host) = r.2 {
+                    holders.entry(host).or_insert(owner);
+                }
+                let pattern = RoutePattern::parse(&spin(r), r.2, &[]).unwrap();
+                table.insert_owned(&pattern, owner, Some(owner));
+            }
+            for (host, owner) in &holders {
+                table.hold_host(host, *owner);
+            }
+            for (path, slash, host) in &requests {
+                let path = if *slash || path.is_empty() { format!("{path}/") } else { path.clone() };
+                if let Some(holder) = host.and_then(|h| holders.get(h))
+                    && let Some(owner) = table.lookup(*host, &path)
+                {
+                    prop_assert_eq!(owner, holder, "{} on {:?}", path, host);
+                }
+            }
+        }
 
         /// The most specific route wins, for every request.
         #[test]

@@ -29,6 +29,8 @@ pub struct TenantUsage {
     wall_ms: AtomicU64,
     kv_reads: AtomicU64,
     kv_writes: AtomicU64,
+    /// Key-value writes in the current second: (unix second, count).
+    kv_write_window: std::sync::Mutex<(u64, u64)>,
 }
 
 impl TenantUsage {
@@ -81,6 +83,20 @@ impl KvMeter for TenantUsage {
 
     fn kv_write(&self, n: u64) {
         self.kv_writes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn kv_write_allowed(&self, per_second: u64) -> bool {
+        let now = crate::quota::unix_now();
+        let mut window =
+            self.kv_write_window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if window.0 != now {
+            *window = (now, 0);
+        }
+        if window.1 >= per_second {
+            return false;
+        }
+        window.1 += 1;
+        true
     }
 }
 

@@ -43,8 +43,11 @@ async function apiCall(request, method, path, key, data) {
   return { status: response.status(), body: await response.json().catch(() => null) };
 }
 
+/// Tenants' routes answer on the serving listener (SERVING_BASE), never on
+/// the console's own origin (CONSOLE_BASE).
 async function invoke(request, path) {
-  const response = await request.get(path);
+  const url = path.startsWith('http') ? path : `${env.SERVING_BASE}${path}`;
+  const response = await request.get(url);
   return { status: response.status(), text: await response.text() };
 }
 
@@ -103,7 +106,7 @@ test('deploy: upload hello with a progress bar, then invoke it', async ({ page, 
   await expect(page.locator('#progress')).toHaveJSProperty('value', 100);
   await page.screenshot({ path: shots('deploy'), fullPage: true });
   const url = await done.getByTestId('invoke-url').textContent();
-  expect(url).toBe(`${env.CONSOLE_BASE}/${TENANT}/hello/`);
+  expect(url).toBe(`${env.SERVING_BASE}/${TENANT}/hello/`);
   const answer = await invoke(request, url);
   expect(answer).toEqual({ status: 200, text: 'Hello, world!\n' });
   // The deployments page lists it, with its URL to copy.
@@ -359,4 +362,63 @@ test('the console cannot be framed by another page', async ({ page }) => {
   await expect.poll(() => text('health')).toContain('ok');
   await expect.poll(() => page.frame({ name: 'console' })?.url()).toMatch(/^chrome-error:/);
   expect(await text('console')).not.toContain('Sign in');
+});
+
+test('a tenant\u2019s page cannot reach the console: no key, no window, no service worker over it', async ({ page, request }) => {
+  // The tenant serves an ordinary page and a service worker script whose
+  // answer asks for the whole origin (`Service-Worker-Allowed: /`).
+  const uploaded = await apiCall(request, 'POST', '/api/v1/components?name=hostile', env.TENANT_KEY, readFileSync(env.HOSTILE_WASM));
+  expect(uploaded.status).toBeLessThan(300);
+  const route = await apiCall(request, 'POST', '/api/v1/deployments', env.TENANT_KEY, { route: `/${TENANT}/attack/...`, component: uploaded.body.digest });
+  expect(route.status).toBe(201);
+  const swScript = `/${TENANT}/attack/sw/page?type=text%2Fjavascript&h=Service-Worker-Allowed%3A%2F&body=${encodeURIComponent("self.addEventListener('fetch', () => {});")}`;
+  const pageUrl = `${env.SERVING_BASE}/${TENANT}/attack/page?type=text%2Fhtml&body=${encodeURIComponent('<!doctype html><title>tenant page</title><p>hello</p>')}`;
+
+  // Someone signs in to the console in this tab: the key is in the
+  // console's session storage.
+  await signIn(page, env.ADMIN_KEY);
+  // Then opens the tenant's page in the same tab.
+  await page.goto(pageUrl);
+  expect(new URL(page.url()).origin).not.toBe(new URL(env.CONSOLE_BASE).origin);
+  const seen = await page.evaluate(async ({ consoleBase, swScript }) => {
+    const out = {};
+    // Its storage is not the console's.
+    out.storage = Object.keys(sessionStorage).length + Object.keys(localStorage).length;
+    // A console window it opens cannot be scripted.
+    const w = window.open(`${consoleBase}/console`);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    try {
+      out.consoleWindow = w && w.document ? w.document.title : 'unreachable';
+    } catch (error) {
+      out.consoleWindow = `refused: ${error.name}`;
+    }
+    if (w) w.close();
+    // The guest's Service-Worker-Allowed never reaches the browser.
+    const script = await fetch(swScript);
+    out.allowedHeader = script.headers.get('service-worker-allowed');
+    // A worker over the whole origin is refused; one over its own path is
+    // fine (and the console is on another origin anyway).
+    try {
+      await navigator.serviceWorker.register(swScript, { scope: '/' });
+      out.rootScope = 'registered';
+    } catch (error) {
+      out.rootScope = `refused: ${error.name}`;
+    }
+    try {
+      const registration = await navigator.serviceWorker.register(swScript);
+      out.ownScope = new URL(registration.scope).pathname;
+    } catch (error) {
+      out.ownScope = `refused: ${error.name}`;
+    }
+    return out;
+  }, { consoleBase: env.CONSOLE_BASE, swScript });
+  expect(seen.storage).toBe(0);
+  expect(seen.consoleWindow).not.toContain('WasmWiz');
+  expect(seen.consoleWindow === 'unreachable' || seen.consoleWindow.startsWith('refused')).toBe(true);
+  expect(seen.allowedHeader).toBeNull();
+  expect(seen.rootScope).toMatch(/^refused: SecurityError/);
+  expect(seen.ownScope).toBe(`/${TENANT}/attack/sw/`);
+  // And /console is never served where tenants' pages are.
+  const there = await request.get(`${env.SERVING_BASE}/console`);
+  expect(there.status()).toBe(404);
 });

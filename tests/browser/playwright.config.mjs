@@ -4,7 +4,7 @@
 // Playwright's own downloads are not used.
 import { defineConfig } from '@playwright/test';
 
-for (const name of ['CONSOLE_BASE', 'TENANT_KEY', 'ADMIN_KEY', 'CHROMIUM', 'SCREENSHOTS']) {
+for (const name of ['CONSOLE_BASE', 'SERVING_BASE', 'TENANT_KEY', 'ADMIN_KEY', 'CHROMIUM', 'SCREENSHOTS']) {
   if (!process.env[name]) {
     throw new Error(`${name} is not set: run these tests with \`cargo test console\` (host/tests/it/console.rs starts the server)`);
   }

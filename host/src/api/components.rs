@@ -110,11 +110,16 @@ pub async fn upload(
     crate::control::service::check_component_name(&name)?;
     // The bytes are recognised by their magic number, whatever the
     // Content-Type says (curl's --data-binary sends a form type).
-    let limit = state.control.upload_limit(&principal.tier).await?;
+    let limits = state.control.tier_limits(&principal.tier).await?;
+    let limit = limits.max_component_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // A place among the tenant's uploads in flight (each is held in memory
+    // until compiled), and room in what it may keep, before a byte is read.
+    let _place = state.control.start_upload(principal.tenant_id, &limits)?;
+    state.control.check_storage(principal.tenant_id, &limits, 0, false).await?;
     if let Some(length) = declared.filter(|length| *length > limit) {
         if length <= DISCARD_MAX_BYTES && !expects_continue(&headers) {
             discard(body, DISCARD_MAX_BYTES, DISCARD_MAX_TIME).await;
@@ -153,7 +158,7 @@ pub async fn upload(
         Encoding::Identity => bytes,
         Encoding::Gzip => gunzip(bytes, limit).await?,
     };
-    let uploaded = state.control.upload(principal.tenant_id, &name, bytes).await?;
+    let uploaded = state.control.upload(principal.tenant_id, &name, bytes, Some(&limits)).await?;
     let status = if uploaded.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(uploaded.meta.into())))
 }

@@ -189,12 +189,25 @@ pub async fn logs(
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(FOLLOWER_BACKLOG);
     let closing = hub.closing();
+    let key = KeyCheck {
+        state: state.clone(),
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    };
     tokio::spawn(async move {
         let _place = place;
         // Ends with the node's drain: the client reconnects to another
-        // node, or to this one restarted, from its last event.
+        // node, or to this one restarted, from its last event. Ends too
+        // when its key is revoked (through any node): a revoked key reads
+        // nothing more, and no longer holds a place among the tenant's
+        // followers.
         tokio::select! {
-            () = follow_stream(backend, tenant, start, filter, tx) => {}
+            () = follow_stream(backend, tenant, start, filter, tx.clone()) => {}
+            () = key.revoked() => {
+                let _ = tx.try_send(Ok(Bytes::from_static(b": the key was revoked\n\n")));
+            }
             () = closing.cancelled() => {}
         }
     });
@@ -209,6 +222,33 @@ pub async fn logs(
         body,
     )
         .into_response())
+}
+
+/// The key a follower streams with, checked again whenever keys may have
+/// changed anywhere (every node hears of a change within a second).
+struct KeyCheck {
+    state: Arc<ApiState>,
+    authorization: Option<String>,
+}
+
+impl KeyCheck {
+    /// Resolves once the key is no longer valid (revoked, or its tenant
+    /// gone); a store that cannot be asked leaves the stream as it is.
+    async fn revoked(&self) {
+        let mut seen = self.state.auth.generation();
+        loop {
+            tokio::time::sleep(TICK).await;
+            let now = self.state.auth.generation();
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match self.state.auth.authenticate(self.authorization.as_deref()).await {
+                Ok(_) | Err(crate::auth::AuthError::Store(_)) => {}
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 fn unavailable(error: &anyhow::Error) -> ApiError {

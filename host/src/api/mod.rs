@@ -51,6 +51,8 @@ pub struct ApiState {
     pub auth: Authenticator,
     /// Longest pause inside an upload's body.
     pub body_read_timeout: Duration,
+    /// Where tenants' routes answer, as their clients reach them.
+    pub public_url: String,
 }
 
 /// The API's routes (paths as in DESIGN.md).
@@ -69,6 +71,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/keys", post(tenants::create_key).get(tenants::list_keys))
         .route("/api/v1/keys/{id}", delete(tenants::revoke_key))
         .route("/api/v1/me", get(tenants::me))
+        .route("/api/v1/tier-limits", get(tenants::tier_limits))
         .route("/api/v1/tiers", get(tenants::list_tiers))
         .route("/api/v1/tiers/{name}", put(tenants::put_tier))
         .route("/api/v1/usage", get(usage::usage))
@@ -225,6 +228,11 @@ impl From<ControlError> for ApiError {
             }
             ControlError::Compile(e) => e.into(),
             ControlError::NoCompiler => ApiError::internal("uploads need a serving node"),
+            ControlError::Limit { status, code, message } => ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+                code,
+                message,
+            ),
             ControlError::Store(e) => e.into(),
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use super::usage::CountsJson;
 use super::{ApiError, ApiJson, ApiState, publish, require, rfc3339};
@@ -97,12 +97,15 @@ pub struct MeJson {
     key_id: String,
     prefix: String,
     scopes: Vec<&'static str>,
+    public_url: String,
 }
 
 /// `GET /api/v1/me`: the caller's tenant, tier and key (what the console
-/// signs in with).
-pub async fn me(principal: Principal) -> Json<MeJson> {
+/// signs in with), and where tenants' routes answer (`PUBLIC_URL`: the
+/// console, on an origin of its own, shows invoke URLs there).
+pub async fn me(State(state): State<Arc<ApiState>>, principal: Principal) -> Json<MeJson> {
     Json(MeJson {
+        public_url: state.public_url.clone(),
         tenant: principal.tenant,
         tier: principal.tier,
         key_id: principal.key_id,
@@ -260,55 +263,38 @@ pub async fn list_tiers(
     Ok(Json(tiers.into_iter().map(|t| TierJson { name: t.name, limits: t.limits }).collect()))
 }
 
-/// Distinguishes a field that is absent (`None`) from one that is `null`
-/// (`Some(None)`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
+/// Body of `PUT /api/v1/tiers/{name}`: any of the limits of
+/// [`LIMITS`](crate::tenancy::LIMITS); a missing one takes the default,
+/// `null` on one that allows it means no limit.
+pub type PutTier = serde_json::Map<String, serde_json::Value>;
+
+/// `GET /api/v1/tier-limits` (any key): what each limit of a tier is, as
+/// the console's tier editor and clients show it.
+pub async fn tier_limits(_principal: Principal) -> Json<Vec<LimitJson>> {
+    Json(
+        crate::tenancy::LIMITS
+            .iter()
+            .map(|spec| LimitJson {
+                name: spec.name,
+                help: spec.help.trim(),
+                unit: spec.unit(),
+                nullable: spec.nullable(),
+                min: spec.min,
+                max: spec.max,
+            })
+            .collect(),
+    )
 }
 
-/// Body of `PUT /api/v1/tiers/{name}`: a missing field takes the default,
-/// `null` on a rate or on `max_concurrency` means unlimited.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PutTier {
-    #[serde(default, deserialize_with = "present")]
-    requests_per_minute: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "present")]
-    requests_per_day: Option<Option<u64>>,
-    memory_limit_bytes: Option<u64>,
-    execution_timeout_ms: Option<u64>,
-    max_input_bytes: Option<u64>,
-    max_component_bytes: Option<u64>,
-    kv_max_key_bytes: Option<u64>,
-    kv_max_value_bytes: Option<u64>,
-    kv_max_keys: Option<u64>,
-    kv_max_total_bytes: Option<u64>,
-    max_instance_reuse: Option<u32>,
-    max_instance_concurrency: Option<u32>,
-    #[serde(default, deserialize_with = "present")]
-    max_concurrency: Option<Option<u32>>,
-}
-
-impl From<PutTier> for TierPatch {
-    fn from(body: PutTier) -> Self {
-        TierPatch {
-            requests_per_minute: body.requests_per_minute,
-            requests_per_day: body.requests_per_day,
-            memory_limit_bytes: body.memory_limit_bytes,
-            execution_timeout_ms: body.execution_timeout_ms,
-            max_input_bytes: body.max_input_bytes,
-            max_component_bytes: body.max_component_bytes,
-            kv_max_key_bytes: body.kv_max_key_bytes,
-            kv_max_value_bytes: body.kv_max_value_bytes,
-            kv_max_keys: body.kv_max_keys,
-            kv_max_total_bytes: body.kv_max_total_bytes,
-            max_instance_reuse: body.max_instance_reuse,
-            max_instance_concurrency: body.max_instance_concurrency,
-            max_concurrency: body.max_concurrency,
-        }
-    }
+/// One limit, as `GET /api/v1/tier-limits` describes it.
+#[derive(Debug, Serialize)]
+pub struct LimitJson {
+    name: &'static str,
+    help: &'static str,
+    unit: &'static str,
+    nullable: bool,
+    min: u64,
+    max: u64,
 }
 
 /// `PUT /api/v1/tiers/{name}` (admin): 201 created, 200 replaced.
@@ -319,7 +305,8 @@ pub async fn put_tier(
     ApiJson(body): ApiJson<PutTier>,
 ) -> Result<(StatusCode, Json<TierJson>), ApiError> {
     admin_only(&principal)?;
-    let (tier, created) = state.control.put_tier(&name, &body.into(), TierBase::Defaults).await?;
+    let (tier, created) =
+        state.control.put_tier(&name, &TierPatch(body), TierBase::Defaults).await?;
     publish(&state.node).await;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(TierJson { name: tier.name, limits: tier.limits })))

@@ -5,10 +5,10 @@ use clap::Subcommand;
 
 use super::store::open_store;
 use crate::auth::{Scope, Scopes};
-use crate::config::{Cap, LogArgs, StoreArgs, TierDefaultArgs, bytes_for, cap_for, duration_for};
+use crate::config::{LogArgs, StoreArgs, TierDefaultArgs};
 use crate::control::{Actor, ControlPlane, ControlSettings, GrantSpec, TierBase};
 use crate::metrics::Metrics;
-use crate::tenancy::{TierLimits, TierPatch};
+use crate::tenancy::{LIMITS, LimitKind, LimitSpec, TierLimits, TierPatch};
 
 /// Arguments shared by every admin command.
 #[derive(clap::Args, Debug)]
@@ -53,6 +53,22 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: TierCommand,
     },
+    /// The key deployments' secrets are sealed with at rest.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+/// `admin secrets ...`
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Prints a new random key for SECRETS_KEY (base64), alone on a line.
+    GenerateKey,
+    /// Seals every deployment's secrets again under SECRETS_KEY, opening
+    /// them with it or any of SECRETS_KEY_PREVIOUS: run it once every node
+    /// holds the new key (and the old ones as previous), then drop the old.
+    Rotate,
 }
 
 /// `admin tenant ...`
@@ -124,17 +140,78 @@ pub enum KeyCommand {
     },
 }
 
-/// A rate: a number or `unlimited`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rate(Option<u64>);
+/// The limit flags of `admin tier set`: one per limit of
+/// [`LIMITS`](crate::tenancy::LIMITS), named and parsed as it says.
+#[derive(Clone, Debug, Default)]
+pub struct LimitFlags(TierPatch);
 
-fn parse_rate(text: &str) -> Result<Rate, String> {
-    if text.eq_ignore_ascii_case("unlimited") {
-        return Ok(Rate(None));
+/// Parses one limit's flag value into its API value: a byte count
+/// (`64MiB`), a duration (`5s`, in ms), a count, or `unlimited` (null).
+fn limit_value(spec: &'static LimitSpec, text: &str) -> Result<serde_json::Value, String> {
+    let flag = spec.flag;
+    let number = |n: Option<u64>, example: &str| match n {
+        Some(n) if (spec.min..=spec.max).contains(&n) => Ok(serde_json::Value::from(n)),
+        Some(_) => Err(format!("--{flag}: must be between {} and {}", spec.min, spec.max)),
+        None => Err(format!("--{flag}: `{text}` is not {example}")),
+    };
+    match spec.kind {
+        LimitKind::Unlimited if text.eq_ignore_ascii_case("unlimited") => {
+            Ok(serde_json::Value::Null)
+        }
+        LimitKind::Unlimited => number(text.parse().ok(), "a number or `unlimited`"),
+        LimitKind::Count => number(text.parse().ok(), "a number"),
+        LimitKind::Bytes => {
+            number(crate::config::parse_bytes(text), "a byte count (1048576, 512KiB, 64MiB)")
+        }
+        LimitKind::Millis => number(
+            crate::config::parse_duration(text)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            "a duration (5 for seconds, 500ms, 2s)",
+        ),
     }
-    text.parse::<u64>()
-        .map(|n| Rate(Some(n)))
-        .map_err(|_| format!("`{text}` is neither a number nor `unlimited`"))
+}
+
+impl clap::Args for LimitFlags {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        LIMITS.iter().fold(command, |command, spec| {
+            let value_name = match spec.kind {
+                LimitKind::Bytes => "BYTES",
+                LimitKind::Millis => "DURATION",
+                LimitKind::Count => "N",
+                LimitKind::Unlimited => "N|unlimited",
+            };
+            command.arg(
+                clap::Arg::new(spec.name)
+                    .long(spec.flag)
+                    .value_name(value_name)
+                    .help(spec.help.trim())
+                    .value_parser(clap::builder::ValueParser::new(move |text: &str| {
+                        limit_value(spec, text)
+                    })),
+            )
+        })
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
+
+impl clap::FromArgMatches for LimitFlags {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = Self::default();
+        flags.update_from_arg_matches(matches)?;
+        Ok(flags)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        for spec in LIMITS {
+            if let Some(value) = matches.get_one::<serde_json::Value>(spec.name) {
+                self.0.set(spec.name, value.clone());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `admin tier ...`
@@ -145,45 +222,10 @@ pub enum TierCommand {
     Set {
         /// The tier's name.
         name: String,
-        /// Requests per minute, or `unlimited`.
-        #[arg(long, value_parser = parse_rate)]
-        per_minute: Option<Rate>,
-        /// Requests per day, or `unlimited`.
-        #[arg(long, value_parser = parse_rate)]
-        per_day: Option<Rate>,
-        /// Linear memory per instance (bytes, or 128MiB).
-        #[arg(long, value_parser = bytes_for("--memory"))]
-        memory: Option<u64>,
-        /// Time per invocation (5, 500ms).
-        #[arg(long, value_parser = duration_for("--timeout"))]
-        timeout: Option<std::time::Duration>,
-        /// Request body per invocation (bytes, or 1MiB).
-        #[arg(long, value_parser = bytes_for("--max-input"))]
-        max_input: Option<u64>,
-        /// Component size (bytes, or 10MiB).
-        #[arg(long, value_parser = bytes_for("--max-component"))]
-        max_component: Option<u64>,
-        /// Longest key-value value (bytes, or 1MiB).
-        #[arg(long, value_parser = bytes_for("--kv-max-value"))]
-        kv_max_value: Option<u64>,
-        /// Key-value keys per tenant.
-        #[arg(long)]
-        kv_max_keys: Option<u64>,
-        /// Key-value bytes (keys plus values) per tenant (bytes, or 64MiB).
-        #[arg(long, value_parser = bytes_for("--kv-max-total"))]
-        kv_max_total: Option<u64>,
-        /// The most requests per instance a deployment of the tier may ask
-        /// for with `max_instance_reuse` (1: always a fresh instance).
-        #[arg(long, value_name = "N")]
-        max_instance_reuse: Option<u32>,
-        /// The most requests at once per instance a WASIp3 deployment of
-        /// the tier may ask for with `max_instance_concurrency`.
-        #[arg(long, value_name = "N")]
-        max_instance_concurrency: Option<u32>,
-        /// Invocations one tenant may run at once on one node, or
-        /// `unlimited` (then only the instance pool's fair share limits it).
-        #[arg(long, value_name = "N", value_parser = cap_for("--max-concurrency"))]
-        max_concurrency: Option<Cap>,
+        /// The limits to change (see `--help`): each one given replaces
+        /// the current value.
+        #[command(flatten)]
+        limits: LimitFlags,
     },
     /// Lists the tiers.
     List,
@@ -202,15 +244,20 @@ fn say(line: &str) {
 
 /// Runs `wasmwiz migrate`.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    let (store, _) = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
-    say(&format!("migrations applied ({} store)", store.backend()));
+    let opened = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
+    say(&format!("migrations applied ({} store)", opened.store.backend()));
     Ok(())
 }
 
 /// Runs an admin command.
 pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
     args.tiers.validate()?;
-    let (store, salt) = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
+    if let AdminCommand::Secrets { command: SecretsCommand::GenerateKey } = args.command {
+        say(&crate::secrets::Keyring::generate_key());
+        return Ok(());
+    }
+    let opened = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
+    let (store, salt, secrets) = (opened.store, opened.salt, opened.secrets);
     // A key made against one store fails against another: say which this is.
     tell(&format!("store: {} ({})", store.location(), store.backend()));
     let control = ControlPlane::new(
@@ -220,6 +267,7 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
             tier_defaults: args.tiers.defaults_for_new_tiers(),
             reserved: Vec::new(),
             base_domain: args.store.base_domain.clone(),
+            secrets: secrets.clone(),
         },
         Metrics::new(),
     );
@@ -288,42 +336,19 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
             })?;
             say(&format!("key {id} revoked"));
         }
-        AdminCommand::Tier {
-            command:
-                TierCommand::Set {
-                    name,
-                    per_minute,
-                    per_day,
-                    memory,
-                    timeout,
-                    max_input,
-                    max_component,
-                    kv_max_value,
-                    kv_max_keys,
-                    kv_max_total,
-                    max_instance_reuse,
-                    max_instance_concurrency,
-                    max_concurrency,
-                },
-        } => {
-            let patch = TierPatch {
-                requests_per_minute: per_minute.map(|Rate(rate)| rate),
-                requests_per_day: per_day.map(|Rate(rate)| rate),
-                memory_limit_bytes: memory,
-                execution_timeout_ms: timeout
-                    .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-                max_input_bytes: max_input,
-                max_component_bytes: max_component,
-                kv_max_value_bytes: kv_max_value,
-                kv_max_keys,
-                kv_max_total_bytes: kv_max_total,
-                max_instance_reuse,
-                max_instance_concurrency,
-                max_concurrency: max_concurrency.map(|Cap(cap)| cap),
-                ..TierPatch::default()
-            };
+        AdminCommand::Tier { command: TierCommand::Set { name, limits: LimitFlags(patch) } } => {
             let (tier, _) = control.put_tier(&name, &patch, TierBase::Current).await?;
             say(&format!("tier {name}: {}", describe(&tier.limits)));
+        }
+        AdminCommand::Secrets { command: SecretsCommand::GenerateKey } => {
+            unreachable!("answered before the store is opened")
+        }
+        AdminCommand::Secrets { command: SecretsCommand::Rotate } => {
+            let resealed = control.reseal_secrets().await?;
+            say(&format!(
+                "secrets of {resealed} deployments sealed under key {}",
+                secrets.current_id()
+            ));
         }
         AdminCommand::Tier { command: TierCommand::List } => {
             for tier in control.tiers().await? {
@@ -334,23 +359,15 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A tier's limits in one line: `name value` for each, `unlimited` for none.
 fn describe(limits: &TierLimits) -> String {
-    let rate = |r: Option<u64>| r.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
-    format!(
-        "{}/minute, {}/day, memory {} bytes, timeout {} ms, input {} bytes, component {} bytes, \
-         key-value {} keys / {} bytes, values up to {} bytes, instance reuse up to {}, \
-         up to {} at once per WASIp3 instance, {} concurrent invocations per node",
-        rate(limits.requests_per_minute),
-        rate(limits.requests_per_day),
-        limits.memory_limit_bytes,
-        limits.execution_timeout_ms,
-        limits.max_input_bytes,
-        limits.max_component_bytes,
-        limits.kv_max_keys,
-        limits.kv_max_total_bytes,
-        limits.kv_max_value_bytes,
-        limits.max_instance_reuse,
-        limits.max_instance_concurrency,
-        Cap(limits.max_concurrency)
-    )
+    let json = limits.to_json();
+    LIMITS
+        .iter()
+        .map(|spec| match &json[spec.name] {
+            serde_json::Value::Null => format!("{} unlimited", spec.name),
+            value => format!("{} {value}", spec.name),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -171,6 +171,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             server_timing: false,
             logs: None,
+            max_buffered_input: args.http.max_buffered_input,
         },
     ));
     plane.publish(routes);

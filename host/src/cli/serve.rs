@@ -1,14 +1,10 @@
-//! `wasmwiz serve`: the multi-tenant server — API, health, readiness and
-//! the invocation path on one listener.
+//! `wasmwiz serve`: the multi-tenant server — the invocation path with the
+//! API, health and readiness on the serving listener; the console and the
+//! metrics on listeners of their own (see [`crate::frontdoor`]).
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
-use tower::ServiceExt as _;
-
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,11 +12,13 @@ use super::store::open_store;
 use crate::api::{self, ApiState};
 use crate::auth::Authenticator;
 use crate::config::{
-    CompileArgs, HttpArgs, ListenArgs, LogArgs, MetricsArgs, OutboundArgs, QuotaArgs, RuntimeArgs,
-    StoreArgs, TenantLogArgs, TierDefaultArgs,
+    CompileArgs, ConsoleArgs, DEFAULT_CONSOLE_PORT, DEFAULT_METRICS_PORT, HttpArgs, ListenArgs,
+    LogArgs, MetricsArgs, OutboundArgs, QuotaArgs, RuntimeArgs, SideAddr, StoreArgs, TenantLogArgs,
+    TierDefaultArgs,
 };
 use crate::control::{CompiledComponents, ControlPlane, ControlSettings};
 use crate::dataplane::{DataPlane, DataPlaneSettings};
+use crate::frontdoor::{FrontDoor, Role};
 use crate::kv::KvBackend;
 use crate::kv::redis::RedisKv;
 use crate::logs::memory::MemoryLogs;
@@ -31,9 +29,8 @@ use crate::node::{Node, NodeSettings};
 use crate::quota::QuotaBackend;
 use crate::quota::local::LocalQuota;
 use crate::quota::redis::RedisQuota;
-use crate::response::{BoxError, ResponseBody, full};
 use crate::runtime::{Compiler, Runtime};
-use crate::server::{self, ConnInfo, Handler, HttpOptions, Listeners, tls};
+use crate::server::{self, HttpOptions, Listeners, tls};
 use crate::store::StoreKv;
 
 /// Shortest timeout of a key-value call to Redis (a quota check waits
@@ -58,6 +55,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub metrics: MetricsArgs,
     #[command(flatten)]
+    pub console: ConsoleArgs,
+    #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub http: HttpArgs,
@@ -70,14 +69,22 @@ pub struct ServeArgs {
 /// A node built from its configuration, bound and ready to serve.
 pub struct Serve {
     node: Arc<Node>,
-    handler: Arc<ServeHandler>,
+    handler: Arc<FrontDoor>,
     listener: Listeners,
     acceptor: Option<tls::TlsAcceptor>,
     options: HttpOptions,
-    /// The metrics listener, when metrics have an address of their own.
-    metrics_listener: Option<(Listeners, Arc<MetricsHandler>)>,
+    /// The listeners of the node's own: the console's, the metrics'.
+    side: Vec<SideListener>,
     /// The TLS certificate, reloaded while the node serves.
     cert: Option<Arc<tls::ReloadingCert>>,
+}
+
+/// A listener beside the serving one: the console's (with TLS when the
+/// node has a certificate) or the metrics'.
+struct SideListener {
+    listener: Listeners,
+    handler: Arc<FrontDoor>,
+    acceptor: Option<tls::TlsAcceptor>,
 }
 
 impl std::fmt::Debug for Serve {
@@ -94,11 +101,13 @@ impl Serve {
         args.http.validate()?;
         args.metrics.validate()?;
         let addr = args.listen.socket_addr()?;
+        args.console.public_url("http", addr)?;
         let cert = match (&args.http.tls_cert_path, &args.http.tls_key_path) {
             (Some(cert), Some(key)) => Some(tls::ReloadingCert::load(cert, key)?),
             _ => None,
         };
-        let (store, salt) = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
+        let opened = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
+        let (store, salt, secrets) = (opened.store, opened.salt, opened.secrets);
 
         let runtime = Arc::new(Runtime::new(&args.runtime.runtime_config())?);
         let cache = args.compile.compile_cache_dir.clone();
@@ -165,6 +174,7 @@ impl Serve {
                 metrics: metrics.clone(),
                 server_timing: args.metrics.server_timing,
                 logs: logs.clone(),
+                max_buffered_input: args.http.max_buffered_input,
             },
         ));
         let components = Arc::new(CompiledComponents::new(runtime, compiler, metrics.clone()));
@@ -172,7 +182,12 @@ impl Serve {
             store.clone(),
             plane,
             components.clone(),
-            NodeSettings { outbound: Arc::new(args.outbound.settings()), kv },
+            NodeSettings {
+                outbound: Arc::new(args.outbound.settings()),
+                kv,
+                base_domain: args.store.base_domain.clone(),
+                secrets: secrets.clone(),
+            },
         );
         match node.start().await {
             Ok(report) => tracing::info!(
@@ -201,34 +216,13 @@ impl Serve {
                 tier_defaults: args.tiers.defaults_for_new_tiers(),
                 reserved,
                 base_domain: args.store.base_domain.clone(),
+                secrets: secrets.clone(),
             },
             metrics.clone(),
         )
         .with_components(components);
         let auth = Authenticator::new(store, salt, node.rebuilds());
 
-        // Metrics on the main listener, on their own address, or not at all.
-        let (metrics_path, metrics_listener) =
-            match (args.metrics.prometheus_enabled, args.metrics.metrics_addr) {
-                (false, _) => (None, None),
-                (true, Some(addr)) => {
-                    // A scrape now and then: one accept loop on the shared runtime.
-                    let options = HttpOptions { threads: 0, ..HttpOptions::from(&args.http) };
-                    let listener = server::bind(addr, &options)
-                        .with_context(|| format!("METRICS_ADDR: cannot listen on {addr}"))?;
-                    eprintln!(
-                        "metrics on http://{}{}",
-                        listener.local_addr(),
-                        args.metrics.metrics_endpoint
-                    );
-                    let handler = Arc::new(MetricsHandler {
-                        node: node.clone(),
-                        path: args.metrics.metrics_endpoint.clone(),
-                    });
-                    (None, Some((listener, handler)))
-                }
-                (true, None) => (Some(args.metrics.metrics_endpoint.clone()), None),
-            };
         let options = HttpOptions::from(&args.http);
         let listener =
             server::bind(addr, &options).with_context(|| format!("cannot listen on {addr}"))?;
@@ -237,29 +231,68 @@ impl Serve {
             None => None,
         };
         let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let api = api::router(Arc::new(ApiState {
+            control,
+            node: node.clone(),
+            auth,
+            body_read_timeout: args.http.body_read_timeout,
+            public_url: args.console.public_url(scheme, listener.local_addr())?,
+        }));
+        // A scrape or a console now and then: one accept loop each on the
+        // shared runtime.
+        let side_options = HttpOptions { threads: 0, ..options.clone() };
+        let mut side = Vec::new();
+        // Metrics: a listener of their own unless asked for on the public
+        // one (or not at all).
+        let metrics_setting = args
+            .metrics
+            .prometheus_enabled
+            .then(|| SideAddr::resolve(args.metrics.metrics_addr, DEFAULT_METRICS_PORT, addr));
+        let endpoint = args.metrics.metrics_endpoint.clone();
+        if let Some(SideAddr::Addr(at)) = metrics_setting {
+            let listener = server::bind(at, &side_options)
+                .with_context(|| format!("METRICS_ADDR: cannot listen on {at}"))?;
+            eprintln!("metrics on http://{}{endpoint}", listener.local_addr());
+            let handler =
+                FrontDoor::new(Role::Metrics, node.clone(), api.clone(), Some(endpoint.clone()));
+            side.push(SideListener { listener, handler: Arc::new(handler), acceptor: None });
+        }
+        let public_metrics = (metrics_setting == Some(SideAddr::Public)).then_some(endpoint);
+        // The console: a listener of its own, never the serving one.
+        if let SideAddr::Addr(at) =
+            SideAddr::resolve(args.console.console_addr, DEFAULT_CONSOLE_PORT, addr)
+        {
+            let listener = server::bind(at, &side_options)
+                .with_context(|| format!("CONSOLE_ADDR: cannot listen on {at}"))?;
+            eprintln!("console on {scheme}://{}/console", listener.local_addr());
+            let handler = FrontDoor::new(Role::Console, node.clone(), api.clone(), None);
+            side.push(SideListener {
+                listener,
+                handler: Arc::new(handler),
+                acceptor: acceptor.clone(),
+            });
+        }
         eprintln!("listening on {scheme}://{}", listener.local_addr());
         if let Some(hub) = &logs {
             hub.name_node(args.logs.node_name.clone().unwrap_or_else(|| {
                 format!("{}:{}", crate::logs::hostname(), listener.local_addr().port())
             }));
         }
-        let handler = Arc::new(ServeHandler {
-            api: api::router(Arc::new(ApiState {
-                control,
-                node: node.clone(),
-                auth,
-                body_read_timeout: args.http.body_read_timeout,
-            })),
-            api_metrics: metrics.route("/api", "-"),
-            node: node.clone(),
-            metrics_path,
-        });
-        Ok(Self { node, handler, listener, acceptor, options, metrics_listener, cert })
+        let handler = Arc::new(FrontDoor::new(Role::Serving, node.clone(), api, public_metrics));
+        Ok(Self { node, handler, listener, acceptor, options, side, cert })
     }
 
     /// Where the node listens.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.listener.local_addr()
+    }
+
+    /// Where the console listens, if it does.
+    pub fn console_addr(&self) -> Option<std::net::SocketAddr> {
+        self.side
+            .iter()
+            .find(|s| s.handler.role() == Role::Console)
+            .map(|s| s.listener.local_addr())
     }
 
     /// The node behind the listener.
@@ -271,7 +304,7 @@ impl Serve {
     /// lets in-flight requests finish (up to `SHUTDOWN_TIMEOUT`), ends
     /// every task it started and writes the last usage counts.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Self { node, handler, listener, acceptor, options, metrics_listener, cert } = self;
+        let Self { node, handler, listener, acceptor, options, side, cert } = self;
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         if let Some(cert) = cert {
@@ -283,13 +316,14 @@ impl Serve {
                 }
             });
         }
-        if let Some((listener, handler)) = metrics_listener {
+        for SideListener { listener, handler, acceptor } in side {
             let options = HttpOptions { threads: 0, ..options.clone() };
             let stop = stop.clone();
             tasks.spawn(async move {
+                let addr = listener.local_addr();
                 let stopped = stop.cancelled_owned();
-                if let Err(e) = server::serve(listener, None, handler, options, stopped).await {
-                    tracing::error!(error = %format!("{e:#}"), "the metrics listener failed");
+                if let Err(e) = server::serve(listener, acceptor, handler, options, stopped).await {
+                    tracing::error!(error = %format!("{e:#}"), %addr, "a listener failed");
                 }
             });
         }
@@ -316,145 +350,4 @@ impl Serve {
 /// serves until SIGINT or SIGTERM.
 pub async fn execute(args: ServeArgs) -> anyhow::Result<()> {
     Serve::build(args).await?.run(server::shutdown_signal()).await
-}
-
-/// Dispatches a request to the API, health, readiness, or the routes.
-struct ServeHandler {
-    node: Arc<Node>,
-    api: axum::Router,
-    /// Counts API answers (one label for the whole API).
-    api_metrics: crate::metrics::RouteMetrics,
-    /// Where metrics are served on this listener, if they are.
-    metrics_path: Option<String>,
-}
-
-/// Renders the metrics, refreshing first the gauges that are read rather
-/// than counted.
-fn metrics_response(node: &Node) -> Response<ResponseBody> {
-    let metrics = node.plane().metrics();
-    let runtime = node.plane().runtime();
-    metrics.instances_in_use.set(runtime.instances_in_use() as i64);
-    metrics.instances_idle.set(runtime.instances_idle() as i64);
-    metrics.instance_memory.set(i64::try_from(runtime.instance_memory()).unwrap_or(i64::MAX));
-    metrics.instance_pool_capacity.set(i64::from(runtime.pool_size()));
-    metrics.db_connections.set(i64::from(node.store().connections_active()));
-    metrics.store_up.set(i64::from(node.readiness().store_ok));
-    if let Some(quota) = node.plane().quota() {
-        metrics.quota_degraded.set(i64::from(quota.health() == crate::quota::Health::Degraded));
-        catch_up(&metrics.redis_errors, quota.errors());
-        catch_up(&metrics.quota_redis_calls, quota.calls());
-    }
-    let mut response = Response::new(full(metrics.render()));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
-}
-
-/// Serves only the metrics, on `METRICS_ADDR`.
-struct MetricsHandler {
-    node: Arc<Node>,
-    path: String,
-}
-
-impl Handler for MetricsHandler {
-    async fn handle(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<ResponseBody> {
-        if request.uri().path() == self.path {
-            metrics_response(&self.node)
-        } else {
-            crate::response::error_response(StatusCode::NOT_FOUND, "not_found", "metrics only")
-        }
-    }
-}
-
-impl ServeHandler {
-    async fn api(&self, request: Request<Incoming>) -> Response<ResponseBody> {
-        let request = request.map(axum::body::Body::new);
-        let response = match self.api.clone().oneshot(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        };
-        response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
-    }
-
-    /// `503` only while starting (until the first route table with every
-    /// known deployment servable is published) and while draining; a
-    /// running node compiling what was deployed meanwhile stays `200`.
-    fn ready(&self) -> Response<ResponseBody> {
-        let readiness = self.node.readiness();
-        let store = if readiness.store_ok { "ok" } else { "down" };
-        let (status, state) = if readiness.draining {
-            (StatusCode::SERVICE_UNAVAILABLE, "draining")
-        } else if !readiness.loaded {
-            (StatusCode::SERVICE_UNAVAILABLE, "loading")
-        } else if store != "ok" {
-            // A shared dependency blinking must not take every node out of
-            // the load balancer: live routes are still served.
-            (StatusCode::OK, "degraded")
-        } else {
-            (StatusCode::OK, "ready")
-        };
-        let quota = self.node.plane().quota().map_or("off", |q| q.health().as_str());
-        let state = if state == "ready" && quota == "degraded" { "degraded" } else { state };
-        let mut body = serde_json::json!({ "status": state, "store": store, "quota": quota });
-        let pending = readiness.pending_compilations;
-        if pending > 0 {
-            body["pending_compilations"] = serde_json::json!(pending);
-        }
-        json_response(status, &body)
-    }
-}
-
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
-    let mut response = Response::new(full(body.to_string()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    response
-}
-
-impl Handler for ServeHandler {
-    async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
-        let path = request.uri().path();
-        if path == "/api" || path.starts_with("/api/") {
-            let started = std::time::Instant::now();
-            let response = self.api(request).await;
-            self.api_metrics.answered(response.status().as_u16(), started.elapsed().as_secs_f64());
-            return response;
-        }
-        if self.metrics_path.as_deref() == Some(path) {
-            return metrics_response(&self.node);
-        }
-        if crate::console::is_console(path) {
-            return crate::console::respond(&request);
-        }
-        let readable = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
-        match path {
-            "/health" | "/ready" if !readable => {
-                let mut response = crate::response::error_response(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    "use GET",
-                );
-                response
-                    .headers_mut()
-                    .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
-                response
-            }
-            "/health" => json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
-            "/ready" => self.ready(),
-            _ => self.node.plane().handle(request, conn).await,
-        }
-    }
-}
-
-/// Raises `counter` to `total`, a count kept elsewhere (a backend's own
-/// counter): metrics counters only go up by increments.
-fn catch_up(counter: &prometheus::IntCounter, total: u64) {
-    let counted = counter.get();
-    if total > counted {
-        counter.inc_by(total - counted);
-    }
 }

@@ -3,7 +3,7 @@
 //! handlers and `wasmwiz admin` both call it; neither writes to the store
 //! on its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -66,6 +66,17 @@ pub enum ControlError {
     /// This process cannot compile (an admin command has no runtime).
     #[error("uploads need a serving node")]
     NoCompiler,
+    /// A limit of the tenant's tier is reached: `status` 413 for what it
+    /// may keep, 429 for what it may do at once; `code` names the limit.
+    #[error("{message}")]
+    Limit {
+        /// 413 or 429.
+        status: u16,
+        /// A stable code naming the limit (`component_storage_limit` ...).
+        code: &'static str,
+        /// What the limit is and what to do.
+        message: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -185,7 +196,7 @@ pub struct IssuedKey {
 }
 
 /// What the service takes from the installation's configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ControlSettings {
     /// Limits a tier gets for the fields a change leaves out.
     pub tier_defaults: TierLimits,
@@ -194,6 +205,8 @@ pub struct ControlSettings {
     pub reserved: Vec<String>,
     /// `WASMWIZ_BASE_DOMAIN`: each tenant may use `<tenant>.<base>`.
     pub base_domain: Option<String>,
+    /// Seals deployments' secrets before they are stored.
+    pub secrets: Arc<crate::secrets::Keyring>,
 }
 
 /// The control-plane service of one process.
@@ -204,6 +217,9 @@ pub struct ControlPlane {
     settings: Arc<ControlSettings>,
     components: Option<Arc<CompiledComponents>>,
     metrics: Arc<Metrics>,
+    /// Uploads each tenant has in flight on this node: each holds its
+    /// bytes in memory until it is compiled, so a tier bounds how many.
+    uploads: Arc<std::sync::Mutex<HashMap<TenantId, u64>>>,
 }
 
 impl ControlPlane {
@@ -214,7 +230,14 @@ impl ControlPlane {
         settings: ControlSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { store, salt: salt.into(), settings: Arc::new(settings), components: None, metrics }
+        Self {
+            store,
+            salt: salt.into(),
+            settings: Arc::new(settings),
+            components: None,
+            metrics,
+            uploads: Arc::default(),
+        }
     }
 
     /// The same, compiling uploads into `components` (a serving node).
@@ -437,7 +460,7 @@ impl ControlPlane {
             (TierBase::Current, Some(current)) => current.limits,
             _ => self.settings.tier_defaults.clone(),
         };
-        let limits = patch.apply(&base);
+        let limits = patch.apply(&base).map_err(ControlError::Invalid)?;
         limits.check().map_err(ControlError::Invalid)?;
         let tier = Tier { name: name.to_string(), limits };
         self.store.put_tier(&tier).await?;
@@ -446,9 +469,76 @@ impl ControlPlane {
 
     // --- components ----------------------------------------------------------
 
-    /// The largest upload the tenant's tier accepts.
-    pub async fn upload_limit(&self, tier: &str) -> ControlResult<u64> {
-        Ok(self.tier(tier).await?.limits.max_component_bytes)
+    /// The limits of a tier.
+    pub async fn tier_limits(&self, tier: &str) -> ControlResult<TierLimits> {
+        Ok(self.tier(tier).await?.limits)
+    }
+
+    /// A place for one of the tenant's uploads on this node, held until
+    /// the returned guard drops; `429 too_many_uploads` past the tier's
+    /// `max_uploads_in_flight`.
+    pub fn start_upload(
+        &self,
+        tenant_id: TenantId,
+        limits: &TierLimits,
+    ) -> ControlResult<UploadPlace> {
+        let mut uploads = self.uploads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = uploads.entry(tenant_id).or_insert(0);
+        if *held >= limits.max_uploads_in_flight {
+            return Err(ControlError::Limit {
+                status: 429,
+                code: "too_many_uploads",
+                message: format!(
+                    "this tenant already has {held} uploads in flight on this node, as many as \
+                     its tier allows (max_uploads_in_flight); retry when one has finished"
+                ),
+            });
+        }
+        *held += 1;
+        Ok(UploadPlace { uploads: self.uploads.clone(), tenant_id })
+    }
+
+    /// Refuses an upload of `size` more bytes that would take the tenant
+    /// past its tier's stored components (count or bytes): `413`, with a
+    /// code naming the cap, before anything is written (and long before a
+    /// full disk would refuse it, for everyone).
+    ///
+    /// Before an upload is read (`new_component` false) only a tenant
+    /// already at its bytes cap is refused: the bytes may turn out to be a
+    /// component it has, which is answered as before whatever the caps.
+    pub async fn check_storage(
+        &self,
+        tenant_id: TenantId,
+        limits: &TierLimits,
+        size: u64,
+        new_component: bool,
+    ) -> ControlResult<()> {
+        let stored = self.store.components(tenant_id).await?;
+        let bytes: u64 = stored.iter().map(|c| c.size).sum();
+        if new_component && stored.len() as u64 >= limits.max_components {
+            return Err(ControlError::Limit {
+                status: 413,
+                code: "component_count_limit",
+                message: format!(
+                    "this tenant keeps {} components, as many as its tier allows \
+                     (max_components); delete components it no longer deploys",
+                    stored.len()
+                ),
+            });
+        }
+        if bytes.saturating_add(size) > limits.max_component_storage_bytes {
+            return Err(ControlError::Limit {
+                status: 413,
+                code: "component_storage_limit",
+                message: format!(
+                    "this tenant keeps {bytes} bytes of components; {size} more would pass the \
+                     {} its tier allows (max_component_storage_bytes); delete components it no \
+                     longer deploys",
+                    limits.max_component_storage_bytes
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Validates, compiles and stores a tenant's upload. The same bytes
@@ -458,6 +548,7 @@ impl ControlPlane {
         tenant_id: TenantId,
         name: &str,
         bytes: Vec<u8>,
+        limits: Option<&TierLimits>,
     ) -> ControlResult<Uploaded> {
         check_component_name(name)?;
         let components = self.components.as_ref().ok_or(ControlError::NoCompiler)?;
@@ -466,7 +557,10 @@ impl ControlPlane {
             self.metrics.uploads.with_label_values(&["existing"]).inc();
             return Ok(Uploaded { meta, created: false });
         }
-        let compiled = match components.compile_upload(&digest, &bytes).await {
+        if let Some(limits) = limits {
+            self.check_storage(tenant_id, limits, bytes.len() as u64, true).await?;
+        }
+        let compiled = match components.compile_upload(tenant_id, &digest, &bytes).await {
             Ok(compiled) => compiled,
             Err(e) => {
                 self.metrics.uploads.with_label_values(&["refused"]).inc();
@@ -580,24 +674,55 @@ impl ControlPlane {
                 )));
             }
         }
+        let route = pattern.to_string();
+        let place =
+            crate::secrets::Place { tenant: tenant_id, host: pattern.host(), route: &route };
+        let secrets = self.settings.secrets.seal_values(place, &spec.secrets);
         let deployment = self
             .store
             .deploy(&NewDeployment {
                 tenant_id,
-                route: pattern.to_string(),
+                route: route.clone(),
                 host: pattern.host().map(str::to_string),
                 component: spec.component,
                 config: spec.config,
-                secrets: spec.secrets,
+                secrets,
                 allowed_outbound_hosts: spec.allowed_outbound_hosts,
                 max_instance_reuse: spec.max_instance_reuse,
                 max_instance_concurrency: spec.max_instance_concurrency,
                 base_domain: self.settings.base_domain.clone(),
+                keep_versions: limits.max_versions_per_deployment,
             })
             .await?;
         tracing::info!(tenant_id, deployment = %deployment.id, route = %deployment.route,
                        version = deployment.version, "deployed");
         Ok(deployment)
+    }
+
+    /// Seals every live deployment's secrets again under the current key
+    /// (`wasmwiz admin secrets rotate`); returns how many deployments have
+    /// secrets. One that does not open (sealed under a key this process
+    /// does not hold) stops the rotation, naming it.
+    pub async fn reseal_secrets(&self) -> ControlResult<usize> {
+        let mut resealed = 0;
+        for deployment in self.store.deployments(None).await? {
+            if deployment.secrets.is_empty() {
+                continue;
+            }
+            let place = crate::secrets::Place {
+                tenant: deployment.tenant_id,
+                host: deployment.host.as_deref(),
+                route: &deployment.route,
+            };
+            let sealed =
+                self.settings.secrets.seal_all(place, &deployment.secrets).map_err(|e| {
+                    ControlError::Invalid(format!("the secrets of {}: {e}", deployment.id))
+                })?;
+            self.store.put_secrets(&deployment.id, &sealed).await?;
+            resealed += 1;
+        }
+        tracing::info!(deployments = resealed, "secrets sealed again under the current key");
+        Ok(resealed)
     }
 
     /// A tenant's live deployments.
@@ -728,4 +853,24 @@ pub fn check_outbound_hosts(hosts: &[String]) -> ControlResult<()> {
         OutboundPolicy::check_pattern(host).map_err(ControlError::Invalid)?;
     }
     Ok(())
+}
+
+/// One upload's place among its tenant's uploads in flight on this node
+/// ([`ControlPlane::start_upload`]); given back when dropped.
+#[derive(Debug)]
+pub struct UploadPlace {
+    uploads: Arc<std::sync::Mutex<HashMap<TenantId, u64>>>,
+    tenant_id: TenantId,
+}
+
+impl Drop for UploadPlace {
+    fn drop(&mut self) {
+        let mut uploads = self.uploads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(held) = uploads.get_mut(&self.tenant_id) {
+            *held -= 1;
+            if *held == 0 {
+                uploads.remove(&self.tenant_id);
+            }
+        }
+    }
 }

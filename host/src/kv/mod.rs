@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::tenancy::{
     DEFAULT_KV_MAX_KEY_BYTES, DEFAULT_KV_MAX_KEYS, DEFAULT_KV_MAX_TOTAL_BYTES,
-    DEFAULT_KV_MAX_VALUE_BYTES, TenantId, TierLimits,
+    DEFAULT_KV_MAX_VALUE_BYTES, DEFAULT_KV_WRITES_PER_SECOND, TenantId, TierLimits,
 };
 
 /// Longest bucket name a guest may open.
@@ -38,6 +38,8 @@ pub struct KvLimits {
     pub max_keys: u64,
     /// Bytes (keys plus values) the tenant may hold over all its buckets.
     pub max_total_bytes: u64,
+    /// Writes the tenant may make per second on one node.
+    pub writes_per_second: u64,
 }
 
 impl KvLimits {
@@ -48,6 +50,7 @@ impl KvLimits {
             max_value_bytes: tier.kv_max_value_bytes,
             max_keys: tier.kv_max_keys,
             max_total_bytes: tier.kv_max_total_bytes,
+            writes_per_second: tier.kv_writes_per_second,
         }
     }
 }
@@ -59,6 +62,7 @@ impl Default for KvLimits {
             max_value_bytes: DEFAULT_KV_MAX_VALUE_BYTES,
             max_keys: DEFAULT_KV_MAX_KEYS,
             max_total_bytes: DEFAULT_KV_MAX_TOTAL_BYTES,
+            writes_per_second: DEFAULT_KV_WRITES_PER_SECOND,
         }
     }
 }
@@ -272,8 +276,13 @@ pub(crate) fn page(mut keys: Vec<String>, cursor: u64) -> (Vec<String>, Option<u
 mod tests {
     use super::*;
 
-    const LIMITS: KvLimits =
-        KvLimits { max_key_bytes: 8, max_value_bytes: 16, max_keys: 2, max_total_bytes: 40 };
+    const LIMITS: KvLimits = KvLimits {
+        max_key_bytes: 8,
+        max_value_bytes: 16,
+        max_keys: 2,
+        max_total_bytes: 40,
+        writes_per_second: 1000,
+    };
 
     #[test]
     fn buckets_are_scoped_to_the_tenant_and_the_deployment() {

@@ -79,6 +79,10 @@ pub struct NodeSettings {
     pub outbound: Arc<OutboundSettings>,
     /// Where components' key-value data lives.
     pub kv: Arc<dyn KvBackend>,
+    /// `WASMWIZ_BASE_DOMAIN`: each tenant holds `<tenant>.<base>`.
+    pub base_domain: Option<String>,
+    /// Opens deployments' sealed secrets.
+    pub secrets: Arc<crate::secrets::Keyring>,
 }
 
 /// One serving node.
@@ -201,6 +205,11 @@ impl Node {
         &self.store
     }
 
+    /// What this node holds compiled, and its compiler.
+    pub fn components(&self) -> &Arc<CompiledComponents> {
+        &self.components
+    }
+
     /// The data plane.
     pub fn plane(&self) -> &Arc<DataPlane> {
         &self.plane
@@ -273,7 +282,8 @@ impl Node {
         let seq = self.store.change_seq().await?;
         let tiers: HashMap<String, Arc<Tier>> =
             self.store.tiers().await?.into_iter().map(|t| (t.name.clone(), Arc::new(t))).collect();
-        let deployments = self.store.deployments(None).await?;
+        let deployments = self.open_secrets(self.store.deployments(None).await?);
+        let held_hosts = self.held_hosts().await?;
 
         // What the compiled-code cache holds is ready at once: a restarted
         // node serves without compiling.
@@ -314,7 +324,7 @@ impl Node {
             ..SyncReport::default()
         };
         let now = Instant::now();
-        let (routes, states, failed) = self.materialize(plan.routes, now);
+        let (routes, states, failed) = self.materialize(plan.routes, &held_hosts, now);
         report.failed = failed;
         report.routes = routes.len();
         self.plane.metrics().deployments_live.set(routes.len() as i64);
@@ -331,6 +341,60 @@ impl Node {
             tracing::info!(routes = report.routes, "every deployment is servable: ready");
         }
         Ok(report)
+    }
+
+    /// `deployments` with their secrets opened, for the guests to read. One
+    /// whose secrets do not open here (sealed under a key this node does
+    /// not hold) is not served by this node, and says why in its log.
+    fn open_secrets(
+        &self,
+        deployments: Vec<crate::store::Deployment>,
+    ) -> Vec<crate::store::Deployment> {
+        deployments
+            .into_iter()
+            .filter_map(|mut deployment| {
+                if deployment.secrets.is_empty() {
+                    return Some(deployment);
+                }
+                let place = crate::secrets::Place {
+                    tenant: deployment.tenant_id,
+                    host: deployment.host.as_deref(),
+                    route: &deployment.route,
+                };
+                match self.settings.secrets.open_all(place, &deployment.secrets) {
+                    Ok(open) => {
+                        deployment.secrets = open;
+                        Some(deployment)
+                    }
+                    Err(error) => {
+                        tracing::error!(deployment = %deployment.id, %error,
+                                        "a deployment's secrets do not open on this node: not served");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Every host a tenant holds: granted to it, or its own under the base
+    /// domain. Only that tenant's routes answer there.
+    async fn held_hosts(&self) -> Result<Vec<(String, crate::tenancy::TenantId)>, StoreError> {
+        let mut held: Vec<(String, crate::tenancy::TenantId)> = self
+            .store
+            .grants(None)
+            .await?
+            .into_iter()
+            .filter_map(|g| match g.grant {
+                crate::router::Grant::Host(host) => Some((host, g.tenant_id)),
+                crate::router::Grant::Path(_) => None,
+            })
+            .collect();
+        if let Some(base) = &self.settings.base_domain {
+            for tenant in self.store.tenants().await? {
+                held.push((format!("{}.{base}", tenant.name), tenant.id));
+            }
+        }
+        Ok(held)
     }
 
     /// Checks the change counter (and the dirty flag) every

@@ -69,9 +69,13 @@ impl Node {
     pub(super) fn materialize(
         &self,
         planned: Vec<PlannedRoute<App>>,
+        held_hosts: &[(String, TenantId)],
         now: Instant,
     ) -> (Routes, HashMap<String, DeploymentState>, usize) {
         let mut routes = Routes::new();
+        for (host, tenant) in held_hosts {
+            routes.hold_host(host, *tenant);
+        }
         let mut states = HashMap::with_capacity(planned.len());
         let mut failed = 0;
         let mut next = Served::default();
@@ -84,6 +88,7 @@ impl Node {
         };
         for planned in planned {
             let id = planned.deployment.id.clone();
+            let tenant = planned.deployment.tenant_id;
             let (target, state) = match planned.target {
                 Target::Serve(app) => {
                     let route = self.live_route(
@@ -129,7 +134,7 @@ impl Node {
                     )
                 }
             };
-            routes.insert(&planned.pattern, target);
+            routes.insert_owned(&planned.pattern, target, Some(tenant));
             states.insert(id, state);
         }
         *served = next;

@@ -29,12 +29,121 @@ pub enum BodyReadError {
     /// The connection failed while reading.
     #[error("reading the request body failed: {0}")]
     Client(String),
+    /// The node's budget for bodies read ahead is spent.
+    #[error("the node holds as many request bytes as it may before admission")]
+    Budget,
+}
+
+/// The bytes of request bodies a node may hold in memory before their
+/// requests are admitted (`MAX_BUFFERED_INPUT`): a body of unknown length
+/// is read ahead to learn its size before pool and quota admission, and
+/// whoever sends such bodies slowly (no key needed) would otherwise make
+/// the node hold `max_input_bytes` per connection. Past the budget a new
+/// body is refused (503, retry shortly), never buffered.
+#[derive(Debug)]
+pub struct InputBudget {
+    left: std::sync::atomic::AtomicU64,
+    total: u64,
+}
+
+impl InputBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { left: bytes.into(), total: bytes })
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.total - self.left.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn take(&self, bytes: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(bytes))
+            .is_ok()
+    }
+
+    fn give(&self, bytes: u64) {
+        self.left.fetch_add(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Bytes taken from an [`InputBudget`], given back when dropped (with the
+/// body that holds them, at the end of the invocation at the latest).
+#[derive(Debug)]
+pub struct BudgetHold {
+    budget: std::sync::Arc<InputBudget>,
+    bytes: u64,
+}
+
+impl BudgetHold {
+    /// Holds nothing yet.
+    pub fn new(budget: &std::sync::Arc<InputBudget>) -> Self {
+        Self { budget: budget.clone(), bytes: 0 }
+    }
+
+    /// Takes `bytes` more, if the budget has them.
+    fn take(&mut self, bytes: u64) -> bool {
+        let taken = self.budget.take(bytes);
+        if taken {
+            self.bytes += bytes;
+        }
+        taken
+    }
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that keeps a [`BudgetHold`] until it is dropped.
+    pub struct HeldBody<B> {
+        #[pin]
+        inner: B,
+        hold: BudgetHold,
+    }
+}
+
+impl<B> HeldBody<B> {
+    /// `inner`, holding `hold`.
+    pub fn new(inner: B, hold: BudgetHold) -> Self {
+        Self { inner, hold }
+    }
+}
+
+impl<B: Body> Body for HeldBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Reads a whole body of unknown length into memory, refusing it as soon as
 /// it grows past `cap` (so an over-size body is never buffered whole) and
 /// when the client pauses longer than `idle`.
-pub async fn read_capped<B>(body: &mut B, cap: u64, idle: Duration) -> Result<Bytes, BodyReadError>
+pub async fn read_capped<B>(
+    body: &mut B,
+    cap: u64,
+    idle: Duration,
+    mut hold: Option<&mut BudgetHold>,
+) -> Result<Bytes, BodyReadError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -50,6 +159,11 @@ where
         if let Ok(data) = frame.into_data() {
             if collected.len() as u64 + data.len() as u64 > cap {
                 return Err(BodyReadError::TooLarge(cap));
+            }
+            if let Some(hold) = hold.as_deref_mut()
+                && !hold.take(data.len() as u64)
+            {
+                return Err(BodyReadError::Budget);
             }
             collected.extend_from_slice(&data);
         }

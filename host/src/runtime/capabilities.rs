@@ -73,6 +73,10 @@ pub trait KvMeter: Send + Sync + std::fmt::Debug {
     fn kv_read(&self, n: u64);
     /// `n` writes (set, delete, increment; each key of a batch).
     fn kv_write(&self, n: u64);
+    /// Whether one more write fits in this second's `per_second` (and
+    /// counts it if it does): one tenant's writes may not crowd the
+    /// backend every tenant shares.
+    fn kv_write_allowed(&self, per_second: u64) -> bool;
 }
 
 impl KvAccess {
@@ -93,6 +97,15 @@ impl KvAccess {
             _ => None,
         };
         check_item(key, value, &self.limits)?;
+        if let Some(usage) = &self.usage
+            && !usage.kv_write_allowed(self.limits.writes_per_second)
+        {
+            return Err(KvError::Limit(format!(
+                "kv_writes_per_second: this tenant may make {} key-value writes per second on \
+                 this node",
+                self.limits.writes_per_second
+            )));
+        }
         self.count(0, 1);
         self.backend.write(bucket, key, change, &self.limits).await
     }

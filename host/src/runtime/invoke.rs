@@ -30,8 +30,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::{HyperIncomingBody, HyperOutgoingBody};
 
 use super::body::{
-    BodyReadError, DISCARD_MAX_BYTES, DISCARD_MAX_TIME, GuestBody, IdleTimeoutBody, discard,
-    drain_finished, read_capped,
+    BodyReadError, BudgetHold, DISCARD_MAX_BYTES, DISCARD_MAX_TIME, GuestBody, HeldBody,
+    IdleTimeoutBody, InputBudget, discard, drain_finished, read_capped,
 };
 use super::output::GuestText;
 use super::reuse::{InstancePool, Reused};
@@ -703,6 +703,7 @@ pub async fn read_request<B>(
     request: Request<B>,
     max_input: u64,
     idle: Duration,
+    budget: Option<&Arc<InputBudget>>,
 ) -> Result<Request<HyperIncomingBody>, Response<ResponseBody>>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -742,29 +743,45 @@ where
         Some(0) => empty_body(),
         Some(_) => IdleTimeoutBody::new(body, idle).boxed_unsync(),
         None if body.is_end_stream() => empty_body(),
-        None => match read_capped(&mut body, max_input, idle).await {
-            Ok(bytes) => {
-                http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+        None => {
+            let mut hold = budget.map(BudgetHold::new);
+            match read_capped(&mut body, max_input, idle, hold.as_mut()).await {
+                Ok(bytes) => {
+                    let full = http_body_util::Full::new(bytes).map_err(|never| match never {});
+                    match hold {
+                        Some(hold) => HeldBody::new(full, hold).boxed_unsync(),
+                        None => full.boxed_unsync(),
+                    }
+                }
+                Err(BodyReadError::Budget) => {
+                    return Err(retry_later(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "input_budget_exhausted",
+                        "this node holds as many request bodies as it may before admission; \
+                         retry shortly",
+                        1,
+                    ));
+                }
+                Err(BodyReadError::TooLarge(_)) => {
+                    discard(body, DISCARD_MAX_BYTES, DISCARD_MAX_TIME).await;
+                    return Err(too_large());
+                }
+                Err(BodyReadError::Timeout) => {
+                    return Err(error_response(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        "the client stopped sending the request body",
+                    ));
+                }
+                Err(BodyReadError::Client(_)) => {
+                    return Err(error_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad_body",
+                        "the request body could not be read",
+                    ));
+                }
             }
-            Err(BodyReadError::TooLarge(_)) => {
-                discard(body, DISCARD_MAX_BYTES, DISCARD_MAX_TIME).await;
-                return Err(too_large());
-            }
-            Err(BodyReadError::Timeout) => {
-                return Err(error_response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "the client stopped sending the request body",
-                ));
-            }
-            Err(BodyReadError::Client(_)) => {
-                return Err(error_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    "the request body could not be read",
-                ));
-            }
-        },
+        }
     };
     Ok(Request::from_parts(parts, body))
 }

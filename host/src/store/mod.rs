@@ -271,6 +271,9 @@ pub struct NewDeployment {
     pub max_instance_concurrency: u32,
     /// `WASMWIZ_BASE_DOMAIN`: the tenant may use `<tenant>.<base>`.
     pub base_domain: Option<String>,
+    /// Versions kept (the tier's `max_versions_per_deployment`): deploying
+    /// prunes older ones.
+    pub keep_versions: u64,
 }
 
 /// A live deployment at its live version.
@@ -294,7 +297,8 @@ pub struct Deployment {
     pub component: String,
     /// Configuration.
     pub config: BTreeMap<String, String>,
-    /// Secret configuration (values: for the runtime only).
+    /// Secret configuration: the deployment's, whatever its version, each
+    /// value sealed ([`crate::secrets`]); never returned by the API.
     pub secrets: BTreeMap<String, String>,
     /// Hosts the guest may call.
     pub allowed_outbound_hosts: Vec<String>,
@@ -442,7 +446,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<Deployment>;
     /// Every version of a tenant's deployment, and when each was live.
     async fn versions(&self, tenant_id: TenantId, id: &str) -> StoreResult<Vec<VersionRecord>>;
-    /// Deletes a deployment; its route is free again.
+    /// Replaces a deployment's (sealed) secrets, as they are: sealing them
+    /// again, under another key, changes nothing a node serves.
+    async fn put_secrets(&self, id: &str, secrets: &BTreeMap<String, String>) -> StoreResult<()>;
+    /// Deletes a deployment (and its secrets); its route is free again.
     async fn delete_deployment(&self, tenant_id: TenantId, id: &str) -> StoreResult<bool>;
     /// Live deployments of one tenant, or of everyone.
     async fn deployments(&self, tenant_id: Option<TenantId>) -> StoreResult<Vec<Deployment>>;

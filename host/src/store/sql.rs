@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use super::StoreError;
 use crate::router::{Grant, RoutePattern};
+use crate::tenancy::LIMITS;
 
 /// Decodes a JSON map column.
 pub(super) fn json_map(text: &str) -> Result<BTreeMap<String, String>, StoreError> {
@@ -90,13 +91,50 @@ pub(super) fn check_granted(
     )))
 }
 
-pub(super) const TIER_COLUMNS: &str = "name, requests_per_minute, requests_per_day, \
-     memory_limit_bytes, execution_timeout_ms, max_input_bytes, max_component_bytes, \
-     kv_max_key_bytes, kv_max_value_bytes, kv_max_keys, kv_max_total_bytes, max_instance_reuse, \
-     max_concurrency, max_instance_concurrency";
+/// The columns of the `tiers` table: the name, then one per limit of
+/// [`LIMITS`], named as the limit (a test checks every limit has its
+/// column after the migrations).
+fn tier_columns() -> String {
+    let mut columns = String::from("name");
+    for spec in LIMITS {
+        columns.push_str(", ");
+        columns.push_str(spec.name);
+    }
+    columns
+}
+
+/// `INSERT INTO tiers ...` of a tier's name and limits and the time, with
+/// `on_conflict` (`DO NOTHING`, or an update of every limit).
+pub(super) fn tier_insert(replace: bool) -> String {
+    let n = LIMITS.len() + 1;
+    let values: Vec<String> = (1..=n + 1).map(|i| format!("${i}")).collect();
+    let on_conflict = if replace {
+        let set: Vec<String> =
+            LIMITS.iter().map(|spec| format!("{0} = excluded.{0}", spec.name)).collect();
+        format!("DO UPDATE SET {}, updated_at = excluded.updated_at", set.join(", "))
+    } else {
+        "DO NOTHING".to_string()
+    };
+    format!(
+        "INSERT INTO tiers ({}, created_at, updated_at) VALUES ({}, ${}) ON CONFLICT (name) {on_conflict}",
+        tier_columns(),
+        values.join(", "),
+        n + 1
+    )
+}
+
+/// `SELECT` of every tier.
+pub(super) fn tier_select() -> String {
+    format!("SELECT {} FROM tiers ORDER BY name", tier_columns())
+}
+
+/// A limit's stored value: a number, or NULL for none.
+pub(super) fn limit_column(value: &serde_json::Value) -> Option<i64> {
+    value.as_u64().map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+}
 
 pub(super) const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.tenant_id, t.name AS tenant, \
-     t.tier AS tier, d.route, d.host, v.version, v.component, v.config, v.secrets, \
+     t.tier AS tier, d.route, d.host, v.version, v.component, v.config, d.secrets, \
      v.allowed_outbound_hosts, v.max_instance_reuse, v.max_instance_concurrency, v.created_at \
      FROM deployments d \
      JOIN tenants t ON t.id = d.tenant_id \
@@ -116,34 +154,18 @@ macro_rules! sql_store {
         impl $store {
             fn tier_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Tier, StoreError> {
                 use sqlx::Row as _;
-                let opt = |v: Option<i64>| v.map(|n| n.max(0) as u64);
+                let mut limits = serde_json::Map::new();
+                for spec in LIMITS {
+                    let value: Option<i64> = row.try_get(spec.name)?;
+                    limits.insert(
+                        spec.name.to_string(),
+                        value.map_or(serde_json::Value::Null, |n| (n.max(0) as u64).into()),
+                    );
+                }
                 Ok(Tier {
                     name: row.try_get("name")?,
-                    limits: TierLimits {
-                        requests_per_minute: opt(row.try_get("requests_per_minute")?),
-                        requests_per_day: opt(row.try_get("requests_per_day")?),
-                        memory_limit_bytes: row.try_get::<i64, _>("memory_limit_bytes")?.max(0) as u64,
-                        execution_timeout_ms: row.try_get::<i64, _>("execution_timeout_ms")?.max(0) as u64,
-                        max_input_bytes: row.try_get::<i64, _>("max_input_bytes")?.max(0) as u64,
-                        max_component_bytes: row.try_get::<i64, _>("max_component_bytes")?.max(0) as u64,
-                        kv_max_key_bytes: row.try_get::<i64, _>("kv_max_key_bytes")?.max(0) as u64,
-                        kv_max_value_bytes: row.try_get::<i64, _>("kv_max_value_bytes")?.max(0) as u64,
-                        kv_max_keys: row.try_get::<i64, _>("kv_max_keys")?.max(0) as u64,
-                        kv_max_total_bytes: row.try_get::<i64, _>("kv_max_total_bytes")?.max(0) as u64,
-                        max_instance_reuse: u32::try_from(
-                            row.try_get::<i64, _>("max_instance_reuse")?,
-                        )
-                        .unwrap_or(1)
-                        .max(1),
-                        max_concurrency: row
-                            .try_get::<Option<i64>, _>("max_concurrency")?
-                            .map(|n| u32::try_from(n).unwrap_or(u32::MAX).max(1)),
-                        max_instance_concurrency: u32::try_from(
-                            row.try_get::<i64, _>("max_instance_concurrency")?,
-                        )
-                        .unwrap_or(1)
-                        .max(1),
-                    },
+                    limits: TierLimits::from_json(limits)
+                        .map_err(|e| StoreError::Internal(format!("a stored tier: {e}")))?,
                 })
             }
 
@@ -368,11 +390,7 @@ macro_rules! sql_store {
                 let now = now_ms();
                 let mut inserted = 0;
                 for tier in tiers {
-                    let query = format!(
-                        "INSERT INTO tiers ({TIER_COLUMNS}, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15) \
-                         ON CONFLICT (name) DO NOTHING"
-                    );
+                    let query = tier_insert(false);
                     inserted += bind_tier(sqlx::query(sqlx::AssertSqlSafe(query)), tier)
                         .bind(now)
                         .execute(&mut *tx)
@@ -388,25 +406,7 @@ macro_rules! sql_store {
 
             async fn put_tier(&self, tier: &Tier) -> StoreResult<()> {
                 let mut tx = self.begin_write().await?;
-                let query = format!(
-                    "INSERT INTO tiers ({TIER_COLUMNS}, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15) \
-                     ON CONFLICT (name) DO UPDATE SET \
-                     requests_per_minute = excluded.requests_per_minute, \
-                     requests_per_day = excluded.requests_per_day, \
-                     memory_limit_bytes = excluded.memory_limit_bytes, \
-                     execution_timeout_ms = excluded.execution_timeout_ms, \
-                     max_input_bytes = excluded.max_input_bytes, \
-                     max_component_bytes = excluded.max_component_bytes, \
-                     kv_max_key_bytes = excluded.kv_max_key_bytes, \
-                     kv_max_value_bytes = excluded.kv_max_value_bytes, \
-                     kv_max_keys = excluded.kv_max_keys, \
-                     kv_max_total_bytes = excluded.kv_max_total_bytes, \
-                     max_instance_reuse = excluded.max_instance_reuse, \
-                     max_concurrency = excluded.max_concurrency, \
-                     max_instance_concurrency = excluded.max_instance_concurrency, \
-                     updated_at = excluded.updated_at"
-                );
+                let query = tier_insert(true);
                 bind_tier(sqlx::query(sqlx::AssertSqlSafe(query)), tier)
                     .bind(now_ms())
                     .execute(&mut *tx)
@@ -417,7 +417,7 @@ macro_rules! sql_store {
             }
 
             async fn tiers(&self) -> StoreResult<Vec<Tier>> {
-                let query = format!("SELECT {TIER_COLUMNS} FROM tiers ORDER BY name");
+                let query = tier_select();
                 let rows = sqlx::query(sqlx::AssertSqlSafe(query)).fetch_all(&self.pool).await?;
                 rows.iter().map(Self::tier_from_row).collect()
             }
@@ -540,6 +540,8 @@ macro_rules! sql_store {
                 let query = format!("{GRANT_SELECT} WHERE g.id = $1");
                 let row = sqlx::query(sqlx::AssertSqlSafe(query)).bind(&id).fetch_one(&mut *tx).await?;
                 let record = Self::grant_from_row(&row)?;
+                // A host grant changes what answers on that host.
+                Self::bump(&mut tx).await?;
                 tx.commit().await?;
                 Ok(record)
             }
@@ -586,6 +588,7 @@ macro_rules! sql_store {
                     }
                 }
                 sqlx::query("DELETE FROM route_grants WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                Self::bump(&mut tx).await?;
                 tx.commit().await?;
                 Ok(true)
             }
@@ -851,11 +854,28 @@ macro_rules! sql_store {
                 .bind(version)
                 .bind(&new.component)
                 .bind(to_json(&new.config))
-                .bind(to_json(&new.secrets))
+                // Secrets are the deployment's, not the version's: a
+                // rollback keeps the current ones.
+                .bind("{}")
                 .bind(to_json(&new.allowed_outbound_hosts))
                 .bind(i64::from(new.max_instance_reuse.max(1)))
                 .bind(i64::from(new.max_instance_concurrency.max(1)))
                 .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE deployments SET secrets = $1 WHERE id = $2")
+                    .bind(to_json(&new.secrets))
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                // The newest versions are kept, the live (new) one among
+                // them; older ones go, and their components may be deleted.
+                let keep = i64::try_from(new.keep_versions.max(1)).unwrap_or(i64::MAX);
+                sqlx::query(
+                    "DELETE FROM deployment_versions WHERE deployment_id = $1 AND version <= $2",
+                )
+                .bind(&id)
+                .bind(version.saturating_sub(keep))
                 .execute(&mut *tx)
                 .await?;
                 let current = Self::current_switch(&mut tx, &id).await?.map(|(seq, _, _)| seq);
@@ -901,7 +921,22 @@ macro_rules! sql_store {
                         .bind(parent)
                         .fetch_one(&mut *tx)
                         .await?;
-                        (row.try_get::<i64, _>("version")?, row.try_get("parent")?, "rollback")
+                        let version: i64 = row.try_get("version")?;
+                        let kept = sqlx::query(
+                            "SELECT 1 FROM deployment_versions WHERE deployment_id = $1 AND version = $2",
+                        )
+                        .bind(id)
+                        .bind(version)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if kept.is_none() {
+                            return Err(StoreError::Conflict(format!(
+                                "version {version}, live before the current one, was pruned (the \
+                                 tier keeps the newest max_versions_per_deployment versions); \
+                                 roll back to a kept one (rollback --to VERSION)"
+                            )));
+                        }
+                        (version, row.try_get("parent")?, "rollback")
                     }
                     Some(version) => {
                         let exists = sqlx::query(
@@ -979,11 +1014,24 @@ macro_rules! sql_store {
                 Ok(versions)
             }
 
+            async fn put_secrets(
+                &self,
+                id: &str,
+                secrets: &std::collections::BTreeMap<String, String>,
+            ) -> StoreResult<()> {
+                sqlx::query("UPDATE deployments SET secrets = $1 WHERE id = $2")
+                    .bind(to_json(secrets))
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
             async fn delete_deployment(&self, tenant_id: TenantId, id: &str) -> StoreResult<bool> {
                 let mut tx = self.begin_write().await?;
                 let deleted = sqlx::query(
-                    "UPDATE deployments SET deleted_at = $1 WHERE id = $2 AND tenant_id = $3 \
-                     AND deleted_at IS NULL",
+                    "UPDATE deployments SET deleted_at = $1, secrets = '{}' WHERE id = $2 \
+                     AND tenant_id = $3 AND deleted_at IS NULL",
                 )
                 .bind(now_ms())
                 .bind(id)
@@ -1306,24 +1354,10 @@ macro_rules! sql_store {
             query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>,
             tier: &'q Tier,
         ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
-            let opt = |v: Option<u64>| v.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-            let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-            let limits = &tier.limits;
-            query
-                .bind(&tier.name)
-                .bind(opt(limits.requests_per_minute))
-                .bind(opt(limits.requests_per_day))
-                .bind(big(limits.memory_limit_bytes))
-                .bind(big(limits.execution_timeout_ms))
-                .bind(big(limits.max_input_bytes))
-                .bind(big(limits.max_component_bytes))
-                .bind(big(limits.kv_max_key_bytes))
-                .bind(big(limits.kv_max_value_bytes))
-                .bind(big(limits.kv_max_keys))
-                .bind(big(limits.kv_max_total_bytes))
-                .bind(i64::from(limits.max_instance_reuse))
-                .bind(limits.max_concurrency.map(i64::from))
-                .bind(i64::from(limits.max_instance_concurrency))
+            let limits = tier.limits.to_json();
+            LIMITS.iter().fold(query.bind(&tier.name), |query, spec| {
+                query.bind(limit_column(&limits[spec.name]))
+            })
         }
     };
 }

@@ -9,8 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool};
 
 use super::sql::{
-    DEPLOYMENT_SELECT, GRANT_SELECT, KEY_SELECT, TIER_COLUMNS, json_list, json_map, sql_store,
-    to_json,
+    DEPLOYMENT_SELECT, GRANT_SELECT, KEY_SELECT, json_list, json_map, limit_column, sql_store,
+    tier_insert, tier_select, to_json,
 };
 use super::sql::{check_grant_free, check_granted, grant_of};
 use super::{
@@ -19,7 +19,7 @@ use super::{
     StoreResult, Tenant, Totals, UsageCounts, VersionRecord, new_id, now_ms,
 };
 use crate::router::{Grant, RoutePattern};
-use crate::tenancy::{TenantId, Tier, TierLimits};
+use crate::tenancy::{LIMITS, TenantId, Tier, TierLimits};
 
 /// The migrations in `migrations/sqlite`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");

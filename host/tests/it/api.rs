@@ -649,6 +649,11 @@ fn production_refuses_to_start_without_a_strong_api_salt() {
     let (status, _, stderr) = env.command(&["serve", "--addr", "127.0.0.1:0"]);
     assert!(!status.success());
     assert!(stderr.contains("API_SALT"), "{stderr}");
+    // Nor without the key that seals deployments' secrets at rest.
+    env.set("API_SALT", "a-production-salt-of-at-least-32-characters");
+    let (status, _, stderr) = env.command(&["serve", "--addr", "127.0.0.1:0"]);
+    assert!(!status.success());
+    assert!(stderr.contains("SECRETS_KEY must be set"), "{stderr}");
 }
 
 #[test]
@@ -672,16 +677,41 @@ fn admin_commands_bootstrap_a_fresh_store() {
             "--per-day",
             "unlimited",
         ]);
-        assert!(out.contains("unlimited/minute, unlimited/day"), "{out}");
+        assert!(out.contains("requests_per_minute unlimited, requests_per_day unlimited"), "{out}");
         let out = env.admin(&["tier", "set", "free", "--per-minute", "20"]);
-        assert!(out.contains("20/minute, 500/day"), "{out}");
-        assert!(out.contains("instance reuse up to 10000,"), "the default: {out}");
-        assert!(out.trim_end().ends_with("100 concurrent invocations per node"), "{out}");
+        assert!(out.contains("requests_per_minute 20, requests_per_day 500"), "{out}");
+        assert!(out.contains("max_instance_reuse 10000,"), "the default: {out}");
+        assert!(out.trim_end().ends_with("max_concurrency 100"), "{out}");
         let out = env.admin(&["tier", "set", "free", "--max-instance-reuse", "1"]);
-        assert!(out.contains("20/minute") && out.contains("reuse up to 1,"), "{out}");
+        assert!(out.contains("minute 20") && out.contains("max_instance_reuse 1,"), "{out}");
         let out = env.admin(&["tier", "set", "free", "--max-concurrency", "unlimited"]);
-        assert!(out.contains("reuse up to 1,"), "the earlier change is kept: {out}");
-        assert!(out.trim_end().ends_with("unlimited concurrent invocations per node"), "{out}");
+        assert!(out.contains("max_instance_reuse 1,"), "the earlier change is kept: {out}");
+        assert!(out.trim_end().ends_with("max_concurrency unlimited"), "{out}");
+        // Every limit has its flag, from the one description of the limits.
+        let out = env.admin(&[
+            "tier",
+            "set",
+            "free",
+            "--memory",
+            "64MiB",
+            "--timeout",
+            "2s",
+            "--max-components",
+            "7",
+            "--max-versions",
+            "3",
+            "--kv-writes-per-second",
+            "50",
+        ]);
+        for expected in [
+            "memory_limit_bytes 67108864",
+            "execution_timeout_ms 2000",
+            "max_components 7",
+            "max_versions_per_deployment 3",
+            "kv_writes_per_second 50",
+        ] {
+            assert!(out.contains(expected), "{expected}: {out}");
+        }
         let (status, _, stderr) =
             env.command(&["admin", "tier", "set", "free", "--max-concurrency", "0"]);
         assert!(!status.success() && stderr.contains("--max-concurrency"), "{stderr}");

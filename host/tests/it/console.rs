@@ -37,7 +37,7 @@ async fn the_console_is_served_from_the_binary_with_a_strict_policy() {
         ("/console/console.css", "text/css"),
         ("/console/icon.svg", "image/svg+xml"),
     ] {
-        let response = http.get(server.url(path)).send().await.unwrap();
+        let response = http.get(server.console_url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
         let headers = response.headers();
         assert!(headers["content-type"].to_str().unwrap().starts_with(kind), "{path}");
@@ -50,12 +50,24 @@ async fn the_console_is_served_from_the_binary_with_a_strict_policy() {
         assert_eq!(headers["x-frame-options"], "DENY");
         assert_eq!(headers["x-content-type-options"], "nosniff");
     }
-    let page = http.get(server.url("/console")).send().await.unwrap().text().await.unwrap();
+    let page = http.get(server.console_url("/console")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("<script type=\"module\" src=\"/console/console.js\">"), "{page}");
     // Nothing in the page names another origin.
     assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("//cdn"));
-    let missing = http.get(server.url("/console/nope.js")).send().await.unwrap();
+    let missing = http.get(server.console_url("/console/nope.js")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    // Never on the serving listener, where tenants' pages answer: not on
+    // its address, nor under any host name a tenant may hold.
+    for host in [None, Some("acme.test"), Some("console.example.com")] {
+        let mut request = http.get(server.url("/console/"));
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 404, "/console on the serving listener, host {host:?}");
+        let body = response.text().await.unwrap();
+        assert!(!body.contains("<script"), "{body}");
+    }
     // The console is a reserved path: no tenant can deploy over it.
     let api = Api::new(&server, &key);
     let digest = api.upload_component("hello").await;
@@ -126,7 +138,8 @@ fn the_console_works_in_a_real_browser() {
     let output = clean_command(&runner)
         .args(["test", "--reporter=line"])
         .current_dir(&browser)
-        .env("CONSOLE_BASE", server.url(""))
+        .env("CONSOLE_BASE", server.console_url(""))
+        .env("SERVING_BASE", server.url(""))
         .env("TENANT", "acme")
         .env("TENANT_KEY", &tenant)
         .env("ADMIN_KEY", &admin)

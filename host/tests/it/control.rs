@@ -37,7 +37,7 @@ async fn get(url: String) -> (u16, String) {
 
 /// The value of the metric line starting with `prefix` on `server`.
 async fn metric(server: &Server, prefix: &str) -> f64 {
-    let (_, text) = get(server.url("/metrics")).await;
+    let (_, text) = get(server.metrics_url()).await;
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())

@@ -62,6 +62,10 @@ pub struct Server {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its console listens (`serve` only).
+    pub console: Option<SocketAddr>,
+    /// Where its metrics listen (`serve` only, unless public or off).
+    pub metrics: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     /// Set once the process's stderr is closed and every line is in `log`.
     log_ended: Arc<std::sync::atomic::AtomicBool>,
@@ -122,7 +126,18 @@ impl Server {
                 panic!("wasmwiz did not start listening:\n{}", log.lock().unwrap());
             }
         };
-        Server { child, addr, log, log_ended }
+        // Printed before `listening on`, so already in the log.
+        let side = |prefix: &str| {
+            let log = log.lock().unwrap();
+            log.lines().find_map(|line| {
+                let rest = line.strip_prefix(prefix)?;
+                let rest = rest.trim_start_matches("http://").trim_start_matches("https://");
+                rest.split('/').next()?.parse::<SocketAddr>().ok()
+            })
+        };
+        let console = side("console on ");
+        let metrics = side("metrics on ");
+        Server { child, addr, console, metrics, log, log_ended }
     }
 
     /// The process id.
@@ -133,6 +148,16 @@ impl Server {
     /// `http://ADDR/PATH`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://CONSOLE_ADDR/PATH`: the console's listener.
+    pub fn console_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.console.expect("a console listener"), path)
+    }
+
+    /// `http://METRICS_ADDR/metrics`: the metrics' listener.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics.expect("a metrics listener"))
     }
 
     /// Everything the server wrote to stderr so far.
@@ -432,17 +457,29 @@ pub struct Api {
     pub base: String,
     key: Option<String>,
     http: reqwest::Client,
+    /// The node's metrics, `http://METRICS_ADDR/metrics`, if it has them.
+    pub metrics: Option<String>,
 }
 
 impl Api {
     /// A client of `server` using `key`.
     pub fn new(server: &Server, key: &str) -> Api {
-        Api { base: server.url(""), key: Some(key.to_string()), http: client() }
+        Api {
+            base: server.url(""),
+            key: Some(key.to_string()),
+            http: client(),
+            metrics: server.metrics.map(|_| server.metrics_url()),
+        }
     }
 
     /// A client of `server` sending no key.
     pub fn anonymous(server: &Server) -> Api {
-        Api { base: server.url(""), key: None, http: client() }
+        Api {
+            base: server.url(""),
+            key: None,
+            http: client(),
+            metrics: server.metrics.map(|_| server.metrics_url()),
+        }
     }
 
     /// A request with the key set.
@@ -641,3 +678,46 @@ macro_rules! on_both_stores {
     };
 }
 pub(crate) use on_both_stores;
+
+/// Polls `check` every 20 ms until it returns `Some`, and returns that; panics
+/// with `what` (and the last `None`'s context) after `timeout`. For waiting on
+/// a condition instead of a time.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends `head` (a request line and headers, `\r\n`-separated, without the
+/// blank line) as it is over a fresh connection to `addr`, and returns the
+/// status and body of the answer: for request targets no client library
+/// sends unnormalised (`/a/../b`).
+pub async fn raw_request(addr: SocketAddr, head: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connecting");
+    let request = format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("sending");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("reading");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the metric line starting with `series` (name and labels,
+/// as Prometheus prints them) in the node's metrics, if there is one.
+pub async fn metric(server: &Server, series: &str) -> Option<f64> {
+    let text = client().get(server.metrics_url()).send().await.ok()?.text().await.ok()?;
+    let prefix = format!("{series} ");
+    text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok())
+}

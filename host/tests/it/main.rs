@@ -12,6 +12,7 @@ mod grants;
 mod helpers;
 mod hostile;
 mod inprocess;
+mod isolation;
 mod languages;
 mod logs;
 mod ops;

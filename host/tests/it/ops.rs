@@ -40,7 +40,7 @@ async fn busy_server(env: &ServeEnv) -> Server {
 async fn metrics_are_exported_with_bounded_labels() {
     let env = ServeEnv::sqlite();
     let server = busy_server(&env).await;
-    let (status, metrics) = text(&server.url("/metrics")).await;
+    let (status, metrics) = text(&server.metrics_url()).await;
     assert_eq!(status, 200);
     for expected in [
         r#"wasmwiz_http_requests_total{route="/hello/...",status="200",tenant="acme"} 2"#,
@@ -90,7 +90,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 async fn every_metric_in_the_alert_rules_and_dashboards_is_exported() {
     let env = ServeEnv::sqlite();
     let server = busy_server(&env).await;
-    let (_, metrics) = text(&server.url("/metrics")).await;
+    let (_, metrics) = text(&server.metrics_url()).await;
     let exported: BTreeSet<String> = metrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -113,11 +113,19 @@ async fn every_metric_in_the_alert_rules_and_dashboards_is_exported() {
 
 #[tokio::test]
 async fn metrics_can_move_to_another_address_or_path_or_be_turned_off() {
+    // By default on a listener of their own, never on the public one (they
+    // name every tenant and route).
     let mut env = ServeEnv::sqlite();
+    let server = env.serve();
+    assert_eq!(text(&server.metrics_url()).await.0, 200);
+    assert_eq!(text(&server.url("/metrics")).await.0, 404, "not on the public listener");
+    drop(server);
+
     env.set("METRICS_ENDPOINT", "/internal/metrics");
     let server = env.serve();
-    assert_eq!(text(&server.url("/internal/metrics")).await.0, 200);
-    assert_eq!(text(&server.url("/metrics")).await.0, 404);
+    let internal = server.metrics_url().replace("/metrics", "/internal/metrics");
+    assert_eq!(text(&internal).await.0, 200);
+    assert_eq!(text(&server.metrics_url()).await.0, 404);
     drop(server);
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -129,9 +137,17 @@ async fn metrics_can_move_to_another_address_or_path_or_be_turned_off() {
     assert_eq!(text(&server.url("/metrics")).await.0, 404, "not on the public listener");
     drop(server);
 
+    // On the public listener only when asked for by name.
+    env.set("METRICS_ADDR", "public");
+    let server = env.serve();
+    assert_eq!(server.metrics, None);
+    assert_eq!(text(&server.url("/metrics")).await.0, 200);
+    drop(server);
+
     let mut env = ServeEnv::sqlite();
     env.set("PROMETHEUS_ENABLED", "false");
     let server = env.serve();
+    assert_eq!(server.metrics, None);
     assert_eq!(text(&server.url("/metrics")).await.0, 404);
 }
 
@@ -155,12 +171,13 @@ async fn readiness_names_each_dependency() {
 #[tokio::test]
 async fn production_logs_are_json_lines_with_one_line_per_request() {
     let mut env = ServeEnv::sqlite();
-    env.set("ENVIRONMENT", "production");
+    env.set("ENVIRONMENT", "production").set("SECRETS_KEY", &"5e".repeat(32));
     let server = busy_server(&env).await;
     server.wait_for_log_count("\"target\":\"wasmwiz::access\"", 4, Duration::from_secs(5));
     let logs = server.logs();
     let mut access = 0;
-    for line in logs.lines().filter(|l| !l.starts_with("listening on")) {
+    let announced = ["listening on", "metrics on", "console on"];
+    for line in logs.lines().filter(|l| !announced.iter().any(|a| l.starts_with(a))) {
         let value: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON line: {line}"));
         if value["target"] == "wasmwiz::access" {
@@ -235,8 +252,11 @@ fn generated_secrets_are_private_and_never_overwritten_unless_asked() {
     assert_eq!(std::fs::metadata(&secrets).unwrap().permissions().mode() & 0o777, 0o700);
     let salt = std::fs::read_to_string(secrets.join("api_salt")).unwrap();
     assert!(salt.len() >= 32 && salt.bytes().all(|b| b.is_ascii_hexdigit()), "{salt}");
+    let key = std::fs::read_to_string(secrets.join("secrets_key")).unwrap();
+    assert!(key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
     for file in [
         "api_salt",
+        "secrets_key",
         "postgres_password",
         "database_url",
         "redis_password",
@@ -342,8 +362,9 @@ async fn load_test_and_collect_logs_work_against_a_node() {
         let output = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "{} -u {url} {args} > {}",
+                "{} -u {url} -m {} {args} > {}",
                 repo().join("scripts/collect-logs.sh").display(),
+                server.metrics_url(),
                 tarball.display()
             ))
             .output()

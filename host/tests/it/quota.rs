@@ -277,7 +277,7 @@ async fn leases_count_what_was_served(env: ServeEnv) {
     // And they cost Redis about one call per lease: requests that a lease
     // left without a unit take or wait for the next one rather than each
     // calling Redis on its own (40 leases of 64 would do).
-    let metrics = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = http.get(server.metrics_url()).send().await.unwrap().text().await.unwrap();
     let calls: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("wasmwiz_quota_redis_calls_total "))

@@ -324,7 +324,7 @@ async fn max_instance_reuse_is_validated_stored_and_kept_per_version(env: ServeE
     assert_eq!((status, back["max_instance_reuse"].as_i64()), (200, Some(3)), "{back}");
     assert_eq!(counts(&base, "/r/count", 4).await, strings(&["1", "2", "3", "1"]));
 
-    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(server.metrics_url()).await.unwrap().text().await.unwrap();
     let reused = metrics
         .lines()
         .find_map(|l| l.strip_prefix("wasmwiz_instances_reused_total "))

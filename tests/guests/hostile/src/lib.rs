@@ -1,6 +1,8 @@
 //! `hostile`: a component that misbehaves on request, for the host's tests.
 //!
-//! The last path segment picks the behaviour (`/anything/trap` traps); query
+//! The last path segment picks the behaviour (`/anything/trap` traps, `path`
+//! answers the path and query it was given, `page` serves a page of the
+//! caller's making); query
 //! parameters tune it. Every behaviour either answers in a way the test can
 //! check or attacks the host in a way the host must survive.
 
@@ -149,6 +151,31 @@ impl wasi::exports::http::incoming_handler::Guest for Hostile {
         let action = path.rsplit('/').next().unwrap_or("");
         match action {
             "ok" => respond(out, 200, b"ok"),
+            // The path and query the guest was given.
+            "path" => respond(out, 200, path_with_query.as_bytes()),
+            // A page of the caller's choosing: `body` (percent-encoded),
+            // `type` (its Content-Type) and response headers `h=NAME:VALUE`
+            // (repeatable), as a tenant's page or script would be served.
+            "page" => {
+                let headers = Fields::new();
+                let kind = param(query, "type").map_or("text/html".into(), percent_decoded);
+                let _ = headers.append("content-type", kind.as_bytes());
+                for pair in query.split('&').filter_map(|p| p.strip_prefix("h=")) {
+                    let pair = percent_decoded(pair);
+                    if let Some((name, value)) = pair.split_once(':') {
+                        let _ = headers.append(name.trim(), value.trim().as_bytes());
+                    }
+                }
+                let body = param(query, "body").map(percent_decoded).unwrap_or_default();
+                let response = OutgoingResponse::new(headers);
+                let out_body = response.body().expect("body is taken once");
+                ResponseOutparam::set(out, Ok(response));
+                let mut stream = out_body.write().expect("stream is taken once");
+                let _ = stream.write_all(body.as_bytes());
+                let _ = stream.flush();
+                drop(stream);
+                let _ = OutgoingBody::finish(out_body, None);
+            }
             "count" => {
                 let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 respond(out, 200, n.to_string().as_bytes());
