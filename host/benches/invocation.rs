@@ -39,8 +39,8 @@ use wasmwiz::quota::redis::RedisQuota;
 use wasmwiz::quota::{QuotaBackend, Rates};
 use wasmwiz::router::{RoutePattern, RouteTable};
 use wasmwiz::runtime::{
-    App, Capabilities, InstancePool, InvokeOptions, Limits, OutboundPolicy, OutboundSettings,
-    Runtime, RuntimeConfig,
+    App, Capabilities, Instances, InvokeOptions, Limits, OutboundPolicy, OutboundSettings, Runtime,
+    RuntimeConfig,
 };
 use wasmwiz::tenancy::MAX_INSTANCE_REUSE;
 
@@ -230,7 +230,7 @@ async fn measure(runtime: &Runtime, app: &App, n: u32, reuse: Reuse) -> PhaseFig
     let reused = if reuse == Reuse::No {
         None
     } else {
-        let pool = runtime.instance_pool("/...", MAX_INSTANCE_REUSE);
+        let pool = runtime.instances(app, "/...", MAX_INSTANCE_REUSE, 1).expect("kept instances");
         invoke_once(runtime, app, Some(&pool)).await;
         let started = Instant::now();
         let mut fresh = 0;
@@ -314,8 +314,7 @@ async fn languages(runtime: &Runtime) {
 
 /// One request through `Runtime::invoke`, checked; whether it ran on an
 /// instance kept from an earlier request.
-async fn invoke_once(runtime: &Runtime, app: &App, pool: Option<&Arc<InstancePool>>) -> bool {
-    let slot = runtime.try_reserve(None, None).expect("a free slot");
+async fn invoke_once(runtime: &Runtime, app: &App, pool: Option<&Arc<Instances>>) -> bool {
     let options = InvokeOptions {
         limits: LIMITS,
         request_id: "bench".into(),
@@ -323,14 +322,14 @@ async fn invoke_once(runtime: &Runtime, app: &App, pool: Option<&Arc<InstancePoo
         outbound: outbound(),
         timing: false,
         capabilities: Arc::new(Capabilities::default()),
-        reuse: pool.cloned(),
-        shared: None,
+        instances: pool.cloned(),
         trace: (tracing::Span::none(), wasmwiz::telemetry::TraceParent::root()),
     };
+    let place = runtime.admit(app, &options, None, None).expect("a free slot");
     let reused = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let report = reused.clone();
     let response = runtime
-        .invoke(slot.into(), app, request(), options, move |r| {
+        .invoke(place, app, request(), options, move |r| {
             report.store(r.reused, std::sync::atomic::Ordering::Relaxed);
         })
         .await;
@@ -376,7 +375,9 @@ fn main() {
             tokio.block_on(async {
                 let runtime = one_slot_runtime();
                 let app = load(&runtime, Some(Path::new(&args[1])));
-                let pool = reuse.then(|| runtime.instance_pool("/...", MAX_INSTANCE_REUSE));
+                let pool = reuse.then(|| {
+                    runtime.instances(&app, "/...", MAX_INSTANCE_REUSE, 1).expect("kept instances")
+                });
                 if let Some(pool) = &pool {
                     invoke_once(&runtime, &app, Some(pool)).await;
                 }

@@ -22,7 +22,7 @@ use crate::response::{ResponseBody, error_response, retry_later};
 use crate::router::{PathError, RoutePattern, RouteTable, normalize_path, request_host};
 use crate::runtime::body::InputBudget;
 use crate::runtime::{
-    App, ExecutionReport, InstancePool, InvocationTiming, InvokeOptions, Limits, OutboundPolicy,
+    App, ExecutionReport, Instances, InvocationTiming, InvokeOptions, Limits, OutboundPolicy,
     Refusal, Runtime, TenantSlots, read_request, refusal_response,
 };
 use crate::server::ConnInfo;
@@ -49,11 +49,9 @@ pub struct LiveRoute {
     pub metrics: Arc<RouteMetrics>,
     /// Key-value access and configuration of its invocations.
     pub capabilities: Arc<crate::runtime::Capabilities>,
-    /// Its idle instances, when the deployment opted in to instance reuse.
-    pub instances: Option<Arc<InstancePool>>,
-    /// Its shared instances, when it is a WASIp3 component and opted in to
-    /// instance reuse (and concurrency).
-    pub shared: Option<Arc<crate::runtime::SharedInstances>>,
+    /// Its kept instances, when the deployment opted in to instance reuse
+    /// (and, for WASIp3, concurrency per instance).
+    pub instances: Option<Arc<Instances>>,
 }
 
 /// Who a served route belongs to.
@@ -390,8 +388,7 @@ impl DataPlane {
             outbound: route.outbound.clone(),
             timing: self.server_timing,
             capabilities: route.capabilities.clone(),
-            reuse: route.instances.clone(),
-            shared: route.shared.clone(),
+            instances: route.instances.clone(),
             trace: (trace.span.clone(), trace.context),
         };
         let place = match self.runtime.admit(&route.app, &options, tenant_slots, cap) {

@@ -144,9 +144,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
             config: config.clone(),
         });
         let reuse = args.max_instance_reuse;
-        let shared = (app.is_p3() && reuse > 1)
-            .then(|| runtime.shared_instances(&label, reuse, args.max_instance_concurrency));
-        let instances = (!app.is_p3() && reuse > 1).then(|| runtime.instance_pool(&label, reuse));
+        let instances = runtime.instances(&app, &label, reuse, args.max_instance_concurrency);
         let route = Arc::new(LiveRoute {
             capabilities,
             metrics: Arc::new(metrics.route(&label, "-")),
@@ -157,7 +155,6 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
             outbound: outbound.clone(),
             owner: None,
             instances,
-            shared,
         });
         routes.insert(&route.pattern, RouteTarget::Live(route.clone()));
     }

@@ -14,9 +14,7 @@ use crate::dataplane::{LiveRoute, RouteOwner, RouteTarget, Routes};
 use crate::kv::KvLimits;
 use crate::quota::Rates;
 use crate::router::RoutePattern;
-use crate::runtime::{
-    App, Capabilities, InstancePool, KvAccess, Limits, OutboundPolicy, SharedInstances, TenantSlots,
-};
+use crate::runtime::{App, Capabilities, Instances, KvAccess, Limits, OutboundPolicy, TenantSlots};
 use crate::store::Deployment;
 use crate::tenancy::{TenantId, Tier};
 
@@ -50,14 +48,11 @@ pub(super) struct Served {
     /// Live routes by deployment id (a route kept at an earlier version
     /// while its new one compiles included).
     pub(super) routes: HashMap<String, Arc<LiveRoute>>,
-    /// Idle instances of the deployments that reuse them, by deployment,
-    /// version and requests per instance: dropped with the version (a new
-    /// version may run another component) or when the tier's cap changes
-    /// what the version gets.
-    instance_pools: HashMap<(String, i64, u32), Arc<InstancePool>>,
-    /// The same for WASIp3 deployments' shared instances, by deployment,
-    /// version, requests per instance and requests at once.
-    shared_instances: HashMap<(String, i64, u32, u32), Arc<SharedInstances>>,
+    /// Kept instances of the deployments that reuse them, by deployment,
+    /// version, requests per instance and requests at once: dropped with
+    /// the version (a new version may run another component) or when the
+    /// tier's caps change what the version gets.
+    instances: HashMap<(String, i64, u32, u32), Arc<Instances>>,
     /// Each tenant's hold on the instance pool.
     tenant_slots: HashMap<TenantId, Arc<TenantSlots>>,
 }
@@ -173,24 +168,14 @@ impl Node {
         let reuse = deployment.max_instance_reuse.min(tier.limits.max_instance_reuse);
         let concurrency =
             deployment.max_instance_concurrency.min(tier.limits.max_instance_concurrency);
-        let shared = (app.is_p3() && reuse > 1).then(|| {
-            let key = (deployment.id.clone(), deployment.version, reuse, concurrency);
-            let shared = served.shared_instances.get(&key).cloned().unwrap_or_else(|| {
-                self.plane.runtime().shared_instances(&label, reuse, concurrency)
-            });
-            next.shared_instances.insert(key, shared.clone());
-            shared
-        });
-        let instances = (!app.is_p3() && reuse > 1).then(|| {
-            let key = (deployment.id.clone(), deployment.version, reuse);
-            let pool = served
-                .instance_pools
-                .get(&key)
-                .cloned()
-                .unwrap_or_else(|| self.plane.runtime().instance_pool(&label, reuse));
-            next.instance_pools.insert(key, pool.clone());
-            pool
-        });
+        let key = (deployment.id.clone(), deployment.version, reuse, concurrency);
+        let instances = match served.instances.get(&key) {
+            Some(kept) => Some(kept.clone()),
+            None => self.plane.runtime().instances(&app, &label, reuse, concurrency),
+        };
+        if let Some(kept) = &instances {
+            next.instances.insert(key, kept.clone());
+        }
         let slots = served
             .tenant_slots
             .get(&deployment.tenant_id)
@@ -201,7 +186,6 @@ impl Node {
         let rates = Rates::of(&tier);
         Arc::new(LiveRoute {
             instances,
-            shared,
             capabilities,
             metrics: Arc::new(self.plane.metrics().route(&label, &deployment.tenant)),
             label,
@@ -225,21 +209,14 @@ impl Node {
     }
 }
 
-/// Keeps the instance pool and tenant slots of a route served at an
+/// Keeps the kept instances and tenant slots of a route served at an
 /// earlier version.
 fn keep_pools(served: &Served, next: &mut Served, route: &LiveRoute) {
     let Some(owner) = &route.owner else { return };
     if let Some(instances) = &route.instances {
-        for (key, pool) in &served.instance_pools {
-            if Arc::ptr_eq(pool, instances) {
-                next.instance_pools.insert(key.clone(), pool.clone());
-            }
-        }
-    }
-    if let Some(shared) = &route.shared {
-        for (key, kept) in &served.shared_instances {
-            if Arc::ptr_eq(kept, shared) {
-                next.shared_instances.insert(key.clone(), kept.clone());
+        for (key, kept) in &served.instances {
+            if Arc::ptr_eq(kept, instances) {
+                next.instances.insert(key.clone(), kept.clone());
             }
         }
     }

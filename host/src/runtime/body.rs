@@ -14,8 +14,13 @@ use http_body_util::BodyExt as _;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode, header};
+use wasmtime_wasi_http::p2::body::HyperIncomingBody;
+
 use super::Outcome;
-use crate::response::BoxError;
+use crate::response::{BoxError, ResponseBody, error_response, retry_later};
 
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -407,4 +412,111 @@ impl Body for DrainedBody {
     fn size_hint(&self) -> SizeHint {
         self.length.map(SizeHint::with_exact).unwrap_or_default()
     }
+}
+/// Turns a client's request into one a guest may read, answering the client
+/// directly when the body cannot be accepted:
+/// - a `Content-Length` over `max_input` gets 413 before anything is read
+///   (and no `100 Continue`);
+/// - a body of unknown length is read ahead up to `max_input` (413 as soon
+///   as it grows past it, 408 when the client stalls), so a guest never
+///   starts on a body that will be refused;
+/// - a body of known length streams to the guest as it arrives, failing if
+///   the client pauses longer than `idle`.
+pub async fn read_request<B>(
+    request: Request<B>,
+    max_input: u64,
+    idle: Duration,
+    budget: Option<&Arc<InputBudget>>,
+) -> Result<Request<HyperIncomingBody>, Response<ResponseBody>>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error> + std::fmt::Display,
+{
+    let (parts, body) = request.into_parts();
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("the request body is larger than {max_input} bytes"),
+        )
+    };
+    let declared = match parts.headers.get(header::CONTENT_LENGTH) {
+        Some(value) => match value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+            Some(length) => Some(length),
+            None => {
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "invalid Content-Length",
+                ));
+            }
+        },
+        None => None,
+    };
+    let mut body = body;
+    let body: HyperIncomingBody = match declared {
+        Some(length) if length > max_input => {
+            // A client that waits for `100 Continue` has not sent the body:
+            // reading it would invite the client to send it.
+            if length <= DISCARD_MAX_BYTES && !expects_continue(&parts.headers) {
+                discard(body, DISCARD_MAX_BYTES, DISCARD_MAX_TIME).await;
+            }
+            return Err(too_large());
+        }
+        Some(0) => empty_body(),
+        Some(_) => IdleTimeoutBody::new(body, idle).boxed_unsync(),
+        None if body.is_end_stream() => empty_body(),
+        None => {
+            let mut hold = budget.map(BudgetHold::new);
+            match read_capped(&mut body, max_input, idle, hold.as_mut()).await {
+                Ok(bytes) => {
+                    let full = http_body_util::Full::new(bytes).map_err(|never| match never {});
+                    match hold {
+                        Some(hold) => HeldBody::new(full, hold).boxed_unsync(),
+                        None => full.boxed_unsync(),
+                    }
+                }
+                Err(BodyReadError::Budget) => {
+                    return Err(retry_later(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "input_budget_exhausted",
+                        "this node holds as many request bodies as it may before admission; \
+                         retry shortly",
+                        1,
+                    ));
+                }
+                Err(BodyReadError::TooLarge(_)) => {
+                    discard(body, DISCARD_MAX_BYTES, DISCARD_MAX_TIME).await;
+                    return Err(too_large());
+                }
+                Err(BodyReadError::Timeout) => {
+                    return Err(error_response(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        "the client stopped sending the request body",
+                    ));
+                }
+                Err(BodyReadError::Client(_)) => {
+                    return Err(error_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad_body",
+                        "the request body could not be read",
+                    ));
+                }
+            }
+        }
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Whether the client sent `Expect: 100-continue` (and waits for it).
+pub fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+}
+
+fn empty_body() -> HyperIncomingBody {
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
 }

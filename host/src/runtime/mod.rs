@@ -8,30 +8,28 @@
 //! - per request, [`state::InvocationState`]: the `Store`'s data — resource
 //!   table, `WasiCtx`, `WasiHttpCtx`, outbound hooks, memory limiter, captured
 //!   output. It is created for one invocation and dropped with it, unless the
-//!   deployment opted in to instance reuse ([`InstancePool`], `reuse`).
+//!   deployment opted in to instance reuse ([`Instances`], `engine::kept`).
 //!
 //! # Layout
 //! - `compile`: validation and compilation of uploaded bytes, and the
 //!   compiled-code cache.
-//! - `invoke`: running one request through a component, limits and outcome.
-//! - `p3`: the same for WASIp3 handlers (`wasi:http/service@0.3`).
+//! - [`engine`]: running one request on an instance (fresh, kept or shared),
+//!   its limits and outcome; one file per ABI (`p2`, `p3`) and one
+//!   mechanism for instances that serve more than one request (`kept`).
 //! - `state`: the per-request store data and the memory limiter.
 //! - `output`: guest stdout/stderr, captured per invocation.
 //! - `body`: request body limits and the guest's response body.
-//! - `reuse`: the idle instances of deployments that opted in to reuse.
 //! - `slots`: admission to the instance pool, per tenant and fair.
 //! - `fair`: slots handed out to tenants in turn (the compile slots).
 
 pub mod body;
 pub mod capabilities;
 mod compile;
+pub mod engine;
 pub mod fair;
-mod invoke;
 mod outbound;
 mod output;
-mod p3;
 mod phases;
-mod reuse;
 mod slots;
 mod state;
 mod worker;
@@ -51,21 +49,20 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::tenancy::MAX_MEMORY_LIMIT_BYTES;
 
+pub use body::{expects_continue, read_request};
 pub use capabilities::{Capabilities, KvAccess, KvMeter};
 pub use compile::{CodeCache, CompileError, Compiled, check_imports, compile};
-pub use invoke::{
-    ExecutionReport, InvocationTiming, InvokeOptions, Limits, Outcome, Place, expects_continue,
-    read_request, refusal_response,
+pub use engine::{
+    ExecutionReport, Instances, InvocationTiming, InvokeOptions, Limits, Outcome, Place,
+    SharedPlace,
 };
 pub use outbound::defaults as outbound_defaults;
 pub use outbound::{
     AddressClass, HostPattern, Network, OutboundPolicy, OutboundSettings, classify,
 };
 pub use output::{CapturedText, GuestText, MAX_CAPTURED_OUTPUT};
-pub use p3::{SharedInstances, SharedPlace};
 pub use phases::Phases;
-pub use reuse::InstancePool;
-pub use slots::{Refusal, Slot, SlotPool, TenantSlots};
+pub use slots::{Refusal, Slot, SlotPool, TenantSlots, refusal_response};
 
 pub use state::InvocationState;
 pub use worker::{Compiler, worker_main};
@@ -178,11 +175,9 @@ pub struct Runtime {
     pool_size: u32,
     fingerprint: String,
     /// Instances kept idle for reuse, against the most the node may keep.
-    idle: Arc<reuse::IdleCount>,
-    /// The pools of the deployments that reuse instances.
-    pools: Arc<reuse::Pools>,
-    /// How long an instance kept for reuse may stay idle.
-    reuse_idle_timeout: Duration,
+    idle: Arc<engine::kept::IdleCount>,
+    /// Every deployment's kept instances, for the sweep of idle ones.
+    sweeper: Arc<engine::kept::Sweeper>,
     /// Advances the engine's epoch every [`EPOCH_TICK`].
     _ticker: Periodic,
     /// Drops the instances idle past `REUSE_IDLE_TIMEOUT`, a few times per
@@ -265,18 +260,18 @@ impl Runtime {
 
         let fingerprint = fingerprint_of(&engine);
 
-        let pools = Arc::new(reuse::Pools::default());
+        let sweeper = Arc::new(engine::kept::Sweeper::default());
         let ticker = Periodic::spawn("wasmwiz-epoch", EPOCH_TICK, {
             let engine = engine.clone();
             move || engine.increment_epoch()
         });
         let timeout = config.reuse_idle_timeout;
-        let sweeper = Periodic::spawn(
+        let sweeping = Periodic::spawn(
             "wasmwiz-reuse-sweep",
             (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
             {
-                let pools = pools.clone();
-                move || pools.sweep(timeout)
+                let sweeper = sweeper.clone();
+                move || sweeper.sweep(timeout)
             },
         );
         Ok(Self {
@@ -287,14 +282,13 @@ impl Runtime {
             fingerprint,
             // The allocator has `pool_size + warm_slots` slots and at most
             // `pool_size` instances run: idle ones may use the rest.
-            idle: Arc::new(reuse::IdleCount::new(
+            idle: Arc::new(engine::kept::IdleCount::new(
                 config.warm_slots as usize,
                 config.reuse_idle_memory,
             )),
-            pools,
-            reuse_idle_timeout: timeout,
+            sweeper,
             _ticker: ticker,
-            _sweeper: sweeper,
+            _sweeper: sweeping,
         })
     }
 
@@ -332,35 +326,6 @@ impl Runtime {
         self.idle.now()
     }
 
-    /// An empty pool of idle instances for one deployment that opted in to
-    /// reuse (`name`, its route, in warnings), each instance serving at
-    /// most `max_uses` requests. Its idle instances are dropped after the
-    /// idle timeout (`REUSE_IDLE_TIMEOUT`), and all of them with the pool.
-    pub fn instance_pool(&self, name: &str, max_uses: u32) -> Arc<InstancePool> {
-        let pool = Arc::new(InstancePool::new(name.to_owned(), max_uses, self.idle.clone()));
-        self.pools.register(&pool);
-        pool
-    }
-
-    /// The shared instances of one WASIp3 deployment that opted in to reuse
-    /// (`name`, its route, in logs): each serves up to `max_uses` requests
-    /// in all and `max_concurrent` at once, and ends after the idle timeout
-    /// (`REUSE_IDLE_TIMEOUT`).
-    pub fn shared_instances(
-        &self,
-        name: &str,
-        max_uses: u32,
-        max_concurrent: u32,
-    ) -> Arc<SharedInstances> {
-        Arc::new(SharedInstances::new(
-            name.to_owned(),
-            max_uses,
-            max_concurrent,
-            self.reuse_idle_timeout,
-            self.idle.clone(),
-        ))
-    }
-
     /// Links a compiled component and pre-instantiates it as a wasi:http proxy.
     pub fn prepare(&self, component: &Component) -> Result<App, CompileError> {
         compile::check_imports(&self.engine, component)?;
@@ -368,7 +333,7 @@ impl Runtime {
             .linker
             .instantiate_pre(component)
             .map_err(|e| CompileError::Link(format!("{e:#}")))?;
-        if let Some(pre) = p3::service_pre(&pre) {
+        if let Some(pre) = engine::service_pre(&pre) {
             return Ok(App { handler: Handler::P3(pre) });
         }
         let pre = ProxyPre::new(pre).map_err(|e| CompileError::NotHttpHandler(format!("{e:#}")))?;

@@ -14,6 +14,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use http::{Response, StatusCode};
+
+use crate::response::{ResponseBody, retry_later};
+
 /// One tenant's hold on a node's pool. The node keeps one per tenant, for
 /// as long as the tenant has routes here.
 #[derive(Debug, Default)]
@@ -167,6 +171,38 @@ impl Drop for Slot {
         if let Some(tenant) = &self.tenant {
             self.pool.release_tenant(tenant);
         }
+    }
+}
+
+/// The answer to a request that got no place in the instance pool, at
+/// once: `429` for a tenant at its tier's cap, `503` for a full pool or a
+/// tenant over its share of a busy one; retry in 1 s.
+pub fn refusal_response(refusal: Refusal) -> Response<ResponseBody> {
+    match refusal {
+        Refusal::PoolFull => retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "instance_pool_full",
+            "every instance slot on this node is busy; retry shortly",
+            1,
+        ),
+        Refusal::TenantCap { cap } => retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            "concurrency_limit",
+            &format!(
+                "this tenant already runs {cap} instances on this node, its tier's \
+                 max_concurrency; retry shortly"
+            ),
+            1,
+        ),
+        Refusal::FairShare { share } => retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "fair_share_exceeded",
+            &format!(
+                "this node's instance pool is nearly full and this tenant holds its fair \
+                 share ({share} instances); retry shortly"
+            ),
+            1,
+        ),
     }
 }
 

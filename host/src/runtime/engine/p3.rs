@@ -27,12 +27,13 @@ use wasmtime_wasi_http::p2::body::HyperIncomingBody;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
-use super::invoke::{ExecutionReport, InvokeOptions, Outcome, classify, guest_error_response};
-use super::output::GuestText;
-use super::reuse::{IdleClaim, IdleCount};
-use super::slots::{Refusal, Slot};
-use super::state::InvocationState;
+use super::kept::{Admitted, Handle, Kept, MemberId};
+use super::{ExecutionReport, InvokeOptions, Outcome, classify, guest_error_response};
 use crate::response::{BoxError, ResponseBody};
+use crate::runtime::Runtime;
+use crate::runtime::output::GuestText;
+use crate::runtime::slots::{Refusal, Slot};
+use crate::runtime::state::InvocationState;
 
 /// The response head a guest returned, or the error code it answered with.
 type Head = Result<Response<ResponseBody>, ErrorCode>;
@@ -220,46 +221,42 @@ impl Body for StreamedBody {
 }
 
 /// Whether a prepared component is a WASIp3 handler.
-pub(super) fn service_pre(
+pub(crate) fn service_pre(
     pre: &wasmtime::component::InstancePre<InvocationState>,
 ) -> Option<ServicePre<InvocationState>> {
     ServicePre::new(pre.clone()).ok()
 }
 
-/// The instances of one WASIp3 deployment that opted in to instance reuse
-/// (`max_instance_reuse` above 1), each serving up to
-/// `max_instance_concurrency` requests at once and `max_instance_reuse` in
-/// all. Requests go to the first instance with room, else to a
-/// new one; an instance that traps, runs out of memory or lets a request
-/// pass its deadline is dropped with every request it was serving (their
-/// clients get a 5xx or a body ending in an error, never a hang), and the
-/// next request gets a fresh instance.
-///
-/// Each instance, not each request, holds a place in the node's instance
-/// pool while it serves requests: the pool's size, the tenant's
-/// `max_concurrency` and its fair share count instances, as they do for
-/// WASIp2, where an instance serves one request at a time. An instance
-/// without requests gives its place back and counts among the node's idle
-/// instances (`POOL_WARM_SLOTS`, `REUSE_IDLE_MEMORY`), as a kept WASIp2
-/// instance does; where none may be kept, it ends.
-pub struct SharedInstances {
-    name: String,
-    max_uses: u32,
-    max_concurrent: u32,
-    idle_timeout: Duration,
-    /// The instances alive: a request goes to the first with room.
-    workers: std::sync::Mutex<Vec<Arc<Worker>>>,
-    /// The node's idle instances, where an instance without requests
-    /// counts.
-    idle: Arc<IdleCount>,
+/// What requests get of a shared instance: where to send them. The
+/// instance's task owns its store; it ends once nothing can send to it any
+/// more (its set closed it, or dropped it idle) and what it serves is done.
+#[derive(Clone)]
+pub(super) struct WorkerHandle {
+    jobs: mpsc::UnboundedSender<Job>,
 }
 
-/// A request's place on a shared instance, taken at admission
-/// ([`SharedInstances::admit`]). Dropped without being used (a quota
-/// refused the request after its admission), it frees its room, and an
-/// instance started for it alone never starts.
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle").finish_non_exhaustive()
+    }
+}
+
+impl Handle for WorkerHandle {
+    const EXCLUSIVE: bool = false;
+
+    fn lend(held: &mut Option<Self>) -> Option<Self> {
+        held.clone()
+    }
+}
+
+/// A request's place on a shared instance, taken at admission ([`admit`]).
+/// Dropped without being used (a quota refused the request after its
+/// admission), it frees its room, and an instance started for it alone
+/// never starts.
 pub struct SharedPlace {
-    worker: Arc<Worker>,
+    kept: Arc<Kept<WorkerHandle>>,
+    id: MemberId,
+    handle: WorkerHandle,
     /// A new instance, started when the request is sent to it.
     start: Option<Start>,
     sent: bool,
@@ -272,9 +269,6 @@ struct Start {
     jobs: mpsc::UnboundedReceiver<Job>,
     /// The first request's deadline, which instantiation counts against.
     instantiate_by: Instant,
-    /// The deployment's route, in logs.
-    name: String,
-    idle_timeout: Duration,
 }
 
 impl Drop for SharedPlace {
@@ -282,15 +276,14 @@ impl Drop for SharedPlace {
         if self.sent {
             return;
         }
-        let others = self.worker.give_back();
-        // An instance made for this request: it starts only if other
-        // requests were admitted to it meanwhile.
-        if let Some(start) = self.start.take() {
-            if others {
-                start.spawn(self.worker.clone());
-            } else {
-                self.worker.release();
-            }
+        let (others, released) = self.kept.give_back(self.id, None);
+        drop(released);
+        // An instance made for this request starts only if other requests
+        // were admitted to it meanwhile.
+        if let Some(start) = self.start.take()
+            && others
+        {
+            start.spawn(self.kept.clone(), self.id);
         }
     }
 }
@@ -301,156 +294,49 @@ impl std::fmt::Debug for SharedPlace {
     }
 }
 
-impl std::fmt::Debug for SharedInstances {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedInstances")
-            .field("name", &self.name)
-            .field("max_uses", &self.max_uses)
-            .field("max_concurrent", &self.max_concurrent)
-            .finish_non_exhaustive()
-    }
-}
-
-/// One instance's admission: what it has taken, whether it takes more,
-/// and what it holds on the node.
-#[derive(Default)]
-struct Admission {
-    accepted: u32,
-    in_flight: u32,
-    closed: bool,
-    /// While it has requests (and until it ends, once closed): its place
-    /// in the instance pool.
-    slot: Option<Slot>,
-    /// While it waits for requests: its place among the node's idle
-    /// instances.
-    idle: Option<IdleClaim>,
-    /// Its linear memory at its last request's end.
-    memory: u64,
-}
-
-/// A shared instance: where its requests go, and what it holds.
-struct Worker {
-    jobs: mpsc::UnboundedSender<Job>,
-    admission: std::sync::Mutex<Admission>,
-    /// Wakes its task when it is closed from outside (see `give_back`).
-    closed: tokio::sync::Notify,
-    idle: Arc<IdleCount>,
-    max_uses: u32,
-}
-
-/// Takes a place in the instance pool for a new or idle instance.
-type Reserve<'a> = &'a dyn Fn() -> Result<Slot, Refusal>;
-
-impl Worker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Admission> {
-        self.admission.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Takes one more request if the instance has room for it. An idle
-    /// instance needs a place in the pool again: taken with `reserve`, or,
-    /// without one, the instance takes no request.
-    fn try_accept(
-        &self,
-        max_concurrent: u32,
-        reserve: Option<Reserve<'_>>,
-    ) -> Result<bool, Refusal> {
-        let mut admission = self.lock();
-        if admission.closed
-            || admission.accepted >= self.max_uses
-            || admission.in_flight >= max_concurrent
-        {
-            return Ok(false);
+/// Admits a request to one of a WASIp3 deployment's shared instances
+/// ([`Kept`]): one serving with room, else an idle one, else a new
+/// instance of `pre` (instantiated by the request's deadline). An idle or
+/// new instance needs a place in the pool, which `reserve` takes or
+/// refuses (the request is refused with it).
+pub(super) fn admit(
+    runtime: &Runtime,
+    kept: &Arc<Kept<WorkerHandle>>,
+    pre: &ServicePre<InvocationState>,
+    options: &InvokeOptions,
+    reserve: &dyn Fn() -> Result<Slot, Refusal>,
+) -> Result<SharedPlace, Refusal> {
+    let mut jobs = None;
+    let (admitted, outgrown) = kept.admit(options.limits.memory_bytes, reserve, &mut || {
+        let (tx, rx) = mpsc::unbounded_channel();
+        jobs = Some(rx);
+        Some(WorkerHandle { jobs: tx })
+    })?;
+    drop(outgrown);
+    Ok(match admitted {
+        Admitted::Existing { id, handle, .. } => {
+            SharedPlace { kept: kept.clone(), id, handle, start: None, sent: false }
         }
-        if admission.slot.is_none() {
-            let Some(reserve) = reserve else { return Ok(false) };
-            admission.slot = Some(reserve()?);
-            admission.idle = None;
-        }
-        admission.accepted += 1;
-        admission.in_flight += 1;
-        Ok(true)
-    }
-
-    /// Its last request is over: it waits for the next one among the
-    /// node's idle instances, giving its pool place back, or, used up or
-    /// with no idle place for it, closes (keeping its pool place until it
-    /// has ended).
-    fn go_idle(&self, admission: &mut Admission) {
-        if admission.accepted >= self.max_uses {
-            admission.closed = true;
-            return;
-        }
-        match self.idle.claim(admission.memory) {
-            Some(claim) => {
-                admission.idle = Some(claim);
-                admission.slot = None;
-            }
-            None => admission.closed = true,
-        }
-    }
-
-    /// Frees the room of a request admitted but never sent; whether other
-    /// requests are still admitted.
-    fn give_back(&self) -> bool {
-        let mut admission = self.lock();
-        admission.accepted = admission.accepted.saturating_sub(1);
-        admission.in_flight = admission.in_flight.saturating_sub(1);
-        if admission.in_flight == 0 && !admission.closed {
-            self.go_idle(&mut admission);
-            if admission.closed {
-                self.closed.notify_one();
+        Admitted::New { id, handle } => {
+            let start = Start {
+                store: runtime.new_store(
+                    options.limits.memory_bytes,
+                    options.outbound.clone(),
+                    options.capabilities.clone(),
+                ),
+                pre: pre.clone(),
+                jobs: jobs.expect("a new instance's channel"),
+                instantiate_by: Instant::now() + options.limits.timeout,
+            };
+            SharedPlace {
+                kept: kept.clone(),
+                id,
+                handle: handle.expect("a shared instance's handle"),
+                start: Some(start),
+                sent: false,
             }
         }
-        admission.in_flight > 0
-    }
-
-    /// A request ended; the instance holds `memory` bytes of linear memory.
-    /// Whether it takes more (false: it closed).
-    fn finished_one(&self, memory: u64) -> bool {
-        let mut admission = self.lock();
-        admission.in_flight = admission.in_flight.saturating_sub(1);
-        admission.memory = memory;
-        if admission.in_flight == 0 && !admission.closed {
-            self.go_idle(&mut admission);
-        }
-        !admission.closed
-    }
-
-    /// Takes no more requests.
-    fn close(&self) {
-        self.lock().closed = true;
-    }
-
-    /// Takes no more requests if none is admitted: whether it is closed.
-    fn close_if_idle(&self) -> bool {
-        let mut admission = self.lock();
-        if admission.in_flight == 0 {
-            admission.closed = true;
-        }
-        admission.closed
-    }
-
-    fn is_closed(&self) -> bool {
-        self.lock().closed
-    }
-
-    /// Gives back what the instance held on the node (it has ended, or
-    /// never started).
-    fn release(&self) {
-        let mut admission = self.lock();
-        admission.closed = true;
-        admission.slot = None;
-        admission.idle = None;
-    }
-}
-
-/// Releases a worker's places when its task ends, however it ends.
-struct Ended(Arc<Worker>);
-
-impl Drop for Ended {
-    fn drop(&mut self) {
-        self.0.release();
-    }
+    })
 }
 
 /// A request for a shared instance, and where its answer goes.
@@ -513,81 +399,15 @@ fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl SharedInstances {
-    /// An empty set of instances for the deployment `name` (its route).
-    pub(super) fn new(
-        name: String,
-        max_uses: u32,
-        max_concurrent: u32,
-        idle_timeout: Duration,
-        idle: Arc<IdleCount>,
-    ) -> Self {
-        Self {
-            name,
-            max_uses: max_uses.max(1),
-            max_concurrent: max_concurrent.clamp(1, max_uses.max(1)),
-            idle_timeout,
-            workers: std::sync::Mutex::default(),
-            idle,
-        }
-    }
-
-    /// Admits a request: a place on the first instance serving requests
-    /// with room for it, else on an idle one, else on a new instance of
-    /// `pre` in a store from `new_store`, instantiated by `instantiate_by`
-    /// (the request's deadline). An idle or new instance needs a place in
-    /// the pool, which `reserve` takes or refuses (the request is refused
-    /// with it).
-    pub(super) fn admit(
-        &self,
-        pre: &ServicePre<InvocationState>,
-        new_store: impl FnOnce() -> Store<InvocationState>,
-        reserve: Reserve<'_>,
-        instantiate_by: Instant,
-    ) -> Result<SharedPlace, Refusal> {
-        let mut workers = locked(&self.workers);
-        // Instances that take no more requests leave the list.
-        workers.retain(|worker| !worker.is_closed());
-        for reserve in [None, Some(reserve)] {
-            for worker in workers.iter() {
-                if worker.try_accept(self.max_concurrent, reserve)? {
-                    return Ok(SharedPlace { worker: worker.clone(), start: None, sent: false });
-                }
-            }
-        }
-        let admission =
-            Admission { accepted: 1, in_flight: 1, slot: Some(reserve()?), ..Admission::default() };
-        let (jobs, rx) = mpsc::unbounded_channel::<Job>();
-        let worker = Arc::new(Worker {
-            jobs,
-            admission: std::sync::Mutex::new(admission),
-            closed: tokio::sync::Notify::new(),
-            idle: self.idle.clone(),
-            max_uses: self.max_uses,
-        });
-        workers.push(worker.clone());
-        let start = Start {
-            store: new_store(),
-            pre: pre.clone(),
-            jobs: rx,
-            instantiate_by,
-            name: self.name.clone(),
-            idle_timeout: self.idle_timeout,
-        };
-        Ok(SharedPlace { worker, start: Some(start), sent: false })
-    }
-}
-
 impl Start {
-    /// Starts the instance in a task of its own, serving `worker`'s
-    /// requests until it is used up, idle past the timeout, or fails.
-    fn spawn(self, worker: Arc<Worker>) {
-        let Start { mut store, pre, jobs: mut rx, instantiate_by, name, idle_timeout } = self;
+    /// Starts the instance in a task of its own, serving `id`'s requests
+    /// until nothing can send it any more or it fails.
+    fn spawn(self, kept: Arc<Kept<WorkerHandle>>, id: MemberId) {
+        kept.started(id);
+        let Start { mut store, pre, jobs: mut rx, instantiate_by } = self;
         let stdout = store.data().stdout.clone();
         let stderr = store.data().stderr.clone();
         tokio::spawn(async move {
-            let me = Ended(worker);
-            let worker = &me.0;
             let in_flight: Shared<InFlight> = Arc::default();
             let started = Instant::now();
             let ended = async {
@@ -605,12 +425,12 @@ impl Start {
                 // not even tasks a request spawned, and what a request
                 // spawned runs only within the deadlines of the requests
                 // in flight.
-                while let Some(mut first) = next_job(&mut rx, worker, idle_timeout).await {
+                while let Some(mut first) = rx.recv().await {
                     if let Some(instantiate) = instantiate.take() {
                         first.tail.instantiate = instantiate;
                     }
                     let serving = store.run_concurrent(async |accessor| {
-                        serve(accessor, &service, first, &mut rx, worker, &in_flight).await
+                        serve(accessor, &service, first, &mut rx, &kept, id, &in_flight).await
                     });
                     tokio::select! {
                         result = serving => result.and_then(|inner| inner)?,
@@ -624,12 +444,12 @@ impl Start {
                 Ok(Some(outcome)) => Some(outcome),
                 Err(error) => Some(classify(&error, store.data())),
             };
-            worker.close();
+            kept.close(id);
             rx.close();
             if let Some(outcome) = outcome {
                 tracing::info!(
                     target: "wasmwiz::guest",
-                    route = %name,
+                    route = %kept.name(),
                     outcome = outcome.as_str(),
                     "a shared WASIp3 instance {}: every request it was serving ends",
                     outcome.describe()
@@ -650,7 +470,8 @@ impl Start {
             while let Ok(job) = rx.try_recv() {
                 job.tail.finish(failed, GuestText::default(), &job.outcome_tx);
             }
-            // `me` gives back what the instance held on the node, last.
+            // Last: what the instance held on the node (its pool place).
+            drop(kept.ended(id));
         });
     }
 }
@@ -686,7 +507,7 @@ impl SharedPlace {
                 instantiate: Duration::ZERO,
             },
         };
-        if let Err(mpsc::error::SendError(job)) = self.worker.jobs.send(job) {
+        if let Err(mpsc::error::SendError(job)) = self.handle.jobs.send(job) {
             // The instance ended (it failed) between this request's
             // admission and now: the request ends with it, as the requests
             // it was serving did.
@@ -695,7 +516,7 @@ impl SharedPlace {
         }
         self.sent = true;
         if let Some(start) = self.start.take() {
-            start.spawn(self.worker.clone());
+            start.spawn(self.kept.clone(), self.id);
         }
         match head_rx.await {
             Ok((Ok(response), _)) => response,
@@ -722,34 +543,6 @@ async fn first_deadline(in_flight: &Shared<InFlight>) {
     }
 }
 
-/// The next request of an idle instance, waited for outside its event
-/// loop; `None` once it takes no more (used up, idle past `idle`, or
-/// closed from outside when a request given back left it with no idle
-/// place).
-async fn next_job(
-    rx: &mut mpsc::UnboundedReceiver<Job>,
-    worker: &Worker,
-    idle: Duration,
-) -> Option<Job> {
-    loop {
-        tokio::select! {
-            job = rx.recv() => return job,
-            // Idle past the timeout, unless a request was admitted (its
-            // job is on its way).
-            () = tokio::time::sleep(idle) => {
-                if worker.close_if_idle() {
-                    rx.close();
-                }
-            }
-            () = worker.closed.notified() => {
-                if worker.is_closed() {
-                    rx.close();
-                }
-            }
-        }
-    }
-}
-
 /// Serves `first` and the requests that join it, many at once, inside the
 /// instance's event loop, until none is left in flight; an error (a trap)
 /// ends the instance with every request in flight.
@@ -758,7 +551,8 @@ async fn serve(
     service: &wasmtime_wasi_http::p3::bindings::Service,
     first: Job,
     rx: &mut mpsc::UnboundedReceiver<Job>,
-    worker: &Worker,
+    kept: &Kept<WorkerHandle>,
+    id: MemberId,
     in_flight: &Shared<InFlight>,
 ) -> wasmtime::Result<()> {
     use futures::StreamExt as _;
@@ -780,7 +574,9 @@ async fn serve(
                     data.memory_peak()
                 });
                 // Used up, or no idle place for it: no more requests.
-                if !worker.finished_one(memory) {
+                let (open, released) = kept.finished(id, true, memory, None);
+                drop(released);
+                if !open {
                     rx.close();
                 }
             }
