@@ -263,6 +263,10 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(64)
+        // The node closes a connection idle for its HEADER_READ_TIMEOUT (10 s
+        // by default); a pooled connection reused just as the node closes it
+        // fails the request (IncompleteMessage). Idle ones are let go first.
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .expect("building the client")
 }
