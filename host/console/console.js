@@ -261,6 +261,7 @@ function signOut(message) {
 const PAGES = [
   { path: 'deployments', title: 'Deployments', view: deploymentsPage },
   { path: 'deploy', title: 'Deploy', view: deployPage, scope: 'deploy' },
+  { path: 'triggers', title: 'Schedules & queues', view: triggersPage },
   { path: 'usage', title: 'Usage', view: usagePage },
   { path: 'logs', title: 'Logs', view: logsPage },
   { path: 'keys', title: 'Keys', view: keysPage },
@@ -985,6 +986,176 @@ async function keysPage(main) {
     }
   };
   await drawList();
+  return null;
+}
+
+// ---------------------------------------------------------------- schedules and queues
+
+async function triggersPage(main) {
+  main.append(pageHead('Schedules & queues',
+    'Requests to your deployments on a schedule, and for each message of a queue. Each due time fires once across the cluster; each message is delivered at least once.'));
+  const deployments = await api('GET', `${API}/deployments`);
+  const routeOf = new Map(deployments.map((d) => [d.id, d.route]));
+  const pick = (id) => h('select', { id, required: true },
+    deployments.map((d) => h('option', { value: d.id }, d.route)));
+  const field = (label, input, hint) => h('div', { class: 'field' }, h('label', { for: input.id }, label), input,
+    hint ? h('div', { class: 'hint' }, hint) : null);
+  const schedulesBox = h('div', {});
+  const queuesBox = h('div', {});
+  const problems = h('div', { 'aria-live': 'polite' });
+  const canChange = hasScope('deploy') && deployments.length > 0;
+
+  const drawSchedules = async () => {
+    const schedules = await api('GET', `${API}/schedules`);
+    clear(schedulesBox);
+    if (schedules.length === 0) {
+      schedulesBox.append(h('div', { class: 'panel empty' }, 'No schedules yet.'));
+      return;
+    }
+    const rows = schedules.map((sch) => h('tr', { dataset: { schedule: sch.id } },
+      h('td', {}, h('code', {}, sch.cron)),
+      h('td', { class: 'wrap' }, h('code', {}, `${sch.method} ${sch.path}`)),
+      h('td', { class: 'wrap' }, routeOf.get(sch.deployment) || sch.deployment),
+      h('td', {}, sch.next_runs.length ? timeElement(sch.next_runs[0]) : '-'),
+      h('td', {}, h('div', { class: 'actions' },
+        h('button', { type: 'button', class: 'small', onclick: () => showRuns(sch) }, 'Firings'),
+        hasScope('deploy') ? h('button', { type: 'button', class: 'small danger', onclick: () => removeSchedule(sch) }, 'Delete') : null))));
+    schedulesBox.append(h('div', { class: 'table-wrap' }, h('table', {},
+      h('caption', { class: 'sr-only' }, 'Schedules'),
+      h('thead', {}, h('tr', {}, ['When', 'Request', 'Deployment', 'Next', ''].map((t) => h('th', { scope: 'col' }, t)))),
+      h('tbody', {}, rows))));
+  };
+  const runsBox = h('div', { 'aria-live': 'polite' });
+  const showRuns = async (sch) => {
+    clear(runsBox);
+    const runs = await api('GET', `${API}/schedules/${encodeURIComponent(sch.id)}/runs`);
+    runsBox.append(h('h3', {}, `Firings of ${sch.cron}`), runs.length === 0 ? h('p', { class: 'hint' }, 'None yet.') :
+      h('div', { class: 'table-wrap' }, h('table', {},
+        h('thead', {}, h('tr', {}, ['Due', 'Fired', 'Status', 'Outcome', 'Node'].map((t) => h('th', { scope: 'col' }, t)))),
+        h('tbody', {}, runs.map((r) => h('tr', {},
+          h('td', {}, timeElement(r.due_at)),
+          h('td', {}, r.fired_at ? timeElement(r.fired_at) : 'firing'),
+          h('td', {}, r.http_status ?? ''),
+          h('td', {}, outcomeBadge(r.outcome || '')),
+          h('td', {}, r.node)))))));
+  };
+  const removeSchedule = async (sch) => {
+    if (!await confirmDialog(`Delete the schedule ${sch.cron}?`, 'It never fires again, on any node.', 'Delete schedule')) return;
+    try {
+      await api('DELETE', `${API}/schedules/${encodeURIComponent(sch.id)}`);
+      toast('Schedule deleted');
+      await drawSchedules();
+    } catch (error) {
+      toast(`${headline(error)}: ${error.message}`, 'error');
+    }
+  };
+
+  const drawQueues = async () => {
+    const queues = await api('GET', `${API}/queues`);
+    clear(queuesBox);
+    if (queues.length === 0) {
+      queuesBox.append(h('div', { class: 'panel empty' }, 'No queues yet.'));
+      return;
+    }
+    const rows = queues.map((q) => h('tr', { dataset: { queue: q.name } },
+      h('td', {}, h('strong', {}, q.name)),
+      h('td', { class: 'wrap' }, h('code', {}, `POST ${q.path}`)),
+      h('td', {}, n(q.waiting ?? '?')),
+      h('td', { title: q.oldest_published_at || '' }, q.oldest_published_at ? ago(q.oldest_published_at) : '-'),
+      h('td', {}, q.dead ? h('span', { class: 'badge bad' }, n(q.dead)) : '0'),
+      h('td', {}, `${q.max_attempts} × ${q.visibility_timeout_s} s`),
+      h('td', {}, h('div', { class: 'actions' },
+        hasScope('deploy') ? h('button', { type: 'button', class: 'small', onclick: () => publishTo(q) }, 'Publish') : null,
+        hasScope('deploy') && q.dead ? h('button', { type: 'button', class: 'small', onclick: () => redrive(q) }, 'Redrive') : null,
+        hasScope('deploy') ? h('button', { type: 'button', class: 'small danger', onclick: () => removeQueue(q) }, 'Delete') : null))));
+    queuesBox.append(h('div', { class: 'table-wrap' }, h('table', {},
+      h('caption', { class: 'sr-only' }, 'Queues'),
+      h('thead', {}, h('tr', {}, ['Queue', 'Delivered to', 'Waiting', 'Oldest', 'Dead', 'Attempts × visibility', ''].map((t) => h('th', { scope: 'col' }, t)))),
+      h('tbody', {}, rows))));
+  };
+  const publishBox = h('div', {});
+  const publishTo = (q) => {
+    clear(publishBox);
+    const message = h('textarea', { id: 'q-message', spellcheck: 'false', placeholder: 'The message (sent as text/plain)' });
+    const sent = h('div', { 'aria-live': 'polite' });
+    publishBox.append(h('form', { class: 'panel', onsubmit: async (e) => {
+      e.preventDefault();
+      clear(sent);
+      try {
+        const response = await fetch(`${API}/queues/${encodeURIComponent(q.name)}/messages`, {
+          method: 'POST', headers: { authorization: `Bearer ${key()}`, 'content-type': 'text/plain' }, body: message.value });
+        if (!response.ok) throw await errorOf(response.status, await response.text());
+        const { id } = await response.json();
+        sent.append(h('p', { 'data-testid': 'published' }, 'Published ', h('code', {}, id)));
+        await drawQueues();
+      } catch (error) {
+        sent.append(errorNotice(error));
+      }
+    } }, h('fieldset', {}, h('legend', {}, `Publish to ${q.name}`), field('Message', message),
+      h('button', { type: 'submit', class: 'primary' }, 'Publish message')), sent));
+    message.focus();
+  };
+  const redrive = async (q) => {
+    try {
+      const moved = await api('POST', `${API}/queues/${encodeURIComponent(q.name)}/dead/redrive`);
+      toast(`${moved.redriven} dead letters back in ${q.name}`);
+      await drawQueues();
+    } catch (error) {
+      toast(`${headline(error)}: ${error.message}`, 'error');
+    }
+  };
+  const removeQueue = async (q) => {
+    if (!await confirmDialog(`Delete the queue ${q.name}?`, 'Every message it holds goes with it.', 'Delete queue')) return;
+    try {
+      await api('DELETE', `${API}/queues/${encodeURIComponent(q.name)}`);
+      toast(`Queue ${q.name} deleted`);
+      await drawQueues();
+    } catch (error) {
+      toast(`${headline(error)}: ${error.message}`, 'error');
+    }
+  };
+
+  if (canChange) {
+    const cron = h('input', { type: 'text', id: 'sch-cron', required: true, spellcheck: 'false', placeholder: '*/5 * * * *  or  @every 30s' });
+    const path = h('input', { type: 'text', id: 'sch-path', required: true, spellcheck: 'false', placeholder: '/acme/jobs/cleanup' });
+    const method = h('select', { id: 'sch-method' }, ['POST', 'GET', 'PUT', 'PATCH', 'DELETE'].map((m) => h('option', { value: m }, m)));
+    const deployment = pick('sch-deployment');
+    const scheduleForm = h('form', { class: 'panel', onsubmit: async (e) => {
+      e.preventDefault();
+      clear(problems);
+      try {
+        const made = await api('POST', `${API}/schedules`, { deployment: deployment.value, cron: cron.value, path: path.value, method: method.value });
+        toast(`Schedule made; next due ${when(made.next_runs[0])}`);
+        await drawSchedules();
+      } catch (error) {
+        problems.append(errorNotice(error));
+      }
+    } }, h('fieldset', {}, h('legend', {}, 'New schedule'),
+      field('Deployment', deployment), field('When (UTC)', cron, 'Five cron fields, or @every with a duration'),
+      field('Method', method), field('Path', path, 'Inside the deployment\'s route'),
+      h('button', { type: 'submit', class: 'primary' }, 'Create schedule')));
+    const name = h('input', { type: 'text', id: 'q-name', required: true, pattern: '[a-z0-9][a-z0-9_\\-]{0,62}', placeholder: 'orders' });
+    const qpath = h('input', { type: 'text', id: 'q-path', required: true, spellcheck: 'false', placeholder: '/acme/orders/consume' });
+    const attempts = h('input', { id: 'q-attempts', type: 'number', min: 1, max: 100, value: 5 });
+    const qdeployment = pick('q-deployment');
+    const queueForm = h('form', { class: 'panel', onsubmit: async (e) => {
+      e.preventDefault();
+      clear(problems);
+      try {
+        await api('POST', `${API}/queues`, { name: name.value, deployment: qdeployment.value, path: qpath.value, max_attempts: Number(attempts.value) });
+        toast(`Queue ${name.value} created`);
+        await drawQueues();
+      } catch (error) {
+        problems.append(errorNotice(error));
+      }
+    } }, h('fieldset', {}, h('legend', {}, 'New queue'),
+      field('Name', name), field('Deployment', qdeployment), field('Path', qpath, 'Messages are POSTed here'),
+      field('Attempts before the dead letters', attempts),
+      h('button', { type: 'submit', class: 'primary' }, 'Create queue')));
+    main.append(h('div', { class: 'columns' }, scheduleForm, queueForm), problems);
+  }
+  main.append(h('h2', {}, 'Schedules'), schedulesBox, runsBox, h('h2', {}, 'Queues'), queuesBox, publishBox);
+  await Promise.all([drawSchedules(), drawQueues()]);
   return null;
 }
 

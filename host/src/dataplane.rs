@@ -260,6 +260,40 @@ impl DataPlane {
         request: Request<Incoming>,
         conn: ConnInfo,
     ) -> Response<ResponseBody> {
+        let mut request = request;
+        // The trigger headers are the host's to set: a client's never
+        // reaches a guest that may trust them.
+        if request.headers().keys().any(|name| name.as_str().starts_with(TRIGGER_HEADER_PREFIX)) {
+            for name in TRIGGER_HEADERS {
+                request.headers_mut().remove(*name);
+            }
+        }
+        self.dispatch(request, conn, None).await
+    }
+
+    /// Answers a request the node makes itself (a schedule's firing, a
+    /// queue's delivery) for `deployment`: routed, admitted, counted and
+    /// logged as any request, but answered `409 not_this_deployment` when
+    /// its host and path no longer reach that deployment.
+    pub async fn trigger<B>(&self, request: Request<B>, deployment: &str) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error> + std::fmt::Display,
+    {
+        let conn = ConnInfo { remote: std::net::SocketAddr::from(([127, 0, 0, 1], 0)), tls: false };
+        self.dispatch(request, conn, Some(deployment)).await
+    }
+
+    async fn dispatch<B>(
+        &self,
+        request: Request<B>,
+        conn: ConnInfo,
+        deployment: Option<&str>,
+    ) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error> + std::fmt::Display,
+    {
         let started = Instant::now();
         let request_id = self.ids.next();
         let method = request.method().clone();
@@ -295,6 +329,17 @@ impl DataPlane {
         let route = match normalized {
             Err(e) => Err(error_response(StatusCode::BAD_REQUEST, "bad_path", &e.to_string())),
             Ok(()) => match self.lookup(host.as_deref(), request.uri().path()) {
+                Some(RouteTarget::Live(route))
+                    if deployment.is_some_and(|expected| {
+                        route.owner.as_ref().is_none_or(|o| o.deployment_id != expected)
+                    }) =>
+                {
+                    Err(error_response(
+                        StatusCode::CONFLICT,
+                        "not_this_deployment",
+                        "this path is no longer served by the deployment the trigger names",
+                    ))
+                }
                 Some(RouteTarget::Live(route)) => Ok(route),
                 Some(RouteTarget::Compiling) => {
                     self.wait_for_compile(host.as_deref(), request.uri().path()).await
@@ -355,15 +400,19 @@ impl DataPlane {
         Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(body))
     }
 
-    async fn invoke(
+    async fn invoke<B>(
         &self,
         route: &Arc<LiveRoute>,
-        request: Request<Incoming>,
+        request: Request<B>,
         conn: ConnInfo,
         request_id: String,
         started: Instant,
         trace: &RequestTrace,
-    ) -> Response<ResponseBody> {
+    ) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error> + std::fmt::Display,
+    {
         let request = match read_request(
             request,
             route.limits.max_input_bytes,
@@ -627,6 +676,20 @@ fn with_path<B>(request: &mut Request<B>, path: &str) -> Result<(), PathError> {
     *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| PathError::AmbiguousSeparator)?;
     Ok(())
 }
+
+/// What the headers a node sets on its own requests start with.
+pub const TRIGGER_HEADER_PREFIX: &str = "wasmwiz-";
+
+/// The headers that tell a guest how a request of the node's own came to
+/// be: removed from every client's request.
+pub const TRIGGER_HEADERS: &[&str] = &[
+    "wasmwiz-trigger",
+    "wasmwiz-schedule-id",
+    "wasmwiz-scheduled-at",
+    "wasmwiz-queue",
+    "wasmwiz-message-id",
+    "wasmwiz-attempt",
+];
 
 /// `Retry-After` of a request that waited for a compile in vain.
 const COMPILING_RETRY_AFTER_S: u64 = 5;

@@ -28,6 +28,7 @@
 //! - [`response`]: the response body type and JSON errors.
 //! - [`logs`]: tenants' log streams (an event per invocation), in Redis or
 //!   in process.
+//! - [`triggers`]: schedules and queues, delivered to deployments as requests.
 //! - [`telemetry`]: request traces: W3C trace context and OTLP export.
 //! - [`logging`]: the tracing subscriber.
 //! - [`metrics`]: Prometheus metrics, resolved per route once.
@@ -58,4 +59,5 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tenancy;
+pub mod triggers;
 pub mod usage;

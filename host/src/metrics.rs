@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::runtime::{ExecutionReport, Outcome, Refusal};
@@ -93,6 +93,19 @@ pub struct Metrics {
     /// `wasmwiz_compile_slots_waiting`: compilations waiting for one of
     /// the node's compile slots (handed out to tenants in turn).
     pub compile_slots_waiting: IntGauge,
+    /// `wasmwiz_schedule_firings_total{tenant,result}`: ok, failed, refused.
+    pub schedule_firings: IntCounterVec,
+    /// `wasmwiz_schedule_lateness_seconds`: from a due time to its firing.
+    pub schedule_lateness: Histogram,
+    /// `wasmwiz_queue_deliveries_total{tenant,result}`: ok, retry, dead,
+    /// refused.
+    pub queue_deliveries: IntCounterVec,
+    /// `wasmwiz_queue_depth{tenant,queue}`: messages waiting.
+    pub queue_depth: IntGaugeVec,
+    /// `wasmwiz_queue_dead_letters{tenant,queue}`.
+    pub queue_dead: IntGaugeVec,
+    /// `wasmwiz_queue_oldest_age_seconds{tenant,queue}`.
+    pub queue_oldest_age: IntGaugeVec,
 }
 
 impl Metrics {
@@ -111,6 +124,11 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry.register(Box::new(g.clone())).expect("registered once");
             g
         };
@@ -233,6 +251,35 @@ impl Metrics {
                  its own routes in a browser (Service-Worker-Allowed, Clear-Site-Data, a \
                  Set-Cookie for another domain), by tenant and header",
                 &["tenant", "header"],
+            ),
+            schedule_firings: counter_vec(
+                "wasmwiz_schedule_firings_total",
+                "Schedule firings, by tenant and result (ok, failed, refused by a quota or the node)",
+                &["tenant", "result"],
+            ),
+            schedule_lateness: histogram(
+                "wasmwiz_schedule_lateness_seconds",
+                "Time from a schedule's due time to the start of its firing",
+            ),
+            queue_deliveries: counter_vec(
+                "wasmwiz_queue_deliveries_total",
+                "Queue message deliveries, by tenant and result (ok, retry, dead, refused)",
+                &["tenant", "result"],
+            ),
+            queue_depth: gauge_vec(
+                "wasmwiz_queue_depth",
+                "Messages waiting in a queue (ready, being delivered or retrying)",
+                &["tenant", "queue"],
+            ),
+            queue_dead: gauge_vec(
+                "wasmwiz_queue_dead_letters",
+                "Messages in a queue's dead letters",
+                &["tenant", "queue"],
+            ),
+            queue_oldest_age: gauge_vec(
+                "wasmwiz_queue_oldest_age_seconds",
+                "Age of the oldest message waiting in a queue",
+                &["tenant", "queue"],
             ),
             compile_slots_waiting: gauge(
                 "wasmwiz_compile_slots_waiting",

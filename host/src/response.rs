@@ -22,6 +22,13 @@ pub fn empty() -> ResponseBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// Marks an answer the host made instead of a guest (in the response's
+/// extensions), with its error code: how the node's own requests (a
+/// schedule's firing, a queue's delivery) tell a refusal (`quota_exceeded`,
+/// `instance_pool_full` ...) from whatever a guest answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostError(pub String);
+
 /// A JSON error answer: `{"error":{"code":"...","message":"..."}}`.
 ///
 /// `message` is shown to the client: it must never carry a host path, a
@@ -33,6 +40,7 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.extensions_mut().insert(HostError(code.to_string()));
     response
 }
 

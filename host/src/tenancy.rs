@@ -237,6 +237,20 @@ tier_limits! {
     /// beyond the instance pool's fair share).
     max_concurrency: Option<u32> = Some(DEFAULT_MAX_CONCURRENCY),
         Unlimited 1..=MAX_MAX_CONCURRENCY, flag "max-concurrency";
+    /// Schedules the tenant may keep.
+    max_schedules: u64 = 20, Count 0..=100_000, flag "max-schedules";
+    /// Shortest interval between two firings of a schedule, in seconds.
+    min_schedule_interval_s: u64 = 10, Count 1..=86_400, flag "min-schedule-interval";
+    /// Queues the tenant may keep.
+    max_queues: u64 = 10, Count 0..=10_000, flag "max-queues";
+    /// Largest queue message.
+    max_message_bytes: u64 = 256 << 10, Bytes 1..=MAX_MAX_INPUT_BYTES, flag "max-message";
+    /// Messages the tenant may publish per second on one node (through the
+    /// API or from its components).
+    max_publishes_per_second: u64 = 1_000, Count 1..=1_000_000_000, flag "max-publishes-per-second";
+    /// Messages one queue may hold waiting (ready, retrying or dead);
+    /// past it a publish gets 429.
+    max_queue_backlog: u64 = 100_000, Count 1..=1_000_000_000, flag "max-queue-backlog";
 }
 
 impl TierLimits {

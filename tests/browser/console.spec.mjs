@@ -200,6 +200,40 @@ test('versions: deploy a second version, see the history, roll back in one click
   expect((await invoke(request, `/${TENANT}/hello/`)).text).toBe('Hi, console!\n');
 });
 
+test('schedules and queues: a schedule with its next due time, a queue, a message published and consumed', async ({ page }) => {
+  const seen = watchForInjection(page);
+  await signIn(page, env.TENANT_KEY);
+  await page.getByRole('link', { name: 'Schedules & queues' }).click();
+  await page.locator('#sch-cron').fill('0 3 * * *');
+  await page.locator('#sch-path').fill(`/${TENANT}/hello/nightly`);
+  await page.getByRole('button', { name: 'Create schedule' }).click();
+  const schedule = page.locator('tr[data-schedule]');
+  await expect(schedule).toContainText('0 3 * * *');
+  await expect(schedule).toContainText(`POST /${TENANT}/hello/nightly`);
+  // Outside the deployment's route: refused in words.
+  await page.locator('#sch-path').fill('/elsewhere');
+  await page.getByRole('button', { name: 'Create schedule' }).click();
+  await expect(page.getByText('outside the deployment')).toBeVisible();
+
+  await page.locator('#q-name').fill('orders');
+  await page.locator('#q-path').fill(`/${TENANT}/hello/orders`);
+  await page.getByRole('button', { name: 'Create queue' }).click();
+  const queue = page.locator('tr[data-queue="orders"]');
+  await expect(queue).toContainText(`POST /${TENANT}/hello/orders`);
+  await queue.getByRole('button', { name: 'Publish' }).click();
+  await page.locator('#q-message').fill('<b>order 1</b>');
+  await page.getByRole('button', { name: 'Publish message' }).click();
+  await expect(page.getByTestId('published')).toContainText('msg_');
+  // hello answers 200: the message is delivered and acknowledged.
+  await expect(async () => {
+    await page.reload();
+    await expect(page.locator('tr[data-queue="orders"] td').nth(2)).toHaveText('0', { timeout: 1000 });
+    await expect(page.locator('tr[data-queue="orders"] td').nth(3)).toHaveText('-', { timeout: 1000 });
+  }).toPass({ timeout: 30000 });
+  await page.screenshot({ path: shots('triggers'), fullPage: true });
+  expect(seen).toEqual([]);
+});
+
 test('logs: a panicking component\u2019s line arrives live; printed markup stays text; pause and filter', async ({ page, request }) => {
   const injected = watchForInjection(page);
   const deployed = await apiCall(request, 'POST', '/api/v1/components?name=hostile', env.TENANT_KEY, readFileSync(env.HOSTILE_WASM));

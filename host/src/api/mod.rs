@@ -11,6 +11,7 @@
 //! - `grants`: the routes and hosts a tenant may deploy inside.
 //! - `usage`: the caller's quota windows, usage totals and usage history.
 //! - `logs`: the caller's log stream (recent events, or followed).
+//! - `triggers`: schedules, queues, publishing and dead letters.
 //! - `docs`: the OpenAPI document at `/api/docs`.
 
 mod components;
@@ -19,10 +20,11 @@ mod docs;
 mod grants;
 mod logs;
 mod tenants;
+mod triggers;
 mod usage;
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -77,6 +79,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/usage", get(usage::usage))
         .route("/api/v1/usage/history", get(usage::history))
         .route("/api/v1/logs", get(logs::logs))
+        .route("/api/v1/schedules", post(triggers::create_schedule).get(triggers::list_schedules))
+        .route("/api/v1/schedules/{id}", delete(triggers::remove_schedule))
+        .route("/api/v1/schedules/{id}/runs", get(triggers::schedule_runs))
+        .route("/api/v1/queues", post(triggers::create_queue).get(triggers::list_queues))
+        .route("/api/v1/queues/{name}", delete(triggers::remove_queue))
+        .route("/api/v1/queues/{name}/messages", post(triggers::publish))
+        .route("/api/v1/queues/{name}/dead", get(triggers::dead))
+        .route("/api/v1/queues/{name}/dead/redrive", post(triggers::redrive))
         .route("/api/docs", get(docs::openapi))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
@@ -377,6 +387,5 @@ pub(crate) async fn publish(node: &Node) {
 
 /// Unix milliseconds as RFC 3339 (`2026-11-27T04:17:40.934Z`).
 pub fn rfc3339(ms: i64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(time).to_string()
+    crate::logs::rfc3339_ms(ms)
 }

@@ -283,7 +283,7 @@ fn invoke_url(base: &str, route: &str, host: Option<&str>) -> String {
 
 /// The id of the deployment `target` names: an id as it is, a route
 /// looked up among the tenant's deployments.
-async fn resolve(api: &Api, target: &Target) -> anyhow::Result<String> {
+pub(super) async fn resolve(api: &Api, target: &Target) -> anyhow::Result<String> {
     if !target.deployment.starts_with('/') {
         return Ok(target.deployment.clone());
     }

@@ -7,6 +7,7 @@ pub mod logs;
 mod run;
 pub mod serve;
 mod store;
+pub mod triggers;
 
 use std::path::PathBuf;
 
@@ -52,6 +53,12 @@ pub enum Command {
     /// Your invocations with what the component printed; `--follow` for a
     /// live tail across every node (API client).
     Logs(logs::LogsArgs),
+    /// Invoke a deployment on a cron schedule or `@every` interval; list,
+    /// delete, and see its firings (API client).
+    Schedule(triggers::ScheduleArgs),
+    /// Queues whose messages are delivered to a deployment: create,
+    /// publish, dead letters, redrive (API client).
+    Queue(triggers::QueueArgs),
     /// Internal: compile one component read from stdin into the cache.
     #[command(hide = true)]
     CompileWorker {
@@ -83,6 +90,8 @@ impl Cli {
             | Command::Rollback(_)
             | Command::Delete(_)
             | Command::Logs(_)
+            | Command::Schedule(_)
+            | Command::Queue(_)
             | Command::CompileWorker { .. } => None,
         }
     }
@@ -99,6 +108,8 @@ impl Cli {
             Command::Rollback(args) => client::rollback(args).await?,
             Command::Delete(args) => client::delete(args).await?,
             Command::Logs(args) => logs::logs(args).await?,
+            Command::Schedule(args) => triggers::schedule(args).await?,
+            Command::Queue(args) => triggers::queue(args).await?,
             Command::CompileWorker { cache_dir, digest, instance_pool_size, memory_limit } => {
                 let code = tokio::task::spawn_blocking(move || {
                     crate::runtime::worker_main(

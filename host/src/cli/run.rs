@@ -142,6 +142,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
                 usage: None,
             }),
             config: config.clone(),
+            // `wasmwiz run` has no queues: the internal host answers 404.
+            queues: None,
         });
         let reuse = args.max_instance_reuse;
         let instances = runtime.instances(&app, &label, reuse, args.max_instance_concurrency);

@@ -32,6 +32,8 @@ use crate::quota::redis::RedisQuota;
 use crate::runtime::{Compiler, Runtime};
 use crate::server::{self, HttpOptions, Listeners, tls};
 use crate::store::StoreKv;
+use crate::triggers::queues::{QueueBackend, QueueHub, SqlQueues};
+use crate::triggers::redis::RedisQueues;
 
 /// Shortest timeout of a key-value call to Redis (a quota check waits
 /// less: it has a local fallback, a guest's read has none).
@@ -178,6 +180,18 @@ impl Serve {
             },
         ));
         let components = Arc::new(CompiledComponents::new(runtime, compiler, metrics.clone()));
+        // Queues' messages: in Redis Streams when there is one (at Redis
+        // speed, across nodes), else in the store.
+        let queue_backend: Arc<dyn QueueBackend> = match &args.quota.redis_url {
+            Some(url) => Arc::new(RedisQueues::connect(
+                url,
+                &args.quota.redis_key_prefix,
+                args.quota.redis_timeout.max(KV_REDIS_TIMEOUT),
+            )?),
+            None => Arc::new(SqlQueues::new(store.clone())),
+        };
+        tracing::info!(backend = queue_backend.name(), "queues");
+        let queues = Arc::new(QueueHub::new(store.clone(), queue_backend, metrics.clone()));
         let node = Node::new(
             store.clone(),
             plane,
@@ -187,6 +201,7 @@ impl Serve {
                 kv,
                 base_domain: args.store.base_domain.clone(),
                 secrets: secrets.clone(),
+                queues,
             },
         );
         match node.start().await {
@@ -231,12 +246,18 @@ impl Serve {
             None => None,
         };
         let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let public_url = args.console.public_url(scheme, listener.local_addr())?;
+        if let Some(authority) =
+            public_url.parse::<http::Uri>().ok().and_then(|u| u.authority().cloned())
+        {
+            node.set_public_host(authority.to_string());
+        }
         let api = api::router(Arc::new(ApiState {
             control,
             node: node.clone(),
             auth,
             body_read_timeout: args.http.body_read_timeout,
-            public_url: args.console.public_url(scheme, listener.local_addr())?,
+            public_url: public_url.clone(),
         }));
         // A scrape or a console now and then: one accept loop each on the
         // shared runtime.
@@ -273,11 +294,13 @@ impl Serve {
             });
         }
         eprintln!("listening on {scheme}://{}", listener.local_addr());
+        let node_name = args.logs.node_name.clone().unwrap_or_else(|| {
+            format!("{}:{}", crate::logs::hostname(), listener.local_addr().port())
+        });
         if let Some(hub) = &logs {
-            hub.name_node(args.logs.node_name.clone().unwrap_or_else(|| {
-                format!("{}:{}", crate::logs::hostname(), listener.local_addr().port())
-            }));
+            hub.name_node(node_name.clone());
         }
+        node.name_node(node_name);
         let handler = Arc::new(FrontDoor::new(Role::Serving, node.clone(), api, public_metrics));
         Ok(Self { node, handler, listener, acceptor, options, side, cert })
     }

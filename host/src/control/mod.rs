@@ -10,6 +10,7 @@
 //! - [`compile_queue`]: which components this node still has to compile,
 //!   their failures and back-off.
 //! - [`compiled`]: the components this node holds compiled.
+//! - [`triggers`]: schedules and queues, checked and made.
 //!
 //! The node ([`crate::node`]) runs them: it reads the store, asks the
 //! builder for a plan, feeds the queue, and publishes the routes.
@@ -18,6 +19,7 @@ pub mod compile_queue;
 pub mod compiled;
 pub mod plan;
 pub mod service;
+pub mod triggers;
 
 pub use compile_queue::CompileQueue;
 pub use compiled::CompiledComponents;
@@ -25,3 +27,4 @@ pub use service::{
     Actor, ControlError, ControlPlane, ControlResult, ControlSettings, DeploySpec, GrantSpec,
     IssuedKey, TierBase, Uploaded,
 };
+pub use triggers::{QueueSpec, ScheduleSpec, Scheduled};

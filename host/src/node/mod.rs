@@ -83,6 +83,8 @@ pub struct NodeSettings {
     pub base_domain: Option<String>,
     /// Opens deployments' sealed secrets.
     pub secrets: Arc<crate::secrets::Keyring>,
+    /// The node's queues (where messages are kept, and their consumers).
+    pub queues: Arc<crate::triggers::queues::QueueHub>,
 }
 
 /// One serving node.
@@ -95,6 +97,16 @@ pub struct Node {
     settings: NodeSettings,
     served: Mutex<Served>,
     states: ArcSwap<HashMap<String, DeploymentState>>,
+    /// The host each deployment of the last route table is bound to (for
+    /// the node's own requests: schedules' firings, queues' deliveries).
+    hosts: ArcSwap<HashMap<String, Option<String>>>,
+    /// Every tenant's name, by id (metric labels of triggers).
+    tenant_names: ArcSwap<HashMap<crate::tenancy::TenantId, String>>,
+    /// This node's name (`NODE_NAME`, or host and port), once it listens.
+    name: std::sync::OnceLock<String>,
+    /// The `Host` of the node's own requests to a deployment bound to no
+    /// host: where clients reach it (`PUBLIC_URL`'s authority).
+    public_host: std::sync::OnceLock<String>,
     /// The change counter the current route table reflects.
     applied_seq: AtomicI64,
     /// Counts the rebuilds: caches of what the store says (API keys) hold
@@ -142,6 +154,10 @@ impl Node {
             settings,
             served: Mutex::new(Served::default()),
             states: ArcSwap::from_pointee(HashMap::new()),
+            hosts: ArcSwap::from_pointee(HashMap::new()),
+            tenant_names: ArcSwap::from_pointee(HashMap::new()),
+            name: std::sync::OnceLock::new(),
+            public_host: std::sync::OnceLock::new(),
             applied_seq: AtomicI64::new(-1),
             rebuilds: Arc::default(),
             rebuild_lock: tokio::sync::Mutex::new(()),
@@ -176,6 +192,18 @@ impl Node {
             let node = self.clone();
             async move { node.flush_loop().await }
         });
+        // Schedules and queues: delivered as requests through the data plane.
+        self.spawn(crate::triggers::schedules::run(
+            self.store.clone(),
+            self.plane.clone(),
+            self.clone(),
+            self.plane.metrics().clone(),
+        ));
+        self.spawn(self.settings.queues.clone().run_consumers(
+            self.plane.clone(),
+            self.clone(),
+            self.shutdown.child_token(),
+        ));
         first
     }
 
@@ -213,6 +241,23 @@ impl Node {
     /// The data plane.
     pub fn plane(&self) -> &Arc<DataPlane> {
         &self.plane
+    }
+
+    /// The node's queues.
+    pub fn queues(&self) -> &Arc<crate::triggers::queues::QueueHub> {
+        &self.settings.queues
+    }
+
+    /// Names this node (`NODE_NAME`, or its host and port) once it listens.
+    pub fn name_node(&self, name: String) {
+        let _ = self.name.set(name);
+    }
+
+    /// Sets where clients reach this node (the authority of `PUBLIC_URL`):
+    /// the `Host` of schedules' firings and queues' deliveries to
+    /// deployments bound to no host.
+    pub fn set_public_host(&self, authority: String) {
+        let _ = self.public_host.set(authority);
     }
 
     /// Usage counted on this node.
@@ -283,6 +328,10 @@ impl Node {
         let tiers: HashMap<String, Arc<Tier>> =
             self.store.tiers().await?.into_iter().map(|t| (t.name.clone(), Arc::new(t))).collect();
         let deployments = self.open_secrets(self.store.deployments(None).await?);
+        let hosts: HashMap<String, Option<String>> =
+            deployments.iter().map(|d| (d.id.clone(), d.host.clone())).collect();
+        let names = self.store.tenants().await?.into_iter().map(|t| (t.id, t.name)).collect();
+        self.tenant_names.store(Arc::new(names));
         let held_hosts = self.held_hosts().await?;
 
         // What the compiled-code cache holds is ready at once: a restarted
@@ -330,6 +379,7 @@ impl Node {
         self.plane.metrics().deployments_live.set(routes.len() as i64);
         self.plane.publish(routes);
         self.states.store(Arc::new(states));
+        self.hosts.store(Arc::new(hosts));
         self.components.retain(&plan.needed);
         if self.queue.want(&plan.to_compile, now) {
             report.queued = plan.to_compile.len();
@@ -390,8 +440,8 @@ impl Node {
             })
             .collect();
         if let Some(base) = &self.settings.base_domain {
-            for tenant in self.store.tenants().await? {
-                held.push((format!("{}.{base}", tenant.name), tenant.id));
+            for (id, name) in self.tenant_names.load().iter() {
+                held.push((format!("{name}.{base}"), *id));
             }
         }
         Ok(held)
@@ -490,5 +540,23 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+impl crate::triggers::Targets for Node {
+    fn node_name(&self) -> String {
+        self.name.get().cloned().unwrap_or_else(crate::logs::hostname)
+    }
+
+    fn host_of(&self, deployment: &str) -> Option<Option<String>> {
+        self.hosts.load().get(deployment).cloned()
+    }
+
+    fn public_host(&self) -> String {
+        self.public_host.get().cloned().unwrap_or_else(|| "localhost".into())
+    }
+
+    fn tenant_name(&self, tenant: crate::tenancy::TenantId) -> String {
+        self.tenant_names.load().get(&tenant).cloned().unwrap_or_else(|| tenant.to_string())
     }
 }

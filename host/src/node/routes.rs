@@ -163,6 +163,11 @@ impl Node {
                 usage: Some(usage.clone()),
             }),
             config,
+            queues: Some(Arc::new(crate::triggers::queues::TenantQueues::new(
+                self.settings.queues.clone(),
+                deployment.tenant_id,
+                tier.limits.clone(),
+            ))),
         });
         // What the deployment asks for, within what its tier allows now.
         let reuse = deployment.max_instance_reuse.min(tier.limits.max_instance_reuse);

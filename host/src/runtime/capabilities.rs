@@ -50,6 +50,36 @@ pub struct Capabilities {
     pub kv: Option<KvAccess>,
     /// The deployment's configuration, secrets included.
     pub config: BTreeMap<String, String>,
+    /// Publishing to the tenant's queues with an outgoing request to
+    /// `http://queue.wasmwiz.internal/<name>` (`None`: that host answers
+    /// 404).
+    pub queues: Option<Arc<dyn QueuePublisher>>,
+}
+
+/// Why a publish was refused: the status, a code naming the limit, words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueRefused {
+    /// 404, 413, 429 or 503.
+    pub status: u16,
+    /// `no_such_queue`, `message_too_large`, `publish_rate`, `queue_full`,
+    /// `queues_unavailable`.
+    pub code: &'static str,
+    /// What to do.
+    pub message: String,
+}
+
+/// Publishes to one tenant's queues, within its tier's limits.
+#[async_trait::async_trait]
+pub trait QueuePublisher: Send + Sync + std::fmt::Debug {
+    /// The largest message the tier allows, in bytes.
+    fn max_message_bytes(&self) -> u64;
+    /// Publishes `body` to the tenant's queue `queue`; the message's id.
+    async fn publish(
+        &self,
+        queue: &str,
+        body: bytes::Bytes,
+        content_type: &str,
+    ) -> Result<String, QueueRefused>;
 }
 
 /// Key-value access of one deployment.

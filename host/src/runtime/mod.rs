@@ -50,7 +50,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::tenancy::MAX_MEMORY_LIMIT_BYTES;
 
 pub use body::{expects_continue, read_request};
-pub use capabilities::{Capabilities, KvAccess, KvMeter};
+pub use capabilities::{Capabilities, KvAccess, KvMeter, QueuePublisher, QueueRefused};
 pub use compile::{CodeCache, CompileError, Compiled, check_imports, compile};
 pub use engine::{
     ExecutionReport, Instances, InvocationTiming, InvokeOptions, Limits, Outcome, Place,

@@ -8,7 +8,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::capabilities::{Capabilities, CapabilitiesView};
+use super::capabilities::{Capabilities, CapabilitiesView, QueuePublisher};
 use super::outbound::OutboundPolicy;
 use super::output::GuestOutput;
 use super::{MAX_RANDOM_BYTES, MAX_RESOURCES};
@@ -77,7 +77,12 @@ impl InvocationState {
             table,
             wasi,
             http: WasiHttpCtx::new(),
-            hooks: GuestHooks { allowance: outbound.max_requests(), policy: outbound, trace: None },
+            hooks: GuestHooks {
+                allowance: outbound.max_requests(),
+                policy: outbound,
+                trace: None,
+                queues: caps.queues.clone(),
+            },
             kept_bytes: 0,
             caps,
             kv_ops: 0,
@@ -131,7 +136,8 @@ impl InvocationState {
         caps: Arc<Capabilities>,
     ) {
         let allowance = outbound.max_requests();
-        self.hooks = GuestHooks { policy: outbound, allowance, trace: None };
+        self.hooks =
+            GuestHooks { policy: outbound, allowance, trace: None, queues: caps.queues.clone() };
         self.caps = caps;
         self.kv_ops = 0;
         self.limiter.memory_limit = usize::try_from(memory_limit).unwrap_or(usize::MAX);
@@ -224,7 +230,13 @@ pub(super) struct GuestHooks {
     /// when it ends (a shared WASIp3 instance serves several at once).
     allowance: u32,
     trace: Option<TraceParent>,
+    /// The tenant's queues, for requests to [`QUEUE_HOST`].
+    queues: Option<Arc<dyn QueuePublisher>>,
 }
+
+/// The host a component publishes to its tenant's queues at: answered
+/// inside the node, never looked up or connected to.
+pub const QUEUE_HOST: &str = "queue.wasmwiz.internal";
 
 type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
 
@@ -246,6 +258,14 @@ impl wasmtime_wasi_http::WasiHttpHooks for GuestHooks {
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         }
         self.allowance -= 1;
+        if request.uri().host().is_some_and(|h| h.eq_ignore_ascii_case(QUEUE_HOST)) {
+            let queues = self.queues.clone();
+            return Box::new(async move {
+                let response = publish_internally(queues, request).await;
+                let io: IoFuture = Box::new(async { Ok(()) });
+                Ok((response, io))
+            });
+        }
         let mut request = request;
         // The request's trace, unless the guest carries one of its own on.
         if let Some(trace) = self.trace
@@ -352,4 +372,71 @@ impl ResourceLimiter for Limiter {
         }
         Ok(true)
     }
+}
+
+/// How long a component may take to send a message's body.
+const PUBLISH_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Answers a component's `POST http://queue.wasmwiz.internal/<name>`:
+/// `202 {"id"}` once the message is stored, or the error the API would
+/// give (`{"error":{"code","message"}}`) with its status.
+async fn publish_internally(
+    queues: Option<Arc<dyn QueuePublisher>>,
+    request: http::Request<wasmtime_wasi_http::WasiBody>,
+) -> http::Response<wasmtime_wasi_http::WasiBody> {
+    use http_body_util::BodyExt as _;
+    let refuse = |status: u16, code: &str, message: &str| {
+        let body = serde_json::json!({ "error": { "code": code, "message": message } });
+        internal_response(status, &body)
+    };
+    let Some(queues) = queues else {
+        return refuse(404, "no_such_queue", "queues are not available to this component");
+    };
+    if request.method() != http::Method::POST {
+        return refuse(405, "method_not_allowed", "publish with POST /<queue name>");
+    }
+    let name = request.uri().path().trim_start_matches('/').to_string();
+    let content_type = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let max = queues.max_message_bytes();
+    let limited = http_body_util::Limited::new(
+        request.into_body(),
+        usize::try_from(max).unwrap_or(usize::MAX),
+    );
+    let body = match tokio::time::timeout(PUBLISH_BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            let message =
+                format!("a message may be at most {max} bytes on this tier (max_message_bytes)");
+            return refuse(413, "message_too_large", &message);
+        }
+        Ok(Err(_)) | Err(_) => {
+            return refuse(400, "bad_request", "the message's body did not arrive");
+        }
+    };
+    match queues.publish(&name, body, &content_type).await {
+        Ok(id) => internal_response(202, &serde_json::json!({ "id": id })),
+        Err(refused) => refuse(refused.status, refused.code, &refused.message),
+    }
+}
+
+/// A JSON answer made inside the node.
+fn internal_response(
+    status: u16,
+    body: &serde_json::Value,
+) -> http::Response<wasmtime_wasi_http::WasiBody> {
+    use http_body_util::BodyExt as _;
+    let body = http_body_util::Full::new(bytes::Bytes::from(body.to_string()))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = http::Response::new(body);
+    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
 }

@@ -14,8 +14,13 @@ mod kv;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
+pub mod triggers;
 
 pub use kv::StoreKv;
+pub use triggers::{
+    NewQueue, NewSchedule, QueueDepth, QueueRecord, RunRecord, ScheduleRecord, StoredMessage,
+    TriggerStore,
+};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -352,9 +357,10 @@ impl UsageCounts {
     }
 }
 
-/// The durable state of a WasmWiz installation.
+/// The durable state of a WasmWiz installation (schedules and queues in
+/// [`TriggerStore`]).
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+pub trait Store: TriggerStore + Send + Sync + std::fmt::Debug + 'static {
     /// `postgres` or `sqlite`.
     fn backend(&self) -> &'static str;
     /// Where the data is, for messages: the SQLite file, or PostgreSQL's

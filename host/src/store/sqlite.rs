@@ -13,6 +13,10 @@ use super::sql::{
     tier_insert, tier_select, to_json,
 };
 use super::sql::{check_grant_free, check_granted, grant_of};
+use super::triggers::{
+    NewQueue, NewSchedule, QueueDepth, QueueRecord, RunRecord, ScheduleRecord, StoredMessage,
+    TriggerStore, sql_triggers,
+};
 use super::{
     ApiKeyRecord, Bucket, Change, ComponentDeletion, ComponentMeta, Deployment, GrantRecord,
     KvError, KvLimits, LivePeriod, NewApiKey, NewComponent, NewDeployment, Store, StoreError,
@@ -102,3 +106,10 @@ impl SqliteStore {
 }
 
 sql_store!(SqliteStore, Sqlite);
+sql_triggers!(
+    SqliteStore,
+    Sqlite,
+    "UPDATE queue_messages SET attempts = attempts + 1, visible_at = $4 \
+     WHERE (queue_id, id) IN (SELECT queue_id, id FROM queue_messages WHERE queue_id = $1 \
+     AND dead = 0 AND visible_at <= $2 ORDER BY created_at, id LIMIT $3) RETURNING *"
+);

@@ -24,4 +24,5 @@ mod reuse;
 mod run;
 mod tls;
 mod traces;
+mod triggers;
 mod usage_history;
