@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{Api, Backend, ServeEnv, Server, client};
+use crate::helpers::{Api, Backend, ServeEnv, Server, client, eventually};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -89,14 +89,42 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 #[tokio::test]
 async fn every_metric_in_the_alert_rules_and_dashboards_is_exported() {
     let env = ServeEnv::sqlite();
+    env.admin(&["tier", "set", "pro", "--min-schedule-interval", "1"]);
     let server = busy_server(&env).await;
-    let (_, metrics) = text(&server.metrics_url()).await;
-    let exported: BTreeSet<String> = metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect();
+    // A schedule and a queue at work: their series exist once they have
+    // fired and delivered.
+    let acme = Api::new(&server, env.admin(&["key", "create", "acme"]).trim());
+    let (_, deployments) = acme.call(acme.request(Method::GET, "/api/v1/deployments")).await;
+    let hello =
+        deployments.as_array().unwrap().iter().find(|d| d["route"] == "/hello/...").unwrap()["id"]
+            .clone();
+    for (path, body) in [
+        (
+            "/api/v1/schedules",
+            json!({"deployment": hello, "cron": "@every 1s", "path": "/hello/tick"}),
+        ),
+        ("/api/v1/queues", json!({"name": "q", "deployment": hello, "path": "/hello/q"})),
+    ] {
+        let (status, answer) = acme.call(acme.request(Method::POST, path).json(&body)).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let (status, _) =
+        acme.call(acme.request(Method::POST, "/api/v1/queues/q/messages").body("m")).await;
+    assert_eq!(status, 202);
+    let exported = eventually("the triggers' series", Duration::from_secs(30), || async {
+        let (_, metrics) = text(&server.metrics_url()).await;
+        let exported: BTreeSet<String> = metrics
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect();
+        ["wasmwiz_schedule_firings_total", "wasmwiz_queue_deliveries_total", "wasmwiz_queue_depth"]
+            .iter()
+            .all(|name| exported.contains(*name))
+            .then_some(exported)
+    })
+    .await;
 
     let mut named = BTreeSet::new();
     let mut files = vec![repo().join("deploy/prometheus/alerts.yml")];
