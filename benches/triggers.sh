@@ -36,10 +36,11 @@ port=18291
 url=http://127.0.0.1:$port
 dir=$results/data
 
+export WASMWIZ_DATA_DIR=$dir
 key=$(bench_serve_setup "$dir")
 "$bin" admin tier set noisy --per-minute unlimited --per-day unlimited \
     --max-publishes-per-second 1000000 --max-queue-backlog 10000000 \
-    --kv-writes-per-second 1000000000 >/dev/null
+    --kv-writes-per-second 1000000000 --kv-max-keys 100000000 >/dev/null
 "$bin" admin tenant create noisy --tier noisy >/dev/null
 noisy_key=$("$bin" admin key create noisy)
 
