@@ -145,6 +145,7 @@ pub async fn schedule(args: ScheduleArgs) -> anyhow::Result<()> {
             let list = list.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
                 say("no schedules");
+                return Ok(());
             }
             say(&format!("{:<30} {:<16} {:<7} {:<32} NEXT", "ID", "CRON", "METHOD", "PATH"));
             for s in list {

@@ -135,9 +135,14 @@ pub async fn deliver(plane: &DataPlane, trigger: Trigger<'_>) -> Answer {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(Duration::from_secs(1), Duration::from_secs);
-    // Read to the end: a streaming guest finishes only once its body has
-    // been taken.
-    let _ = response.into_body().collect().await;
+    // Read to the end, keeping nothing: a streaming guest finishes only
+    // once its body has been taken (its execution timeout bounds how long).
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            break;
+        }
+    }
     match host_code {
         Some(code) if REFUSALS.contains(&code.as_str()) => {
             Answer::Refused { status, code, retry_after }

@@ -99,6 +99,10 @@ pub struct RedisQueues {
     redrive: redis::Script,
     /// Per queue: how long its consumer waits when it found nothing.
     idle: std::sync::Mutex<std::collections::HashMap<String, Duration>>,
+    /// Streams whose consumer group this node made or found: not asked for
+    /// again on every claim (forgotten when Redis says it has none, after a
+    /// restart that lost it).
+    grouped: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for RedisQueues {
@@ -152,6 +156,7 @@ impl RedisQueues {
             bury: redis::Script::new(BURY),
             redrive: redis::Script::new(REDRIVE),
             idle: std::sync::Mutex::default(),
+            grouped: std::sync::Mutex::default(),
         })
     }
 
@@ -185,6 +190,9 @@ impl RedisQueues {
         c: &mut ConnectionManager,
         stream: &str,
     ) -> Result<(), QueueError> {
+        if self.grouped.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(stream) {
+            return Ok(());
+        }
         let made: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(stream)
@@ -194,9 +202,22 @@ impl RedisQueues {
             .query_async(c)
             .await;
         match made {
-            Ok(()) => Ok(()),
-            Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
-            Err(e) => Err(unavailable(e)),
+            Ok(()) => {}
+            Err(e) if e.to_string().contains("BUSYGROUP") => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+        self.grouped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(stream.to_string());
+        Ok(())
+    }
+
+    /// Forgets that `stream` has its group when Redis answered `NOGROUP`
+    /// (it restarted without its data): the next claim makes it again.
+    fn check_group(&self, stream: &str, error: &redis::RedisError) {
+        if error.to_string().contains("NOGROUP") {
+            self.grouped.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(stream);
         }
     }
 
@@ -300,7 +321,10 @@ impl QueueBackend for RedisQueues {
             .arg(n)
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| {
+                self.check_group(&stream, &e);
+                unavailable(e)
+            })?;
         let mut entries = match &claimed {
             redis::Value::Array(parts) if parts.len() >= 2 => entries_of(&parts[1]),
             _ => Vec::new(),
@@ -317,7 +341,10 @@ impl QueueBackend for RedisQueues {
                 .arg(">")
                 .query_async(&mut c)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| {
+                    self.check_group(&stream, &e);
+                    unavailable(e)
+                })?;
             if let redis::Value::Array(streams) = &read {
                 for s in streams {
                     if let redis::Value::Array(pair) = s
@@ -472,6 +499,10 @@ impl QueueBackend for RedisQueues {
 
     async fn forget(&self, queue: &QueueRecord) -> Result<(), QueueError> {
         let mut c = self.connection.clone();
+        self.grouped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.stream(queue));
         let keys = [self.stream(queue), self.later_key(queue), self.dead_key(queue)];
         redis::cmd("DEL").arg(&keys[..]).query_async::<()>(&mut c).await.map_err(unavailable)
     }
