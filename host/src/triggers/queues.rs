@@ -45,8 +45,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const POLL: Duration = Duration::from_millis(100);
 /// How often a node reads the list of queues.
 const REFRESH: Duration = Duration::from_secs(1);
-/// The host components publish to.
-pub const INTERNAL_HOST: &str = "queue.wasmwiz.internal";
+/// How often a publish to a queue this node does not know may read the
+/// list of queues again.
+const MISS_REFRESH: Duration = Duration::from_millis(250);
 
 /// The wait before delivery `attempt` + 1 of a message whose delivery
 /// `attempt` failed: 1 s, doubling, at most [`MAX_BACKOFF`].
@@ -284,6 +285,10 @@ pub struct QueueHub {
     directory: ArcSwap<HashMap<(TenantId, String), Arc<QueueRecord>>>,
     /// Per tenant: (Unix second, publishes in it).
     rates: Mutex<HashMap<TenantId, (u64, u64)>>,
+    /// When the list was last read: a name missing from it is looked up in
+    /// the store at most once per [`MISS_REFRESH`], however many publishes
+    /// name queues that do not exist (the store is every tenant's).
+    refreshed: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     metrics: Arc<Metrics>,
 }
 
@@ -299,6 +304,7 @@ impl QueueHub {
             backend,
             directory: ArcSwap::from_pointee(HashMap::new()),
             rates: Mutex::new(HashMap::new()),
+            refreshed: tokio::sync::Mutex::new(None),
             metrics,
         }
     }
@@ -324,11 +330,17 @@ impl QueueHub {
         tenant: TenantId,
         name: &str,
     ) -> Result<Option<Arc<QueueRecord>>, StoreError> {
-        if let Some(queue) = self.directory.load().get(&(tenant, name.to_string())) {
+        let key = (tenant, name.to_string());
+        if let Some(queue) = self.directory.load().get(&key) {
             return Ok(Some(queue.clone()));
         }
-        self.refresh().await?;
-        Ok(self.directory.load().get(&(tenant, name.to_string())).cloned())
+        // Misses wait for one another: a flood of them reads the store once.
+        let mut refreshed = self.refreshed.lock().await;
+        if refreshed.is_none_or(|at| at.elapsed() >= MISS_REFRESH) {
+            self.refresh().await?;
+            *refreshed = Some(tokio::time::Instant::now());
+        }
+        Ok(self.directory.load().get(&key).cloned())
     }
 
     /// Publishes a message to a tenant's queue `name`, within its tier's
