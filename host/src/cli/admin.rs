@@ -256,13 +256,63 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
         say(&crate::secrets::Keyring::generate_key());
         return Ok(());
     }
+    // An embedded store that is not there yet is made on the spot: say so,
+    // for an operator in the wrong folder (WASMWIZ_DATA_DIR is relative)
+    // is otherwise told only that a tenant does not exist.
+    let created = args.store.database_url.is_none()
+        && !args.store.data_dir.join(crate::store::sqlite::DATABASE_FILE).exists();
     let opened = open_store(&args.store, &args.tiers, args.log.is_production()).await?;
     let (store, salt, secrets) = (opened.store, opened.salt, opened.secrets);
     // A key made against one store fails against another: say which this is.
-    tell(&format!("store: {} ({})", store.location(), store.backend()));
+    let location = store.location();
+    tell(&format!("store: {location} ({})", store.backend()));
+    if created {
+        tell(&format!(
+            "note: there was no store at {location}: this command made a new, empty one. \
+             WASMWIZ_DATA_DIR (default `.wasmwiz`, in the current folder) must name the folder \
+             `wasmwiz serve` uses."
+        ));
+    }
+    let tenant = command_tenant(&args.command).map(str::to_string);
+    run(args, store, &salt, secrets).await.map_err(|error| {
+        match (error.downcast_ref::<crate::control::ControlError>(), &tenant) {
+            (Some(crate::control::ControlError::NotFound("tenant")), Some(name)) => {
+                let hint = if created { "" } else { " (wasmwiz admin tenant list shows them)" };
+                anyhow::anyhow!(
+                    "there is no tenant named `{name}` in the store at {location}{hint}"
+                )
+            }
+            _ => error,
+        }
+    })
+}
+
+/// The tenant an admin command names, if any.
+fn command_tenant(command: &AdminCommand) -> Option<&str> {
+    match command {
+        AdminCommand::Tenant { command } => match command {
+            TenantCommand::Create { name, .. }
+            | TenantCommand::SetTier { name, .. }
+            | TenantCommand::Grant { name, .. }
+            | TenantCommand::Revoke { name, .. }
+            | TenantCommand::Grants { name } => Some(name),
+            TenantCommand::List => None,
+        },
+        AdminCommand::Key { command: KeyCommand::Create { tenant, .. } } => Some(tenant),
+        _ => None,
+    }
+}
+
+/// An admin command against the opened store.
+async fn run(
+    args: AdminArgs,
+    store: std::sync::Arc<dyn crate::store::Store>,
+    salt: &[u8],
+    secrets: std::sync::Arc<crate::secrets::Keyring>,
+) -> anyhow::Result<()> {
     let control = ControlPlane::new(
         store,
-        &salt,
+        salt,
         ControlSettings {
             tier_defaults: args.tiers.defaults_for_new_tiers(),
             reserved: Vec::new(),
@@ -315,15 +365,7 @@ pub async fn execute(args: AdminArgs) -> anyhow::Result<()> {
             if admin {
                 scopes = scopes.with(Scope::Admin);
             }
-            let issued = control
-                .create_key(Actor::Operator, Some(&tenant), Some(scopes))
-                .await
-                .map_err(|e| match e {
-                    crate::control::ControlError::NotFound(_) => anyhow::anyhow!(
-                        "there is no tenant named `{tenant}` (wasmwiz admin tenant create)"
-                    ),
-                    other => other.into(),
-                })?;
+            let issued = control.create_key(Actor::Operator, Some(&tenant), Some(scopes)).await?;
             // The key alone on its line, so `KEY=$(wasmwiz admin key create t)` works.
             say(&issued.key);
         }

@@ -9,7 +9,7 @@ use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::router::RoutePattern;
+use crate::router::{Grant, RoutePattern};
 
 /// Where the API is and which key to use.
 #[derive(clap::Args, Debug)]
@@ -131,16 +131,23 @@ impl Api {
         Ok(Self { base: args.url.trim_end_matches('/').to_string(), key, http })
     }
 
+    /// Why a request did not get through, and how to point the command
+    /// elsewhere.
+    pub(super) fn unreachable(&self) -> String {
+        format!(
+            "cannot reach the WasmWiz server at {} (is `wasmwiz serve` running there? \
+             point to another with WASMWIZ_URL or --url)",
+            self.base
+        )
+    }
+
     pub(super) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.key)
     }
 
     /// Sends and turns any error answer into a sentence.
     pub(super) async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the WasmWiz server at {}", self.base))?;
+        let response = request.send().await.with_context(|| self.unreachable())?;
         let status = response.status();
         let body = response.bytes().await.unwrap_or_default();
         if status.is_success() {
@@ -164,10 +171,13 @@ fn say(line: &str) {
 
 /// Uploads a component and deploys it on a route.
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
-    // A route the server would refuse is refused before the upload.
-    RoutePattern::parse(&args.route, args.host.as_deref(), &[])
+    // A route the server would refuse is refused before the upload: its
+    // syntax here, the tenant's grants by asking the server (a Python
+    // component is 18 MB and seconds of compiling to lose).
+    let pattern = RoutePattern::parse(&args.route, args.host.as_deref(), &[])
         .with_context(|| format!("--route `{}`", args.route))?;
     let api = Api::new(&args.client)?;
+    check_granted(&api, &pattern).await?;
     let bytes = tokio::fs::read(&args.file)
         .await
         .with_context(|| format!("cannot read {}", args.file.display()))?;
@@ -252,6 +262,42 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     ));
     say(&format!("invoke: {}", invoke_url(&api.base, &args.route, args.host.as_deref())));
     Ok(())
+}
+
+/// Refuses, before anything is uploaded, a route outside the tenant's
+/// grants, naming them as the server would. The server decides in the
+/// end: when the grants cannot be read (a key without the `read` scope, a
+/// server that does not list them) this says nothing.
+async fn check_granted(api: &Api, route: &RoutePattern) -> anyhow::Result<()> {
+    let Ok(me) = api.send(api.request(reqwest::Method::GET, "/api/v1/me")).await else {
+        return Ok(());
+    };
+    let Some(tenant) = me["tenant"].as_str() else { return Ok(()) };
+    let path = format!("/api/v1/tenants/{tenant}/grants");
+    let Ok(listed) = api.send(api.request(reqwest::Method::GET, &path)).await else {
+        return Ok(());
+    };
+    let grants: Vec<Grant> = ["defaults", "grants"]
+        .iter()
+        .flat_map(|list| listed[*list].as_array().cloned().unwrap_or_default())
+        .filter_map(|g| match (g["route"].as_str(), g["host"].as_str()) {
+            (Some(route), _) => Grant::path(route, &[]).ok(),
+            (None, Some(host)) => Grant::host(host).ok(),
+            (None, None) => None,
+        })
+        .collect();
+    if grants.is_empty() || grants.iter().any(|g| g.covers(route)) {
+        return Ok(());
+    }
+    let names = grants.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let place = match route.host() {
+        Some(host) => format!("{route} on host {host}"),
+        None => route.to_string(),
+    };
+    bail!(
+        "tenant {tenant} may deploy only inside what it is granted ({names}); {place} is not \
+         (an operator grants more with `wasmwiz admin tenant grant`). Nothing was uploaded."
+    )
 }
 
 /// Components larger than this are sent gzipped.

@@ -9,7 +9,7 @@ use anyhow::bail;
 use futures::StreamExt as _;
 use serde_json::Value;
 
-use super::client::{Api, ClientArgs};
+use super::client::{Api, ClientArgs, Target, resolve};
 
 /// Arguments of `wasmwiz logs`.
 #[derive(clap::Args, Debug)]
@@ -17,8 +17,9 @@ pub struct LogsArgs {
     /// Keep printing events as they happen (Ctrl-C to stop).
     #[arg(long, short)]
     pub follow: bool,
-    /// Only this deployment's events (its id, `dep_...`).
-    #[arg(long, value_name = "ID")]
+    /// Only this deployment's events: its id (`dep_...`) or its route
+    /// (`/acme/hello/...`).
+    #[arg(long, value_name = "ID|ROUTE")]
     pub deployment: Option<String>,
     /// Events from this long ago (`10m`, `2h`) or since this time (RFC 3339).
     #[arg(long, value_name = "WHEN")]
@@ -55,9 +56,16 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
             && std::io::stdout().is_terminal()
             && std::env::var_os("NO_COLOR").is_none(),
     };
+    // A route becomes its deployment's id, and an id none of the tenant's
+    // deployments has is refused: a filter that matches nothing would
+    // print nothing, which reads as "no events yet".
+    let deployment = match (&args.deployment, &args.tenant) {
+        (Some(wanted), None) => Some(known_deployment(&api, wanted).await?),
+        (wanted, _) => wanted.clone(),
+    };
     let mut query: Vec<(&str, String)> = Vec::new();
     for (name, value) in [
-        ("deployment", &args.deployment),
+        ("deployment", &deployment),
         ("since", &args.since),
         ("outcome", &args.outcome),
         ("tenant", &args.tenant),
@@ -156,6 +164,21 @@ fn parse_sse(message: &str) -> Option<(String, Value)> {
     Some((id?, serde_json::from_str(&data).ok()?))
 }
 
+/// The id of the tenant's deployment `wanted` names (an id or a route).
+async fn known_deployment(api: &Api, wanted: &str) -> anyhow::Result<String> {
+    if wanted.starts_with('/') {
+        // Looked up among the tenant's deployments, or refused.
+        return resolve(api, &Target { deployment: wanted.to_string(), host: None }).await;
+    }
+    let id = wanted.to_string();
+    let list = api.send(api.request(reqwest::Method::GET, "/api/v1/deployments")).await?;
+    let known = list.as_array().into_iter().flatten().any(|d| d["id"].as_str() == Some(&id));
+    if !known {
+        bail!("you have no deployment {id} (wasmwiz deployments lists them)");
+    }
+    Ok(id)
+}
+
 #[derive(Clone, Copy)]
 struct Style {
     json: bool,
@@ -195,10 +218,11 @@ fn render(event: &Value, color: bool) -> Vec<String> {
     } else {
         status.to_string()
     };
+    // Every line names its outcome, `ok` too: a column that is blank
+    // for the common case reads as a missing value.
     let outcome = text("outcome");
-    let outcome = if outcome == "ok" { String::new() } else { format!(" {outcome}") };
     let mut lines = vec![format!(
-        "{time}  {painted}{outcome}  {} {}  {} v{}  {:.1} ms  {}  {}",
+        "{time}  {painted} {outcome}  {} {}  {} v{}  {:.1} ms  {}  {}",
         text("method"),
         text("path"),
         text("deployment"),
@@ -246,6 +270,8 @@ mod tests {
         assert_eq!(lines[1], "    ! panicked at src/lib.rs:9");
         assert_eq!(lines[3], "    (10 more bytes of output not kept)");
         assert!(render(&event, true)[0].contains("\x1b[31m500\x1b[0m"));
+        let ok = serde_json::json!({"kind": "invocation", "status": 200, "outcome": "ok"});
+        assert!(render(&ok, false)[0].contains(" 200 ok  "), "ok is named, not left blank");
         let hostile = serde_json::json!({"kind": "invocation", "stdout": "\x1b]52;c;aGk=\x07o\rk"});
         let lines = render(&hostile, true);
         assert_eq!(

@@ -1,4 +1,4 @@
-//! `wasmwiz serve` and API v1, every row of DESIGN.md's table, on both
+//! `wasmwiz serve` and API v1, every row of README.md's API table, on both
 //! stores: each test is an `async fn(ServeEnv)` run once on SQLite and
 //! once on a fresh PostgreSQL database.
 
@@ -739,5 +739,29 @@ fn admin_commands_bootstrap_a_fresh_store() {
         assert!(stderr.contains(&expected), "{stderr}");
         assert!(!stderr.contains("already exists, skipping"), "{stderr}");
         assert!(!stderr.contains("wasmwiz::cli::serve"), "{stderr}");
+        assert!(!stderr.contains("made a new, empty one"), "the store existed: {stderr}");
+        let (status, _, stderr) =
+            env.command(&["admin", "tenant", "grant", "nobody", "--route", "/x/..."]);
+        assert!(!status.success(), "{stderr}");
+        assert!(stderr.contains("there is no tenant named `nobody` in the store at"), "{stderr}");
     }
+
+    // An operator in the wrong folder: the embedded store there is new and
+    // empty, and both messages say so, naming where it is.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let data = elsewhere.path().join("data");
+    let (status, stderr) = crate::helpers::run_to_exit(
+        &["admin", "tenant", "grant", "acme", "--route", "/shop/..."],
+        &[("WASMWIZ_DATA_DIR", data.to_str().unwrap())],
+    );
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("this command made a new, empty one"), "{stderr}");
+    assert!(stderr.contains("WASMWIZ_DATA_DIR (default `.wasmwiz`"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "there is no tenant named `acme` in the store at {}",
+            data.display()
+        )),
+        "{stderr}"
+    );
 }

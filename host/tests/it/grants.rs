@@ -352,6 +352,16 @@ async fn the_cli_rolls_back_deletes_and_shows_history_by_route(mut env: ServeEnv
     let (status, _, stderr) =
         env.command(&["deploy", hello.to_str().unwrap(), "--route", "/acme/x/*"]);
     assert!(!status.success() && stderr.contains("/acme/x/..."), "{stderr}");
+    // So is a route outside the tenant's grants, naming them, before the
+    // upload (a Python component is 18 MB and seconds of compiling).
+    let (status, _, stderr) =
+        env.command(&["deploy", hello.to_str().unwrap(), "--route", "/shop/..."]);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("tenant acme may deploy only inside what it is granted (/acme/...)")
+            && stderr.contains("Nothing was uploaded"),
+        "{stderr}"
+    );
     let acme = Api::new(&server, &key);
     let (_, components) = acme.call(acme.request(Method::GET, "/api/v1/components")).await;
     assert_eq!(components, json!([]), "nothing was uploaded");
@@ -379,10 +389,30 @@ async fn the_cli_rolls_back_deletes_and_shows_history_by_route(mut env: ServeEnv
     assert!(stdout.starts_with("VERSION"), "{stdout}");
     assert!(stdout.contains("2 *") && stdout.contains("(rollback_to)"), "{stdout}");
 
+    // Logs of a deployment named by its route; an id or a route the
+    // tenant does not have is refused, not answered with nothing.
+    assert_eq!(text(&server, "/acme/app/x", None).await.0, 200);
+    let (status, stdout, stderr) =
+        env.command(&["logs", "--deployment", "/acme/app/...", "--outcome", "ok"]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains(" 200 ok  GET /acme/app/x"), "{stdout}");
+    for unknown in ["dep_nothere", "/acme/nothing/..."] {
+        let (status, stdout, stderr) = env.command(&["logs", "--deployment", unknown]);
+        assert!(!status.success() && stdout.is_empty(), "{unknown}: {stdout}");
+        assert!(stderr.contains("you have no deployment"), "{unknown}: {stderr}");
+    }
+
     let (status, stdout, stderr) = env.command(&["delete", "/acme/app/..."]);
     assert!(status.success(), "{stderr}");
     assert!(stdout.starts_with("deleted dep_"), "{stdout}");
     assert_eq!(text(&server, "/acme/app", None).await.0, 404);
     let (status, _, stderr) = env.command(&["delete", "/acme/app/..."]);
     assert!(!status.success() && stderr.contains("no deployment on /acme/app/..."), "{stderr}");
+
+    // A server that is not there: the message says how to point elsewhere.
+    drop(server);
+    let (status, _, stderr) = env.command(&["deployments"]);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("cannot reach the WasmWiz server at"), "{stderr}");
+    assert!(stderr.contains("WASMWIZ_URL or --url"), "{stderr}");
 }
