@@ -7,10 +7,12 @@ set -euo pipefail
 
 usage() {
     cat <<USAGE
-Usage: scripts/flakiness.sh [-s SUITES] [-n LOOPS] [-o RESULTS] [FILTER...]
+Usage: scripts/flakiness.sh [-s SUITES] [-n LOOPS] [-o RESULTS] [-t TARGET] [FILTER...]
 
   -s SUITES   whole-suite runs, each on a fresh clone of HEAD (default 3; the
               first builds from cold, the others share its target folder)
+  -t TARGET   start the first clone from a copy of this target folder
+              instead of a cold build (the clones' own crates still build)
   -n LOOPS    runs of each FILTER (default 10)
   -o RESULTS  where the lines go (default target/flakiness-<time>.txt)
   FILTER      a cargo test filter run LOOPS times in a loop (default:
@@ -23,11 +25,13 @@ USAGE
 suites=3
 loops=10
 results=
-while getopts "s:n:o:h" opt; do
+seed=
+while getopts "s:n:o:t:h" opt; do
     case $opt in
         s) suites=$OPTARG ;;
         n) loops=$OPTARG ;;
         o) results=$OPTARG ;;
+        t) seed=$OPTARG ;;
         h) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
     esac
@@ -60,12 +64,16 @@ for i in $(seq 1 "$suites"); do
     clone=$work/clone$i
     git clone --quiet "$root" "$clone"
     export CARGO_TARGET_DIR=${target:-$clone/target}
+    if [ -z "$target" ] && [ -n "$seed" ]; then
+        echo "copying $seed to $CARGO_TARGET_DIR" >&2
+        cp -a "$seed" "$CARGO_TARGET_DIR"
+    fi
     target=$CARGO_TARGET_DIR
     log=$work/suite$i.log
     start=$(date +%s)
     status=0
     (cd "$clone" && scripts/test.sh) >"$log" 2>&1 || status=$?
-    record "suite $i (fresh clone$([ "$i" = 1 ] && echo ', cold build'))" "$log" "$status" \
+    record "suite $i (fresh clone$([ "$i" = 1 ] && [ -z "$seed" ] && echo ', cold build'))" "$log" "$status" \
         $(($(date +%s) - start))
 done
 
