@@ -58,7 +58,8 @@ fi
 command -v kubectl >/dev/null || fail "kubectl is not installed (its built-in kustomize renders the overlays)"
 if ! python3 -m kubernetes_validate --version >/dev/null 2>&1; then
     log "installing kubernetes-validate"
-    python3 -m pip install --quiet kubernetes-validate
+    python3 -m pip install --quiet kubernetes-validate 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages kubernetes-validate
 fi
 
 work=$(mktemp -d)

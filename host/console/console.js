@@ -108,7 +108,7 @@ class ApiError extends Error {
   }
 }
 
-/// Headlines for the statuses DESIGN.md gives, put before the API's own
+/// Headlines for the statuses README.md gives, put before the API's own
 /// message so a refusal reads as a sentence.
 const HEADLINES = {
   400: 'Refused',

@@ -1,7 +1,7 @@
 //! The control plane: REST + JSON under `/api/v1`, authenticated with
 //! `Authorization: Bearer <key>`. Not on the invocation path.
 //!
-//! Every error is `{"error":{"code","message"}}` with the status DESIGN.md
+//! Every error is `{"error":{"code","message"}}` with the status README.md
 //! gives; 5xx details are logged, never sent.
 //!
 //! # Layout
@@ -57,7 +57,7 @@ pub struct ApiState {
     pub public_url: String,
 }
 
-/// The API's routes (paths as in DESIGN.md).
+/// The API's routes (paths as in README.md, "The API", and `/api/docs`).
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/components", post(components::upload).get(components::list))

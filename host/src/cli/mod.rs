@@ -126,3 +126,62 @@ impl Cli {
         Ok(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory as _;
+
+    /// Every environment variable a command of the binary reads.
+    fn variables() -> BTreeSet<String> {
+        fn walk(command: &clap::Command, into: &mut BTreeSet<String>) {
+            for arg in command.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    into.insert(env.to_string_lossy().into_owned());
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, into);
+            }
+        }
+        let mut all = BTreeSet::new();
+        walk(&super::Cli::command(), &mut all);
+        all
+    }
+
+    /// README's "Configuration" section: its table and the lines around it.
+    fn configuration() -> &'static str {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("\n## Configuration").expect("README has Configuration");
+        let rest = &readme[start + 1..];
+        &rest[..rest[3..].find("\n## ").map_or(rest.len(), |end| end + 3)]
+    }
+
+    #[test]
+    fn readme_names_every_setting_and_only_settings() {
+        let variables = variables();
+        // Read by clients and the tests, not by a server's configuration.
+        let clients = ["WASMWIZ_URL", "WASMWIZ_API_KEY", "WASMWIZ_COMPONENTS"];
+        let section = configuration();
+        let missing: Vec<&String> = variables
+            .iter()
+            .filter(|v| !clients.contains(&v.as_str()))
+            .filter(|v| !section.contains(&format!("`{v}`")))
+            .collect();
+        assert!(missing.is_empty(), "README's Configuration does not name {missing:?}");
+        // And every name in the table's first column is read by a command
+        // (or is `NO_COLOR`, which the client commands look for as the
+        // convention has it, without a flag).
+        let table = section.lines().filter(|l| l.starts_with("| `"));
+        let named: BTreeSet<&str> = table
+            .flat_map(|row| row.split('|').nth(1).unwrap().split('`').skip(1).step_by(2))
+            .filter(|name| {
+                name.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+            })
+            .collect();
+        let unknown: Vec<&&str> =
+            named.iter().filter(|n| !variables.contains(**n) && **n != "NO_COLOR").collect();
+        assert!(unknown.is_empty(), "README's Configuration names {unknown:?}, read by no command");
+    }
+}

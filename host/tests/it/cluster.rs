@@ -29,6 +29,12 @@ struct PrivatePostgres {
     port: u16,
 }
 
+/// Whether the tests run as root (`id -u` is 0).
+fn running_as_root() -> bool {
+    let output = Command::new("id").arg("-u").output().expect("id -u");
+    String::from_utf8_lossy(&output.stdout).trim() == "0"
+}
+
 impl PrivatePostgres {
     fn start() -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
@@ -37,12 +43,15 @@ impl PrivatePostgres {
             .find(|p| p.join("initdb").exists())
             .expect("initdb");
         let dir = tempfile::tempdir().unwrap();
-        let chown = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(chown.success());
+        if running_as_root() {
+            // PostgreSQL refuses to run as root: as its own user, then.
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(chown.success());
+        }
         let pg = Self { port: free_port(), dir, bin };
         pg.as_postgres(&[
             pg.bin.join("initdb").to_str().unwrap(),
@@ -63,9 +72,14 @@ impl PrivatePostgres {
         self.dir.path().join("data")
     }
 
+    /// Runs a PostgreSQL program: as the `postgres` user under root (which
+    /// PostgreSQL refuses), as the test's own user otherwise.
     fn as_postgres(&self, args: &[&str]) {
-        let output =
-            Command::new("runuser").args(["-u", "postgres", "--"]).args(args).output().unwrap();
+        let output = if running_as_root() {
+            Command::new("runuser").args(["-u", "postgres", "--"]).args(args).output().unwrap()
+        } else {
+            Command::new(args[0]).args(&args[1..]).output().unwrap()
+        };
         assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
     }
 

@@ -1,4 +1,4 @@
-//! The hostile-component suite: each attack gets the status DESIGN.md
+//! The hostile-component suite: each attack gets the status README.md
 //! gives, the process survives, and a well-behaved tenant is served
 //! meanwhile with low latency.
 

@@ -20,6 +20,7 @@ mod p3;
 mod protocol;
 mod quota;
 mod quota_properties;
+mod readme;
 mod reuse;
 mod run;
 mod tls;

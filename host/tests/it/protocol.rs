@@ -1,5 +1,5 @@
 //! Protocol abuse over raw sockets: slow clients, framing tricks, oversized
-//! parts. Every case is answered as DESIGN.md says, and no request is ever
+//! parts. Every case is answered as README.md says, and no request is ever
 //! smuggled through to a guest.
 
 use std::io::{Read as _, Write as _};
