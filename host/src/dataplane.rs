@@ -143,6 +143,22 @@ pub struct DataPlane {
     logs: Option<Arc<LogHub>>,
     /// Request bytes read ahead of admission, node-wide.
     input_budget: Arc<InputBudget>,
+    /// Asked before a request no route matched is answered 404: the node,
+    /// which may be behind the store (none for `wasmwiz run`).
+    catch_up: std::sync::OnceLock<std::sync::Weak<dyn CatchUp>>,
+}
+
+/// Read your writes across nodes: a node whose route table may be older
+/// than the store (a change made through another node, or `wasmwiz admin`,
+/// not heard of yet) catches up before it says a route does not exist.
+pub trait CatchUp: Send + Sync {
+    /// Returns once the node has compared its table with the store (and
+    /// rebuilt it if the store had moved) in a check that began after
+    /// `missed_at`: many misses share one check.
+    fn catch_up(
+        &self,
+        missed_at: Instant,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
 /// What a data plane is built from.
@@ -182,6 +198,7 @@ impl DataPlane {
             server_timing: settings.server_timing,
             logs: settings.logs,
             input_budget: InputBudget::new(settings.max_buffered_input),
+            catch_up: std::sync::OnceLock::new(),
         }
     }
 
@@ -198,6 +215,47 @@ impl DataPlane {
     /// The metrics this data plane records.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Who catches up with the store before a miss is answered 404 (set
+    /// once, by the node that owns this plane).
+    pub fn set_catch_up(&self, catch_up: std::sync::Weak<dyn CatchUp>) {
+        let _ = self.catch_up.set(catch_up);
+    }
+
+    /// The route serving `path` on `host`, looked up again after the node
+    /// caught up with the store when the table has none; the answer to
+    /// send when there is none even then, or it cannot serve.
+    async fn route_for(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        deployment: Option<&str>,
+    ) -> Result<Arc<LiveRoute>, Response<ResponseBody>> {
+        let mut target = self.lookup(host, path);
+        if target.is_none()
+            && let Some(node) = self.catch_up.get().and_then(std::sync::Weak::upgrade)
+        {
+            node.catch_up(Instant::now()).await;
+            target = self.lookup(host, path);
+        }
+        match target {
+            Some(RouteTarget::Live(route))
+                if deployment.is_some_and(|expected| {
+                    route.owner.as_ref().is_none_or(|o| o.deployment_id != expected)
+                }) =>
+            {
+                Err(error_response(
+                    StatusCode::CONFLICT,
+                    "not_this_deployment",
+                    "this path is no longer served by the deployment the trigger names",
+                ))
+            }
+            Some(RouteTarget::Live(route)) => Ok(route),
+            Some(RouteTarget::Compiling) => self.wait_for_compile(host, path).await,
+            Some(RouteTarget::Unavailable { retry_after_s }) => Err(unavailable(retry_after_s)),
+            None => Err(not_found()),
+        }
     }
 
     /// Replaces the whole route table at once.
@@ -328,25 +386,7 @@ impl DataPlane {
         };
         let route = match normalized {
             Err(e) => Err(error_response(StatusCode::BAD_REQUEST, "bad_path", &e.to_string())),
-            Ok(()) => match self.lookup(host.as_deref(), request.uri().path()) {
-                Some(RouteTarget::Live(route))
-                    if deployment.is_some_and(|expected| {
-                        route.owner.as_ref().is_none_or(|o| o.deployment_id != expected)
-                    }) =>
-                {
-                    Err(error_response(
-                        StatusCode::CONFLICT,
-                        "not_this_deployment",
-                        "this path is no longer served by the deployment the trigger names",
-                    ))
-                }
-                Some(RouteTarget::Live(route)) => Ok(route),
-                Some(RouteTarget::Compiling) => {
-                    self.wait_for_compile(host.as_deref(), request.uri().path()).await
-                }
-                Some(RouteTarget::Unavailable { retry_after_s }) => Err(unavailable(retry_after_s)),
-                None => Err(not_found()),
-            },
+            Ok(()) => self.route_for(host.as_deref(), request.uri().path(), deployment).await,
         };
         drop(lookup);
 

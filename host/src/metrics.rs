@@ -68,6 +68,9 @@ pub struct Metrics {
     pub concurrency_rejections: IntCounterVec,
     /// `wasmwiz_compile_failures_total`.
     pub compile_failures: IntCounter,
+    /// `wasmwiz_route_catch_ups_total`: checks of the store made for
+    /// requests no route matched.
+    pub catch_ups: IntCounter,
     /// `wasmwiz_compilations_pending`.
     pub compilations_pending: IntGauge,
     /// `wasmwiz_instances_reused_total`.
@@ -218,6 +221,11 @@ impl Metrics {
                  node (reason tenant_cap, 429) or held its fair share of a busy instance pool \
                  (reason fair_share, 503)",
                 &["tenant", "reason"],
+            ),
+            catch_ups: counter(
+                "wasmwiz_route_catch_ups_total",
+                "Checks of the store's change counter made before answering 404 to requests no \
+                 route matched (shared between such requests, at most one per 100 ms)",
             ),
             compile_failures: counter(
                 "wasmwiz_compile_failures_total",
@@ -393,5 +401,29 @@ impl RouteMetrics {
             Refusal::FairShare { .. } => self.fair_share.inc(),
             Refusal::PoolFull => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every metric this module defines is in OPERATIONS.md's list, where
+    /// an operator looks for what a series means.
+    #[test]
+    fn operations_names_every_metric() {
+        let source = include_str!("metrics.rs");
+        let operations = include_str!("../../OPERATIONS.md");
+        // Each string literal that is a metric's name: `"wasmwiz_...`.
+        let names: std::collections::BTreeSet<&str> = source
+            .match_indices("\"wasmwiz_")
+            .filter_map(|(at, _)| {
+                let name = &source[at + 1..];
+                let name = &name[..name.find('"')?];
+                let plain = name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+                (plain && name.len() > "wasmwiz_".len()).then_some(name)
+            })
+            .collect();
+        assert!(names.len() > 20, "the metrics' names are read: {names:?}");
+        let missing: Vec<&&str> = names.iter().filter(|n| !operations.contains(**n)).collect();
+        assert!(missing.is_empty(), "OPERATIONS.md does not name {missing:?}");
     }
 }

@@ -41,6 +41,10 @@ pub use routes::{DeploymentState, limits_of};
 /// How often a node checks the store's change counter.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Least time between two catch-ups with the store for requests no route
+/// matched.
+pub const CATCH_UP_INTERVAL: Duration = Duration::from_millis(100);
+
 /// What a node's readiness probe reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Readiness {
@@ -115,6 +119,9 @@ pub struct Node {
     /// One rebuild at a time; a rebuild requested meanwhile reads the newer
     /// state when it gets the lock.
     rebuild_lock: tokio::sync::Mutex<()>,
+    /// When the last catch-up for a request no route matched began (see
+    /// [`Node::catch_up_with_store`]).
+    last_catch_up: tokio::sync::Mutex<Option<Instant>>,
     /// Set when the table must be rebuilt although the change counter has
     /// not moved (a compilation ended).
     dirty: AtomicBool,
@@ -161,6 +168,7 @@ impl Node {
             applied_seq: AtomicI64::new(-1),
             rebuilds: Arc::default(),
             rebuild_lock: tokio::sync::Mutex::new(()),
+            last_catch_up: tokio::sync::Mutex::new(None),
             dirty: AtomicBool::new(false),
             wake: Arc::new(tokio::sync::Notify::new()),
             store_ok: AtomicBool::new(true),
@@ -177,6 +185,8 @@ impl Node {
     /// usage flusher.
     pub async fn start(self: &Arc<Self>) -> Result<SyncReport, StoreError> {
         let first = self.sync_now().await;
+        let catch_up: std::sync::Weak<dyn crate::dataplane::CatchUp> = Arc::downgrade(self) as _;
+        self.plane.set_catch_up(catch_up);
         if let Some(watcher) = self.store.watch_changes(self.wake.clone()) {
             self.spawn(watcher);
         }
@@ -461,6 +471,26 @@ impl Node {
         }
     }
 
+    /// Catches up with the store for a request no route matched at
+    /// `missed_at`: returns once a check of the change counter that began
+    /// after it has ended (rebuilding the table if the counter moved).
+    /// Misses wait in turn for the check in progress and share the next
+    /// one; checks begin at most once per [`CATCH_UP_INTERVAL`], so a flood
+    /// of requests for routes that do not exist costs the store one read
+    /// per interval, and each of them at most that interval's wait.
+    async fn catch_up_with_store(&self, missed_at: Instant) {
+        let mut last = self.last_catch_up.lock().await;
+        if last.is_some_and(|began| began >= missed_at) {
+            return;
+        }
+        if let Some(began) = *last {
+            tokio::time::sleep_until((began + CATCH_UP_INTERVAL).into()).await;
+        }
+        *last = Some(Instant::now());
+        self.plane.metrics().catch_ups.inc();
+        self.sync_once().await;
+    }
+
     /// One check of the change counter; rebuilds if it moved.
     pub async fn sync_once(&self) {
         match self.store.change_seq().await {
@@ -558,5 +588,14 @@ impl crate::triggers::Targets for Node {
 
     fn tenant_name(&self, tenant: crate::tenancy::TenantId) -> String {
         self.tenant_names.load().get(&tenant).cloned().unwrap_or_else(|| tenant.to_string())
+    }
+}
+
+impl crate::dataplane::CatchUp for Node {
+    fn catch_up(
+        &self,
+        missed_at: Instant,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.catch_up_with_store(missed_at))
     }
 }

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{
-    Api, RedisServer, ServeEnv, Server, client, unique_prefix, wait_for_minute_room,
+    Api, RedisServer, ServeEnv, Server, client, metric, unique_prefix, wait_for_minute_room,
 };
 
 fn repo() -> PathBuf {
@@ -422,6 +422,51 @@ async fn three_nodes_behind_nginx_survive_a_node_kill_and_restarts_of_postgres_a
         assert!(back.elapsed() < Duration::from_secs(5), "quotas never returned to Redis");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Read your writes across nodes: once one node has acknowledged a deploy,
+/// no node answers 404 for its route, however soon it is asked.
+#[tokio::test]
+async fn a_route_deployed_through_one_node_is_never_404_on_another() {
+    let env = ServeEnv::postgres();
+    let key = env.tenant("acme", "pro", false);
+    let a = env.serve();
+    let b = env.other_node().serve();
+    let on_a = Api::new(&a, &key);
+    let on_b = Api::anonymous(&b);
+    // B knows the component already (compiled for the first route), so
+    // what is measured is B hearing of each route, not compiling it.
+    on_a.deploy_component("hello", "/acme/first").await;
+    for i in 0..20 {
+        let route = format!("/acme/r{i}");
+        on_a.deploy_component("hello", &route).await;
+        let (status, body) = on_b.get_text(&route).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "Hello, world!\n"),
+            "{route} on the other node, asked right after the deploy was acknowledged"
+        );
+    }
+    // A route nobody deployed is still a 404, after the node has checked.
+    assert_eq!(on_b.get_text("/acme/never").await.0, 404);
+
+    // A flood of misses shares its checks of the store: at most one per
+    // 100 ms however many requests arrive (and each waits at most that).
+    let before = metric(&b, "wasmwiz_route_catch_ups_total").await.expect("the metric");
+    let started = Instant::now();
+    let misses = (0..400).map(|i| {
+        let on_b = on_b.clone();
+        async move { on_b.get_text(&format!("/acme/none{i}")).await.0 }
+    });
+    let statuses = futures::future::join_all(misses).await;
+    let took = started.elapsed();
+    assert!(statuses.iter().all(|s| *s == 404), "{statuses:?}");
+    let checks = metric(&b, "wasmwiz_route_catch_ups_total").await.unwrap() - before;
+    let bound = (took.as_millis() / 100 + 2) as f64;
+    assert!(
+        (1.0..=bound).contains(&checks),
+        "400 misses in {took:?} made {checks} checks of the store (at most {bound})"
+    );
 }
 
 #[tokio::test]

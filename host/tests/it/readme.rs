@@ -395,3 +395,80 @@ fn the_quick_start_names_each_missing_prerequisite_with_its_install_command() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && stderr.contains("all there"), "{stderr}");
 }
+
+/// A heading's anchor as GitHub makes it: lower case, letters, digits,
+/// `-` and `_` kept, spaces made `-`, the rest dropped.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings (outside code blocks; a
+/// repeated heading's anchor gets `-1`, `-2` ...).
+fn anchors(text: &str) -> std::collections::HashSet<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut anchors = std::collections::HashSet::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        }
+        let heading = line.trim_start_matches('#');
+        if fenced || heading.len() == line.len() || !heading.starts_with(' ') {
+            continue;
+        }
+        let slug = slug(heading);
+        let n = seen.entry(slug.clone()).or_insert(0);
+        anchors.insert(if *n == 0 { slug.clone() } else { format!("{slug}-{n}") });
+        *n += 1;
+    }
+    anchors
+}
+
+#[test]
+fn every_link_in_the_documentation_leads_somewhere() {
+    let docs = ["README.md", "OPERATIONS.md", "SECURITY.md", "benches/README.md", "wit/README.md"];
+    let mut broken = Vec::new();
+    for doc in docs {
+        let path = repo().join(doc);
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Links outside code blocks: `](target)`.
+        let mut prose = String::new();
+        let mut fenced = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                fenced = !fenced;
+            } else if !fenced {
+                prose.push_str(line);
+                prose.push('\n');
+            }
+        }
+        for (at, _) in prose.match_indices("](") {
+            let link = &prose[at + 2..];
+            let Some(end) = link.find(')') else { continue };
+            let link = &link[..end];
+            if link.contains("://") || link.starts_with("mailto:") || link.contains(' ') {
+                continue;
+            }
+            let (file, anchor) = link.split_once('#').unwrap_or((link, ""));
+            let target =
+                if file.is_empty() { path.clone() } else { path.parent().unwrap().join(file) };
+            if !target.exists() {
+                broken.push(format!("{doc}: {link} (no such file)"));
+                continue;
+            }
+            if !anchor.is_empty() && target.extension().is_some_and(|e| e == "md") {
+                let text = std::fs::read_to_string(&target).unwrap();
+                if !anchors(&text).contains(anchor) {
+                    broken.push(format!("{doc}: {link} (no such heading)"));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "links that lead nowhere:\n{}", broken.join("\n"));
+}
