@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, ApiState, publish, require, rfc3339};
+use super::{ApiError, ApiJson, ApiState, require, rfc3339};
 use crate::auth::{Principal, Scope};
 use crate::control::DeploySpec;
 use crate::node::{DeploymentState, Node};
@@ -107,7 +107,6 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<DeploymentJson>), ApiError> {
     require(&principal, Scope::Deploy)?;
     let deployment = state.control.deploy(principal.tenant_id, &principal.tier, spec).await?;
-    publish(&state.node).await;
     Ok((StatusCode::CREATED, Json(DeploymentJson::on(&state.node, deployment))))
 }
 
@@ -142,7 +141,6 @@ pub async fn rollback(
     // No body (as before) means "the previous version".
     let request: RollbackRequest = super::optional_object(&body)?;
     let deployment = state.control.rollback(principal.tenant_id, &id, request.version).await?;
-    publish(&state.node).await;
     Ok(Json(DeploymentJson::on(&state.node, deployment)))
 }
 
@@ -205,6 +203,5 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     require(&principal, Scope::Deploy)?;
     state.control.delete_deployment(principal.tenant_id, &id).await?;
-    publish(&state.node).await;
     Ok(StatusCode::NO_CONTENT)
 }

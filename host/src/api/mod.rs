@@ -379,12 +379,6 @@ where
 
 /// Makes a committed change live on this node before answering. If that
 /// fails the change is still committed, and the sync loop retries.
-pub(crate) async fn publish(node: &Node) {
-    if let Err(e) = node.sync_now().await {
-        tracing::warn!(error = %e, "the change is stored but not yet live on this node");
-    }
-}
-
 /// Unix milliseconds as RFC 3339 (`2026-11-27T04:17:40.934Z`).
 pub fn rfc3339(ms: i64) -> String {
     crate::logs::rfc3339_ms(ms)

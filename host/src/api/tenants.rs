@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::usage::CountsJson;
-use super::{ApiError, ApiJson, ApiState, publish, require, rfc3339};
+use super::{ApiError, ApiJson, ApiState, require, rfc3339};
 use crate::auth::{Principal, Scope, Scopes};
 use crate::control::{Actor, TierBase};
 use crate::quota::{DAY, unix_now};
@@ -131,7 +131,6 @@ pub async fn update_tenant(
 ) -> Result<Json<TenantJson>, ApiError> {
     admin_only(&principal)?;
     let tenant = state.control.set_tenant_tier(&name, &body.tier).await?;
-    publish(&state.node).await;
     Ok(Json(tenant.into()))
 }
 
@@ -307,7 +306,6 @@ pub async fn put_tier(
     admin_only(&principal)?;
     let (tier, created) =
         state.control.put_tier(&name, &TierPatch(body), TierBase::Defaults).await?;
-    publish(&state.node).await;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(TierJson { name: tier.name, limits: tier.limits })))
 }

@@ -235,7 +235,8 @@ impl Serve {
             },
             metrics.clone(),
         )
-        .with_components(components);
+        .with_components(components)
+        .with_publisher(node.clone());
         let auth = Authenticator::new(store, salt, node.rebuilds());
 
         let options = HttpOptions::from(&args.http);

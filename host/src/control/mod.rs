@@ -25,6 +25,6 @@ pub use compile_queue::CompileQueue;
 pub use compiled::CompiledComponents;
 pub use service::{
     Actor, ControlError, ControlPlane, ControlResult, ControlSettings, DeploySpec, GrantSpec,
-    IssuedKey, TierBase, Uploaded,
+    IssuedKey, Publisher, TierBase, Uploaded,
 };
 pub use triggers::{QueueSpec, ScheduleSpec, Scheduled};

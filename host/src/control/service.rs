@@ -220,6 +220,21 @@ pub struct ControlPlane {
     /// Uploads each tenant has in flight on this node: each holds its
     /// bytes in memory until it is compiled, so a tier bounds how many.
     uploads: Arc<std::sync::Mutex<HashMap<TenantId, u64>>>,
+    /// Makes a stored change live on this node before it is answered
+    /// (none for `wasmwiz admin`: serving nodes hear of its changes).
+    publisher: Option<Arc<dyn Publisher>>,
+}
+
+/// What makes a change the control plane stored live: a serving node
+/// rebuilds its route table (and every other node hears of the change
+/// through the store). Every change that can alter what a request reaches
+/// (a deployment, rollback or deletion, a tenant, its tier or grants, a
+/// tier's limits) goes through it, whoever asked (the API, the console
+/// through the API, `wasmwiz admin`), so no caller has to remember it.
+pub trait Publisher: Send + Sync + std::fmt::Debug {
+    /// Returns once the change is live here (or its failure is logged:
+    /// the change is stored, and the node's next sync applies it).
+    fn publish(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
 impl ControlPlane {
@@ -237,6 +252,7 @@ impl ControlPlane {
             components: None,
             metrics,
             uploads: Arc::default(),
+            publisher: None,
         }
     }
 
@@ -244,6 +260,20 @@ impl ControlPlane {
     pub fn with_components(mut self, components: Arc<CompiledComponents>) -> Self {
         self.components = Some(components);
         self
+    }
+
+    /// Publishes every change through `publisher` before answering.
+    pub fn with_publisher(mut self, publisher: Arc<dyn Publisher>) -> Self {
+        self.publisher = Some(publisher);
+        self
+    }
+
+    /// Makes a stored change live here, if this control plane serves.
+    async fn published<T>(&self, changed: T) -> ControlResult<T> {
+        if let Some(publisher) = &self.publisher {
+            publisher.publish().await;
+        }
+        Ok(changed)
     }
 
     /// The store it writes to.
@@ -295,7 +325,7 @@ impl ControlPlane {
         let tenant = self.store.create_tenant(name, tier).await?;
         self.metrics.tenants_created.inc();
         tracing::info!(tenant = %tenant.name, tier = %tenant.tier, "tenant created");
-        Ok(tenant)
+        self.published(tenant).await
     }
 
     /// Every tenant.
@@ -309,10 +339,11 @@ impl ControlPlane {
             return Err(ControlError::NotFound("tenant"));
         }
         check_name("tier", tier)?;
-        self.store.set_tenant_tier(name, tier).await.map_err(|e| match e {
+        let tenant = self.store.set_tenant_tier(name, tier).await.map_err(|e| match e {
             StoreError::NotFound => ControlError::NotFound("tenant"),
             other => other.into(),
-        })
+        })?;
+        self.published(tenant).await
     }
 
     // --- keys ------------------------------------------------------------
@@ -410,7 +441,7 @@ impl ControlPlane {
         }
         let record = self.store.add_grant(tenant.id, &grant).await?;
         tracing::info!(tenant = %tenant.name, grant = %record.grant, id = %record.id, "granted");
-        Ok(record)
+        self.published(record).await
     }
 
     /// Revokes one of a tenant's grants; refused while a deployment of the
@@ -420,7 +451,7 @@ impl ControlPlane {
         match self.store.revoke_grant(tenant.id, id, self.settings.base_domain.as_deref()).await {
             Ok(true) => {
                 tracing::info!(tenant = %tenant.name, id, "grant revoked");
-                Ok(())
+                self.published(()).await
             }
             Ok(false) => Err(ControlError::NotFound("grant")),
             Err(StoreError::Conflict(message)) => {
@@ -464,7 +495,7 @@ impl ControlPlane {
         limits.check().map_err(ControlError::Invalid)?;
         let tier = Tier { name: name.to_string(), limits };
         self.store.put_tier(&tier).await?;
-        Ok((tier, created))
+        self.published((tier, created)).await
     }
 
     // --- components ----------------------------------------------------------
@@ -696,7 +727,7 @@ impl ControlPlane {
             .await?;
         tracing::info!(tenant_id, deployment = %deployment.id, route = %deployment.route,
                        version = deployment.version, "deployed");
-        Ok(deployment)
+        self.published(deployment).await
     }
 
     /// Seals every live deployment's secrets again under the current key
@@ -748,7 +779,7 @@ impl ControlPlane {
         })?;
         tracing::info!(tenant_id, deployment = %deployment.id, version = deployment.version,
                        "rolled back");
-        Ok(deployment)
+        self.published(deployment).await
     }
 
     /// Every version of a deployment and when each was live.
@@ -769,7 +800,7 @@ impl ControlPlane {
     /// Deletes a deployment; its route answers 404 from then on.
     pub async fn delete_deployment(&self, tenant_id: TenantId, id: &str) -> ControlResult<()> {
         if plausible_id(id) && self.store.delete_deployment(tenant_id, id).await? {
-            Ok(())
+            self.published(()).await
         } else {
             Err(ControlError::NotFound("deployment"))
         }

@@ -599,3 +599,13 @@ impl crate::dataplane::CatchUp for Node {
         Box::pin(self.catch_up_with_store(missed_at))
     }
 }
+
+impl crate::control::Publisher for Node {
+    fn publish(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if let Err(e) = self.sync_now().await {
+                tracing::warn!(error = %e, "the change is stored but not yet live on this node");
+            }
+        })
+    }
+}
