@@ -29,8 +29,7 @@ const CHECKSUM_LEN: usize = 6;
 pub const KEY_LEN: usize = KEY_PREFIX.len() + RANDOM_LEN + CHECKSUM_LEN;
 /// Characters of a key kept (and shown) to recognise it.
 pub const DISPLAY_PREFIX_LEN: usize = KEY_PREFIX.len() + 8;
-/// Shortest `API_SALT` accepted.
-pub const MIN_SALT_LEN: usize = 32;
+pub use crate::config::MIN_SALT_LEN;
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 

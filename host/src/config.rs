@@ -14,6 +14,9 @@ use anyhow::{Context as _, bail};
 
 use crate::tenancy::{self, Tier, TierLimits};
 
+/// Shortest `API_SALT` accepted (shorter ones only in development).
+pub const MIN_SALT_LEN: usize = 32;
+
 /// Default for `SERVER_HOST`: every interface, as container platforms expect.
 pub const DEFAULT_SERVER_HOST: &str = "0.0.0.0";
 /// Largest `SERVER_THREADS`.
@@ -948,4 +951,33 @@ impl TenantLogArgs {
             per_second: self.log_events_per_second.max(1),
         }
     }
+}
+
+/// The configuration of a serving node: the arguments of `wasmwiz serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub tiers: TierDefaultArgs,
+    #[command(flatten)]
+    pub quota: QuotaArgs,
+    #[command(flatten)]
+    pub compile: CompileArgs,
+    #[command(flatten)]
+    pub outbound: OutboundArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub console: ConsoleArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub logs: TenantLogArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }

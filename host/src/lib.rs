@@ -33,7 +33,9 @@
 //! - [`logging`]: the tracing subscriber.
 //! - [`metrics`]: Prometheus metrics, resolved per route once.
 //! - [`secrets`]: deployments' secrets sealed at rest with the operator's key.
-//! - [`cli`]: the `wasmwiz` commands.
+//! - [`wiring`]: a serving node wired from its configuration (store,
+//!   runtime, data plane, node, control plane, front door, listeners).
+//! - [`cli`]: the `wasmwiz` commands, and nothing else.
 
 pub mod api;
 pub mod auth;
@@ -61,3 +63,4 @@ pub mod telemetry;
 pub mod tenancy;
 pub mod triggers;
 pub mod usage;
+pub mod wiring;

@@ -3,11 +3,11 @@
 
 use clap::Subcommand;
 
-use super::store::open_store;
 use crate::auth::{Scope, Scopes};
 use crate::config::{LogArgs, StoreArgs, TierDefaultArgs};
 use crate::control::{Actor, ControlPlane, ControlSettings, GrantSpec, TierBase};
 use crate::metrics::Metrics;
+use crate::store::opening::open_store;
 use crate::tenancy::{LIMITS, LimitKind, LimitSpec, TierLimits, TierPatch};
 
 /// Arguments shared by every admin command.

@@ -6,7 +6,6 @@ pub mod client;
 pub mod logs;
 mod run;
 pub mod serve;
-mod store;
 pub mod triggers;
 
 use std::path::PathBuf;

@@ -11,6 +11,7 @@
 //! transaction; nodes reload when it moves.
 
 mod kv;
+pub mod opening;
 pub mod postgres;
 mod sql;
 pub mod sqlite;

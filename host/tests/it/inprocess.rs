@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser as _;
-use wasmwiz::cli::serve::Serve;
 use wasmwiz::cli::{Cli, Command};
+use wasmwiz::wiring::Serve;
 
 use crate::helpers::client;
 

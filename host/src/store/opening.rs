@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 
-use crate::auth::MIN_SALT_LEN;
-use crate::config::{StoreArgs, TierDefaultArgs};
+use crate::config::{MIN_SALT_LEN, StoreArgs, TierDefaultArgs};
 use crate::secrets::{KEY_LEN, Keyring, Place};
 use crate::store::{self, Store};
 
