@@ -713,8 +713,7 @@ impl ControlPlane {
             .store
             .deploy(&NewDeployment {
                 tenant_id,
-                route: route.clone(),
-                host: pattern.host().map(str::to_string),
+                pattern: pattern.clone(),
                 component: spec.component,
                 config: spec.config,
                 secrets,

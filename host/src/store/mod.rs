@@ -254,14 +254,13 @@ pub struct LivePeriod {
 }
 
 /// A deployment request.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct NewDeployment {
     /// Owner.
     pub tenant_id: TenantId,
-    /// Route in Spin syntax, already validated.
-    pub route: String,
-    /// Host the route is bound to, normalized, if any.
-    pub host: Option<String>,
+    /// The route and the host it is bound to, parsed and checked once by
+    /// the control plane; stored as its text (`/path/...`) and host.
+    pub pattern: RoutePattern,
     /// Digest of one of the tenant's components.
     pub component: String,
     /// Configuration the guest reads.

@@ -758,7 +758,8 @@ macro_rules! sql_store {
 
             async fn deploy(&self, new: &NewDeployment) -> StoreResult<Deployment> {
                 use sqlx::Row as _;
-                let host = new.host.clone().unwrap_or_default();
+                let route = new.pattern.to_string();
+                let host = new.pattern.host().unwrap_or_default().to_string();
                 let now = now_ms();
                 let mut tx = self.begin_write().await?;
                 let component = sqlx::query("SELECT 1 FROM components WHERE tenant_id = $1 AND digest = $2")
@@ -777,7 +778,7 @@ macro_rules! sql_store {
                      AND deleted_at IS NULL",
                 )
                 .bind(&host)
-                .bind(&new.route)
+                .bind(&route)
                 .bind(new.tenant_id)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -795,10 +796,7 @@ macro_rules! sql_store {
                         .filter(|g| g.tenant_id == new.tenant_id)
                         .map(|g| g.grant)
                         .collect();
-                    let pattern =
-                        RoutePattern::parse_stored(&new.route, (!host.is_empty()).then_some(host.as_str()))
-                            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                    check_granted(&name, &grants, new.base_domain.as_deref(), &pattern)?;
+                    check_granted(&name, &grants, new.base_domain.as_deref(), &new.pattern)?;
                 }
                 let taken = sqlx::query(
                     "SELECT 1 FROM deployments WHERE deleted_at IS NULL AND tenant_id <> $1 \
@@ -806,13 +804,13 @@ macro_rules! sql_store {
                 )
                 .bind(new.tenant_id)
                 .bind(&host)
-                .bind(&new.route)
+                .bind(&route)
                 .fetch_optional(&mut *tx)
                 .await?;
                 if taken.is_some() {
                     return Err(StoreError::Conflict(format!(
                         "the route {} belongs to another tenant",
-                        new.route
+                        route
                     )));
                 }
 
@@ -837,7 +835,7 @@ macro_rules! sql_store {
                         )
                         .bind(&id)
                         .bind(new.tenant_id)
-                        .bind(&new.route)
+                        .bind(&route)
                         .bind(&host)
                         .bind(now)
                         .execute(&mut *tx)
