@@ -12,7 +12,8 @@
 //!   installs they need) are stood in for by shell functions that copy the
 //!   component `scripts/build-examples.sh` built from the same source, and
 //!   fail unless the source the walkthrough wrote is that source to the
-//!   letter (`examples/visits`, `hello-p3`, `python-visits`, `js-visits`);
+//!   letter (`examples/visits`, `hello-p3`, `python-visits`,
+//!   `python-orders`, `js-visits`);
 //! - a `curl` line with a `# comment` (or followed by a comment line) must
 //!   print that comment, exactly.
 //!
@@ -44,6 +45,7 @@ const WALKTHROUGHS: &[&str] = &[
     "wasip3",
     "python",
     "javascript",
+    "python-queue",
 ];
 
 /// README's marked `sh` blocks, by name, in README's order (a name's
@@ -206,8 +208,14 @@ python3() {{
 #!/usr/bin/env bash
 set -eu
 while [ "$1" != -o ]; do shift; done
-diff app.py "$__examples/python-visits/app.py" >&2
-cp "$__components/python_visits.wasm" "$2"
+for example in "$__examples"/python-*/; do
+    if cmp -s app.py "$example/app.py"; then
+        cp "$__components/$(basename "$example" | tr - _).wasm" "$2"
+        exit 0
+    fi
+done
+echo "README's app.py is none of examples/python-*/app.py, the sources of the components standing in for its build" >&2
+exit 1
 SHIM
     chmod +x "$3/bin/pip" "$3/bin/componentize-py"
 }}
@@ -215,8 +223,15 @@ export __examples __components
 npm() {{ :; }}
 npx() {{
     while [ "$1" != -o ]; do shift; done
-    __same app.js "$__examples/js-visits/app.js"
-    cp "$__components/js_visits.wasm" "$2"
+    local example
+    for example in "$__examples"/js-*/; do
+        if cmp -s app.js "$example/app.js"; then
+            cp "$__components/$(basename "$example" | tr - _).wasm" "$2"
+            return
+        fi
+    done
+    echo "README's app.js is none of examples/js-*/app.js, the sources of the components standing in for its build" >&2
+    exit 1
 }}
 "#,
         examples = quoted(repo().join("examples").to_str().unwrap()),
