@@ -617,17 +617,7 @@ async fn a_malformed_key_is_refused_without_asking_the_store() {
     let (server, _admin, _acme) = setup(&env);
     // Take the database away: the server can no longer ask it anything.
     let crate::helpers::Backend::Postgres(db) = &env.backend else { unreachable!() };
-    let name = db.url.rsplit('/').next().unwrap().to_string();
-    let status = std::process::Command::new("psql")
-        .args([
-            "postgres://postgres@127.0.0.1:5432/postgres",
-            "-qAt",
-            "-c",
-            &format!("DROP DATABASE {name} WITH (FORCE)"),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    db.drop_now();
 
     let malformed = Api::new(&server, "ww_this-is-not-a-key");
     let (status, _) = malformed.call(malformed.request(Method::GET, "/api/v1/components")).await;

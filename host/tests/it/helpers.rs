@@ -299,6 +299,16 @@ impl TestDb {
         psql("postgres", &format!("CREATE DATABASE {name}"));
         TestDb { url: format!("{}/{name}", postgres_base()), name }
     }
+
+    /// Drops the database now, connections and all (a disaster drill).
+    pub fn drop_now(&self) {
+        psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", self.name));
+    }
+}
+
+/// A URL of the test PostgreSQL server (`WASMWIZ_TEST_PG`) for `database`.
+pub fn postgres_url(database: &str) -> String {
+    format!("{}/{database}", postgres_base())
 }
 
 impl Drop for TestDb {

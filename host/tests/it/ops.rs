@@ -506,17 +506,7 @@ async fn backup_drop_restore_drill_brings_every_route_back() {
     std::fs::remove_file(format!("{damaged}.sha256")).unwrap();
 
     // Disaster: the database is gone. Live routes keep serving meanwhile.
-    let name = url.rsplit('/').next().unwrap();
-    let dropped = Command::new("psql")
-        .args([
-            "postgres://postgres@127.0.0.1:5432/postgres",
-            "-qAt",
-            "-c",
-            &format!("DROP DATABASE {name} WITH (FORCE)"),
-        ])
-        .status()
-        .unwrap();
-    assert!(dropped.success());
+    db.drop_now();
     assert_eq!(Api::anonymous(&server).get_text("/hello").await.0, 200);
 
     let wasmwiz_url = server.url("");
@@ -678,17 +668,7 @@ async fn the_compose_backup_and_restore_commands_of_operations_md_run_as_written
     assert!(ok, "{backup}: {stderr}");
     assert!(stdout.trim().starts_with(&backups.path().display().to_string()), "{stdout}");
 
-    let name = db.url.rsplit('/').next().unwrap();
-    let dropped = Command::new("psql")
-        .args([
-            "postgres://postgres@127.0.0.1:5432/postgres",
-            "-qAt",
-            "-c",
-            &format!("DROP DATABASE {name} WITH (FORCE)"),
-        ])
-        .status()
-        .unwrap();
-    assert!(dropped.success());
+    db.drop_now();
 
     let (ok, _, stderr) = compose_run(restore, &secrets, &volumes, &hosts);
     assert!(ok, "{restore}: {stderr}");
@@ -732,7 +712,8 @@ async fn the_compose_backup_and_restore_commands_of_operations_md_run_as_written
 fn restore_says_clearly_when_there_is_no_backup() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-folder");
-    let url = [("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/unused")];
+    let unused = crate::helpers::postgres_url("unused");
+    let url = [("DATABASE_URL", unused.as_str())];
     let (ok, _, stderr) = script("restore.sh", &["latest", "-d", missing.to_str().unwrap()], &url);
     assert!(!ok);
     assert!(stderr.contains("no backup folder at") && stderr.contains("-d DIR"), "{stderr}");
