@@ -10,15 +10,12 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{
-    Api, RedisServer, ServeEnv, Server, client, metric, unique_prefix, wait_for_minute_room,
+    Api, RedisServer, ServeEnv, Server, client, free_port, metric, unique_prefix,
+    wait_for_minute_room,
 };
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A PostgreSQL server of a test's own (initdb in a temporary folder, run as

@@ -576,7 +576,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts `redis-server` on a free loopback port.
     pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let mut server = RedisServer { child: None, port };
         server.restart();
         server
@@ -734,4 +734,16 @@ pub async fn metric(server: &Server, series: &str) -> Option<f64> {
     let text = client().get(server.metrics_url()).send().await.ok()?.text().await.ok()?;
     let prefix = format!("{series} ");
     text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok())
+}
+
+/// A port free now, below Linux's ephemeral range (32768 and up): README's
+/// servers bind it a moment later, and a port the kernel hands out for
+/// `bind(0)` could meanwhile go to another test's listener or connection.
+pub fn free_port() -> u16 {
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

@@ -358,7 +358,7 @@ async fn a_slow_follower_is_cut_off_and_the_others_carry_on() {
 async fn the_cli_prints_events_and_follows_across_a_restart_without_duplicates() {
     use std::io::BufRead as _;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::helpers::free_port();
     let mut env = ServeEnv::sqlite();
     env.set("REDIS_URL", &shared_redis_url())
         .set("REDIS_KEY_PREFIX", &unique_prefix())

@@ -156,7 +156,7 @@ async fn metrics_can_move_to_another_address_or_path_or_be_turned_off() {
     assert_eq!(text(&server.metrics_url()).await.0, 404);
     drop(server);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::helpers::free_port();
     env.set("METRICS_ENDPOINT", "/metrics").set("METRICS_ADDR", &format!("127.0.0.1:{port}"));
     let server = env.serve();
     let (status, metrics) = text(&format!("http://127.0.0.1:{port}/metrics")).await;
