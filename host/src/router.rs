@@ -411,6 +411,21 @@ impl Grant {
     }
 }
 
+/// Why `tenant`, holding `grants` (its defaults among them), may not deploy
+/// `route`, naming what it may use: the store's refusal, and the CLI's
+/// before an upload.
+pub fn not_granted(tenant: &str, grants: &[Grant], route: &RoutePattern) -> String {
+    let list = grants.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let place = match route.host() {
+        Some(host) => format!("{route} on host {host}"),
+        None => route.to_string(),
+    };
+    format!(
+        "tenant {tenant} may deploy only inside what it is granted ({list}); {place} is not \
+         (an operator grants more with `wasmwiz admin tenant grant`)"
+    )
+}
+
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -289,15 +289,7 @@ async fn check_granted(api: &Api, route: &RoutePattern) -> anyhow::Result<()> {
     if grants.is_empty() || grants.iter().any(|g| g.covers(route)) {
         return Ok(());
     }
-    let names = grants.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-    let place = match route.host() {
-        Some(host) => format!("{route} on host {host}"),
-        None => route.to_string(),
-    };
-    bail!(
-        "tenant {tenant} may deploy only inside what it is granted ({names}); {place} is not \
-         (an operator grants more with `wasmwiz admin tenant grant`). Nothing was uploaded."
-    )
+    bail!("{}. Nothing was uploaded.", crate::router::not_granted(tenant, &grants, route))
 }
 
 /// Components larger than this are sent gzipped.

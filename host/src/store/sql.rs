@@ -80,15 +80,7 @@ pub(super) fn check_granted(
     if all.iter().any(|g| g.covers(route)) {
         return Ok(());
     }
-    let list = all.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-    let place = match route.host() {
-        Some(host) => format!("{route} on host {host}"),
-        None => route.to_string(),
-    };
-    Err(StoreError::NotGranted(format!(
-        "tenant {name} may deploy only inside what it is granted ({list}); {place} is not \
-         (an operator grants more with `wasmwiz admin tenant grant`)"
-    )))
+    Err(StoreError::NotGranted(crate::router::not_granted(name, &all, route)))
 }
 
 /// The columns of the `tiers` table: the name, then one per limit of
