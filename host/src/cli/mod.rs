@@ -170,7 +170,7 @@ mod tests {
             .collect();
         assert!(missing.is_empty(), "README's Configuration does not name {missing:?}");
         // And every name in the table's first column is read by a command
-        // (or is `NO_COLOR`, which the client commands look for as the
+        // (or is `NO_COLOR`, which `wasmwiz logs` looks for as the
         // convention has it, without a flag).
         let table = section.lines().filter(|l| l.starts_with("| `"));
         let named: BTreeSet<&str> = table
