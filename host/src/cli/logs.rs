@@ -21,6 +21,9 @@ pub struct LogsArgs {
     /// (`/acme/hello/...`).
     #[arg(long, value_name = "ID|ROUTE")]
     pub deployment: Option<String>,
+    /// The host of `--deployment`'s route, when it is deployed on several.
+    #[arg(long, requires = "deployment")]
+    pub host: Option<String>,
     /// Events from this long ago (`10m`, `2h`) or since this time (RFC 3339).
     #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
@@ -60,7 +63,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     // deployments has is refused: a filter that matches nothing would
     // print nothing, which reads as "no events yet".
     let deployment = match (&args.deployment, &args.tenant) {
-        (Some(wanted), None) => Some(known_deployment(&api, wanted).await?),
+        (Some(wanted), None) => Some(known_deployment(&api, wanted, args.host.as_deref()).await?),
         (wanted, _) => wanted.clone(),
     };
     let mut query: Vec<(&str, String)> = Vec::new();
@@ -165,10 +168,11 @@ fn parse_sse(message: &str) -> Option<(String, Value)> {
 }
 
 /// The id of the tenant's deployment `wanted` names (an id or a route).
-async fn known_deployment(api: &Api, wanted: &str) -> anyhow::Result<String> {
+async fn known_deployment(api: &Api, wanted: &str, host: Option<&str>) -> anyhow::Result<String> {
     if wanted.starts_with('/') {
         // Looked up among the tenant's deployments, or refused.
-        return resolve(api, &Target { deployment: wanted.to_string(), host: None }).await;
+        let target = Target { deployment: wanted.to_string(), host: host.map(str::to_string) };
+        return resolve(api, &target).await;
     }
     let id = wanted.to_string();
     let list = api.send(api.request(reqwest::Method::GET, "/api/v1/deployments")).await?;
