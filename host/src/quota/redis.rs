@@ -10,11 +10,16 @@
 //! batch of units in both windows at once (counted in Redis like admitted
 //! requests) and the node spends them locally until they run out or the
 //! window ends, so a busy tenant costs one Redis round trip per batch
-//! instead of per request. Leases are only granted while a window has many
-//! times the batch left; near a limit every request is counted one by one.
-//! Reserved units are counted as used, so the nodes together never admit
-//! more than the limit; at worst a few reserved units go unspent and a
-//! window admits slightly fewer.
+//! instead of per request. Once half of a lease is spent, the next one is
+//! taken ahead, in a task of its own, so a busy tenant's requests do not
+//! wait for Redis when a lease runs out (a request that waits holds its
+//! place in the instance pool, and a kept instance, meanwhile). Leases are
+//! only granted while a window has many times the batch left; near a limit
+//! every request is counted one by one. Reserved units are counted as used,
+//! so the nodes together never admit more than the limit; at worst a few
+//! reserved units go unspent and a window admits slightly fewer (per node,
+//! what is left of the lease being spent, the one taken ahead, and one
+//! taken in the last moments of the window).
 //!
 //! Every call has a short timeout. When Redis is down or stalled the node
 //! counts locally (a per-node limit), reports itself degraded, and a
@@ -37,44 +42,55 @@ use crate::tenancy::TenantId;
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Checks and counts both windows; returns
-/// `{granted, minute_used, day_used, minute_reset, day_reset}`, where
-/// `granted` is the number of units counted (0: refused).
+/// `{granted, minute_used, day_used, minute_reset, day_reset,
+/// minute_reset_ms}`, where `granted` is the number of units counted (0:
+/// refused) and the resets are in seconds (rounded up), the minute's also
+/// in milliseconds.
 /// ARGV: minute limit, day limit (-1: unlimited), units wanted (0: peek),
 /// headroom (a batch of more than one unit is granted only if each window
-/// keeps `headroom` times the batch after it).
+/// keeps `headroom` times the batch after it), batch only (1: a lease taken
+/// ahead, for no request in particular: a batch or nothing, never a single
+/// unit that no request would spend).
 const ADMIT: &str = r"
-local now = tonumber(redis.call('TIME')[1])
+local time = redis.call('TIME')
+local now = tonumber(time[1])
+local now_ms = now * 1000 + math.floor(tonumber(time[2]) / 1000)
 local minute_key = KEYS[1] .. ':m:' .. math.floor(now / 60)
 local day_key = KEYS[1] .. ':d:' .. math.floor(now / 86400)
 local minute_limit = tonumber(ARGV[1])
 local day_limit = tonumber(ARGV[2])
 local wanted = tonumber(ARGV[3])
 local headroom = tonumber(ARGV[4])
+local batch_only = tonumber(ARGV[5])
 local minute_used = tonumber(redis.call('GET', minute_key) or '0')
 local day_used = tonumber(redis.call('GET', day_key) or '0')
 local minute_reset = 60 - now % 60
+local minute_reset_ms = 60000 - now_ms % 60000
 local day_reset = 86400 - now % 86400
 local function room(limit, used, units)
     return limit < 0 or used + units <= limit
 end
 if not room(minute_limit, minute_used, 1) or not room(day_limit, day_used, 1) then
-    return {0, minute_used, day_used, minute_reset, day_reset}
+    return {0, minute_used, day_used, minute_reset, day_reset, minute_reset_ms}
 end
 if wanted == 0 then
-    return {1, minute_used, day_used, minute_reset, day_reset}
+    return {1, minute_used, day_used, minute_reset, day_reset, minute_reset_ms}
 end
 local units = 1
--- No batch in the last seconds of a minute: the node could not spend it
--- before the window ends (it stops using a lease a little early).
-if wanted > 1 and minute_reset > 2 and room(minute_limit, minute_used, wanted * headroom)
+-- No batch in the last moments of a minute: the node could hardly spend
+-- it before the window ends (it stops using a lease a little early).
+if wanted > 1 and minute_reset_ms > 200 and room(minute_limit, minute_used, wanted * headroom)
         and room(day_limit, day_used, wanted * headroom) then
     units = wanted
+end
+if batch_only == 1 and units < 2 then
+    return {0, minute_used, day_used, minute_reset, day_reset, minute_reset_ms}
 end
 minute_used = redis.call('INCRBY', minute_key, units)
 if minute_used == units then redis.call('EXPIRE', minute_key, 120) end
 day_used = redis.call('INCRBY', day_key, units)
 if day_used == units then redis.call('EXPIRE', day_key, 172800) end
-return {units, minute_used, day_used, minute_reset, day_reset}
+return {units, minute_used, day_used, minute_reset, day_reset, minute_reset_ms}
 ";
 
 /// A connection to `url` that connects on first use (a node starts even
@@ -94,9 +110,15 @@ pub fn connect_lazily(url: &str, timeout: Duration) -> anyhow::Result<Connection
 pub const MAX_LEASE: u64 = 64;
 /// A lease is granted only while each window keeps this many batches left.
 pub const LEASE_HEADROOM: u64 = 8;
-/// A lease is not used in the last moment of the window it was taken in,
-/// so a unit counted in one window is never spent in the next.
-const LEASE_MARGIN: Duration = Duration::from_millis(500);
+/// A lease ends this long before the window it was counted in, as the
+/// node reckons the window's end (from when it called Redis, which is
+/// before Redis read its clock), so a unit counted in one window is never
+/// spent in the next.
+const LEASE_MARGIN: Duration = Duration::from_millis(50);
+/// The next lease is taken ahead only while the one being spent has this
+/// long left: none is taken for the last moments of a window, where it
+/// would go unspent.
+const TAKE_AHEAD_MIN_LEFT: Duration = Duration::from_millis(500);
 
 /// The batch size worth leasing for `rates`: 1 (no lease) for small limits,
 /// up to [`MAX_LEASE`] for large or unlimited ones.
@@ -110,6 +132,8 @@ pub fn lease_size(rates: Rates) -> u64 {
 #[derive(Clone, Copy, Debug)]
 struct Lease {
     rates: Rates,
+    /// Units reserved.
+    size: u64,
     left: u64,
     /// When the minute window the units were counted in ends (minus a
     /// margin), on this node's monotonic clock.
@@ -119,8 +143,24 @@ struct Lease {
     day: Window,
 }
 
+impl Lease {
+    fn usable(&self, rates: Rates, now: Instant) -> bool {
+        self.left > 0 && self.rates == rates && now < self.valid_until
+    }
+}
+
+/// A tenant's leases on a node: the one being spent, and the next, taken
+/// ahead once half of the first is spent.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    now: Lease,
+    next: Option<Lease>,
+}
+
 /// Counts in Redis, falling back to [`LocalQuota`] while Redis is away.
 pub struct RedisQuota {
+    /// Itself, for the task that takes a lease ahead.
+    this: std::sync::Weak<RedisQuota>,
     connection: ConnectionManager,
     script: redis::Script,
     prefix: String,
@@ -129,12 +169,12 @@ pub struct RedisQuota {
     /// fallback instead of each waiting for a timeout.
     healthy: AtomicBool,
     fallback: LocalQuota,
-    leases: Mutex<HashMap<TenantId, Lease>>,
+    leases: Mutex<HashMap<TenantId, Held>>,
     /// Tenants whose next lease is being taken, and how to wake the
     /// requests waiting for it. One lease at a time per tenant and node:
     /// concurrent requests never reserve a batch each (units counted but
     /// never served); they wait for the one being taken instead.
-    acquiring: Mutex<HashMap<TenantId, Arc<Taking>>>,
+    acquiring: Arc<Mutex<HashMap<TenantId, Arc<Taking>>>>,
     /// Calls made (for `wasmwiz_quota_redis_calls_total`).
     calls: AtomicU64,
     /// Calls that failed or timed out (for `wasmwiz_redis_errors_total`).
@@ -175,7 +215,8 @@ impl RedisQuota {
     /// `PREFIX:{tenant}:d:N`.
     pub fn connect(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Arc<Self>> {
         let connection = connect_lazily(url, timeout)?;
-        let quota = Arc::new(Self {
+        let quota = Arc::new_cyclic(|this| Self {
+            this: this.clone(),
             connection,
             script: redis::Script::new(ADMIT),
             prefix: prefix.to_string(),
@@ -183,7 +224,7 @@ impl RedisQuota {
             healthy: AtomicBool::new(true),
             fallback: LocalQuota::new(),
             leases: Mutex::new(HashMap::new()),
-            acquiring: Mutex::new(HashMap::new()),
+            acquiring: Arc::new(Mutex::new(HashMap::new())),
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         });
@@ -213,19 +254,70 @@ impl RedisQuota {
         });
     }
 
-    /// Spends a unit of a lease held for `tenant`, if there is one.
+    /// Spends a unit of a lease held for `tenant`, if there is one; once
+    /// half of it is spent, takes the next one ahead.
     fn spend_lease(&self, tenant: TenantId, rates: Rates) -> Option<Admission> {
-        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        let lease = leases.get_mut(&tenant)?;
-        if lease.left == 0 || lease.rates != rates || Instant::now() >= lease.valid_until {
-            leases.remove(&tenant);
-            return None;
+        let (admission, ahead) = self.spend_held(tenant, rates)?;
+        if ahead {
+            self.take_ahead(tenant, rates);
         }
+        Some(admission)
+    }
+
+    /// Spends a unit of the lease being spent (or of the next, when that
+    /// one is used up or expired); with it, whether the next lease is due
+    /// to be taken.
+    fn spend_held(&self, tenant: TenantId, rates: Rates) -> Option<(Admission, bool)> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let held = leases.get_mut(&tenant)?;
+        let now = Instant::now();
+        if !held.now.usable(rates, now) {
+            match held.next.take() {
+                Some(next) if next.usable(rates, now) => held.now = next,
+                _ => {
+                    leases.remove(&tenant);
+                    return None;
+                }
+            }
+        }
+        let lease = &mut held.now;
         lease.left -= 1;
         // The windows as of the lease (their counts include the lease).
-        let left = lease.valid_until.saturating_duration_since(Instant::now()) + LEASE_MARGIN;
+        let left = lease.valid_until.saturating_duration_since(now) + LEASE_MARGIN;
         let minute = Window { reset_in_s: left.as_secs().clamp(1, 60), ..lease.minute };
-        Some(Admission { allowed: true, minute, day: lease.day, degraded: false })
+        let ahead = held.next.is_none()
+            && lease.left <= lease.size / 2
+            && lease.valid_until.saturating_duration_since(now) > TAKE_AHEAD_MIN_LEFT;
+        Some((Admission { allowed: true, minute, day: lease.day, degraded: false }, ahead))
+    }
+
+    /// Takes `tenant`'s next lease in a task of its own, unless one is
+    /// being taken already (requests that run out meanwhile wait for it).
+    fn take_ahead(&self, tenant: TenantId, rates: Rates) {
+        let (Some(quota), Ok(runtime)) =
+            (self.this.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let Turn::Take(mut mark) = Acquiring::start(&self.acquiring, tenant) else { return };
+        runtime.spawn(async move {
+            let outcome = quota.run(tenant, rates, lease_size(rates), Want::Ahead).await;
+            let leased = outcome.is_some_and(|(_, leased)| leased);
+            mark.ended(if leased { TAKEN_LEASE } else { TAKEN_NO_BATCH });
+        });
+    }
+
+    /// Keeps a lease just taken: the next one, ahead of the one being
+    /// spent, or the one to spend now when none is usable.
+    fn keep_lease(&self, tenant: TenantId, lease: Lease) {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        match leases.get_mut(&tenant) {
+            Some(held) if held.now.usable(lease.rates, Instant::now()) => held.next = Some(lease),
+            Some(held) => held.now = lease,
+            None => {
+                leases.insert(tenant, Held { now: lease, next: None });
+            }
+        }
     }
 
     /// `outcome`, or, when Redis did not answer, the node's own count.
@@ -238,7 +330,13 @@ impl RedisQuota {
 
     /// One call of the script; with the admission, whether it granted a
     /// batch (kept as the tenant's lease).
-    async fn run(&self, tenant: TenantId, rates: Rates, wanted: u64) -> Option<(Admission, bool)> {
+    async fn run(
+        &self,
+        tenant: TenantId,
+        rates: Rates,
+        wanted: u64,
+        want: Want,
+    ) -> Option<(Admission, bool)> {
         if !self.healthy.load(Ordering::Relaxed) {
             return None;
         }
@@ -250,29 +348,31 @@ impl RedisQuota {
             .arg(limit(rates.per_minute))
             .arg(limit(rates.per_day))
             .arg(wanted)
-            .arg(LEASE_HEADROOM);
-        let call = invocation.invoke_async::<(u64, u64, u64, u64, u64)>(&mut connection);
+            .arg(LEASE_HEADROOM)
+            .arg(u8::from(want == Want::Ahead));
+        let called = Instant::now();
+        let call = invocation.invoke_async::<(u64, u64, u64, u64, u64, u64)>(&mut connection);
         self.calls.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok((granted, minute_used, day_used, minute_reset, day_reset))) => {
+            Ok(Ok((granted, minute_used, day_used, minute_reset, day_reset, minute_reset_ms))) => {
                 let minute =
                     Window { limit: rates.per_minute, used: minute_used, reset_in_s: minute_reset };
                 let day = Window { limit: rates.per_day, used: day_used, reset_in_s: day_reset };
                 if granted > 1 {
-                    // One unit for this request, the rest for the next ones.
-                    // Redis's clock is read in whole seconds: the window
-                    // may end up to a second earlier than `minute_reset`.
-                    let valid_until = (Instant::now()
-                        + Duration::from_secs(minute_reset.saturating_sub(1)))
-                    .checked_sub(LEASE_MARGIN)
-                    .unwrap_or_else(Instant::now);
-                    let lease = Lease { rates, left: granted - 1, valid_until, minute, day };
-                    self.leases.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant, lease);
+                    // A batch taken for a request has one unit for it, the
+                    // rest for the next ones; one taken ahead has all its
+                    // units for the next ones. Redis read its clock after `called`:
+                    // the window ends no earlier than `called` plus the
+                    // time Redis said was left.
+                    let valid_until = (called + Duration::from_millis(minute_reset_ms))
+                        .checked_sub(LEASE_MARGIN)
+                        .unwrap_or(called);
+                    let left = if want == Want::Ahead { granted } else { granted - 1 };
+                    let lease = Lease { rates, size: granted, left, valid_until, minute, day };
+                    self.keep_lease(tenant, lease);
                 }
-                Some((
-                    Admission { allowed: granted > 0, minute, day, degraded: false },
-                    granted > 1,
-                ))
+                let allowed = granted > 0 && want == Want::Request;
+                Some((Admission { allowed, minute, day, degraded: false }, granted > 1))
             }
             outcome => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
@@ -290,10 +390,20 @@ impl RedisQuota {
     }
 }
 
+/// What a call of the script is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// A request: a unit for it, and a lease for the next ones if the
+    /// windows have room for a batch.
+    Request,
+    /// The next lease, taken ahead: a batch or nothing.
+    Ahead,
+}
+
 /// Marks a tenant's lease as being taken until dropped (also when the
 /// request's future is dropped half-way), then wakes the waiters.
-struct Acquiring<'a> {
-    map: &'a Mutex<HashMap<TenantId, Arc<Taking>>>,
+struct Acquiring {
+    map: Arc<Mutex<HashMap<TenantId, Arc<Taking>>>>,
     tenant: TenantId,
     taking: Arc<Taking>,
     /// What the waiters are told when the mark is dropped.
@@ -302,24 +412,22 @@ struct Acquiring<'a> {
 
 /// Either this request takes the tenant's next lease, or another one is
 /// taking it and this one may wait for it.
-enum Turn<'a> {
-    Take(Acquiring<'a>),
+enum Turn {
+    Take(Acquiring),
     Wait(Arc<Taking>),
 }
 
-impl<'a> Acquiring<'a> {
-    fn start(map: &'a Mutex<HashMap<TenantId, Arc<Taking>>>, tenant: TenantId) -> Turn<'a> {
+impl Acquiring {
+    fn start(map: &Arc<Mutex<HashMap<TenantId, Arc<Taking>>>>, tenant: TenantId) -> Turn {
         let mut map_guard = map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(taking) = map_guard.get(&tenant) {
             return Turn::Wait(taking.clone());
         }
         let taking = Arc::new(Taking { done: Notify::new(), state: AtomicU8::new(TAKING) });
         map_guard.insert(tenant, taking.clone());
-        Turn::Take(Self { map, tenant, taking, outcome: TAKEN_NOTHING })
+        Turn::Take(Self { map: map.clone(), tenant, taking, outcome: TAKEN_NOTHING })
     }
-}
 
-impl Acquiring<'_> {
     /// Records how the taking ended; the waiters are told when the mark
     /// is dropped.
     fn ended(&mut self, outcome: u8) {
@@ -327,7 +435,7 @@ impl Acquiring<'_> {
     }
 }
 
-impl Drop for Acquiring<'_> {
+impl Drop for Acquiring {
     fn drop(&mut self) {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.tenant);
         self.taking.state.store(self.outcome, Ordering::Release);
@@ -368,7 +476,7 @@ impl QuotaBackend for RedisQuota {
                             mark.ended(TAKEN_LEASE);
                             return admission;
                         }
-                        let outcome = self.run(tenant, rates, size).await;
+                        let outcome = self.run(tenant, rates, size, Want::Request).await;
                         let leased = outcome.as_ref().is_some_and(|(_, leased)| *leased);
                         mark.ended(if leased { TAKEN_LEASE } else { TAKEN_NO_BATCH });
                         drop(mark);
@@ -400,12 +508,12 @@ impl QuotaBackend for RedisQuota {
             }
         }
         // Counted on its own: exact, one round trip.
-        let outcome = self.run(tenant, rates, 1).await;
+        let outcome = self.run(tenant, rates, 1, Want::Request).await;
         self.or_fallback(tenant, rates, outcome.map(|(a, _)| a))
     }
 
     async fn peek(&self, tenant: TenantId, rates: Rates) -> Admission {
-        match self.run(tenant, rates, 0).await {
+        match self.run(tenant, rates, 0, Want::Request).await {
             Some((admission, _)) => admission,
             None => Admission {
                 degraded: true,

@@ -235,9 +235,10 @@ async fn usage_counts_invocations_and_errors(env: ServeEnv) {
 }
 
 /// With a limit large enough for leases, 64 concurrent clients are counted
-/// as what they were served plus at most one unspent lease (concurrent
-/// requests that find no lease never each reserve a batch), in about one
-/// Redis call per lease.
+/// as what they were served plus at most the unspent rest of two leases
+/// (the one being spent and the one taken ahead; concurrent requests that
+/// find no lease never each reserve a batch), in about one Redis call per
+/// lease.
 #[tokio::test]
 async fn leases_under_concurrency_count_what_was_served() {
     leases_count_what_was_served(redis()).await;
@@ -272,8 +273,9 @@ async fn leases_count_what_was_served(env: ServeEnv) {
     }
     let (_, usage) = acme.call(acme.request(Method::GET, "/api/v1/usage")).await;
     let counted = usage["minute"]["used"].as_u64().unwrap();
-    // 2,560 served; one lease (at most 64 units) may be left unspent.
-    assert!((2560..=2560 + 64).contains(&counted), "counted {counted}: {usage}");
+    // 2,560 served; two leases (at most 64 units each: the one being
+    // spent and the next, taken ahead) may be left unspent.
+    assert!((2560..=2560 + 2 * 64).contains(&counted), "counted {counted}: {usage}");
     // And they cost Redis about one call per lease: requests that a lease
     // left without a unit take or wait for the next one rather than each
     // calling Redis on its own (40 leases of 64 would do).
@@ -284,6 +286,49 @@ async fn leases_count_what_was_served(env: ServeEnv) {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no wasmwiz_quota_redis_calls_total in:\n{metrics}"));
     assert!((40..=80).contains(&calls), "{calls} Redis calls for 2,560 requests");
+}
+
+/// Once half of a lease is spent, the next one is taken ahead: a busy
+/// tenant's requests spend unit after unit without ever waiting for Redis
+/// (a request waiting for a lease holds its pool place, and a kept
+/// instance, meanwhile).
+#[tokio::test]
+async fn the_next_lease_is_taken_before_the_one_being_spent_runs_out() {
+    use wasmwiz::quota::QuotaBackend as _;
+    use wasmwiz::quota::redis::{MAX_LEASE, RedisQuota, lease_size};
+    wait_for_minute_room(20).await;
+    let quota =
+        RedisQuota::connect(&shared_redis_url(), &unique_prefix(), Duration::from_secs(2)).unwrap();
+    let rates = wasmwiz::quota::Rates { per_minute: None, per_day: None };
+    assert_eq!(lease_size(rates), MAX_LEASE);
+    // The first request takes a lease: one unit for it, 63 left.
+    assert!(quota.admit(1, rates).await.allowed);
+    assert_eq!(quota.calls(), 1);
+    // Spent down to half: the next one is taken ahead, in a task of its own.
+    let mut spent = 1;
+    while spent <= MAX_LEASE / 2 {
+        assert!(quota.admit_now(1, rates).expect("a unit of the lease").allowed);
+        spent += 1;
+    }
+    crate::helpers::eventually("the next lease taken ahead", Duration::from_secs(10), || async {
+        (quota.calls() == 2).then_some(())
+    })
+    .await;
+    // The rest of the first lease and the whole of the second are spent
+    // without a call, each admission answered at once.
+    while spent < 2 * MAX_LEASE {
+        assert!(
+            quota.admit_now(1, rates).is_some_and(|a| a.allowed),
+            "request {spent} waited for Redis"
+        );
+        spent += 1;
+    }
+    // (the second lease, half spent, took a third ahead)
+    assert!(quota.calls() <= 3, "{} calls", quota.calls());
+    // Redis counted what was served and what the leases reserved: the
+    // three leases, no more.
+    let counted = quota.peek(1, rates).await.minute.used;
+    assert!((2 * MAX_LEASE..=3 * MAX_LEASE).contains(&counted), "counted {counted}");
 }
 
 #[tokio::test]
