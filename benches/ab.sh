@@ -10,7 +10,8 @@ set -euo pipefail
 usage() {
     cat <<USAGE
 Usage: benches/ab.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS]
-                    [-B PROFILE | -b BINARY] [-l LOOPS] [-s] [-n ROUTES] [NAME=VALUE...]
+                    [-B PROFILE | -b BINARY] [-l LOOPS] [-s] [-n ROUTES] [-R REUSE]
+                    [NAME=VALUE...]
 
   -r ROUNDS       rounds, each runs wrk once against both servers (default 3)
   -d SECONDS      wrk duration per run (default 10)
@@ -29,6 +30,9 @@ Usage: benches/ab.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-t THREADS]
                   the bench tenant and its quota counted in Redis
                   (127.0.0.1:6379 or \$REDIS_URL), as serve.sh runs it
   -n ROUTES       routes deployed on each node with -s (default 1000)
+  -R REUSE        with -s, measure one more route on each node instead,
+                  hello deployed with max_instance_reuse REUSE (as serve.sh
+                  -R does), and say how many requests got a new instance
 
 Examples: benches/ab.sh POOL_KEEP_RESIDENT=0
           benches/ab.sh -B profiling   (what fat LTO buys over thin LTO)
@@ -36,25 +40,29 @@ Examples: benches/ab.sh POOL_KEEP_RESIDENT=0
           benches/ab.sh -b /tmp/before (what the change buys: A is the new build)
           benches/ab.sh -l 4 SERVER_THREADS=2 (hello beside 4 CPU-bound guests)
           benches/ab.sh -s -b /tmp/before (a change on the serve path)
+          benches/ab.sh -s -R 1000 -b /tmp/before (the same, instances reused)
 USAGE
 }
 
 rounds=3 duration=10 connections=64 threads=2 profile_b='' binary_b='' loops=0 serve=false
-count=1000
+count=1000 reuse=0
 bench_option() {
     case $1 in
         B) profile_b=$2 ;;
         b) binary_b=$2 ;;
         l) loops=$2 ;;
         s) serve=true ;;
+        R) reuse=$2 ;;
     esac
 }
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-bench_options "r:d:c:t:B:b:l:sn:" "$@"
+bench_options "r:d:c:t:B:b:l:sn:R:" "$@"
 shift "$bench_shift"
 [ $# -gt 0 ] || [ -n "$profile_b$binary_b" ] || { usage >&2; exit 2; }
 [[ $loops =~ ^[0-9]+$ ]] || { echo "-l needs a number" >&2; exit 2; }
+[[ $reuse =~ ^[0-9]+$ ]] || { echo "-R needs a number" >&2; exit 2; }
+[ "$reuse" -le 1 ] || [ "$serve" = true ] || { echo "-R needs -s" >&2; exit 2; }
 if [ -n "$binary_b" ]; then
     [ -z "$profile_b" ] || { echo "-B and -b exclude each other" >&2; exit 2; }
     [ -x "$binary_b" ] || { echo "$binary_b is not an executable" >&2; exit 2; }
@@ -119,6 +127,17 @@ if [ "$serve" = true ]; then
         fi
         bench_wait_ready "http://127.0.0.1:${ports[$i]}/health"
         paths[i]=$(bench_deploy_routes "http://127.0.0.1:${ports[$i]}" "$key" "$hello" "$count")
+        if [ "$reuse" -gt 1 ]; then
+            url=http://127.0.0.1:${ports[$i]}
+            digest=$(curl -fsS -H "Authorization: Bearer $key" "$url/api/v1/components" |
+                sed -n 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p' | head -1)
+            curl -fsS -o /dev/null -H "Authorization: Bearer $key" \
+                -H 'content-type: application/json' \
+                -d "{\"route\":\"/bench/reuse/...\",\"component\":\"$digest\",\"max_instance_reuse\":$reuse}" \
+                "$url/api/v1/deployments"
+            paths[i]=/bench/reuse/hello
+            bench_wait_ready "$url${paths[$i]}"
+        fi
     done
     bench_bin=$a_bin
 else
@@ -144,3 +163,15 @@ echo
 bench_table "${names[@]}"
 echo
 echo "$label_b / ${names[0]}: $(bench_ratio "${med[${names[1]}]}" "${med[${names[0]}]}")"
+if [ "$reuse" -gt 1 ]; then
+    # Requests that did not find an idle instance (a new one was made),
+    # from each node's metrics: warm-up and measured runs together.
+    for i in 0 1; do
+        curl -fsS "http://127.0.0.1:${ports[$i]}/metrics" | awk -v name="${names[$i]}" '
+            /^wasmwiz_instances_reused_total / {reused = $2}
+            /^wasmwiz_wasm_executions_total\{outcome="ok",tenant="bench"\}/ {ok = $2}
+            /^wasmwiz_quota_redis_calls_total / {calls = $2}
+            END {printf "%s: %d of %d requests on a new instance, %d Redis calls\n",
+                 name, ok - reused, ok, calls}'
+    done
+fi

@@ -106,8 +106,10 @@ pub fn connect_lazily(url: &str, timeout: Duration) -> anyhow::Result<Connection
     ConnectionManager::new_lazy_with_config(client, config).context("creating the Redis connection")
 }
 
-/// Largest batch a lease reserves.
-pub const MAX_LEASE: u64 = 64;
+/// Largest batch a lease reserves: at 30,000 requests/s, half of one (the
+/// units left when the next is taken ahead) lasts about 4 ms, many times a
+/// Redis round trip on a loaded node.
+pub const MAX_LEASE: u64 = 256;
 /// A lease is granted only while each window keeps this many batches left.
 pub const LEASE_HEADROOM: u64 = 8;
 /// A lease ends this long before the window it was counted in, as the
