@@ -268,7 +268,7 @@ impl RedisQuota {
 
     /// Spends a unit of the lease being spent (or of the next, when that
     /// one is used up or expired); with it, whether the next lease is due
-    /// to be taken.
+    /// to be taken (this unit brought the lease to half).
     fn spend_held(&self, tenant: TenantId, rates: Rates) -> Option<(Admission, bool)> {
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         let held = leases.get_mut(&tenant)?;
@@ -287,8 +287,12 @@ impl RedisQuota {
         // The windows as of the lease (their counts include the lease).
         let left = lease.valid_until.saturating_duration_since(now) + LEASE_MARGIN;
         let minute = Window { reset_in_s: left.as_secs().clamp(1, 60), ..lease.minute };
+        // Once, as the lease reaches half (not on every request after it,
+        // which would each look for the taking under a lock): a taking
+        // that fails leaves the requests to take the next lease themselves
+        // when this one runs out, as they would without taking ahead.
         let ahead = held.next.is_none()
-            && lease.left <= lease.size / 2
+            && lease.left == lease.size / 2
             && lease.valid_until.saturating_duration_since(now) > TAKE_AHEAD_MIN_LEFT;
         Some((Admission { allowed: true, minute, day: lease.day, degraded: false }, ahead))
     }
