@@ -459,10 +459,23 @@ async function deploymentPage(main, id) {
       problem.append(errorNotice(error));
     }
   };
+  const promote = async () => {
+    clear(problem);
+    try {
+      const done = await api('POST', `${API}/deployments/${encodeURIComponent(id)}/promote`);
+      toast(`${d.route} is now at v${done.version}`);
+      render();
+    } catch (error) {
+      problem.append(errorNotice(error));
+    }
+  };
   const canDeploy = hasScope('deploy');
+  const r = d.rollout;
   main.append(pageHead(d.route, null,
     h('div', { class: 'actions' },
-      canDeploy && versions.length > 1 ? h('button', { type: 'button', class: 'primary', onclick: () => rollback() }, 'Roll back') : null,
+      canDeploy && r ? h('button', { type: 'button', class: 'primary', onclick: () => promote() }, `Promote v${r.version}`) : null,
+      canDeploy && r ? h('button', { type: 'button', onclick: () => rollback() }, 'Stop rollout') : null,
+      canDeploy && !r && versions.length > 1 ? h('button', { type: 'button', class: 'primary', onclick: () => rollback() }, 'Roll back') : null,
       canDeploy ? h('button', { type: 'button', class: 'danger', onclick: () => removeDeployment(d) }, 'Delete') : null)));
   main.append(problem);
   const component = components.get(d.component);
@@ -476,12 +489,26 @@ async function deploymentPage(main, id) {
     h('dt', {}, 'Secrets'), h('dd', {}, d.secrets.length ? d.secrets.map((name, i) => [i ? ', ' : '', h('code', {}, name)]) : 'none'),
     h('dt', {}, 'Outbound hosts'), h('dd', {}, d.allowed_outbound_hosts.length ? d.allowed_outbound_hosts.map((x, i) => [i ? ', ' : '', h('code', {}, x)]) : 'none'),
     d.status && d.status.error ? [h('dt', {}, 'Compile error'), h('dd', {}, d.status.error)] : null)));
+  if (r) {
+    const side = (t) => t ? `${n(t.requests)} requests, ${n(t.errors)} errors (${t.error_rate_percent}%)` : 'none yet';
+    const here = r.on_this_node;
+    main.append(h('h2', {}, 'Canary rollout'));
+    main.append(h('div', { class: 'panel', 'data-testid': 'rollout' }, h('dl', { class: 'facts' },
+      h('dt', {}, 'Split'), h('dd', {}, `v${r.version} (canary) ${r.percent}%, v${d.version} (live) ${100 - r.percent}%`),
+      h('dt', {}, 'Next step'), h('dd', {}, r.next_step_at ? timeElement(r.next_step_at) : 'none: promote it, or stop the rollout'),
+      h('dt', {}, 'Clients'), h('dd', {}, r.sticky_header ? ['kept on one side by ', h('code', {}, r.sticky_header)] : 'split per request'),
+      h('dt', {}, 'Stops by itself'), h('dd', {}, `when its error rate exceeds the live version's by more than ${r.max_error_increase} points after ${n(r.min_requests)} of its requests on a node`),
+      h('dt', {}, 'Canary on this node'), h('dd', {}, side(here && here.canary), here && here.stopped ? h('span', { class: 'badge bad' }, 'stopped') : null),
+      h('dt', {}, 'Live on this node'), h('dd', {}, side(here && here.stable)))));
+  }
   main.append(h('h2', {}, 'Versions'));
   const rows = [...versions].reverse().map((v) => {
     const vc = components.get(v.component);
     const periods = (v.live_periods || []).map((p) => h('div', {}, `${when(p.from)} – ${p.until ? when(p.until) : 'now'}`, h('span', { class: 'hint' }, ` (${p.reason.replace(/_/g, ' ')})`)));
+    const ro = v.rollout;
+    const rolled = ro ? h('div', { class: 'hint' }, `canary: ${ro.state.replace(/_/g, ' ')}${ro.reason ? ` (${ro.reason})` : ''}`) : null;
     return h('tr', { dataset: { version: String(v.version) } },
-      h('td', {}, `v${v.version} `, v.live ? h('span', { class: 'badge ok' }, 'live') : null),
+      h('td', {}, `v${v.version} `, v.live ? h('span', { class: 'badge ok' }, 'live') : null, rolled),
       h('td', { class: 'wrap' }, vc ? vc.name : '', ' ', h('span', { class: 'hint mono', title: v.component }, shortDigest(v.component))),
       h('td', {}, timeElement(v.created_at)),
       h('td', {}, periods.length ? periods : h('span', { class: 'hint' }, 'never live')),

@@ -8,6 +8,8 @@
 //! - [`config`]: every setting, as a flag and an environment variable.
 //! - [`server`]: listeners, TLS, HTTP/1.1 and HTTP/2 connections, shutdown.
 //! - [`router`]: route patterns and the route table (pure).
+//! - [`rollout`]: canary rollouts as rules: requests, the split, steps and
+//!   when a canary is stopped (pure).
 //! - [`dataplane`]: the invocation path — route, limits, admission, invoke.
 //! - [`runtime`]: the wasmtime engine, compilation and per-request sandboxes.
 //! - [`frontdoor`]: what each listener of a `serve` node answers: the API,
@@ -54,6 +56,7 @@ pub mod metrics;
 pub mod node;
 pub mod quota;
 pub mod response;
+pub mod rollout;
 pub mod router;
 pub mod runtime;
 pub mod secrets;

@@ -109,6 +109,13 @@ pub struct Metrics {
     pub queue_dead: IntGaugeVec,
     /// `wasmwiz_queue_oldest_age_seconds{tenant,queue}`.
     pub queue_oldest_age: IntGaugeVec,
+    /// `wasmwiz_rollout_requests_total{tenant,route,side,result}`: requests
+    /// of routes with a rollout running, by side (stable, canary) and
+    /// result (ok, error).
+    pub rollout_requests: IntCounterVec,
+    /// `wasmwiz_rollouts_stopped_total{tenant,route}`: canaries this node
+    /// stopped for failing more than their stable version.
+    pub rollouts_stopped: IntCounterVec,
 }
 
 impl Metrics {
@@ -253,6 +260,18 @@ impl Metrics {
             ),
             keys_created: counter("wasmwiz_api_keys_created_total", "API keys created"),
             tenants_created: counter("wasmwiz_tenants_created_total", "Tenants created"),
+            rollout_requests: counter_vec(
+                "wasmwiz_rollout_requests_total",
+                "Requests of routes with a canary rollout running, by side (stable, canary) and \
+                 result (error: a 5xx answer, a trap, a timeout, out of memory; else ok)",
+                &["tenant", "route", "side", "result"],
+            ),
+            rollouts_stopped: counter_vec(
+                "wasmwiz_rollouts_stopped_total",
+                "Canaries this node stopped because their error rate exceeded the stable \
+                 version's by more than the rollout allows",
+                &["tenant", "route"],
+            ),
             guest_headers_stripped: counter_vec(
                 "wasmwiz_guest_headers_stripped_total",
                 "Response headers removed from a guest's answer because they would reach past \

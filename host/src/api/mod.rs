@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - `components`: uploads, listing, deletion.
-//! - `deployments`: deploy, list, roll back, delete.
+//! - `deployments`: deploy (at once or as a canary), list, promote, roll
+//!   back, delete.
 //! - `tenants`: tenants, tiers and keys (the admin side).
 //! - `grants`: the routes and hosts a tenant may deploy inside.
 //! - `usage`: the caller's quota windows, usage totals and usage history.
@@ -64,6 +65,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/components/{digest}", delete(components::remove))
         .route("/api/v1/deployments", post(deployments::create).get(deployments::list))
         .route("/api/v1/deployments/{id}/rollback", post(deployments::rollback))
+        .route("/api/v1/deployments/{id}/promote", post(deployments::promote))
+        .route("/api/v1/deployments/{id}/rollouts", get(deployments::rollouts))
         .route("/api/v1/deployments/{id}/versions", get(deployments::versions))
         .route("/api/v1/deployments/{id}", delete(deployments::remove))
         .route("/api/v1/tenants", post(tenants::create_tenant).get(tenants::list_tenants))

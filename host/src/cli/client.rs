@@ -1,5 +1,5 @@
-//! `wasmwiz deploy`, `deployments`, `rollback` and `delete`: clients of the
-//! REST API, for tenant developers.
+//! `wasmwiz deploy`, `deployments`, `promote`, `rollout`, `rollback` and
+//! `delete`: clients of the REST API, for tenant developers.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,8 +56,65 @@ pub struct DeployArgs {
     /// `--max-instance-reuse` of at least as many.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub max_instance_concurrency: u32,
+    /// Roll the new version out as a canary: it gets this share of the
+    /// route's requests (0 to 99) while the live version serves the rest,
+    /// until `wasmwiz promote` or `wasmwiz rollback`.
+    #[arg(long, value_name = "PERCENT", conflicts_with = "steps")]
+    pub canary: Option<u32>,
+    /// Roll the new version out in steps (e.g. `10,50,100`), one every
+    /// `--interval` seconds while it stays healthy; 100 promotes it.
+    #[arg(long, value_name = "P,P,...", value_delimiter = ',', requires = "interval")]
+    pub steps: Option<Vec<u32>>,
+    /// Seconds between two of `--steps`.
+    #[arg(long, value_name = "SECONDS")]
+    pub interval: Option<u64>,
+    /// Keep each client on one side of the rollout by this request
+    /// header's value (e.g. a session id), instead of splitting per
+    /// request.
+    #[arg(long, value_name = "HEADER")]
+    pub sticky_header: Option<String>,
+    /// Canary requests a node sees before judging it (default 50).
+    #[arg(long, value_name = "N")]
+    pub min_requests: Option<u32>,
+    /// Percentage points of error rate the canary may have over the live
+    /// version before it is stopped by itself (default 5).
+    #[arg(long, value_name = "POINTS")]
+    pub max_error_increase: Option<u32>,
+    /// Let requests pick a served version (the live one, or a rollout's
+    /// canary) with the header `wasmwiz-version: N`.
+    #[arg(long)]
+    pub version_pinning: bool,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+impl DeployArgs {
+    /// The `rollout` object of the deploy request, if a rollout is asked.
+    fn rollout(&self) -> Option<Value> {
+        if self.canary.is_none() && self.steps.is_none() {
+            return None;
+        }
+        let mut rollout = serde_json::Map::new();
+        if let Some(percent) = self.canary {
+            rollout.insert("percent".into(), percent.into());
+        }
+        if let Some(steps) = &self.steps {
+            rollout.insert("steps".into(), steps.clone().into());
+        }
+        if let Some(interval) = self.interval {
+            rollout.insert("interval_s".into(), interval.into());
+        }
+        if let Some(header) = &self.sticky_header {
+            rollout.insert("sticky_header".into(), header.clone().into());
+        }
+        if let Some(n) = self.min_requests {
+            rollout.insert("min_requests".into(), n.into());
+        }
+        if let Some(n) = self.max_error_increase {
+            rollout.insert("max_error_increase".into(), n.into());
+        }
+        Some(Value::Object(rollout))
+    }
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
@@ -87,6 +144,31 @@ pub struct RollbackArgs {
     pub to: Option<i64>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// Arguments of `wasmwiz promote` and `wasmwiz rollout status`.
+#[derive(clap::Args, Debug)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `wasmwiz rollout`.
+#[derive(clap::Args, Debug)]
+pub struct RolloutArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+}
+
+/// What `wasmwiz rollout` does.
+#[derive(clap::Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// The rollout under way (its split, its steps, what the answering node
+    /// sent each side) and the ones before it.
+    Status(TargetArgs),
 }
 
 /// Arguments of `wasmwiz delete`.
@@ -251,15 +333,27 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         "allowed_outbound_hosts": args.allowed_outbound_hosts,
         "max_instance_reuse": args.max_instance_reuse,
         "max_instance_concurrency": args.max_instance_concurrency,
+        "rollout": args.rollout(),
+        "version_pinning": args.version_pinning,
     });
     let deployment =
         api.send(api.request(reqwest::Method::POST, "/api/v1/deployments").json(&body)).await?;
-    say(&format!(
-        "deployed {} version {} ({})",
-        deployment["route"].as_str().unwrap_or(&args.route),
-        deployment["version"],
-        deployment["id"].as_str().unwrap_or("?")
-    ));
+    let route = deployment["route"].as_str().unwrap_or(&args.route);
+    let id = deployment["id"].as_str().unwrap_or("?");
+    match deployment.get("rollout").filter(|r| r.is_object()) {
+        Some(canary) => say(&format!(
+            "deployed {route} version {} as a canary ({id}): {}% of requests, version {} the \
+             rest{}",
+            canary["version"],
+            canary["percent"],
+            deployment["version"],
+            match canary["next_step_at"].as_str() {
+                Some(at) => format!("; next step at {at}"),
+                None => "; `wasmwiz promote` makes it live".into(),
+            }
+        )),
+        None => say(&format!("deployed {route} version {} ({id})", deployment["version"])),
+    }
     say(&format!("invoke: {}", invoke_url(&api.base, &args.route, args.host.as_deref())));
     Ok(())
 }
@@ -500,6 +594,111 @@ pub async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
         d["version"],
         component_label(d["component"].as_str().unwrap_or(""), &names)
     ));
+    Ok(())
+}
+
+/// Makes a running rollout's canary the live version.
+pub async fn promote(args: TargetArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.client)?;
+    let id = resolve(&api, &args.target).await?;
+    let path = format!("/api/v1/deployments/{id}/promote");
+    let d = api.send(api.request(reqwest::Method::POST, &path)).await?;
+    say(&format!(
+        "{} is on version {}: the canary is promoted",
+        d["route"].as_str().unwrap_or(&id),
+        d["version"]
+    ));
+    Ok(())
+}
+
+/// `wasmwiz rollout ...`.
+pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
+    match args.command {
+        RolloutCommand::Status(args) => rollout_status(args).await,
+    }
+}
+
+/// Prints the rollout under way and the ones before it.
+async fn rollout_status(args: TargetArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.client)?;
+    let id = resolve(&api, &args.target).await?;
+    let list = api.send(api.request(reqwest::Method::GET, "/api/v1/deployments")).await?;
+    let deployment = list
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["id"] == id.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    match deployment.get("rollout").filter(|r| r.is_object()) {
+        Some(c) => {
+            say(&format!(
+                "version {} (canary) gets {}% of requests, version {} (live) the rest{}",
+                c["version"],
+                c["percent"],
+                deployment["version"],
+                match c["sticky_header"].as_str() {
+                    Some(h) => format!(", each client kept on one side by its {h} header"),
+                    None => String::new(),
+                }
+            ));
+            if let Some(at) = c["next_step_at"].as_str() {
+                say(&format!("next step at {at}"));
+            }
+            say(&format!(
+                "stopped by itself when its error rate exceeds the live version's by more than \
+                 {} points after {} of its requests on a node",
+                c["max_error_increase"], c["min_requests"]
+            ));
+            let node = &c["on_this_node"];
+            if node.is_object() {
+                let side = |s: &Value| {
+                    format!(
+                        "{} requests, {} errors ({}%)",
+                        s["requests"], s["errors"], s["error_rate_percent"]
+                    )
+                };
+                say(&format!(
+                    "on the node that answered: canary {}; live {}{}",
+                    side(&node["canary"]),
+                    side(&node["stable"]),
+                    if node["stopped"] == true { " (stopped here)" } else { "" }
+                ));
+            }
+        }
+        None => say("no rollout is under way"),
+    }
+    let path = format!("/api/v1/deployments/{id}/rollouts");
+    let rollouts = api.send(api.request(reqwest::Method::GET, &path)).await?;
+    let rows: Vec<Vec<String>> = rollouts
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let steps: Vec<String> = r["steps"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            vec![
+                r["version"].to_string(),
+                r["stable_version"].to_string(),
+                r["state"].as_str().unwrap_or("").to_string(),
+                format!("{}%", r["percent"]),
+                steps.join(","),
+                r["started_at"].as_str().unwrap_or("").to_string(),
+                r["reason"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        for line in
+            table(&["CANARY", "LIVE", "STATE", "SHARE", "STEPS", "STARTED", "REASON"], &rows)
+        {
+            say(&line);
+        }
+    }
     Ok(())
 }
 

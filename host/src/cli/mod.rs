@@ -45,8 +45,13 @@ pub enum Command {
     /// List your live deployments, or one's versions (API client).
     Deployments(client::DeploymentsArgs),
     /// Switch a deployment back to the version live before the current one,
-    /// or to a chosen one (API client).
+    /// or to a chosen one; during a rollout, end it (API client).
     Rollback(client::RollbackArgs),
+    /// Make a rollout's canary the live version at once (API client).
+    Promote(client::TargetArgs),
+    /// See a deployment's rollout: its split, steps, and each side's
+    /// errors (API client).
+    Rollout(client::RolloutArgs),
     /// Delete a deployment: its route answers 404 from then on (API client).
     Delete(client::DeleteArgs),
     /// Your invocations with what the component printed; `--follow` for a
@@ -87,6 +92,8 @@ impl Cli {
             Command::Deploy(_)
             | Command::Deployments(_)
             | Command::Rollback(_)
+            | Command::Promote(_)
+            | Command::Rollout(_)
             | Command::Delete(_)
             | Command::Logs(_)
             | Command::Schedule(_)
@@ -105,6 +112,8 @@ impl Cli {
             Command::Deploy(args) => client::deploy(args).await?,
             Command::Deployments(args) => client::deployments(args).await?,
             Command::Rollback(args) => client::rollback(args).await?,
+            Command::Promote(args) => client::promote(args).await?,
+            Command::Rollout(args) => client::rollout(args).await?,
             Command::Delete(args) => client::delete(args).await?,
             Command::Logs(args) => logs::logs(args).await?,
             Command::Schedule(args) => triggers::schedule(args).await?,

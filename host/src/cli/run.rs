@@ -157,6 +157,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<()> {
             outbound: outbound.clone(),
             owner: None,
             instances,
+            rollout: None,
         });
         routes.insert(&route.pattern, RouteTarget::Live(route.clone()));
     }

@@ -70,6 +70,18 @@ pub struct PlannedRoute<A> {
     pub tier: Arc<Tier>,
     /// What the route does here.
     pub target: Target<A>,
+    /// A running rollout's canary, when its component is ready here (until
+    /// then, this node sends every request to the live version).
+    pub canary: Option<PlannedCanary<A>>,
+}
+
+/// The canary of a route, ready to serve.
+#[derive(Clone, Debug)]
+pub struct PlannedCanary<A> {
+    /// The deployment at its canary version ([`Deployment::at_canary`]).
+    pub deployment: Deployment,
+    /// Its component, compiled.
+    pub app: A,
 }
 
 /// The builder's answer.
@@ -136,7 +148,17 @@ pub fn build<A>(
         if !matches!(target, Target::Serve(_)) {
             plan.to_compile.insert(deployment.component.clone());
         }
-        plan.routes.push(PlannedRoute { pattern, deployment, tier, target });
+        let canary = deployment.at_canary().and_then(|canary| {
+            plan.needed.insert(canary.component.clone());
+            match compiled(&canary.component) {
+                Compilation::Ready(app) => Some(PlannedCanary { deployment: canary, app }),
+                Compilation::Pending | Compilation::Failed(_) => {
+                    plan.to_compile.insert(canary.component.clone());
+                    None
+                }
+            }
+        });
+        plan.routes.push(PlannedRoute { pattern, deployment, tier, target, canary });
     }
     plan
 }
@@ -167,6 +189,8 @@ mod tests {
             max_instance_reuse: 1,
             max_instance_concurrency: 1,
             created_at: 0,
+            version_pinning: false,
+            canary: None,
         }
     }
 
@@ -288,6 +312,37 @@ mod tests {
         assert!(plan.invalid[0].1.contains("unknown tier gone"));
         assert!(plan.invalid[1].1.contains("stored route is invalid"));
         assert_eq!(plan.needed, HashSet::from(["c3".to_string()]), "c1 serves nothing");
+    }
+
+    #[test]
+    fn a_canary_is_served_beside_the_live_version_once_its_component_is_ready_here() {
+        let mut d = deployment("d1", "/a", 1, "c1");
+        d.canary = Some(Box::new(crate::store::Canary {
+            version: 2,
+            component: "c2".into(),
+            config: Default::default(),
+            allowed_outbound_hosts: Vec::new(),
+            max_instance_reuse: 1,
+            max_instance_concurrency: 1,
+            created_at: 0,
+            percent: 10,
+            sticky_header: None,
+            guard: Default::default(),
+            next_at: None,
+        }));
+        let snapshot = Snapshot { deployments: vec![d], tiers: tiers() };
+        // Not compiled here yet: the live version takes every request
+        // meanwhile, and the canary's component is queued.
+        let plan = build(snapshot.clone(), node(&["c1"], &[]), &HashMap::new());
+        assert!(plan.routes[0].canary.is_none());
+        assert_eq!(plan.to_compile, HashSet::from(["c2".to_string()]));
+        assert_eq!(plan.waiting(), 0, "the live version is served: the node is ready");
+        assert_eq!(plan.needed, HashSet::from(["c1".to_string(), "c2".to_string()]));
+        let plan = build(snapshot, node(&["c1", "c2"], &[]), &HashMap::new());
+        let canary = plan.routes[0].canary.as_ref().expect("the canary");
+        assert_eq!((canary.deployment.version, canary.app.as_str()), (2, "app:c2"));
+        assert_eq!(plan.routes[0].target, Target::Serve("app:c1".to_string()));
+        assert!(plan.to_compile.is_empty());
     }
 
     #[test]

@@ -12,11 +12,12 @@ use sha2::{Digest as _, Sha256};
 use super::compiled::CompiledComponents;
 use crate::auth::{self, Principal, Scopes};
 use crate::metrics::Metrics;
+use crate::rollout::RolloutSpec;
 use crate::router::{Grant, RouteError, RoutePattern};
 use crate::runtime::{CompileError, OutboundPolicy};
 use crate::store::{
     ApiKeyRecord, ComponentDeletion, ComponentMeta, Deployment, GrantRecord, NewComponent,
-    NewDeployment, Store, StoreError, Tenant, VersionRecord, now_ms, plausible_id,
+    NewDeployment, RolloutRecord, Store, StoreError, Tenant, VersionRecord, now_ms, plausible_id,
 };
 use crate::tenancy::{
     MAX_INSTANCE_CONCURRENCY, MAX_INSTANCE_REUSE, NAME_RULE, TenantId, Tier, TierLimits, TierPatch,
@@ -158,6 +159,14 @@ pub struct DeploySpec {
     /// trap or a timeout ends all of them.
     #[serde(default = "one")]
     pub max_instance_concurrency: u32,
+    /// A canary rollout of this version beside the live one, instead of
+    /// making it live at once.
+    #[serde(default)]
+    pub rollout: Option<RolloutSpec>,
+    /// Whether a request may pick one of the versions the route serves
+    /// (the live one, a rollout's canary) with `wasmwiz-version: N`.
+    #[serde(default)]
+    pub version_pinning: bool,
 }
 
 fn one() -> u32 {
@@ -705,6 +714,10 @@ impl ControlPlane {
                 )));
             }
         }
+        let rollout = match &spec.rollout {
+            Some(rollout) => Some(rollout.check().map_err(ControlError::Invalid)?),
+            None => None,
+        };
         let route = pattern.to_string();
         let place =
             crate::secrets::Place { tenant: tenant_id, host: pattern.host(), route: &route };
@@ -722,10 +735,23 @@ impl ControlPlane {
                 max_instance_concurrency: spec.max_instance_concurrency,
                 base_domain: self.settings.base_domain.clone(),
                 keep_versions: limits.max_versions_per_deployment,
+                rollout,
+                version_pinning: spec.version_pinning,
             })
-            .await?;
-        tracing::info!(tenant_id, deployment = %deployment.id, route = %deployment.route,
-                       version = deployment.version, "deployed");
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(message) if message.starts_with("a rollout") => {
+                    ControlError::Conflict { code: "no_live_version", message }
+                }
+                other => other.into(),
+            })?;
+        match &deployment.canary {
+            Some(canary) => tracing::info!(tenant_id, deployment = %deployment.id,
+                route = %deployment.route, version = canary.version, percent = canary.percent,
+                "deployed as a canary"),
+            None => tracing::info!(tenant_id, deployment = %deployment.id,
+                route = %deployment.route, version = deployment.version, "deployed"),
+        }
         self.published(deployment).await
     }
 
@@ -779,6 +805,36 @@ impl ControlPlane {
         tracing::info!(tenant_id, deployment = %deployment.id, version = deployment.version,
                        "rolled back");
         self.published(deployment).await
+    }
+
+    /// Makes a running rollout's canary the live version at once.
+    pub async fn promote(&self, tenant_id: TenantId, id: &str) -> ControlResult<Deployment> {
+        if !plausible_id(id) {
+            return Err(ControlError::NotFound("deployment"));
+        }
+        let deployment = self.store.promote(tenant_id, id).await.map_err(|e| match e {
+            StoreError::NotFound => ControlError::NotFound("deployment"),
+            StoreError::Conflict(message) => ControlError::Conflict { code: "no_rollout", message },
+            other => other.into(),
+        })?;
+        tracing::info!(tenant_id, deployment = %deployment.id, version = deployment.version,
+                       "canary promoted");
+        self.published(deployment).await
+    }
+
+    /// Every rollout of a deployment, oldest first.
+    pub async fn rollouts(
+        &self,
+        tenant_id: TenantId,
+        id: &str,
+    ) -> ControlResult<Vec<RolloutRecord>> {
+        if !plausible_id(id) {
+            return Err(ControlError::NotFound("deployment"));
+        }
+        self.store.rollouts(tenant_id, id).await.map_err(|e| match e {
+            StoreError::NotFound => ControlError::NotFound("deployment"),
+            other => other.into(),
+        })
     }
 
     /// Every version of a deployment and when each was live.

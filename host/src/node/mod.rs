@@ -12,7 +12,8 @@
 //! Every task the node starts is tracked, and [`Node::shutdown`] ends them
 //! all, so a node can be started and stopped inside a test.
 //!
-//! `routes` turns a plan into the live route table.
+//! `routes` turns a plan into the live route table; `rollouts` stops
+//! failing canaries and takes rollouts' steps.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -33,8 +34,10 @@ use crate::store::{Store, StoreError};
 use crate::tenancy::Tier;
 use crate::usage::{FLUSH_INTERVAL, UsageRecorder};
 
+mod rollouts;
 mod routes;
 
+pub use rollouts::RolloutTallies;
 use routes::Served;
 pub use routes::{DeploymentState, limits_of};
 
@@ -134,6 +137,13 @@ pub struct Node {
     tasks: TaskTracker,
     /// Cancelled at shutdown; every task selects on it.
     shutdown: CancellationToken,
+    /// Where the data plane asks for a failing canary to be stopped.
+    stops: tokio::sync::mpsc::UnboundedSender<crate::dataplane::StopCanary>,
+    /// Taken by the rollout loop.
+    stops_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::dataplane::StopCanary>>>,
+    /// When the earliest rollout step of the current table is due, Unix
+    /// milliseconds (`i64::MAX`: none).
+    next_step_at: AtomicI64,
 }
 
 impl std::fmt::Debug for Node {
@@ -152,7 +162,11 @@ impl Node {
         components: Arc<CompiledComponents>,
         settings: NodeSettings,
     ) -> Arc<Self> {
+        let (stops, stops_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
+            stops,
+            stops_rx: Mutex::new(Some(stops_rx)),
+            next_step_at: AtomicI64::new(i64::MAX),
             store,
             plane,
             components,
@@ -202,6 +216,7 @@ impl Node {
             let node = self.clone();
             async move { node.flush_loop().await }
         });
+        self.spawn(self.clone().rollout_loop());
         // Schedules and queues: delivered as requests through the data plane.
         self.spawn(crate::triggers::schedules::run(
             self.store.clone(),
@@ -340,6 +355,11 @@ impl Node {
         let deployments = self.open_secrets(self.store.deployments(None).await?);
         let hosts: HashMap<String, Option<String>> =
             deployments.iter().map(|d| (d.id.clone(), d.host.clone())).collect();
+        let next_step_at = deployments
+            .iter()
+            .filter_map(|d| d.canary.as_ref().and_then(|c| c.next_at))
+            .min()
+            .unwrap_or(i64::MAX);
         let names = self.store.tenants().await?.into_iter().map(|t| (t.id, t.name)).collect();
         self.tenant_names.store(Arc::new(names));
         let held_hosts = self.held_hosts().await?;
@@ -348,7 +368,10 @@ impl Node {
         // node serves without compiling.
         let missing: Vec<String> = deployments
             .iter()
-            .map(|d| d.component.clone())
+            .flat_map(|d| {
+                std::iter::once(d.component.clone())
+                    .chain(d.canary.as_ref().map(|c| c.component.clone()))
+            })
             .filter(|digest| self.components.get(digest).is_none())
             .collect::<std::collections::HashSet<_>>()
             .into_iter()
@@ -395,6 +418,7 @@ impl Node {
             report.queued = plan.to_compile.len();
         }
         self.plane.metrics().compilations_pending.set(self.queue.pending() as i64);
+        self.next_step_at.store(next_step_at, Ordering::Relaxed);
         self.applied_seq.store(seq, Ordering::Relaxed);
         self.rebuilds.fetch_add(1, Ordering::Release);
         if report.waiting == 0 && !self.loaded.swap(true, Ordering::Relaxed) {

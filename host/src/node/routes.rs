@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use super::Node;
 use crate::control::compile_queue::Status;
-use crate::control::plan::{PlannedRoute, Target};
-use crate::dataplane::{LiveRoute, RouteOwner, RouteTarget, Routes};
+use crate::control::plan::{PlannedCanary, PlannedRoute, Target};
+use crate::dataplane::{
+    LiveRoute, RolloutHealth, RouteOwner, RouteTarget, Routes, Side, SplitRoute,
+};
 use crate::kv::KvLimits;
 use crate::quota::Rates;
 use crate::router::RoutePattern;
@@ -55,6 +57,9 @@ pub(super) struct Served {
     instances: HashMap<(String, i64, u32, u32), Arc<Instances>>,
     /// Each tenant's hold on the instance pool.
     tenant_slots: HashMap<TenantId, Arc<TenantSlots>>,
+    /// The tallies of each rollout served, by deployment and canary
+    /// version: kept while the rollout runs.
+    pub(super) rollouts: HashMap<(String, i64), Arc<RolloutHealth>>,
 }
 
 impl Node {
@@ -86,16 +91,48 @@ impl Node {
             let tenant = planned.deployment.tenant_id;
             let (target, state) = match planned.target {
                 Target::Serve(app) => {
+                    let health = planned.canary.as_ref().map(|canary| {
+                        let label = planned.pattern.to_string();
+                        self.rollout_health(&served, &mut next, &planned.deployment, &label, canary)
+                    });
+                    let split = planned
+                        .deployment
+                        .canary
+                        .as_ref()
+                        .map(|c| (c.percent, c.sticky_header.clone()));
                     let route = self.live_route(
                         &served,
                         &mut next,
                         planned.deployment,
-                        planned.tier,
+                        planned.tier.clone(),
                         planned.pattern.clone(),
                         app,
+                        health.clone().map(|h| (h, Side::Stable)),
                     );
                     next.routes.insert(id.clone(), route.clone());
-                    (RouteTarget::Live(route), DeploymentState::Serving)
+                    let target = match (planned.canary, health, split) {
+                        (Some(canary), Some(health), Some((percent, sticky))) => {
+                            let canary = self.live_route(
+                                &served,
+                                &mut next,
+                                canary.deployment,
+                                planned.tier,
+                                planned.pattern.clone(),
+                                canary.app,
+                                Some((health.clone(), Side::Canary)),
+                            );
+                            RouteTarget::Split(Arc::new(SplitRoute {
+                                stable: route,
+                                canary,
+                                percent,
+                                sticky_header: sticky
+                                    .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+                                health,
+                            }))
+                        }
+                        _ => RouteTarget::Live(route),
+                    };
+                    (target, DeploymentState::Serving)
                 }
                 Target::KeepServing { version, failed: why } => {
                     let route = served.routes.get(&id).cloned().expect("the builder saw it");
@@ -136,8 +173,50 @@ impl Node {
         (routes, states, failed)
     }
 
+    /// The tallies of a route's rollout: the ones kept from the last table
+    /// while the same canary runs, else new ones.
+    fn rollout_health(
+        &self,
+        served: &Served,
+        next: &mut Served,
+        deployment: &Deployment,
+        route: &str,
+        canary: &PlannedCanary<App>,
+    ) -> Arc<RolloutHealth> {
+        let key = (deployment.id.clone(), canary.deployment.version);
+        let health = served.rollouts.get(&key).cloned().unwrap_or_else(|| {
+            let metrics = self.plane.metrics();
+            let counter = |side: &str, result: &str| {
+                metrics.rollout_requests.with_label_values(&[
+                    deployment.tenant.as_str(),
+                    route,
+                    side,
+                    result,
+                ])
+            };
+            let guard = deployment.canary.as_ref().map(|c| c.guard).unwrap_or_default();
+            Arc::new(RolloutHealth::new(
+                deployment.id.clone(),
+                deployment.tenant_id,
+                canary.deployment.version,
+                guard,
+                [
+                    counter("stable", "ok"),
+                    counter("stable", "error"),
+                    counter("canary", "ok"),
+                    counter("canary", "error"),
+                ],
+                metrics.rollouts_stopped.with_label_values(&[deployment.tenant.as_str(), route]),
+                self.stops.clone(),
+            ))
+        });
+        next.rollouts.insert(key, health.clone());
+        health
+    }
+
     /// A live route for a deployment whose component is ready, keeping the
     /// instance pool and tenant slots it had.
+    #[allow(clippy::too_many_arguments)]
     fn live_route(
         &self,
         served: &Served,
@@ -146,6 +225,7 @@ impl Node {
         tier: Arc<Tier>,
         pattern: RoutePattern,
         app: App,
+        rollout: Option<(Arc<RolloutHealth>, Side)>,
     ) -> Arc<LiveRoute> {
         let limits = limits_of(&tier);
         let outbound =
@@ -198,6 +278,7 @@ impl Node {
             pattern,
             app,
             limits,
+            rollout,
             owner: Some(RouteOwner {
                 tenant_id: deployment.tenant_id,
                 tenant: deployment.tenant,
@@ -209,6 +290,7 @@ impl Node {
                 slots,
                 tier,
                 log: self.plane.logs().map(|hub| hub.for_tenant(deployment.tenant_id)),
+                version_pinning: deployment.version_pinning,
             }),
         })
     }

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use crate::kv::{Bucket, Change, KvError, KvLimits, Totals};
+use crate::rollout::{Guard, RolloutPlan};
 use crate::router::{Grant, RoutePattern};
 use crate::tenancy::{TenantId, Tier};
 
@@ -249,8 +250,82 @@ pub struct LivePeriod {
     pub from: i64,
     /// When another version replaced it (`None`: live now).
     pub until: Option<i64>,
-    /// What made it live: `deploy`, `rollback` or `rollback_to`.
+    /// What made it live: `deploy`, `rollback`, `rollback_to` or
+    /// `promote`.
     pub reason: String,
+}
+
+/// A rollout as stored: a version (the canary) given a share of its
+/// deployment's requests beside the live one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolloutRecord {
+    /// The canary version.
+    pub version: i64,
+    /// The live version it was split with.
+    pub stable: i64,
+    /// `running`, `promoted`, `rolled_back`, `stopped` (by a node, its
+    /// error rate past the guard's) or `replaced` (by another deploy).
+    pub state: String,
+    /// Its share now, percent (0 once ended other than promoted).
+    pub percent: u8,
+    /// The shares it goes through.
+    pub steps: Vec<u8>,
+    /// Index into `steps` of the share in force.
+    pub step: usize,
+    /// Milliseconds between steps.
+    pub interval_ms: i64,
+    /// When the next step is due, Unix milliseconds (none left: `None`).
+    pub next_at: Option<i64>,
+    /// The header that keeps a client on one side.
+    pub sticky_header: Option<String>,
+    /// When it is stopped.
+    pub guard: Guard,
+    /// Why it ended (empty while running).
+    pub reason: String,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    /// Unix milliseconds.
+    pub ended_at: Option<i64>,
+}
+
+/// A running rollout's canary, as nodes serve it beside the live version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Canary {
+    /// The canary version.
+    pub version: i64,
+    /// Its component's digest.
+    pub component: String,
+    /// Its configuration.
+    pub config: BTreeMap<String, String>,
+    /// Hosts it may call.
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Requests one instance may serve.
+    pub max_instance_reuse: u32,
+    /// Requests one WASIp3 instance may serve at once.
+    pub max_instance_concurrency: u32,
+    /// When the version was created, Unix milliseconds.
+    pub created_at: i64,
+    /// Its share now, percent.
+    pub percent: u8,
+    /// The header that keeps a client on one side.
+    pub sticky_header: Option<String>,
+    /// When it is stopped.
+    pub guard: Guard,
+    /// When its next step is due, Unix milliseconds.
+    pub next_at: Option<i64>,
+}
+
+/// A step a rollout took by itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolloutStep {
+    /// The deployment.
+    pub deployment_id: String,
+    /// Its tenant.
+    pub tenant_id: TenantId,
+    /// The canary version.
+    pub version: i64,
+    /// Its share now (100: promoted).
+    pub percent: u8,
 }
 
 /// A deployment request.
@@ -277,8 +352,13 @@ pub struct NewDeployment {
     /// `WASMWIZ_BASE_DOMAIN`: the tenant may use `<tenant>.<base>`.
     pub base_domain: Option<String>,
     /// Versions kept (the tier's `max_versions_per_deployment`): deploying
-    /// prunes older ones.
+    /// prunes older ones (never the live one).
     pub keep_versions: u64,
+    /// A canary rollout of the new version instead of making it live at
+    /// once (the route must have a live version to split with).
+    pub rollout: Option<RolloutPlan>,
+    /// Whether requests may pick a served version with `wasmwiz-version`.
+    pub version_pinning: bool,
 }
 
 /// A live deployment at its live version.
@@ -313,6 +393,30 @@ pub struct Deployment {
     pub max_instance_concurrency: u32,
     /// When the live version was created, Unix milliseconds.
     pub created_at: i64,
+    /// Whether requests may pick a served version with `wasmwiz-version`.
+    pub version_pinning: bool,
+    /// The canary of a running rollout, served beside the live version.
+    pub canary: Option<Box<Canary>>,
+}
+
+impl Deployment {
+    /// The deployment as its canary serves it: the canary's version,
+    /// component, configuration and instance settings (secrets, route and
+    /// owner are the deployment's).
+    pub fn at_canary(&self) -> Option<Deployment> {
+        let canary = self.canary.as_deref()?;
+        Some(Deployment {
+            version: canary.version,
+            component: canary.component.clone(),
+            config: canary.config.clone(),
+            allowed_outbound_hosts: canary.allowed_outbound_hosts.clone(),
+            max_instance_reuse: canary.max_instance_reuse,
+            max_instance_concurrency: canary.max_instance_concurrency,
+            created_at: canary.created_at,
+            canary: None,
+            ..self.clone()
+        })
+    }
 }
 
 /// Usage counts of one tenant (for a day, a batch, or all time).
@@ -443,7 +547,9 @@ pub trait Store: TriggerStore + Send + Sync + std::fmt::Debug + 'static {
     /// another tenant holds the route; `Invalid` for an unknown component.
     async fn deploy(&self, deployment: &NewDeployment) -> StoreResult<Deployment>;
     /// Switches a deployment back to the version that was live before the
-    /// current one (walking back through the switches), or to `to`.
+    /// current one (walking back through the switches), or to `to`. A
+    /// running rollout ends instead (`rolled_back`), the live version
+    /// staying live unless `to` names another.
     async fn rollback(
         &self,
         tenant_id: TenantId,
@@ -452,6 +558,24 @@ pub trait Store: TriggerStore + Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<Deployment>;
     /// Every version of a tenant's deployment, and when each was live.
     async fn versions(&self, tenant_id: TenantId, id: &str) -> StoreResult<Vec<VersionRecord>>;
+    /// Every rollout of a tenant's deployment, oldest first.
+    async fn rollouts(&self, tenant_id: TenantId, id: &str) -> StoreResult<Vec<RolloutRecord>>;
+    /// Makes a running rollout's canary the live version; `Conflict` when
+    /// none runs.
+    async fn promote(&self, tenant_id: TenantId, id: &str) -> StoreResult<Deployment>;
+    /// Ends the running rollout of `version` of deployment `id` with
+    /// `state` (`stopped`: by a node) and `reason`; false when it does not
+    /// run (any more).
+    async fn end_rollout(
+        &self,
+        id: &str,
+        version: i64,
+        state: &str,
+        reason: &str,
+    ) -> StoreResult<bool>;
+    /// Takes every step that is due at `now` (each once, whichever node
+    /// asks); a step reaching 100 promotes the canary.
+    async fn advance_rollouts(&self, now: i64) -> StoreResult<Vec<RolloutStep>>;
     /// Replaces a deployment's (sealed) secrets, as they are: sealing them
     /// again, under another key, changes nothing a node serves.
     async fn put_secrets(&self, id: &str, secrets: &BTreeMap<String, String>) -> StoreResult<()>;
@@ -488,7 +612,6 @@ pub trait Store: TriggerStore + Send + Sync + std::fmt::Debug + 'static {
     /// Every tenant's counts for `day` (tenants without any are left out).
     async fn usage_on_day(&self, day: i64) -> StoreResult<Vec<(TenantId, UsageCounts)>>;
 
-    /// The change counter.
     /// The value at `key` of `bucket` (key-value data, when the store
     /// keeps it).
     async fn kv_get(&self, bucket: &Bucket, key: &str) -> StoreResult<Option<Vec<u8>>>;
@@ -509,6 +632,7 @@ pub trait Store: TriggerStore + Send + Sync + std::fmt::Debug + 'static {
     /// Keys and bytes `tenant` holds in the store.
     async fn kv_totals(&self, tenant: TenantId) -> StoreResult<Totals>;
 
+    /// The change counter.
     async fn change_seq(&self) -> StoreResult<i64>;
     /// A task that calls `wake.notify_one()` whenever another node may
     /// have changed something (and whenever notifications may have been

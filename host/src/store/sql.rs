@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use super::StoreError;
+use crate::rollout::Guard;
 use crate::router::{Grant, RoutePattern};
 use crate::tenancy::LIMITS;
 
@@ -127,11 +128,45 @@ pub(super) fn limit_column(value: &serde_json::Value) -> Option<i64> {
 
 pub(super) const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.tenant_id, t.name AS tenant, \
      t.tier AS tier, d.route, d.host, v.version, v.component, v.config, d.secrets, \
-     v.allowed_outbound_hosts, v.max_instance_reuse, v.max_instance_concurrency, v.created_at \
+     v.allowed_outbound_hosts, v.max_instance_reuse, v.max_instance_concurrency, v.created_at, \
+     d.version_pinning \
      FROM deployments d \
      JOIN tenants t ON t.id = d.tenant_id \
      JOIN deployment_versions v ON v.deployment_id = d.id AND v.version = d.live_version \
      WHERE d.deleted_at IS NULL";
+
+/// The running rollouts' canaries (`AND r.deployment_id = $1` narrows it
+/// to one deployment).
+pub(super) const CANARY_SELECT: &str = "SELECT r.deployment_id, r.version, r.percent, \
+     r.sticky_header, r.min_requests, r.max_error_increase, r.next_at, v.component, v.config, \
+     v.allowed_outbound_hosts, v.max_instance_reuse, v.max_instance_concurrency, v.created_at \
+     FROM rollouts r \
+     JOIN deployment_versions v ON v.deployment_id = r.deployment_id AND v.version = r.version \
+     WHERE r.state = 'running'";
+
+/// Every column of a rollout.
+pub(super) const ROLLOUT_SELECT: &str = "SELECT deployment_id, version, stable, state, percent, \
+     steps, step, interval_ms, next_at, sticky_header, min_requests, max_error_increase, reason, \
+     started_at, ended_at FROM rollouts";
+
+/// A percent as stored (clamped to 0..=100).
+pub(super) fn percent_of(stored: i64) -> u8 {
+    stored.clamp(0, 100) as u8
+}
+
+/// The steps of a rollout as stored (JSON array of percents).
+pub(super) fn steps_of(text: &str) -> Result<Vec<u8>, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Internal(format!("corrupt rollout steps: {e}")))
+}
+
+/// The guard of a rollout as stored.
+pub(super) fn guard_of(min_requests: i64, max_error_increase: i64) -> Guard {
+    Guard {
+        min_requests: u32::try_from(min_requests.max(1)).unwrap_or(u32::MAX),
+        max_error_increase: percent_of(max_error_increase),
+    }
+}
 
 pub(super) const GRANT_SELECT: &str = "SELECT g.id, g.tenant_id, t.name AS tenant, g.route, \
      g.host, g.created_at FROM route_grants g JOIN tenants t ON t.id = g.tenant_id";
@@ -251,6 +286,119 @@ macro_rules! sql_store {
                     .unwrap_or(1)
                     .max(1),
                     created_at: row.try_get("created_at")?,
+                    version_pinning: row.try_get::<i64, _>("version_pinning")? != 0,
+                    canary: None,
+                })
+            }
+
+            /// A running rollout's canary, and its deployment's id.
+            fn canary_from_row(
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<(String, Canary), StoreError> {
+                use sqlx::Row as _;
+                let header: String = row.try_get("sticky_header")?;
+                Ok((
+                    row.try_get("deployment_id")?,
+                    Canary {
+                        version: row.try_get("version")?,
+                        component: row.try_get("component")?,
+                        config: json_map(&row.try_get::<String, _>("config")?)?,
+                        allowed_outbound_hosts: json_list(
+                            &row.try_get::<String, _>("allowed_outbound_hosts")?,
+                        )?,
+                        max_instance_reuse: u32::try_from(
+                            row.try_get::<i64, _>("max_instance_reuse")?,
+                        )
+                        .unwrap_or(1)
+                        .max(1),
+                        max_instance_concurrency: u32::try_from(
+                            row.try_get::<i64, _>("max_instance_concurrency")?,
+                        )
+                        .unwrap_or(1)
+                        .max(1),
+                        created_at: row.try_get("created_at")?,
+                        percent: percent_of(row.try_get("percent")?),
+                        sticky_header: (!header.is_empty()).then_some(header),
+                        guard: guard_of(
+                            row.try_get("min_requests")?,
+                            row.try_get("max_error_increase")?,
+                        ),
+                        next_at: row.try_get("next_at")?,
+                    },
+                ))
+            }
+
+            fn rollout_from_row(
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<RolloutRecord, StoreError> {
+                use sqlx::Row as _;
+                let header: String = row.try_get("sticky_header")?;
+                Ok(RolloutRecord {
+                    version: row.try_get("version")?,
+                    stable: row.try_get("stable")?,
+                    state: row.try_get("state")?,
+                    percent: percent_of(row.try_get("percent")?),
+                    steps: steps_of(&row.try_get::<String, _>("steps")?)?,
+                    step: usize::try_from(row.try_get::<i64, _>("step")?).unwrap_or(0),
+                    interval_ms: row.try_get("interval_ms")?,
+                    next_at: row.try_get("next_at")?,
+                    sticky_header: (!header.is_empty()).then_some(header),
+                    guard: guard_of(row.try_get("min_requests")?, row.try_get("max_error_increase")?),
+                    reason: row.try_get("reason")?,
+                    started_at: row.try_get("started_at")?,
+                    ended_at: row.try_get("ended_at")?,
+                })
+            }
+
+            /// Gives each of `deployments` the canary of its running
+            /// rollout, if any.
+            fn attach_canaries(
+                deployments: &mut [Deployment],
+                rows: &[<$db as sqlx::Database>::Row],
+            ) -> Result<(), StoreError> {
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let mut canaries: std::collections::HashMap<String, Canary> = rows
+                    .iter()
+                    .map(Self::canary_from_row)
+                    .collect::<Result<_, StoreError>>()?;
+                for deployment in deployments {
+                    // Read apart from the deployment (outside a transaction)
+                    // a canary may have been promoted in between.
+                    if let Some(canary) = canaries.remove(&deployment.id)
+                        && canary.version != deployment.version
+                    {
+                        deployment.canary = Some(Box::new(canary));
+                    }
+                }
+                Ok(())
+            }
+
+            /// Ends `id`'s running rollout, if any, with `state` and
+            /// `reason`; the canary's version, if one ran.
+            async fn end_running<'c>(
+                tx: &mut sqlx::Transaction<'c, $db>,
+                id: &str,
+                state: &str,
+                reason: &str,
+                at: i64,
+            ) -> Result<Option<i64>, StoreError> {
+                use sqlx::Row as _;
+                let row = sqlx::query(
+                    "UPDATE rollouts SET state = $1, reason = $2, ended_at = $3, next_at = NULL, \
+                     percent = CASE WHEN $1 = 'promoted' THEN 100 ELSE 0 END \
+                     WHERE deployment_id = $4 AND state = 'running' RETURNING version",
+                )
+                .bind(state)
+                .bind(reason)
+                .bind(at)
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                Ok(match row {
+                    Some(row) => Some(row.try_get("version")?),
+                    None => None,
                 })
             }
 
@@ -334,7 +482,15 @@ macro_rules! sql_store {
                     .bind(id)
                     .fetch_one(&mut **tx)
                     .await?;
-                Self::deployment_from_row(&row)
+                let mut deployment = [Self::deployment_from_row(&row)?];
+                let query = format!("{CANARY_SELECT} AND r.deployment_id = $1");
+                let canaries = sqlx::query(sqlx::AssertSqlSafe(query))
+                    .bind(id)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                Self::attach_canaries(&mut deployment, &canaries)?;
+                let [deployment] = deployment;
+                Ok(deployment)
             }
 
             async fn tier_exists<'c>(
@@ -790,6 +946,12 @@ macro_rules! sql_store {
                         .collect();
                     check_granted(&name, &grants, new.base_domain.as_deref(), &new.pattern)?;
                 }
+                if new.rollout.is_some() && existing.is_none() {
+                    return Err(StoreError::Conflict(format!(
+                        "a rollout splits a route's requests between its live version and the new \
+                         one, and {route} has no live version yet: deploy it without `rollout` first"
+                    )));
+                }
                 let taken = sqlx::query(
                     "SELECT 1 FROM deployments WHERE deleted_at IS NULL AND tenant_id <> $1 \
                      AND host = $2 AND route = $3",
@@ -853,23 +1015,67 @@ macro_rules! sql_store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("UPDATE deployments SET secrets = $1 WHERE id = $2")
-                    .bind(to_json(&new.secrets))
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
-                // The newest versions are kept, the live (new) one among
-                // them; older ones go, and their components may be deleted.
+                let live: i64 = sqlx::query(
+                    "UPDATE deployments SET secrets = $1, version_pinning = $2 WHERE id = $3 \
+                     RETURNING live_version",
+                )
+                .bind(to_json(&new.secrets))
+                .bind(i64::from(new.version_pinning))
+                .bind(&id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("live_version")?;
+                // The newest versions are kept, the new one among them, and
+                // the live one (the stable side of a rollout) whatever its
+                // age; older ones go, and their components may be deleted.
                 let keep = i64::try_from(new.keep_versions.max(1)).unwrap_or(i64::MAX);
                 sqlx::query(
-                    "DELETE FROM deployment_versions WHERE deployment_id = $1 AND version <= $2",
+                    "DELETE FROM deployment_versions WHERE deployment_id = $1 AND version <= $2 \
+                     AND version <> $3",
                 )
                 .bind(&id)
                 .bind(version.saturating_sub(keep))
+                .bind(live)
                 .execute(&mut *tx)
                 .await?;
-                let current = Self::current_switch(&mut tx, &id).await?.map(|(seq, _, _)| seq);
-                Self::switch_to(&mut tx, &id, version, current, "deploy", now).await?;
+                // A rollout under way ends: the new version replaces its
+                // canary (as the canary of a new rollout, or live).
+                let replaced = format!("replaced by version {version}");
+                Self::end_running(&mut tx, &id, "replaced", &replaced, now).await?;
+                match &new.rollout {
+                    None => {
+                        let current =
+                            Self::current_switch(&mut tx, &id).await?.map(|(seq, _, _)| seq);
+                        Self::switch_to(&mut tx, &id, version, current, "deploy", now).await?;
+                    }
+                    Some(plan) => {
+                        let next_at = (plan.steps.len() > 1).then(|| now + plan.interval_ms);
+                        sqlx::query(
+                            "INSERT INTO rollouts (deployment_id, version, stable, state, percent, \
+                             steps, step, interval_ms, next_at, sticky_header, min_requests, \
+                             max_error_increase, reason, started_at) \
+                             VALUES ($1, $2, $3, 'running', $4, $5, 0, $6, $7, $8, $9, $10, '', $11)",
+                        )
+                        .bind(&id)
+                        .bind(version)
+                        .bind(live)
+                        .bind(i64::from(plan.steps[0]))
+                        .bind(to_json(&plan.steps))
+                        .bind(plan.interval_ms)
+                        .bind(next_at)
+                        .bind(plan.sticky_header.clone().unwrap_or_default())
+                        .bind(i64::from(plan.guard.min_requests))
+                        .bind(i64::from(plan.guard.max_error_increase))
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        sqlx::query("UPDATE deployments SET updated_at = $1 WHERE id = $2")
+                            .bind(now)
+                            .bind(&id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
                 Self::bump(&mut tx).await?;
                 let deployment = Self::deployment_in(&mut tx, &id).await?;
                 tx.commit().await?;
@@ -894,6 +1100,19 @@ macro_rules! sql_store {
                 .await?
                 .ok_or(StoreError::NotFound)?
                 .try_get("live_version")?;
+                // A rollout under way ends first: its canary gets no more
+                // requests, and the live version stays live unless `to`
+                // names another.
+                let now = now_ms();
+                let ended =
+                    Self::end_running(&mut tx, id, "rolled_back", "rolled back by the tenant", now)
+                        .await?;
+                if ended.is_some() && to.is_none_or(|to| to == live) {
+                    Self::bump(&mut tx).await?;
+                    let deployment = Self::deployment_in(&mut tx, id).await?;
+                    tx.commit().await?;
+                    return Ok(deployment);
+                }
                 let current = Self::current_switch(&mut tx, id).await?;
                 let (version, parent, reason) = match to {
                     None => {
@@ -947,11 +1166,145 @@ macro_rules! sql_store {
                         (version, current.map(|(seq, _, _)| seq), "rollback_to")
                     }
                 };
-                Self::switch_to(&mut tx, id, version, parent, reason, now_ms()).await?;
+                Self::switch_to(&mut tx, id, version, parent, reason, now).await?;
                 Self::bump(&mut tx).await?;
                 let deployment = Self::deployment_in(&mut tx, id).await?;
                 tx.commit().await?;
                 Ok(deployment)
+            }
+
+            async fn rollouts(&self, tenant_id: TenantId, id: &str) -> StoreResult<Vec<RolloutRecord>> {
+                let owned = sqlx::query(
+                    "SELECT 1 FROM deployments WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL",
+                )
+                .bind(id)
+                .bind(tenant_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                if owned.is_none() {
+                    return Err(StoreError::NotFound);
+                }
+                let query = format!("{ROLLOUT_SELECT} WHERE deployment_id = $1 ORDER BY started_at, version");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(query)).bind(id).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::rollout_from_row).collect()
+            }
+
+            async fn promote(&self, tenant_id: TenantId, id: &str) -> StoreResult<Deployment> {
+                let mut tx = self.begin_write().await?;
+                let owned = sqlx::query(
+                    "SELECT 1 FROM deployments WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL",
+                )
+                .bind(id)
+                .bind(tenant_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if owned.is_none() {
+                    return Err(StoreError::NotFound);
+                }
+                let now = now_ms();
+                let Some(version) =
+                    Self::end_running(&mut tx, id, "promoted", "promoted by the tenant", now).await?
+                else {
+                    return Err(StoreError::Conflict(
+                        "no rollout is running for this deployment: there is nothing to promote"
+                            .into(),
+                    ));
+                };
+                let current = Self::current_switch(&mut tx, id).await?.map(|(seq, _, _)| seq);
+                Self::switch_to(&mut tx, id, version, current, "promote", now).await?;
+                Self::bump(&mut tx).await?;
+                let deployment = Self::deployment_in(&mut tx, id).await?;
+                tx.commit().await?;
+                Ok(deployment)
+            }
+
+            async fn end_rollout(
+                &self,
+                id: &str,
+                version: i64,
+                state: &str,
+                reason: &str,
+            ) -> StoreResult<bool> {
+                let mut tx = self.begin_write().await?;
+                let ended = sqlx::query(
+                    "UPDATE rollouts SET state = $1, reason = $2, ended_at = $3, next_at = NULL, \
+                     percent = 0 WHERE deployment_id = $4 AND version = $5 AND state = 'running'",
+                )
+                .bind(state)
+                .bind(reason)
+                .bind(now_ms())
+                .bind(id)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if ended == 0 {
+                    return Ok(false);
+                }
+                Self::bump(&mut tx).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn advance_rollouts(&self, now: i64) -> StoreResult<Vec<RolloutStep>> {
+                use sqlx::Row as _;
+                let mut tx = self.begin_write().await?;
+                let query = "SELECT r.deployment_id, d.tenant_id, r.version, r.steps, r.step, \
+                     r.interval_ms FROM rollouts r JOIN deployments d ON d.id = r.deployment_id \
+                     WHERE r.state = 'running' AND r.next_at IS NOT NULL AND r.next_at <= $1 \
+                     AND d.deleted_at IS NULL";
+                let due = sqlx::query(query).bind(now).fetch_all(&mut *tx).await?;
+                let mut taken = Vec::with_capacity(due.len());
+                let mut changed = false;
+                for row in &due {
+                    let id: String = row.try_get("deployment_id")?;
+                    let version: i64 = row.try_get("version")?;
+                    let steps = steps_of(&row.try_get::<String, _>("steps")?)?;
+                    let step = usize::try_from(row.try_get::<i64, _>("step")?).unwrap_or(0);
+                    let interval_ms: i64 = row.try_get("interval_ms")?;
+                    let Some((step, percent)) = crate::rollout::next_step(&steps, step) else {
+                        // Nothing after the last step: nothing is due.
+                        sqlx::query("UPDATE rollouts SET next_at = NULL WHERE deployment_id = $1 \
+                                     AND version = $2")
+                            .bind(&id)
+                            .bind(version)
+                            .execute(&mut *tx)
+                            .await?;
+                        changed = true;
+                        continue;
+                    };
+                    changed = true;
+                    if percent >= 100 {
+                        let reason = format!("promoted at the last of its steps ({steps:?})");
+                        Self::end_running(&mut tx, &id, "promoted", &reason, now).await?;
+                        let current = Self::current_switch(&mut tx, &id).await?.map(|(seq, _, _)| seq);
+                        Self::switch_to(&mut tx, &id, version, current, "promote", now).await?;
+                    } else {
+                        let next_at = (step + 1 < steps.len()).then(|| now + interval_ms);
+                        sqlx::query(
+                            "UPDATE rollouts SET percent = $1, step = $2, next_at = $3 \
+                             WHERE deployment_id = $4 AND version = $5",
+                        )
+                        .bind(i64::from(percent))
+                        .bind(step as i64)
+                        .bind(next_at)
+                        .bind(&id)
+                        .bind(version)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    taken.push(RolloutStep {
+                        deployment_id: id,
+                        tenant_id: row.try_get("tenant_id")?,
+                        version,
+                        percent,
+                    });
+                }
+                if changed {
+                    Self::bump(&mut tx).await?;
+                    tx.commit().await?;
+                }
+                Ok(taken)
             }
 
             async fn versions(&self, tenant_id: TenantId, id: &str) -> StoreResult<Vec<VersionRecord>> {
@@ -1049,7 +1402,12 @@ macro_rules! sql_store {
                         sqlx::query(sqlx::AssertSqlSafe(query)).fetch_all(&self.pool).await?
                     }
                 };
-                rows.iter().map(Self::deployment_from_row).collect()
+                let mut deployments: Vec<Deployment> =
+                    rows.iter().map(Self::deployment_from_row).collect::<Result<_, _>>()?;
+                let canaries =
+                    sqlx::query(CANARY_SELECT).fetch_all(&self.pool).await?;
+                Self::attach_canaries(&mut deployments, &canaries)?;
+                Ok(deployments)
             }
 
             async fn add_usage(

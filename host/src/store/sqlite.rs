@@ -9,8 +9,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool};
 
 use super::sql::{
-    DEPLOYMENT_SELECT, GRANT_SELECT, KEY_SELECT, json_list, json_map, limit_column, sql_store,
-    tier_insert, tier_select, to_json,
+    CANARY_SELECT, DEPLOYMENT_SELECT, GRANT_SELECT, KEY_SELECT, ROLLOUT_SELECT, guard_of,
+    json_list, json_map, limit_column, percent_of, sql_store, steps_of, tier_insert, tier_select,
+    to_json,
 };
 use super::sql::{check_grant_free, check_granted, grant_of};
 use super::triggers::{
@@ -18,9 +19,10 @@ use super::triggers::{
     TriggerStore, sql_triggers,
 };
 use super::{
-    ApiKeyRecord, Bucket, Change, ComponentDeletion, ComponentMeta, Deployment, GrantRecord,
-    KvError, KvLimits, LivePeriod, NewApiKey, NewComponent, NewDeployment, Store, StoreError,
-    StoreResult, Tenant, Totals, UsageCounts, VersionRecord, new_id, now_ms,
+    ApiKeyRecord, Bucket, Canary, Change, ComponentDeletion, ComponentMeta, Deployment,
+    GrantRecord, KvError, KvLimits, LivePeriod, NewApiKey, NewComponent, NewDeployment,
+    RolloutRecord, RolloutStep, Store, StoreError, StoreResult, Tenant, Totals, UsageCounts,
+    VersionRecord, new_id, now_ms,
 };
 use crate::router::{Grant, RoutePattern};
 use crate::tenancy::{LIMITS, TenantId, Tier, TierLimits};

@@ -22,6 +22,7 @@ mod quota;
 mod quota_properties;
 mod readme;
 mod reuse;
+mod rollouts;
 mod run;
 mod tls;
 mod traces;

@@ -1,5 +1,6 @@
 //! The invocation path: route lookup, request limits, pool admission,
 //! invocation, and the access log line. Shared by `run` and `serve`.
+//! `split`: routes with a canary rollout running.
 //!
 //! Nothing here queries a store or compiles: the route table is an immutable
 //! snapshot swapped whole when deployments change, so a request in flight
@@ -30,6 +31,10 @@ use crate::telemetry::{self, RequestTrace, TraceParent};
 use crate::tenancy::Tier;
 use crate::usage::TenantUsage;
 
+mod split;
+
+pub use split::{RolloutHealth, Side, SplitRoute, StopCanary};
+
 /// A route that is being served: the component behind it and its limits.
 #[derive(Debug)]
 pub struct LiveRoute {
@@ -52,6 +57,8 @@ pub struct LiveRoute {
     /// Its kept instances, when the deployment opted in to instance reuse
     /// (and, for WASIp3, concurrency per instance).
     pub instances: Option<Arc<Instances>>,
+    /// The rollout this route is a side of, counting its outcomes.
+    pub rollout: Option<(Arc<RolloutHealth>, Side)>,
 }
 
 /// Who a served route belongs to.
@@ -77,6 +84,8 @@ pub struct RouteOwner {
     pub slots: Arc<TenantSlots>,
     /// The tenant's log stream on this node (`None` with the stream off).
     pub log: Option<Arc<TenantLog>>,
+    /// Whether requests may pick a served version with `wasmwiz-version`.
+    pub version_pinning: bool,
 }
 
 /// What a route of the table does on this node.
@@ -84,6 +93,8 @@ pub struct RouteOwner {
 pub enum RouteTarget {
     /// Served by a component that is ready.
     Live(Arc<LiveRoute>),
+    /// A rollout runs: split between the live version and its canary.
+    Split(Arc<SplitRoute>),
     /// Deployed (acknowledged by some node) while this node still compiles
     /// its component: requests wait for it, up to `COMPILE_WAIT`.
     Compiling,
@@ -230,6 +241,7 @@ impl DataPlane {
         &self,
         host: Option<&str>,
         path: &str,
+        headers: &http::HeaderMap,
         deployment: Option<&str>,
     ) -> Result<Arc<LiveRoute>, Response<ResponseBody>> {
         let mut target = self.lookup(host, path);
@@ -239,23 +251,23 @@ impl DataPlane {
             node.catch_up(Instant::now()).await;
             target = self.lookup(host, path);
         }
-        match target {
-            Some(RouteTarget::Live(route))
-                if deployment.is_some_and(|expected| {
-                    route.owner.as_ref().is_none_or(|o| o.deployment_id != expected)
-                }) =>
-            {
-                Err(error_response(
-                    StatusCode::CONFLICT,
-                    "not_this_deployment",
-                    "this path is no longer served by the deployment the trigger names",
-                ))
-            }
-            Some(RouteTarget::Live(route)) => Ok(route),
-            Some(RouteTarget::Compiling) => self.wait_for_compile(host, path).await,
+        let route = match target {
+            Some(RouteTarget::Live(route)) => pick_live(route, headers),
+            Some(RouteTarget::Split(split)) => split.choose(headers),
+            Some(RouteTarget::Compiling) => self.wait_for_compile(host, path, headers).await,
             Some(RouteTarget::Unavailable { retry_after_s }) => Err(unavailable(retry_after_s)),
             None => Err(not_found()),
+        }?;
+        if deployment.is_some_and(|expected| {
+            route.owner.as_ref().is_none_or(|o| o.deployment_id != expected)
+        }) {
+            return Err(error_response(
+                StatusCode::CONFLICT,
+                "not_this_deployment",
+                "this path is no longer served by the deployment the trigger names",
+            ));
         }
+        Ok(route)
     }
 
     /// Replaces the whole route table at once.
@@ -274,6 +286,7 @@ impl DataPlane {
         &self,
         host: Option<&str>,
         path: &str,
+        headers: &http::HeaderMap,
     ) -> Result<Arc<LiveRoute>, Response<ResponseBody>> {
         let mut published = self.published.subscribe();
         let deadline = tokio::time::Instant::now() + self.compile_wait;
@@ -281,7 +294,8 @@ impl DataPlane {
             // Looked up after subscribing: a table published in between
             // wakes the wait below.
             match self.lookup(host, path) {
-                Some(RouteTarget::Live(route)) => return Ok(route),
+                Some(RouteTarget::Live(route)) => return pick_live(route, headers),
+                Some(RouteTarget::Split(split)) => return split.choose(headers),
                 Some(RouteTarget::Compiling) => {}
                 Some(RouteTarget::Unavailable { retry_after_s }) => {
                     return Err(unavailable(retry_after_s));
@@ -386,7 +400,10 @@ impl DataPlane {
         };
         let route = match normalized {
             Err(e) => Err(error_response(StatusCode::BAD_REQUEST, "bad_path", &e.to_string())),
-            Ok(()) => self.route_for(host.as_deref(), request.uri().path(), deployment).await,
+            Ok(()) => {
+                self.route_for(host.as_deref(), request.uri().path(), request.headers(), deployment)
+                    .await
+            }
         };
         drop(lookup);
 
@@ -519,12 +536,16 @@ impl DataPlane {
         let event = self.event_maker(route, &request, &options.request_id, started, trace.context);
         let usage = route.owner.as_ref().map(|owner| owner.usage.clone());
         let metrics = route.metrics.clone();
+        let rollout = route.rollout.clone();
         let mut response = self
             .runtime
             .invoke(place, &route.app, request, options, move |report| {
                 metrics.executed(&report);
                 if let Some(usage) = usage {
                     usage.record(&report);
+                }
+                if let Some((health, side)) = rollout {
+                    health.record(side, &report);
                 }
                 if let Some(event) = event {
                     event.publish(&report);
@@ -733,6 +754,22 @@ pub const TRIGGER_HEADERS: &[&str] = &[
 
 /// `Retry-After` of a request that waited for a compile in vain.
 const COMPILING_RETRY_AFTER_S: u64 = 5;
+
+/// A route with no rollout, unless the request pins a version it cannot
+/// reach.
+#[expect(
+    clippy::result_large_err,
+    reason = "the refusal is the answer itself, moved once to the client"
+)]
+fn pick_live(
+    route: Arc<LiveRoute>,
+    headers: &http::HeaderMap,
+) -> Result<Arc<LiveRoute>, Response<ResponseBody>> {
+    match split::pinned_version(headers) {
+        None => Ok(route),
+        Some(pin) => split::pin_live(route, pin?),
+    }
+}
 
 fn not_found() -> Response<ResponseBody> {
     error_response(StatusCode::NOT_FOUND, "not_found", "no route matches this request")
