@@ -258,6 +258,12 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     // component is 18 MB and seconds of compiling to lose).
     let pattern = RoutePattern::parse(&args.route, args.host.as_deref(), &[])
         .with_context(|| format!("--route `{}`", args.route))?;
+    // So is a rollout the server would refuse: the same rules, here.
+    if let Some(rollout) = args.rollout() {
+        serde_json::from_value::<crate::rollout::RolloutSpec>(rollout)?
+            .check()
+            .map_err(|why| anyhow::anyhow!("{why}. Nothing was uploaded."))?;
+    }
     let api = Api::new(&args.client)?;
     check_granted(&api, &pattern).await?;
     let bytes = tokio::fs::read(&args.file)
@@ -511,10 +517,14 @@ pub async fn deployments(args: DeploymentsArgs) -> anyhow::Result<()> {
             Some("serving") | None => String::new(),
             Some(state) => format!(" ({state})"),
         };
+        let canary = match d.get("rollout").filter(|r| r.is_object()) {
+            Some(r) => format!(", canary {} at {}%", r["version"], r["percent"]),
+            None => String::new(),
+        };
         rows.push(vec![
             d["id"].as_str().unwrap_or("").to_string(),
             route,
-            format!("{}{status}", d["version"]),
+            format!("{}{status}{canary}", d["version"]),
             component_label(d["component"].as_str().unwrap_or(""), &names),
         ]);
         let config = d["config"].as_object().map(|c| {

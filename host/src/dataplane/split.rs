@@ -199,7 +199,9 @@ impl SplitRoute {
 /// The version a request pins (`wasmwiz-version: N`), if it names one; a
 /// refusal when the value is not a version number.
 pub fn pinned_version(headers: &HeaderMap) -> Option<Result<i64, Response<ResponseBody>>> {
-    let value = headers.get(VERSION_HEADER)?;
+    // A name made once: looked for on every request.
+    const NAME: HeaderName = HeaderName::from_static(VERSION_HEADER);
+    let value = headers.get(&NAME)?;
     let version = value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).filter(|v| *v > 0);
     Some(version.ok_or_else(|| {
         error_response(
