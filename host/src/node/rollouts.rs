@@ -115,10 +115,9 @@ impl Node {
     /// whichever node asks first).
     async fn take_due_steps(&self) {
         match self.store.advance_rollouts(now_ms()).await {
-            Ok(steps) if steps.is_empty() => {
-                // Another node took them: its change brings the new table.
-                self.next_step_at.store(i64::MAX, Ordering::Relaxed);
-            }
+            // Another node took them: its change brings the new table (and
+            // the next due time) here within a sync.
+            Ok(steps) if steps.is_empty() => {}
             Ok(steps) => {
                 for step in &steps {
                     let what = if step.percent >= 100 {
