@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{
-    Api, RedisServer, ServeEnv, Server, client, free_port, metric, unique_prefix,
+    Api, RedisServer, ServeEnv, Server, client, eventually, free_port, metric, unique_prefix,
     wait_for_minute_room,
 };
 
@@ -409,16 +409,12 @@ async fn three_nodes_behind_nginx_survive_a_node_kill_and_restarts_of_postgres_a
         requests > 100 && bad == 0 && errors == 0,
         "{requests} requests, {bad} non-2xx, {errors} errors"
     );
-    let back = Instant::now();
-    loop {
+    eventually("quotas back in Redis", Duration::from_secs(5), || async {
         let ready: serde_json::Value =
             client().get(nodes[0].url("/ready")).send().await.unwrap().json().await.unwrap();
-        if ready["quota"] == "ok" {
-            break;
-        }
-        assert!(back.elapsed() < Duration::from_secs(5), "quotas never returned to Redis");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if ready["quota"] == "ok" { Ok(()) } else { Err(ready.to_string()) }
+    })
+    .await;
 }
 
 /// Read your writes across nodes: once one node has acknowledged a deploy,
@@ -481,18 +477,12 @@ async fn every_change_through_one_node_reaches_another_within_a_second() {
         |what: &'static str, path: &'static str, expected: fn(u16, &str) -> bool| {
             let b = Api::anonymous(&b);
             async move {
-                let started = Instant::now();
-                loop {
+                let what = format!("{what} reaching the other node");
+                eventually(&what, Duration::from_secs(1), || async {
                     let (status, body) = b.get_text(path).await;
-                    if expected(status, &body) {
-                        return;
-                    }
-                    assert!(
-                        started.elapsed() < Duration::from_secs(1),
-                        "{what} did not reach the other node in 1 s"
-                    );
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                    if expected(status, &body) { Ok(()) } else { Err(format!("{status} {body}")) }
+                })
+                .await
             }
         };
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Api, ServeEnv, Server, client};
+use crate::helpers::{Api, ServeEnv, Server, client, eventually};
 
 /// The deployment with `id` as node `api` lists it.
 async fn deployment_on(api: &Api, id: &str) -> Option<Value> {
@@ -18,16 +18,14 @@ async fn deployment_on(api: &Api, id: &str) -> Option<Value> {
 
 /// Waits until node `api` reports deployment `id` in `state`, and returns it.
 async fn until_state(api: &Api, id: &str, state: &str, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(d) = deployment_on(api, id).await
-            && d["status"]["state"] == state
-        {
-            return d;
+    let what = format!("{id} becoming {state} on {}", api.base);
+    eventually(&what, timeout, || async {
+        match deployment_on(api, id).await {
+            Some(d) if d["status"]["state"] == state => Ok(d),
+            seen => Err(format!("{seen:?}")),
         }
-        assert!(Instant::now() < deadline, "{id} never became {state} on {}", api.base);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await
 }
 
 async fn get(url: String) -> (u16, String) {
@@ -175,15 +173,11 @@ async fn a_component_that_fails_to_compile_on_a_node_is_retried_with_back_off_an
     let attempts = || b.logs().matches("cannot compile a deployed component").count();
     assert!(attempts() <= 2, "{} attempts for ten rebuilds:\n{}", attempts(), b.logs());
     b.logged("cannot compile a deployed component", 2, Duration::from_secs(10)).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let shown = loop {
+    let shown = eventually("the second attempt shown", Duration::from_secs(5), || async {
         let attempts = deployment_on(&on_b, id).await.unwrap()["status"]["attempts"].as_u64();
-        if attempts >= Some(2) {
-            break attempts.unwrap();
-        }
-        assert!(Instant::now() < deadline, "the second attempt is not shown");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        attempts.filter(|n| *n >= 2)
+    })
+    .await;
     assert!(metric(&b, "wasmwiz_compile_failures_total").await >= shown as f64);
 }
 
@@ -244,11 +238,10 @@ async fn a_tenant_over_its_tiers_concurrency_cap_gets_429() {
     let server = env.serve();
     Api::new(&server, &key).deploy_component("hostile", "/h/...").await;
     let slow: Vec<_> = (0..2).map(|_| tokio::spawn(get(server.url("/h/sleep?ms=1500")))).collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&server, "wasmwiz_instances_in_use").await < 2.0 {
-        assert!(Instant::now() < deadline, "the two requests never ran");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the two slow requests running", Duration::from_secs(5), || async {
+        (metric(&server, "wasmwiz_instances_in_use").await >= 2.0).then_some(())
+    })
+    .await;
     let response = client().get(server.url("/h/ok")).send().await.unwrap();
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "1");

@@ -8,12 +8,12 @@
 //! returns.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Api, ServeEnv, Server, component, kept};
+use crate::helpers::{Api, ServeEnv, Server, component, eventually, kept};
 
 mod sqlite {
     #[tokio::test]
@@ -75,19 +75,20 @@ fn kill_9(server: &mut Server) {
 /// compiled or loaded).
 async fn restart(env: &ServeEnv) -> Server {
     let server = env.serve();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let ready = crate::helpers::client().get(server.url("/ready")).send().await;
+    let server_ref = &server;
+    eventually("the node ready after a restart", Duration::from_secs(120), || async move {
+        let ready = crate::helpers::client().get(server_ref.url("/ready")).send().await;
         if ready.is_ok_and(|r| r.status() == 200) {
-            return server;
+            Ok(())
+        } else {
+            // The log's end, for the message if it never gets ready.
+            let logs = server_ref.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+            Err(tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "not ready after a restart:\n{}",
-            kept("crash-restart", &server.logs(), 40)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    server
 }
 
 /// Sends a request, kills the node `after` it was sent, and returns the
@@ -151,15 +152,13 @@ async fn check_whole(api: &Api, probe: usize) -> BTreeSet<String> {
 /// once; this waits only for a compilation, which a test run's load on two
 /// cores may slow down a lot).
 async fn serves(api: &Api, path: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (status, body) = api.get_text(path).await;
-        if status == 200 {
-            return;
+    eventually(&format!("{path} answering 200"), Duration::from_secs(120), || async {
+        match api.get_text(path).await {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
         }
-        assert!(Instant::now() < deadline, "{path}: {status} {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 async fn live_version(api: &Api, id: &str) -> (u64, String) {

@@ -693,21 +693,54 @@ macro_rules! on_both_stores {
 }
 pub(crate) use on_both_stores;
 
-/// Polls `check` every 20 ms until it returns `Some`, and returns that; panics
-/// with `what` (and the last `None`'s context) after `timeout`. For waiting on
-/// a condition instead of a time.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+/// What a check of [`eventually`] says: settled with a value, or not yet
+/// (with what it saw, for the message if it never settles).
+pub trait Settled {
+    /// The value once settled.
+    type Value;
+    /// `Ok` once settled; `Err` with what was seen, if anything, before.
+    fn settled(self) -> Result<Self::Value, Option<String>>;
+}
+
+impl<T> Settled for Option<T> {
+    type Value = T;
+    fn settled(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T> Settled for Result<T, String> {
+    type Value = T;
+    fn settled(self) -> Result<T, Option<String>> {
+        self.map_err(Some)
+    }
+}
+
+/// Runs `check` until it settles (`Some`, or `Ok`), and returns its value;
+/// panics with `what`, and what the last check saw (an `Err`'s text), after
+/// `timeout`. Checks come 10 ms apart at first, then further apart up to
+/// 100 ms. The one way the tests wait for a condition instead of a time.
+pub async fn eventually<S, F, Fut>(what: &str, timeout: Duration, mut check: F) -> S::Value
 where
+    S: Settled,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: std::future::Future<Output = S>,
 {
     let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
     loop {
-        if let Some(value) = check().await {
-            return value;
+        let seen = match check().await.settled() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        if Instant::now() >= deadline {
+            match seen {
+                Some(seen) => panic!("{what}: not within {timeout:?}; last seen: {seen}"),
+                None => panic!("{what}: not within {timeout:?}"),
+            }
         }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Api, ServeEnv, component};
+use crate::helpers::{Api, ServeEnv, component, eventually};
 
 async fn a_wasip3_component_is_named_by_its_world_served_counted_and_logged(env: ServeEnv) {
     let key = env.tenant("acme", "pro", false);
@@ -35,16 +35,12 @@ async fn a_wasip3_component_is_named_by_its_world_served_counted_and_logged(env:
     }
 
     // Counted as invocations of the tenant, and in its log stream.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually("32 invocations counted", Duration::from_secs(20), || async {
         let (status, usage) = api.call(api.request(reqwest::Method::GET, "/api/v1/usage")).await;
         assert_eq!(status, 200);
-        if usage["today"]["invocations"] == 32 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never 32 invocations: {usage}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        if usage["today"]["invocations"] == 32 { Ok(()) } else { Err(usage.to_string()) }
+    })
+    .await;
     let (status, logs) = api
         .call(api.request(
             reqwest::Method::GET,
@@ -198,20 +194,17 @@ async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(env: S
         assert!(started.elapsed() < Duration::from_secs(5), "{action}: {:?}", started.elapsed());
         assert_eq!(get(&api, "/acme/h/ok").await, (200, "ok".to_string()), "after {action}");
         // The log names the outcome.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        let what = format!("a {outcome} event for {action}");
+        eventually(&what, Duration::from_secs(10), || async {
             let (_, logs) = api
                 .call(api.request(
                     reqwest::Method::GET,
                     &format!("/api/v1/logs?outcome={outcome}&limit=10"),
                 ))
                 .await;
-            if !logs["events"].as_array().unwrap().is_empty() {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "no {outcome} event for {action}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            (!logs["events"].as_array().unwrap().is_empty()).then_some(())
+        })
+        .await;
     }
 
     // A trap after the head: the response ends with an error (the head may
@@ -239,18 +232,14 @@ async fn every_misbehaviour_of_a_wasip3_handler_ends_only_its_own_request(env: S
     assert_eq!(body, "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
     // Output is captured per request.
     assert_eq!(get(&api, "/acme/h/print?tag=p3-marker").await.0, 200);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("the output captured", Duration::from_secs(10), || async {
         let (_, logs) = api.call(api.request(reqwest::Method::GET, "/api/v1/logs?limit=5")).await;
         let printed = logs["events"].as_array().unwrap().iter().any(|e| {
             e["stdout"] == "p3-marker to stdout\n" && e["stderr"] == "p3-marker to stderr\n"
         });
-        if printed {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no captured output: {logs}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        if printed { Ok(()) } else { Err(logs.to_string()) }
+    })
+    .await;
 }
 
 /// A gauge of the node's /metrics.
@@ -272,20 +261,17 @@ async fn instances_in_use(api: &Api) -> Option<u64> {
 /// Waits until the node has no shared instance alive, serving or idle (an
 /// idle one ends after the idle timeout).
 async fn wait_idle(api: &Api) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("no instance alive", Duration::from_secs(30), || async {
         let in_use = instances_in_use(api).await;
         let idle = gauge(api, "wasmwiz_instances_idle").await;
         let memory = gauge(api, "wasmwiz_instance_memory_bytes").await;
         if in_use == Some(0) && idle == Some(0) && memory == Some(0) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{in_use:?} in use, {idle:?} idle, {memory:?} bytes"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "instances still alive: {in_use:?} in use, {idle:?} idle, {memory:?} bytes"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 /// Sets tier `name`: no rate limits, a deadline of `timeout`, and `extra`

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{
-    Api, RedisServer, ServeEnv, Server, client, shared_redis_url, unique_prefix,
+    Api, RedisServer, ServeEnv, Server, client, eventually, shared_redis_url, unique_prefix,
     wait_for_minute_room,
 };
 
@@ -213,25 +213,18 @@ async fn usage_counts_invocations_and_errors(env: ServeEnv) {
         let _ = get(&server, path).await;
     }
     // Usage is recorded when each guest's task ends, just after the answer.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let usage = eventually("usage counting 5 invocations", Duration::from_secs(5), || async {
         let (status, usage) = acme.call(acme.request(Method::GET, "/api/v1/usage")).await;
         assert_eq!(status, 200);
-        if usage["totals"]["invocations"] == 5 {
-            assert_eq!(usage["tenant"], "acme");
-            assert_eq!(usage["tier"], "metered");
-            assert_eq!(
-                usage["totals"]["errors"],
-                json!({ "trap": 1, "timeout": 0, "oom": 1, "other": 1 })
-            );
-            assert_eq!(usage["today"]["invocations"], 5);
-            assert_eq!(usage["minute"]["limit"], 1000);
-            assert!(usage["minute"]["used"].as_u64().unwrap() >= 5);
-            break;
-        }
-        assert!(Instant::now() < deadline, "usage never reached 5: {usage}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if usage["totals"]["invocations"] == 5 { Ok(usage) } else { Err(usage.to_string()) }
+    })
+    .await;
+    assert_eq!(usage["tenant"], "acme");
+    assert_eq!(usage["tier"], "metered");
+    assert_eq!(usage["totals"]["errors"], json!({ "trap": 1, "timeout": 0, "oom": 1, "other": 1 }));
+    assert_eq!(usage["today"]["invocations"], 5);
+    assert_eq!(usage["minute"]["limit"], 1000);
+    assert!(usage["minute"]["used"].as_u64().unwrap() >= 5);
 }
 
 /// With a limit large enough for leases, 64 concurrent clients are counted

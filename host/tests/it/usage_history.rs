@@ -1,11 +1,11 @@
 //! `GET /api/v1/usage/history`: a tenant's invocations, errors by kind and
 //! guest time per minute and per day, summed across nodes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{Api, ServeEnv, Server, client, shared_redis_url, unique_prefix};
+use crate::helpers::{Api, ServeEnv, Server, client, eventually, shared_redis_url, unique_prefix};
 
 async fn get(server: &Server, path: &str) -> u16 {
     client().get(server.url(path)).send().await.unwrap().status().as_u16()
@@ -26,18 +26,15 @@ fn sum(history: &Value, field: &str) -> u64 {
 /// The history once every node has written what it counted (each flushes
 /// every 5 s).
 async fn history_with(api: &Api, query: &str, invocations: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("{invocations} invocations in the history");
+    eventually(&what, Duration::from_secs(20), || async {
         let (status, body) = api
             .call(api.request(reqwest::Method::GET, &format!("/api/v1/usage/history{query}")))
             .await;
         assert_eq!(status, 200, "{body}");
-        if sum(&body, "invocations") == invocations {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "never {invocations} invocations: {body:#}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        if sum(&body, "invocations") == invocations { Ok(body) } else { Err(format!("{body:#}")) }
+    })
+    .await
 }
 
 #[tokio::test]
