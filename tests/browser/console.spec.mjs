@@ -200,6 +200,33 @@ test('versions: deploy a second version, see the history, roll back in one click
   expect((await invoke(request, `/${TENANT}/hello/`)).text).toBe('Hi, console!\n');
 });
 
+test('canary: the split and what this node sent each side, promoted in one click', async ({ page, request }) => {
+  const seen = watchForInjection(page);
+  await signIn(page, env.TENANT_KEY);
+  const list = await apiCall(request, 'GET', '/api/v1/deployments', env.TENANT_KEY);
+  const d = list.body.find((x) => x.route === `/${TENANT}/hello/...`);
+  const made = await apiCall(request, 'POST', '/api/v1/deployments', env.TENANT_KEY, {
+    route: d.route, component: d.component, config: { greeting: 'Hi', name: 'canary' }, rollout: { percent: 50 },
+  });
+  expect(made.status).toBe(201);
+  const canary = made.body.rollout.version;
+  // Half of every hundred requests, evenly: two of these four.
+  const answers = [];
+  for (let i = 0; i < 4; i++) answers.push((await invoke(request, `/${TENANT}/hello/`)).text);
+  expect(answers.filter((a) => a === 'Hi, canary!\n').length).toBe(2);
+  await page.goto(`/console#/deployments/${encodeURIComponent(d.id)}`);
+  const panel = page.getByTestId('rollout');
+  await expect(panel).toContainText(`v${canary} (canary) 50%`);
+  await expect(panel).toContainText('2 requests, 0 errors');
+  await page.screenshot({ path: shots('canary'), fullPage: true });
+  await page.getByRole('button', { name: `Promote v${canary}` }).click();
+  await expect(page.locator(`tr[data-version="${canary}"]`)).toContainText('live');
+  await expect(page.locator(`tr[data-version="${canary}"]`)).toContainText('canary: promoted');
+  await expect(page.getByTestId('rollout')).toHaveCount(0);
+  expect((await invoke(request, `/${TENANT}/hello/`)).text).toBe('Hi, canary!\n');
+  expect(seen).toEqual([]);
+});
+
 test('schedules and queues: a schedule with its next due time, a queue, a message published and consumed', async ({ page }) => {
   const seen = watchForInjection(page);
   await signIn(page, env.TENANT_KEY);

@@ -160,9 +160,18 @@ fn the_console_works_in_a_real_browser() {
         "the browser tests failed:\n{stdout}\n{stderr}\n--- server log ---\n{}",
         server.logs()
     );
-    for page in
-        ["signin", "deployments", "deploy", "history", "triggers", "usage", "logs", "keys", "admin"]
-    {
+    for page in [
+        "signin",
+        "deployments",
+        "deploy",
+        "history",
+        "canary",
+        "triggers",
+        "usage",
+        "logs",
+        "keys",
+        "admin",
+    ] {
         let shot = screenshots.join(format!("{page}.png"));
         assert!(shot.metadata().is_ok_and(|m| m.len() > 1000), "no screenshot {}", shot.display());
     }
