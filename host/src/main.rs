@@ -10,6 +10,19 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = wasmwiz::cli::Cli::parse();
+    if !cli.serves() {
+        // A command that prints ends quietly when its reader goes away, as
+        // command-line tools do, instead of panicking on a broken pipe.
+        // (Servers keep ignoring SIGPIPE: a client closing a socket is an
+        // error on that connection only. Sockets are written with
+        // MSG_NOSIGNAL either way.)
+        #[expect(unsafe_code, reason = "setting a signal's disposition")]
+        // SAFETY: before any other thread exists; SIG_DFL is a valid
+        // disposition for SIGPIPE.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let _log_guard = match cli.log_args().map(wasmwiz::logging::init).transpose() {
         Ok(guard) => guard,
         Err(e) => {

@@ -102,6 +102,13 @@ impl Cli {
         }
     }
 
+    /// Whether the command serves (`serve`, `run`, the compile worker):
+    /// the others print for a reader, who may close the pipe early
+    /// (`wasmwiz deployments | head -1`).
+    pub fn serves(&self) -> bool {
+        matches!(self.command, Command::Serve(_) | Command::Run(_) | Command::CompileWorker { .. })
+    }
+
     /// Runs the chosen command to completion; returns the exit code.
     pub async fn execute(self) -> anyhow::Result<i32> {
         match self.command {

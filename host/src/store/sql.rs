@@ -149,6 +149,11 @@ pub(super) const ROLLOUT_SELECT: &str = "SELECT deployment_id, version, stable, 
      steps, step, interval_ms, next_at, sticky_header, min_requests, max_error_increase, reason, \
      started_at, ended_at FROM rollouts";
 
+/// A count of at least one as stored (`max_instance_reuse`, ...).
+pub(super) fn at_least_one(stored: i64) -> u32 {
+    u32::try_from(stored).unwrap_or(1).max(1)
+}
+
 /// A percent as stored (clamped to 0..=100).
 pub(super) fn percent_of(stored: i64) -> u8 {
     stored.clamp(0, 100) as u8
@@ -275,16 +280,8 @@ macro_rules! sql_store {
                     allowed_outbound_hosts: json_list(
                         &row.try_get::<String, _>("allowed_outbound_hosts")?,
                     )?,
-                    max_instance_reuse: u32::try_from(
-                        row.try_get::<i64, _>("max_instance_reuse")?,
-                    )
-                    .unwrap_or(1)
-                    .max(1),
-                    max_instance_concurrency: u32::try_from(
-                        row.try_get::<i64, _>("max_instance_concurrency")?,
-                    )
-                    .unwrap_or(1)
-                    .max(1),
+                    max_instance_reuse: at_least_one(row.try_get("max_instance_reuse")?),
+                    max_instance_concurrency: at_least_one(row.try_get("max_instance_concurrency")?),
                     created_at: row.try_get("created_at")?,
                     version_pinning: row.try_get::<i64, _>("version_pinning")? != 0,
                     canary: None,
@@ -306,16 +303,8 @@ macro_rules! sql_store {
                         allowed_outbound_hosts: json_list(
                             &row.try_get::<String, _>("allowed_outbound_hosts")?,
                         )?,
-                        max_instance_reuse: u32::try_from(
-                            row.try_get::<i64, _>("max_instance_reuse")?,
-                        )
-                        .unwrap_or(1)
-                        .max(1),
-                        max_instance_concurrency: u32::try_from(
-                            row.try_get::<i64, _>("max_instance_concurrency")?,
-                        )
-                        .unwrap_or(1)
-                        .max(1),
+                        max_instance_reuse: at_least_one(row.try_get("max_instance_reuse")?),
+                        max_instance_concurrency: at_least_one(row.try_get("max_instance_concurrency")?),
                         created_at: row.try_get("created_at")?,
                         percent: percent_of(row.try_get("percent")?),
                         sticky_header: (!header.is_empty()).then_some(header),
