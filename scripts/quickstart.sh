@@ -21,7 +21,7 @@ Usage: scripts/quickstart.sh [--background | --stop | --check] [--no-build]
                 else target/quick/wasmwiz; \$WASMWIZ_COMPONENTS)
 
 Needs: Rust 1.95 or later (cargo, rustc, and rustup for the wasm32-wasip2
-target), a C compiler (cc) and curl. About 8 minutes on a fresh 2-core
+target), a C compiler (cc) and curl. About 5 minutes on a fresh 2-core
 machine, most of it compiling wasmtime; a second run starts in seconds.
 
 Environment:
@@ -110,7 +110,7 @@ mkdir -p "$data"
 # --- the binary and the examples ------------------------------------------
 bin=${WASMWIZ_BIN:-$root/target/quick/wasmwiz}
 if [ "$build" = yes ]; then
-    phase "building wasmwiz (profile quick; about 8 minutes on 2 cores the first time, then seconds)"
+    phase "building wasmwiz (profile quick; about 5 minutes on 2 cores the first time, then seconds)"
     cargo build --profile quick --locked -p wasmwiz
     bin=$root/target/quick/wasmwiz
     phase "building the Rust example components"
