@@ -12,9 +12,8 @@ use tokio::sync::Notify;
 
 use super::sql::{
     CANARY_SELECT, DEPLOYMENT_SELECT, GRANT_SELECT, KEY_SELECT, ROLLOUT_SELECT, at_least_one,
-    guard_of,
-    json_list, json_map, limit_column, percent_of, sql_store, steps_of, tier_insert, tier_select,
-    to_json,
+    guard_of, json_list, json_map, limit_column, percent_of, sql_store, steps_of, tier_insert,
+    tier_select, to_json,
 };
 use super::sql::{check_grant_free, check_granted, grant_of};
 use super::triggers::{
